@@ -1,0 +1,1 @@
+"""Model side: presets, adapters, scheduler, checkpoint loading."""
