@@ -1,0 +1,117 @@
+"""`gemma` backend: Gemma-3 hidden states (all layers) through the LTX-2 text connectors.
+
+The cached output is what the transformer reads: the connectors' video context, or for audio+video
+`[video_ctx, audio_ctx]` concatenated on the last dim. Raw Gemma states (≈385 MB/prompt at full
+size) are never stored.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from .base import TextBackend, folder_identity, resolve_dtype
+
+
+class GemmaTextBackend(TextBackend):
+    """Gemma-3 (Hub id or local folder) + `LTX2TextConnectors` (module or checkpoint path)."""
+
+    name = "gemma"
+
+    def __init__(
+        self,
+        text_encoder: str,
+        tokenizer: str | None = None,
+        max_length: int = 1024,
+        connectors=None,
+        audio_video: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        if connectors is None:
+            raise ValueError(
+                "the gemma text backend needs the LTX-2 text connectors: pass the model checkpoint with "
+                "--ltxv2_model (or --vae when it is the same single file)."
+            )
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.max_length = int(max_length)
+        self.audio_video = bool(audio_video)
+        self._encoder_name = text_encoder
+        self._tokenizer_name = tokenizer or text_encoder
+        self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name)
+        # The connectors were trained on left-padded Gemma prompts (see diffusers' LTX2Pipeline).
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).to(self.device).eval()
+        if isinstance(connectors, (str,)):
+            connectors = _load_connectors(connectors)
+        self.connectors = connectors.to(self.device, self.dtype).eval()
+        registers = self.connectors.config.video_connector_num_learnable_registers
+        if registers and self.max_length % registers:
+            raise ValueError(
+                f"--max_length {self.max_length} must be a multiple of the connectors' {registers} learnable "
+                "registers (the official models use 1024)."
+            )
+        self._check_widths()
+
+    def _check_widths(self) -> None:
+        cfg = self.model.config
+        text_cfg = getattr(cfg, "text_config", cfg)
+        layers = text_cfg.num_hidden_layers + 1
+        width = text_cfg.hidden_size
+        c = self.connectors.config
+        if (width, layers) != (c.caption_channels, c.text_proj_in_factor):
+            raise ValueError(
+                f"text encoder {self._encoder_name!r} gives {layers} hidden states of width {width}, but the "
+                f"connectors expect {c.text_proj_in_factor} of width {c.caption_channels}: use the Gemma-3 "
+                "model the LTX-2 checkpoint was trained with."
+            )
+
+    def identity(self) -> str:
+        c = self.connectors
+        n = sum(p.numel() for p in c.parameters())
+        # A fingerprint of the connector weights: cheap (a few sums) and changes with any checkpoint.
+        with torch.no_grad():
+            digest = sum(float(p.double().sum()) * (i + 1) for i, p in enumerate(c.parameters()))
+        return (
+            f"gemma|{folder_identity(self._encoder_name)}|tok={folder_identity(self._tokenizer_name)}|"
+            f"max_length={self.max_length}|av={self.audio_video}|dtype={self.dtype}|"
+            f"connectors={n}:{digest:.6e}"
+        )
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer(
+            [p.strip() for p in prompts],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.device)
+        mask = tokens.attention_mask.to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        states = torch.stack(out.hidden_states, dim=-1).flatten(2, 3).to(self.dtype)
+        video, audio, out_mask = self.connectors(states, mask, padding_side="left")
+        text = torch.cat([video, audio], dim=-1) if self.audio_video else video
+        return text, out_mask.bool()
+
+    def free(self) -> None:
+        for name in ("model", "connectors"):
+            if hasattr(self, name):
+                delattr(self, name)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _load_connectors(path: str):
+    from ltxv2_diffusers.data.jobs import load_model_components
+
+    return load_model_components(path, ["connectors"])["connectors"]
