@@ -1,0 +1,391 @@
+"""Every training flag in one table; the argparse parser, `--config_file` TOML and validation come from it.
+
+`FLAGS` is the single source of truth: the parser is built from it, TOML keys are checked against
+it, and `validate_args` runs before any model is loaded so a wrong or contradictory command fails in
+well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
+from ltxv2_diffusers.timesteps import FORMAT_CHOICES, parse_timestep_format
+
+NETWORK_MODULE = "ltxv2_diffusers.lora"
+NETWORK_MODULE_ALIASES = ("musubi_tuner.networks.lora_ltxv2",)
+OPTIMIZERS = ("AdamW", "AdamW8bit")
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+LOG_WITH = ("tensorboard", "wandb", "none")
+
+
+class ArgsError(ValueError):
+    """A flag (or `--config_file` entry) is wrong or contradicts another one."""
+
+
+def _bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One command-line flag. `kind` is a python type, `bool` (store_true) or `list` (nargs='*')."""
+
+    name: str
+    kind: Any = str
+    default: Any = None
+    help: str = ""
+    choices: Sequence[str] | None = None
+    group: str = "training"
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-")
+
+    def add_to(self, parser: argparse._ActionsContainer) -> None:
+        names = [self.name, *self.aliases]
+        if self.kind is bool:
+            parser.add_argument(*names, dest=self.dest, action="store_true", default=self.default or False,
+                                help=self.help)
+        elif self.kind is list:
+            parser.add_argument(*names, dest=self.dest, nargs="*", default=self.default, help=self.help)
+        else:
+            parser.add_argument(*names, dest=self.dest, type=self.kind, default=self.default,
+                                choices=self.choices, help=self.help)
+
+
+F = Flag
+FLAGS: tuple[Flag, ...] = (
+    # --- old musubi command (DESIGN.md §1): same names, same meaning ---
+    F("--dataset_config", Path, None, "dataset.toml (musubi schema)", group="data"),
+    F("--ltx_mode", str, None, "what to train: video (LTXV), av (LTXAV, audio+video) or audio",
+      choices=MODE_CHOICES, group="model"),
+    F("--ltxv2_audio_video", bool, False, "old spelling of --ltx_mode av", group="model"),
+    F("--ltxv2_backend", str, None, "checkpoint layout of --ltxv2_model (default: detect)",
+      choices=("official", "diffusers"), group="model"),
+    F("--ltxv2_model", str, None, "LTX-2 checkpoint: official single file, diffusers folder or Hub id",
+      group="model"),
+    F("--vae", str, None, "file/folder with the video and audio VAEs (default: --ltxv2_model); used for "
+      "latent statistics and previews", group="model"),
+    F("--text_encoder", str, None, "text encoder (Hub id or folder); only needed for previews whose "
+      "prompts are not in the text cache", group="model"),
+    F("--text_encoder_backend", str, "gemma", "text encoder backend name (gemma, t5, or a plugin's)",
+      group="model"),
+    F("--tokenizer", str, None, "tokenizer (default: the text encoder's)", group="model"),
+    F("--max_length", int, 1024, "text token length for previews encoded at train time", group="model"),
+    F("--ltxv2_timestep_format", str, None, "REQUIRED: timestep convention of the run",
+      choices=FORMAT_CHOICES, group="model"),
+    F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; "
+      f"{NETWORK_MODULE_ALIASES[0]} is an alias)", group="network"),
+    F("--network_dim", int, 16, "LoRA rank", group="network"),
+    F("--network_alpha", float, None, "LoRA alpha (default: = rank)", group="network"),
+    F("--network_args", list, None, "extra LoRA options as key=value (e.g. include_ff=True)", group="network"),
+    F("--network_weights", Path, None, "start from this LoRA file", group="network"),
+    F("--sample_prompts", Path, None, "preview prompts, one per line, with --W/--H/--f/--s/--g/--d/--n "
+      "overrides", group="previews"),
+    F("--video_loss_weight", float, 1.0, "video loss weight (prediction and target scaled by sqrt)",
+      group="loss"),
+    F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
+    # --- run ---
+    F("--config_file", Path, None, "TOML file of flags (keys = flag names); flags given on the command "
+      "line override it", group="run"),
+    F("--output_dir", Path, None, "where LoRAs, checkpoints, previews and logs go", group="run"),
+    F("--output_name", str, "lora", "file stem of the LoRA", group="run"),
+    F("--seed", int, 42, "seed of data order, sigmas and noise", group="run"),
+    F("--mixed_precision", str, None, "accelerate mixed precision (default: accelerate config)",
+      choices=("no", "fp16", "bf16"), group="run"),
+    F("--gradient_checkpointing", bool, False, "recompute activations in backward", group="run"),
+    F("--plugins", str, None, "plugins to use: 'none', a comma list to allow, '-name' to block",
+      group="run"),
+    F("--list_plugins", bool, False, "print the plugins and their hooks, then exit", group="run"),
+    F("--log_with", str, "tensorboard", "experiment tracker", choices=LOG_WITH, group="run"),
+    F("--logging_dir", Path, None, "tracker directory (default: OUTPUT_DIR/logs)", group="run"),
+    # --- optimization ---
+    F("--learning_rate", float, 1e-4, "peak learning rate"),
+    F("--max_train_steps", int, None, "optimizer steps to train (default 1600 unless --max_train_epochs)"),
+    F("--max_train_epochs", int, None, "epochs to train (overrides --max_train_steps)"),
+    F("--gradient_accumulation_steps", int, 1, "micro-batches per optimizer step"),
+    F("--lr_scheduler", str, "constant", "learning-rate schedule", choices=LR_SCHEDULERS),
+    F("--lr_warmup_steps", int, 0, "warm-up steps of the schedule"),
+    F("--optimizer_type", str, "AdamW", "AdamW, or AdamW8bit (needs bitsandbytes)", choices=OPTIMIZERS),
+    F("--adam_beta1", float, 0.9, "AdamW beta1"),
+    F("--adam_beta2", float, 0.999, "AdamW beta2"),
+    F("--adam_weight_decay", float, 1e-2, "AdamW weight decay"),
+    F("--adam_epsilon", float, 1e-8, "AdamW epsilon"),
+    F("--max_grad_norm", float, 1.0, "gradient clipping norm (0 = off)"),
+    F("--weighting_scheme", str, "none", "loss weighting over sigma (registered by plugins)", group="loss"),
+    F("--independent_audio_sigmas", bool, False, "draw audio sigmas independently of video sigmas (av)",
+      group="loss"),
+    F("--max_nonfinite_steps", int, 5, "stop after this many non-finite losses in a row", group="loss"),
+    # --- state ---
+    F("--save_every_n_steps", int, None, "save LoRA + training state every N steps", group="state"),
+    F("--save_every_n_epochs", int, None, "save LoRA + training state every N epochs", group="state"),
+    F("--save_last_n_steps", int, None, "keep only states saved in the last N steps (older ones deleted "
+      "after a newer save succeeds)", group="state"),
+    F("--resume", str, None, "training state folder to continue from, or 'latest' (in OUTPUT_DIR)",
+      group="state"),
+    # --- previews ---
+    F("--sample_every_n_steps", int, None, "render previews every N steps", group="previews"),
+    F("--sample_every_n_epochs", int, None, "render previews every N epochs", group="previews"),
+    F("--sample_at_first", bool, False, "render previews before training", group="previews"),
+    F("--sample_steps", int, 20, "default denoising steps of previews", group="previews"),
+    F("--sample_guidance_scale", float, 1.0, "default CFG scale of previews (1 = off)", group="previews"),
+    # --- hub ---
+    F("--push_to_hub", bool, False, "upload the final LoRA with a model card", group="hub"),
+    F("--hub_model_id", str, None, "Hub repo for --push_to_hub (user/name)", group="hub"),
+    F("--hub_token", str, None, "Hub token (default: the logged-in one)", group="hub"),
+    F("--hub_private", bool, False, "create the Hub repo private", group="hub"),
+)
+
+FLAG_BY_DEST = {flag.dest: flag for flag in FLAGS}
+_GROUP_TITLES = {
+    "data": "data", "model": "model", "network": "LoRA network", "loss": "loss", "run": "run",
+    "training": "optimization", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
+}
+
+
+def build_parser(add_plugin_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                 weighting_choices: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The training parser built from `FLAGS` (plus arguments plugins add)."""
+    parser = argparse.ArgumentParser(
+        prog="ltxv2-train-lora",
+        description="Train a LoRA for LTX-2 (video, audio+video or audio) on cached latents.",
+        allow_abbrev=False,
+    )
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
+    for flag in FLAGS:
+        if flag.dest == "weighting_scheme" and weighting_choices:
+            flag = dataclasses.replace(flag, help=f"{flag.help}: {', '.join(weighting_choices)}")
+        flag.add_to(groups[flag.group])
+    if add_plugin_arguments is not None:
+        add_plugin_arguments(parser)
+    return parser
+
+
+def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config_file", type=Path)
+    pre.add_argument("--plugins")
+    pre.add_argument("--list_plugins", action="store_true")
+    known, _ = pre.parse_known_args(argv)
+    return known
+
+
+def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a `--config_file` TOML; keys are flag names (with or without `--`), in any table."""
+    if not path.is_file():
+        raise ArgsError(f"--config_file {path}: no such file")
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ArgsError(f"--config_file {path}: not valid TOML ({exc})") from None
+    flat: dict[str, Any] = {}
+
+    def walk(table: dict[str, Any]) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(value)
+            else:
+                flat[key.lstrip("-").replace("-", "_")] = value
+
+    walk(data)
+    known = {action.dest: action for action in parser._actions}
+    unknown = sorted(k for k in flat if k not in known or k in {"help", "config_file"})
+    if unknown:
+        raise ArgsError(f"--config_file {path}: unknown keys {', '.join(unknown)} (keys are flag names, e.g. "
+                        "learning_rate = 1e-4)")
+    values: dict[str, Any] = {}
+    for key, value in flat.items():
+        action = known[key]
+        if isinstance(action, (argparse._StoreTrueAction,)):
+            values[key] = _bool(value)
+        elif action.nargs == "*":
+            values[key] = [str(v) for v in value] if isinstance(value, list) else str(value).split()
+        elif action.type is not None and value is not None:
+            try:
+                values[key] = action.type(value) if not isinstance(value, list) else value
+            except (TypeError, ValueError) as exc:
+                raise ArgsError(f"--config_file {path}: {key} = {value!r}: {exc}") from None
+        else:
+            values[key] = value
+        if action.choices and values[key] not in action.choices:
+            raise ArgsError(f"--config_file {path}: {key} = {value!r}; choose one of "
+                            f"{', '.join(map(str, action.choices))}")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None = None, *, validate: bool = True) -> argparse.Namespace:
+    """Parse (config file, then flags), let plugins add flags, and validate. Exits 2 on argparse errors."""
+    from ltxv2_diffusers import plugins
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = _preparse(argv)
+    plugins.configure(pre.plugins)
+    schemes = sorted(plugins.weighting_schemes())
+    parser = build_parser(plugins.add_arguments, schemes)
+    if pre.list_plugins:
+        args = parser.parse_args(argv)
+        return args
+    if pre.config_file is not None:
+        try:
+            parser.set_defaults(**load_config_file(pre.config_file, parser))
+        except ArgsError as exc:
+            parser.error(str(exc))
+    args = parser.parse_args(argv)
+    if validate:
+        try:
+            validate_args(args, weighting_schemes=schemes)
+        except ArgsError as exc:
+            parser.error(str(exc))
+    return args
+
+
+def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | None = None) -> argparse.Namespace:
+    """Check every flag and their combinations before anything heavy runs; adds `mode` and
+    `timestep_format`. Raises `ArgsError` naming the flag and what to do."""
+    problems: list[str] = []
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    try:
+        args.timestep_format = parse_timestep_format(args.ltxv2_timestep_format)
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        args.mode = resolve_mode(args.ltx_mode, args.ltxv2_audio_video)
+    except ValueError as exc:
+        problems.append(str(exc))
+    need(args.dataset_config is not None, "--dataset_config is required (the dataset.toml the caches were made from)")
+    if args.dataset_config is not None:
+        need(Path(args.dataset_config).is_file(), f"--dataset_config {args.dataset_config}: no such file")
+    need(args.ltxv2_model is not None, "--ltxv2_model is required (official .safetensors, diffusers folder or Hub id)")
+    for flag in ("ltxv2_model", "vae"):
+        value = getattr(args, flag)
+        if value and _looks_local(value):
+            need(Path(value).exists(), f"--{flag} {value}: no such file or folder")
+    need(args.output_dir is not None, "--output_dir is required")
+    need(bool(args.output_name) and "/" not in args.output_name and "\\" not in args.output_name,
+         f"--output_name {args.output_name!r} must be a plain file stem (no folders)")
+    if args.network_module in NETWORK_MODULE_ALIASES:
+        args.network_module = NETWORK_MODULE
+    need(args.network_module == NETWORK_MODULE,
+         f"--network_module {args.network_module!r} is not supported; use {NETWORK_MODULE} "
+         f"(or its alias {NETWORK_MODULE_ALIASES[0]})")
+    need(args.network_dim > 0, f"--network_dim must be > 0 (got {args.network_dim})")
+    if args.network_alpha is None:
+        args.network_alpha = float(args.network_dim)
+    need(args.network_alpha > 0, f"--network_alpha must be > 0 (got {args.network_alpha})")
+    for item in args.network_args or []:
+        need("=" in item, f"--network_args {item!r}: expected key=value")
+    if args.network_weights is not None:
+        need(Path(args.network_weights).is_file(), f"--network_weights {args.network_weights}: no such file")
+    need(args.learning_rate > 0, f"--learning_rate must be > 0 (got {args.learning_rate})")
+    for flag in ("max_train_steps", "max_train_epochs", "save_every_n_steps", "save_every_n_epochs",
+                 "save_last_n_steps", "sample_every_n_steps", "sample_every_n_epochs"):
+        value = getattr(args, flag)
+        need(value is None or value > 0, f"--{flag} must be > 0 (got {value})")
+    if args.max_train_steps is None and args.max_train_epochs is None:
+        args.max_train_steps = 1600
+    need(args.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1")
+    need(args.lr_warmup_steps >= 0, "--lr_warmup_steps must be >= 0")
+    need(args.max_grad_norm >= 0, "--max_grad_norm must be >= 0 (0 disables clipping)")
+    need(args.max_nonfinite_steps >= 1, "--max_nonfinite_steps must be >= 1")
+    need(args.video_loss_weight >= 0, "--video_loss_weight must be >= 0")
+    need(args.audio_loss_weight >= 0, "--audio_loss_weight must be >= 0")
+    mode = getattr(args, "mode", None)
+    if mode is not None:
+        if not mode.has_video:
+            need(args.video_loss_weight == 1.0,
+                 "--video_loss_weight has no effect in --ltx_mode audio; drop it")
+        if not mode.has_audio:
+            need(args.audio_loss_weight == 1.0,
+                 "--audio_loss_weight has no effect in --ltx_mode video; use --ltx_mode av to train audio")
+            need(not args.independent_audio_sigmas, "--independent_audio_sigmas needs --ltx_mode av")
+        if mode.has_video and mode.has_audio:
+            need(args.video_loss_weight + args.audio_loss_weight > 0,
+                 "--video_loss_weight and --audio_loss_weight are both 0: nothing to train")
+    if weighting_schemes is not None:
+        need(args.weighting_scheme in weighting_schemes,
+             f"--weighting_scheme {args.weighting_scheme!r} is not registered; choose one of "
+             f"{', '.join(weighting_schemes)}")
+    if args.optimizer_type == "AdamW8bit":
+        need(importlib.util.find_spec("bitsandbytes") is not None,
+             "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
+    if args.save_last_n_steps is not None:
+        need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
+             "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")
+    sampling = args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first
+    if sampling:
+        need(args.sample_prompts is not None,
+             "--sample_every_n_steps/--sample_every_n_epochs/--sample_at_first need --sample_prompts FILE")
+    if args.sample_prompts is not None:
+        need(Path(args.sample_prompts).is_file(), f"--sample_prompts {args.sample_prompts}: no such file")
+    need(args.sample_steps >= 1, "--sample_steps must be >= 1")
+    if args.push_to_hub:
+        need(bool(args.hub_model_id), "--push_to_hub needs --hub_model_id user/name")
+    if args.hub_model_id:
+        need(args.hub_model_id.count("/") <= 1 and not args.hub_model_id.startswith("/"),
+             f"--hub_model_id {args.hub_model_id!r}: expected 'user/name' or 'name'")
+    if args.resume not in (None, "latest"):
+        need(Path(args.resume).is_dir(), f"--resume {args.resume}: no such training-state folder "
+             "(pass a checkpoint folder or 'latest')")
+    if args.log_with == "wandb":
+        need(importlib.util.find_spec("wandb") is not None, "--log_with wandb needs wandb: pip install wandb")
+    if args.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        args.log_with = "none"  # default tracker absent: train without it rather than fail
+    if problems:
+        raise ArgsError("\n  ".join(["invalid arguments:", *problems]))
+    if args.logging_dir is None:
+        args.logging_dir = Path(args.output_dir) / "logs"
+    return args
+
+
+def _looks_local(value: str) -> bool:
+    """A Hub id is `name` or `org/name` without file suffix; anything else is a local path."""
+    if os.path.exists(value) or value.startswith((".", "/", "~")) or os.sep in value.strip("/").split("/", 1)[-1]:
+        return True
+    return value.endswith((".safetensors", ".sft", ".bin", ".pt")) or value.count("/") > 1
+
+
+def network_kwargs(args: argparse.Namespace) -> dict[str, str]:
+    """`--network_args key=value ...` as a dict of strings."""
+    return dict(item.split("=", 1) for item in (args.network_args or []))
+
+
+def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """JSON-friendly copy of the parsed args (for metadata, model cards and state files)."""
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key == "hub_token":
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif hasattr(value, "value") and isinstance(getattr(value, "value"), str):
+            value = value.value
+        out[key] = value
+    return out

@@ -1,0 +1,113 @@
+"""One training step: draw sigmas (plugin hook) and noise, run the model adapter, compute the losses.
+
+`TrainStep(adapter, args)(batch, generator) -> (loss, logs)` is the whole per-step computation and
+nothing else (no optimizer, no accelerate), so the trainer, the benchmark and tests call the same
+code. Randomness: pass one `torch.Generator` for the whole batch, or a list with one generator per
+item; with per-item generators an item's sigma and noise do not depend on which process or
+micro-batch it lands in, which is what makes multi-process runs equal single-process ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ltxv2_diffusers.modes import LtxMode
+from ltxv2_diffusers.training.losses import compute_losses
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def video_token_count(latents: torch.Tensor) -> int:
+    """Packed video tokens of a `[B,C,F,H,W]` latent (patch size 1)."""
+    return int(latents.shape[2] * latents.shape[3] * latents.shape[4])
+
+
+def audio_token_count(audio_latents: torch.Tensor) -> int:
+    """Packed audio tokens of a `[B,C,Fa,M]` latent (one token per latent frame)."""
+    return int(audio_latents.shape[2])
+
+
+class TrainStep:
+    """Callable computing the loss of one batch. `adapter` is an LTX-2 model adapter (models/adapter.py)."""
+
+    def __init__(self, adapter: torch.nn.Module, args: Any):
+        self.adapter = adapter
+        self.args = args
+        self.mode: LtxMode = args.mode
+
+    # -- randomness -------------------------------------------------------------------------
+    def _per_item(self, generator: Generators, batch_size: int) -> list[torch.Generator | None] | None:
+        if generator is None or isinstance(generator, torch.Generator):
+            return None
+        generators = list(generator)
+        if len(generators) != batch_size:
+            raise ValueError(f"got {len(generators)} generators for a batch of {batch_size}")
+        return generators
+
+    def _sigmas(self, modality: str, batch_size: int, num_tokens: int, generator: Generators,
+                device: torch.device) -> torch.Tensor:
+        from ltxv2_diffusers import plugins
+
+        def draw(n: int, gen: torch.Generator | None) -> torch.Tensor:
+            sigmas = plugins.sample_sigmas(batch_size=n, num_tokens=num_tokens, modality=modality,
+                                           args=self.args, generator=gen)
+            if sigmas is None:
+                raise RuntimeError("no plugin answered ltxv2_sample_sigmas (built-in plugins blocked?)")
+            return torch.as_tensor(sigmas, dtype=torch.float32).reshape(n, *torch.as_tensor(sigmas).shape[1:])
+
+        gens = self._per_item(generator, batch_size)
+        if gens is None:
+            sigmas = draw(batch_size, generator)
+        else:
+            sigmas = torch.cat([draw(1, g) for g in gens], dim=0)
+        return sigmas.to(device)
+
+    def _noise(self, like: torch.Tensor, generator: Generators) -> torch.Tensor:
+        gens = self._per_item(generator, like.shape[0])
+        if gens is None:
+            noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
+        else:
+            noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in gens])
+        return noise.to(like.device)
+
+    def draw(self, batch: Mapping[str, Any], generator: Generators = None):
+        """Sigmas and noise (unpacked, shaped like the latents) of the trained modalities.
+
+        Sigmas are drawn before noise for each modality, video first, so the stream of draws is fixed.
+        """
+        sigmas: dict[str, torch.Tensor] = {}
+        noise: dict[str, torch.Tensor] = {}
+        if self.mode.has_video:
+            latents = batch["latents"]
+            sigmas["video"] = self._sigmas("video", latents.shape[0], video_token_count(latents), generator,
+                                           latents.device)
+        if self.mode.has_audio:
+            audio = batch["audio_latents"]
+            if self.mode.has_video and not self.args.independent_audio_sigmas:
+                sigmas["audio"] = sigmas["video"].clone()
+            else:
+                sigmas["audio"] = self._sigmas("audio", audio.shape[0], audio_token_count(audio), generator,
+                                               audio.device)
+        if self.mode.has_video:
+            noise["video"] = self._noise(batch["latents"], generator)
+        if self.mode.has_audio:
+            noise["audio"] = self._noise(batch["audio_latents"], generator)
+        return sigmas, noise
+
+    # -- the step ---------------------------------------------------------------------------
+    def __call__(self, batch: Mapping[str, Any], generator: Generators = None):
+        """Loss (a scalar with grad) and logs (detached scalars: total, per term, mean sigmas)."""
+        from ltxv2_diffusers import plugins
+
+        transformed = plugins.transform_batch(batch=batch, args=self.args)
+        if transformed is not None:
+            batch = transformed
+        sigmas, noise = self.draw(batch, generator)
+        outputs = self.adapter(batch, sigmas=sigmas, noise=noise)
+        loss, terms = compute_losses(outputs, batch, self.args)
+        logs: dict[str, torch.Tensor] = {"loss": loss.detach(), **terms}
+        for modality, value in sigmas.items():
+            logs[f"sigma/{modality}"] = value.detach().float().mean()
+        return loss, logs
