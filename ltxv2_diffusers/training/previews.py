@@ -1,0 +1,259 @@
+"""Preview sampling during training with the stock diffusers `LTX2Pipeline`.
+
+The pipeline runs the training transformer (LoRA active) with `LTXV2FlowMatchScheduler`'s inference
+configuration, so previews are what users get at inference. Prompts are encoded once (or read from
+the text cache) into the connector outputs the transformer reads; the pipeline's `connectors` slot
+gets `CachedContextConnectors`, which hands those cached contexts through unchanged (the stock
+connectors would expect raw Gemma states). `av` previews are mp4 with the audio track, `video`
+previews mp4, `audio` previews wav.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import wave
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ltxv2_diffusers.modes import LtxMode
+
+
+@dataclasses.dataclass
+class PreviewPrompt:
+    """One line of `--sample_prompts`: the prompt and its per-line overrides."""
+
+    prompt: str
+    width: int = 256
+    height: int = 256
+    num_frames: int = 25
+    steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    negative_prompt: str = ""
+    frame_rate: float = 24.0
+    index: int = 0
+
+
+_OVERRIDES = {
+    "w": ("width", int), "width": ("width", int),
+    "h": ("height", int), "height": ("height", int),
+    "f": ("num_frames", int), "frames": ("num_frames", int),
+    "s": ("steps", int), "steps": ("steps", int),
+    "g": ("guidance_scale", float), "guidance": ("guidance_scale", float),
+    "d": ("seed", int), "seed": ("seed", int),
+    "n": ("negative_prompt", str), "negative": ("negative_prompt", str),
+    "fps": ("frame_rate", float), "r": ("frame_rate", float),
+}
+
+
+def parse_prompt_line(line: str, index: int = 0, source: str = "--sample_prompts") -> PreviewPrompt | None:
+    """Parse `a cat --w 512 --h 320 --f 25 --s 20 --g 3 --d 42 --n blurry` (musubi style).
+
+    Blank lines and `#` comments give None; a bad override is an error naming the line.
+    """
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    parts = text.split(" --")
+    prompt = PreviewPrompt(prompt=parts[0].strip(), index=index)
+    for part in parts[1:]:
+        key, _, value = part.strip().partition(" ")
+        if key not in _OVERRIDES:
+            raise ValueError(f"{source} line {index + 1}: unknown override --{key}; use "
+                             "--w --h --f --s --g --d --n --fps")
+        field, kind = _OVERRIDES[key]
+        try:
+            setattr(prompt, field, kind(value.strip()))
+        except ValueError:
+            raise ValueError(f"{source} line {index + 1}: --{key} {value.strip()!r} is not a {kind.__name__}") from None
+    if prompt.width % 32 or prompt.height % 32:
+        raise ValueError(f"{source} line {index + 1}: size {prompt.width}x{prompt.height} must be multiples of 32")
+    if (prompt.num_frames - 1) % 8:
+        raise ValueError(f"{source} line {index + 1}: --f {prompt.num_frames} must be 8k+1 (1, 9, 17, 25, ...)")
+    if not prompt.prompt:
+        raise ValueError(f"{source} line {index + 1}: empty prompt")
+    return prompt
+
+
+def load_prompts(path: str | Path) -> list[PreviewPrompt]:
+    """All prompts of a `--sample_prompts` file (at least one)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    prompts = []
+    for i, line in enumerate(lines):
+        parsed = parse_prompt_line(line, index=len(prompts), source=f"--sample_prompts {path}")
+        if parsed is not None:
+            prompts.append(parsed)
+    if not prompts:
+        raise ValueError(f"--sample_prompts {path}: no prompts (one per line)")
+    return prompts
+
+
+def context_widths(transformer_config: Mapping[str, Any]) -> tuple[int, int]:
+    """Widths of the video and audio text contexts the transformer reads (connector outputs)."""
+    cfg = transformer_config
+    if cfg.get("use_prompt_embeddings", True):
+        return int(cfg["caption_channels"]), int(cfg["caption_channels"])
+    return (int(cfg["num_attention_heads"] * cfg["attention_head_dim"]),
+            int(cfg["audio_num_attention_heads"] * cfg["audio_attention_head_dim"]))
+
+
+class CachedContextConnectors(torch.nn.Module):
+    """Stands in for `LTX2TextConnectors` in the pipeline when prompts are already connector outputs.
+
+    `prompt_embeds` is the cached text `[B,L,D]`: `[video_ctx, audio_ctx]` (av layout) or the video
+    context alone (video layout; the audio context is then zeros, and the audio output is ignored).
+    """
+
+    def __init__(self, video_width: int, audio_width: int):
+        super().__init__()
+        self.video_width = video_width
+        self.audio_width = audio_width
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+
+    def forward(self, text: torch.Tensor, attention_mask: torch.Tensor, padding_side: str = "left", **_):
+        width = text.shape[-1]
+        if width == self.video_width + self.audio_width:
+            video, audio = text[..., : self.video_width], text[..., self.video_width:]
+        elif width == self.video_width:
+            video = text
+            audio = text.new_zeros(*text.shape[:-1], self.audio_width)
+        else:
+            raise ValueError(f"cached prompt width {width} fits neither the video context ({self.video_width}) "
+                             f"nor [video, audio] ({self.video_width + self.audio_width})")
+        mask = attention_mask.to(torch.int64)
+        return video * mask.unsqueeze(-1).to(video.dtype), audio, mask
+
+
+def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:
+    """16-bit PCM wav from a `[C,S]` (or `[S]`) float waveform in [-1, 1]."""
+    samples = audio.detach().float().cpu()
+    if samples.ndim == 1:
+        samples = samples.unsqueeze(0)
+    pcm = (samples.clamp(-1, 1) * 32767.0).round().to(torch.int16).T.contiguous().numpy()
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(pcm.shape[1])
+        handle.setsampwidth(2)
+        handle.setframerate(int(sample_rate))
+        handle.writeframes(pcm.tobytes())
+
+
+def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None):
+    """The stock `LTX2Pipeline` around the training transformer, with no text encoder."""
+    from diffusers import LTX2Pipeline
+
+    if scheduler is None:
+        from ltxv2_diffusers.models.scheduler import LTXV2FlowMatchScheduler
+
+        scheduler = LTXV2FlowMatchScheduler()
+    video_width, audio_width = context_widths(transformer.config)
+    return LTX2Pipeline(
+        scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
+        connectors=CachedContextConnectors(video_width, audio_width), transformer=transformer, vocoder=vocoder,
+    )
+
+
+@torch.no_grad()
+def render_preview(pipeline, prompt: PreviewPrompt, embeds: tuple[torch.Tensor, torch.Tensor],
+                   negative: tuple[torch.Tensor, torch.Tensor] | None, mode: LtxMode, out_stem: Path,
+                   default_steps: int = 20, default_guidance: float = 1.0, seed: int = 0,
+                   output_type: str = "np") -> Path:
+    """Render one prompt and write `out_stem.mp4` (video/av) or `out_stem.wav` (audio); returns the file."""
+    from diffusers.utils import encode_video
+
+    device = pipeline.transformer.device
+    guidance = default_guidance if prompt.guidance_scale is None else prompt.guidance_scale
+    text, mask = embeds
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=text.to(device), prompt_attention_mask=mask.to(device),
+        width=prompt.width, height=prompt.height, num_frames=prompt.num_frames, frame_rate=prompt.frame_rate,
+        num_inference_steps=prompt.steps or default_steps, guidance_scale=guidance,
+        audio_guidance_scale=None, stg_scale=0.0, audio_stg_scale=None, modality_scale=1.0,
+        audio_modality_scale=None, guidance_rescale=0.0, audio_guidance_rescale=None,
+        spatio_temporal_guidance_blocks=None,
+        generator=torch.Generator("cpu").manual_seed(prompt.seed if prompt.seed is not None else seed),
+        output_type=output_type, return_dict=False, max_sequence_length=text.shape[1],
+    )
+    if guidance > 1.0:
+        if negative is None:
+            raise ValueError(f"preview {prompt.index}: guidance {guidance} needs a negative prompt embedding")
+        kwargs.update(negative_prompt_embeds=negative[0].to(device), negative_prompt_attention_mask=negative[1].to(device))
+    video, audio = pipeline(**kwargs)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    sample_rate = int(pipeline.vocoder.config.output_sampling_rate)
+    if mode is LtxMode.AUDIO:
+        path = out_stem.with_suffix(".wav")
+        write_wav(path, audio[0], sample_rate)
+        return path
+    path = out_stem.with_suffix(".mp4")
+    frames = np.asarray(video[0])
+    track = audio[0].float().cpu() if mode is LtxMode.AV else None
+    encode_video(frames, fps=int(round(prompt.frame_rate)), output_path=str(path), audio=track,
+                 audio_sample_rate=sample_rate if track is not None else None)
+    return path
+
+
+class PromptCache:
+    """Text contexts of the preview prompts, encoded once; the text encoder is freed afterwards."""
+
+    def __init__(self, entries: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.entries = entries
+
+    def __getitem__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.entries[prompt]
+
+    @classmethod
+    def encode(cls, prompts: list[str], args, device: torch.device | str = "cpu") -> "PromptCache":
+        """Use the text cache written by `ltxv2-cache-text-encoder-outputs --sample_prompts` when it has every
+        prompt, else encode with `--text_encoder` (error naming both ways when neither is available)."""
+        unique = list(dict.fromkeys(prompts))
+        cached = read_cached_prompts(unique, args)
+        if cached is not None:
+            return cls(cached)
+        if not args.text_encoder:
+            raise ValueError(
+                "previews need the prompts' text embeddings: run ltxv2-cache-text-encoder-outputs with "
+                f"--sample_prompts {args.sample_prompts}, or pass --text_encoder to encode them at start")
+        from ltxv2_diffusers.text.base import get_text_backend
+
+        factory = get_text_backend(args.text_encoder_backend)
+        backend = factory(text_encoder=args.text_encoder, tokenizer=args.tokenizer, max_length=args.max_length,
+                          connectors=args.ltxv2_model, audio_video=args.mode is not LtxMode.VIDEO,
+                          device=device, dtype=None)
+        try:
+            entries = {}
+            for prompt in unique:
+                text, mask = backend.encode([prompt])
+                entries[prompt] = (text.float().cpu(), mask.cpu())
+        finally:
+            backend.free()
+        return cls(entries)
+
+
+def read_cached_prompts(prompts: list[str], args) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """Prompt embeddings from the sample-prompt text cache, or None when it lacks any prompt."""
+    try:
+        from ltxv2_diffusers.data.stores import read_prompt_cache  # written by the caching module
+    except ImportError:
+        return None
+    try:
+        found = read_prompt_cache(args.dataset_config, prompts)
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    if found is None or any(p not in found for p in prompts):
+        return None
+    return {p: (torch.as_tensor(found[p][0]).float().unsqueeze(0) if torch.as_tensor(found[p][0]).ndim == 2
+                else torch.as_tensor(found[p][0]).float(),
+                torch.as_tensor(found[p][1]).bool().reshape(1, -1)) for p in prompts}
+
+
+def preview_name(step: int, prompt: PreviewPrompt) -> str:
+    return f"step{step:08d}_{prompt.index:02d}"
+
+
+def shell_prompt(prompt: PreviewPrompt) -> str:
+    """The prompt line back in `--sample_prompts` syntax (for model cards)."""
+    return shlex.quote(prompt.prompt)
