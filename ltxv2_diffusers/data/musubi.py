@@ -1,0 +1,168 @@
+"""The musubi per-item safetensors cache layout (read as is, and written by `ltxv2-export-cache`).
+
+Per item with basename `B` and bucket `W×H` in a `cache_directory`:
+`B_{W:04d}x{H:04d}_ltxv2.safetensors` (`latents_{F}x{H}x{W}_{dtype}` `[128,F,H,W]`),
+`B_{W:04d}x{H:04d}_ltxv2_audio.safetensors` (`audio_latents_{F}x1x1_{dtype}` `[8,F,16]`,
+`audio_lengths_{int dtype}` 0-d or `[1]`), `B_ltxv2_te.safetensors` (`text_{dtype}` `[L,D]`,
+`text_mask` `[L]`; legacy `t5_{dtype}`/`t5_mask`). Dtype suffixes come short (`bf16`) or as torch
+names (`bfloat16`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_DTYPE_SUFFIXES = (
+    "bf16|fp16|fp32|fp64|bfloat16|float16|float32|float64|half|float|int8|int16|int32|int64|uint8|bool"
+)
+_KEY_RE = re.compile(rf"^(?P<base>[A-Za-z0-9_]+?)(?:_\d+(?:x\d+)+)?(?:_(?:{_DTYPE_SUFFIXES}))?$")
+_VIDEO_RE = re.compile(r"^(?P<key>.+)_(?P<w>\d{4,})x(?P<h>\d{4,})_ltxv2\.safetensors$")
+_AUDIO_RE = re.compile(r"^(?P<key>.+)_(?P<w>\d{4,})x(?P<h>\d{4,})_ltxv2_audio\.safetensors$")
+_TEXT_RE = re.compile(r"^(?P<key>.+)_ltxv2_te\.safetensors$")
+_SHORT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "int32",
+          torch.int64: "int64"}
+
+_warned_legacy = False
+
+
+def strip_suffixes(name: str) -> str:
+    """`latents_3x4x6_bf16` -> `latents`, `audio_lengths_int32` -> `audio_lengths`, `text_mask` stays."""
+    m = _KEY_RE.match(name)
+    return m.group("base") if m else name
+
+
+def _stripped(tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        base = strip_suffixes(name)
+        if base in out:
+            raise ValueError(f"{path}: two tensors map to {base!r} ({name!r} and another); the file is ambiguous.")
+        out[base] = t
+    return out
+
+
+@dataclass
+class MusubiEntry:
+    """The files of one item in a musubi cache directory."""
+
+    key: str
+    video: str | None = None
+    audio: str | None = None
+    text: str | None = None
+    bucket: tuple[int, int] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def scan_musubi_cache(cache_directory: str) -> dict[str, MusubiEntry]:
+    """All items in `cache_directory` by key (the media basename with its frame-window suffix)."""
+    entries: dict[str, MusubiEntry] = {}
+    if not os.path.isdir(cache_directory):
+        return entries
+    for f in sorted(os.listdir(cache_directory)):
+        path = os.path.join(cache_directory, f)
+        for regex, slot in ((_AUDIO_RE, "audio"), (_VIDEO_RE, "video"), (_TEXT_RE, "text")):
+            m = regex.match(f)
+            if m:
+                e = entries.setdefault(m.group("key"), MusubiEntry(m.group("key")))
+                setattr(e, slot, path)
+                if slot != "text":
+                    e.bucket = (int(m.group("w")), int(m.group("h")))
+                break
+    return entries
+
+
+def read_video(path: str) -> torch.Tensor:
+    """Video latents `[128,F,H,W]` from a `_ltxv2.safetensors` file."""
+    from safetensors.torch import load_file
+
+    t = _stripped(load_file(path), path)
+    if "latents" not in t:
+        raise ValueError(f"{path}: no `latents_*` tensor (found {sorted(t)}); not an LTX-2 video latent cache.")
+    return t["latents"]
+
+
+def read_audio(path: str) -> tuple[torch.Tensor, int]:
+    """`(audio_latents [8,F,16], audio_lengths)` from a `_ltxv2_audio.safetensors` file."""
+    from safetensors.torch import load_file
+
+    t = _stripped(load_file(path), path)
+    if "audio_latents" not in t:
+        raise ValueError(f"{path}: no `audio_latents_*` tensor (found {sorted(t)}); not an LTX-2 audio cache.")
+    lat = t["audio_latents"]
+    lengths = t.get("audio_lengths")
+    n = int(lengths.reshape(-1)[0]) if lengths is not None else int(lat.shape[-2])
+    return lat, n
+
+
+def read_text(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(text [L,D], text_mask [L] bool)`; legacy `t5`/`t5_mask` keys load with one warning."""
+    from safetensors.torch import load_file
+
+    global _warned_legacy
+    t = _stripped(load_file(path), path)
+    if "text" in t:
+        text, mask = t["text"], t.get("text_mask")
+    elif "t5" in t:
+        if not _warned_legacy:
+            logger.warning(
+                "%s uses the legacy `t5`/`t5_mask` keys; reading them as `text`/`text_mask` "
+                "(re-export with ltxv2-export-cache to silence this).", path)
+            _warned_legacy = True
+        text, mask = t["t5"], t.get("t5_mask")
+    else:
+        raise ValueError(f"{path}: no `text_*` or legacy `t5_*` tensor (found {sorted(t)}).")
+    if mask is None:
+        mask = torch.ones(text.shape[0], dtype=torch.bool)
+    return text, mask.reshape(-1).bool()
+
+
+def video_file(cache_directory: str, key: str, bucket: tuple[int, int]) -> str:
+    return os.path.join(cache_directory, f"{key}_{bucket[0]:04d}x{bucket[1]:04d}_ltxv2.safetensors")
+
+
+def audio_file(cache_directory: str, key: str, bucket: tuple[int, int]) -> str:
+    return os.path.join(cache_directory, f"{key}_{bucket[0]:04d}x{bucket[1]:04d}_ltxv2_audio.safetensors")
+
+
+def text_file(cache_directory: str, key: str) -> str:
+    return os.path.join(cache_directory, f"{key}_ltxv2_te.safetensors")
+
+
+def _suffix(t: torch.Tensor) -> str:
+    return _SHORT.get(t.dtype, str(t.dtype).removeprefix("torch."))
+
+
+def _save(tensors: dict[str, torch.Tensor], path: str) -> str:
+    from safetensors.torch import save_file
+
+    tmp = path + ".tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return path
+
+
+def write_video(cache_directory: str, key: str, bucket: tuple[int, int], latents: torch.Tensor) -> str:
+    f, h, w = latents.shape[-3:]
+    return _save({f"latents_{f}x{h}x{w}_{_suffix(latents)}": latents}, video_file(cache_directory, key, bucket))
+
+
+def write_audio(cache_directory: str, key: str, bucket: tuple[int, int], audio_latents: torch.Tensor,
+                audio_lengths: int) -> str:
+    f = audio_latents.shape[-2]
+    return _save(
+        {f"audio_latents_{f}x1x1_{_suffix(audio_latents)}": audio_latents,
+         "audio_lengths_int32": torch.tensor(int(audio_lengths), dtype=torch.int32)},
+        audio_file(cache_directory, key, bucket),
+    )
+
+
+def write_text(cache_directory: str, key: str, text: torch.Tensor, text_mask: torch.Tensor) -> str:
+    return _save({f"text_{_suffix(text)}": text, "text_mask": text_mask.to(torch.int32)},
+                 text_file(cache_directory, key))

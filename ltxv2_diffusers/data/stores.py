@@ -1,0 +1,211 @@
+"""Arrow caches: one `datasets` dataset per cache kind in a dataset's `cache_directory`.
+
+Each cache is a folder of Arrow shard files written atomically as a job goes (a killed job keeps every
+finished shard). Tensors are stored exactly (bf16 included) as raw bytes + shape + dtype columns, so
+rows round-trip bit for bit and `push_to_hub` works on plain Arrow types. Rows are keyed by item key;
+when a key appears in several shards the newest shard wins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Iterable
+
+import torch
+
+CACHE_KINDS = ("video", "audio", "text", "sample_prompts")
+_FOLDERS = {
+    "video": "ltxv2_video_latents",
+    "audio": "ltxv2_audio_latents",
+    "text": "ltxv2_text",
+    "sample_prompts": "ltxv2_sample_prompts",
+}
+# Which tensor columns each kind holds (each as `<name>`, `<name>_shape`, `<name>_dtype`).
+TENSOR_COLUMNS = {
+    "video": ("latents",),
+    "audio": ("audio_latents",),
+    "text": ("text", "text_mask"),
+    "sample_prompts": ("text", "text_mask"),
+}
+SCALAR_COLUMNS = {
+    "video": {"fps": "float32", "width": "int32", "height": "int32", "num_frames": "int32", "source": "string"},
+    "audio": {"audio_lengths": "int64", "sample_rate": "int32", "source": "string"},
+    "text": {"caption": "string"},
+    "sample_prompts": {"prompt": "string"},
+}
+
+_TORCH_DTYPES = {
+    "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64,
+    "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_to_columns(name: str, tensor: torch.Tensor) -> dict[str, Any]:
+    """`{name: bytes, name_shape: [...], name_dtype: 'bfloat16'}` for one row (exact, any dtype)."""
+    t = tensor.detach().cpu().contiguous()
+    raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+    return {name: raw.numpy().tobytes(), f"{name}_shape": list(t.shape), f"{name}_dtype": dtype_name(t.dtype)}
+
+
+def columns_to_tensor(row: dict[str, Any], name: str) -> torch.Tensor:
+    """Inverse of `tensor_to_columns`."""
+    dtype = _TORCH_DTYPES[row[f"{name}_dtype"]]
+    shape = tuple(int(s) for s in row[f"{name}_shape"])
+    buf = bytearray(row[name])
+    if dtype == torch.bfloat16:
+        return torch.frombuffer(buf, dtype=torch.int16).view(torch.bfloat16).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
+    if not buf:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def features_for(kind: str):
+    """The `datasets.Features` every shard of `kind` uses (shards must concatenate)."""
+    from datasets import Features, List, Value
+
+    feats: dict[str, Any] = {"key": Value("string"), "fingerprint": Value("string")}
+    for name in TENSOR_COLUMNS[kind]:
+        feats[name] = Value("binary")
+        feats[f"{name}_shape"] = List(Value("int64"))
+        feats[f"{name}_dtype"] = Value("string")
+    for name, dtype in SCALAR_COLUMNS[kind].items():
+        feats[name] = Value(dtype)
+    return Features(feats)
+
+
+class CacheStore:
+    """The Arrow cache of one kind (`video`, `audio`, `text`, `sample_prompts`) in `cache_directory`."""
+
+    def __init__(self, cache_directory: str | os.PathLike, kind: str):
+        if kind not in CACHE_KINDS:
+            raise ValueError(f"unknown cache kind {kind!r}; one of {', '.join(CACHE_KINDS)}")
+        self.cache_directory = os.fspath(cache_directory)
+        self.kind = kind
+        self.path = os.path.join(self.cache_directory, _FOLDERS[kind])
+        self._loaded: tuple[tuple[str, ...], Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"CacheStore({self.path!r})"
+
+    def shard_files(self) -> list[str]:
+        """Finished shards, oldest first (names sort by creation time)."""
+        if not os.path.isdir(self.path):
+            return []
+        return sorted(os.path.join(self.path, f) for f in os.listdir(self.path) if f.endswith(".arrow"))
+
+    def exists(self) -> bool:
+        return bool(self.shard_files())
+
+    def write_shard(self, rows: list[dict[str, Any]]) -> str | None:
+        """Write rows as one new shard, atomically (temp file + rename). Returns its path."""
+        from datasets.arrow_writer import ArrowWriter
+
+        if not rows:
+            return None
+        os.makedirs(self.path, exist_ok=True)
+        name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.arrow"
+        final = os.path.join(self.path, name)
+        tmp = final + ".tmp"
+        features = features_for(self.kind)
+        writer = ArrowWriter(features=features, path=tmp)
+        try:
+            writer.write_batch({col: [r.get(col) for r in rows] for col in features})
+            writer.finalize()
+        finally:
+            writer.close()
+        os.replace(tmp, final)
+        return final
+
+    def load(self):
+        """All rows as one memory-mapped `datasets.Dataset` (newest row per key), or None when empty."""
+        from datasets import Dataset, concatenate_datasets
+
+        files = tuple(self.shard_files())
+        if not files:
+            return None
+        if self._loaded is not None and self._loaded[0] == files:
+            return self._loaded[1]
+        parts = [Dataset.from_file(f) for f in files]
+        ds = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        keys = ds["key"]
+        last = {k: i for i, k in enumerate(keys)}
+        if len(last) != len(keys):
+            ds = ds.select(sorted(last.values()))
+        self._loaded = (files, ds)
+        return ds
+
+    def fingerprints(self) -> dict[str, str]:
+        """`key -> fingerprint` of every cached row (reads two small columns only)."""
+        ds = self.load()
+        if ds is None:
+            return {}
+        return dict(zip(ds["key"], ds["fingerprint"]))
+
+    def index(self) -> dict[str, int]:
+        ds = self.load()
+        return {} if ds is None else {k: i for i, k in enumerate(ds["key"])}
+
+    def row(self, i: int) -> dict[str, Any]:
+        return self.load()[i]
+
+    def read(self, i: int) -> dict[str, Any]:
+        """Row `i` with its tensor columns decoded to tensors."""
+        row = self.row(i)
+        out = {k: v for k, v in row.items() if not k.endswith(("_shape", "_dtype"))}
+        for name in TENSOR_COLUMNS[self.kind]:
+            out[name] = columns_to_tensor(row, name)
+        return out
+
+    def remove_superseded(self) -> int:
+        """Delete shards whose every row was replaced by a newer shard; returns how many."""
+        seen: set[str] = set()
+        removed = 0
+        from datasets import Dataset
+
+        for f in reversed(self.shard_files()):
+            keys = set(Dataset.from_file(f)["key"])
+            if keys and keys <= seen:
+                os.remove(f)
+                removed += 1
+            seen |= keys
+        self._loaded = None
+        return removed
+
+    def clean_partial(self) -> None:
+        """Drop temp files a killed job left behind."""
+        if os.path.isdir(self.path):
+            for f in os.listdir(self.path):
+                if f.endswith(".tmp"):
+                    os.remove(os.path.join(self.path, f))
+
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Push this cache as a Hub dataset (config name = cache kind)."""
+        ds = self.load()
+        if ds is None:
+            raise ValueError(f"{self.path} holds no cache to push; run the cache job first.")
+        kwargs.setdefault("config_name", self.kind)
+        return ds.push_to_hub(repo_id, **kwargs)
+
+
+def rows_to_stores(cache_directory: str, kind: str, rows: Iterable[dict[str, Any]], shard_rows: int = 256) -> int:
+    """Write `rows` into the `kind` store of `cache_directory` in shards; returns the row count."""
+    store = CacheStore(cache_directory, kind)
+    buf: list[dict[str, Any]] = []
+    n = 0
+    for r in rows:
+        buf.append(r)
+        if len(buf) >= shard_rows:
+            store.write_shard(buf)
+            n += len(buf)
+            buf = []
+    if buf:
+        store.write_shard(buf)
+        n += len(buf)
+    return n
