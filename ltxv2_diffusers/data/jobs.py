@@ -1,0 +1,553 @@
+"""Caching map jobs: items -> video latents, audio latents, text embeddings (one Arrow cache each).
+
+Each job is a batched `datasets` `.map` over the items still to do (`num_proc` workers, `with_rank`
+picks the GPU). Every mapped batch is written at once as its own Arrow shard in the item's cache
+directory, so a killed job keeps everything finished. An item is skipped when its cache row carries
+the same fingerprint, which depends only on what changes the output: the encoder's identity and dtype,
+tiling, the item's media (path, size, mtime), frame window, bucket, sample rate, caption, and the
+cache code version. Bad items are reported `(file, reason)` and every good item is still cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from .stores import CacheStore, tensor_to_columns
+
+logger = logging.getLogger(__name__)
+
+# Bump when a job's output for the same inputs changes; old cache rows are then recomputed.
+CODE_VERSIONS = {"video": "1", "audio": "1", "text": "1", "sample_prompts": "1"}
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def file_stamp(path: str | None) -> str:
+    """Size and mtime of a file or (recursively) a folder: changes when its content is replaced."""
+    if not path:
+        return "-"
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return f"{st.st_size}:{int(st.st_mtime)}"
+    if os.path.isdir(path):
+        from ltxv2_diffusers.text.base import folder_identity
+
+        return folder_identity(path)
+    return path  # a Hub id
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def resolve_device(device: str | None, rank: int | None) -> torch.device:
+    """`cuda` + a worker rank -> that rank's GPU; `None` -> cuda when available, else cpu."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and rank is not None and torch.cuda.device_count() > 1:
+        dev = torch.device("cuda", rank % torch.cuda.device_count())
+    return dev
+
+
+def load_model_components(path: str, names: list[str]) -> dict[str, torch.nn.Module]:
+    """Load `names` from an official single file or a diffusers folder through `models.loading`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file or folder {path!r} does not exist (check --vae / --ltxv2_model).")
+    try:
+        from ltxv2_diffusers.models.loading import load_components
+    except ImportError:  # until models/loading.py lands: diffusers folders only
+        load_components = _load_diffusers_folder
+    comps = load_components(path, components=list(names))
+    missing = [n for n in names if n not in comps]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)} weights; pass the checkpoint that contains them.")
+    return comps
+
+
+def _load_diffusers_folder(path: str, components: list[str]) -> dict[str, torch.nn.Module]:
+    from ltxv2_diffusers.models.presets import component_classes
+
+    classes = component_classes()
+    out = {}
+    for name in components:
+        sub = os.path.join(path, name)
+        if os.path.isfile(os.path.join(sub, "config.json")):
+            out[name] = classes[name].from_pretrained(sub)
+    return out
+
+
+def item_to_row(item) -> dict[str, Any]:
+    row = dataclasses.asdict(item)
+    row["bucket"] = list(row["bucket"]) if row.get("bucket") is not None else None
+    return row
+
+
+def row_to_item(row: dict[str, Any]):
+    from .items import Item
+
+    names = {f.name for f in dataclasses.fields(Item)}
+    kwargs = {k: v for k, v in row.items() if k in names}
+    if kwargs.get("bucket") is not None:
+        kwargs["bucket"] = tuple(kwargs["bucket"])
+    return Item(**kwargs)
+
+
+def item_media(item) -> str:
+    return getattr(item, "video_path", None) or getattr(item, "image_path", None) or "?"
+
+
+def _reason(error: BaseException) -> str:
+    reason = getattr(error, "reason", None)
+    return str(reason) if reason else f"{type(error).__name__}: {error}"
+
+
+# --------------------------------------------------------------------------------------------------
+# encoders: picklable specs that load their model lazily in each worker
+
+
+class ItemEncoder:
+    """Base of the per-kind encoders. Subclasses set `kind` and implement `fingerprint`,
+    `item_signature` and `encode_items`; models load on first use, in the worker that uses them."""
+
+    kind = ""
+
+    def __getstate__(self):
+        # Workers get the spec, never a loaded model.
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_m_")}
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def item_signature(self, item) -> Any:
+        raise NotImplementedError
+
+    def item_fingerprint(self, item, job_fingerprint: str | None = None) -> str:
+        return _hash(job_fingerprint or self.fingerprint(), self.item_signature(item))
+
+    def encode_items(self, items: list, rank: int | None) -> Iterator[tuple[Any, dict | BaseException]]:
+        raise NotImplementedError
+
+    def free(self) -> None:
+        for k in [k for k in self.__dict__ if k.startswith("_m_")]:
+            delattr(self, k)
+
+
+class VideoLatentEncoder(ItemEncoder):
+    """Frames -> un-normalized video VAE means `[128,F,H,W]` (`latent_dist.mean`)."""
+
+    kind = "video"
+
+    def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "bf16",
+                 tiling: bool = False, chunk_size: int | None = None, decode_workers: int = 4, vae_module=None):
+        from ltxv2_diffusers.text.base import resolve_dtype
+
+        if chunk_size is not None and (chunk_size < 16 or chunk_size % 8):
+            raise ValueError(f"--vae_chunk_size {chunk_size}: use a multiple of 8 frames, at least 16.")
+        self.vae = vae
+        self.device = device
+        self.dtype = resolve_dtype(dtype)
+        self.tiling = bool(tiling)
+        self.chunk_size = chunk_size
+        self.decode_workers = max(1, int(decode_workers))
+        if vae_module is not None:
+            self._m_vae = vae_module
+
+    def fingerprint(self) -> str:
+        return _hash("video", CODE_VERSIONS["video"], str(self.vae), file_stamp(self.vae), str(self.dtype),
+                     self.tiling, self.chunk_size)
+
+    def item_signature(self, item) -> Any:
+        return (item_media(item), file_stamp(item_media(item)), item.frame_start, item.num_frames,
+                item.frame_stride, list(item.bucket))
+
+    def _model(self, rank):
+        if not hasattr(self, "_m_vae"):
+            self._m_vae = load_model_components(self.vae, ["vae"])["vae"]
+        vae = self._m_vae
+        dev = resolve_device(self.device, rank)
+        if vae.device != dev or vae.dtype != self.dtype:
+            vae = self._m_vae = vae.to(dev, self.dtype).eval()
+        if self.tiling:
+            vae.enable_tiling()
+        if self.chunk_size:
+            # diffusers gates temporal tiling of encode on this flag (shared with decode).
+            vae.use_framewise_decoding = True
+            vae.tile_sample_min_num_frames = self.chunk_size
+            vae.tile_sample_stride_num_frames = max(8, self.chunk_size - 8)
+        return vae
+
+    @staticmethod
+    def decode(item) -> torch.Tensor:
+        from .items import load_video_frames
+
+        frames = load_video_frames(item)
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 127.5 - 1.0
+        return frames
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor, rank: int | None = None) -> torch.Tensor:
+        """`[F,3,H,W]` in [-1,1] -> `[128,F',H',W']` latent means in the encoder's dtype."""
+        vae = self._model(rank)
+        x = frames.permute(1, 0, 2, 3).unsqueeze(0).to(vae.device, self.dtype, non_blocking=True)
+        return vae.encode(x).latent_dist.mean[0]
+
+    def encode_items(self, items, rank):
+        self._model(rank)
+        # Decode ahead on CPU threads while the VAE encodes the item before.
+        with ThreadPoolExecutor(self.decode_workers) as pool:
+            futures = [pool.submit(self.decode, it) for it in items]
+            for item, fut in zip(items, futures):
+                try:
+                    frames = fut.result()
+                    latents = self.encode_frames(frames, rank).cpu()
+                except Exception as e:  # one bad item must not stop the job
+                    yield item, e
+                    continue
+                yield item, {
+                    **tensor_to_columns("latents", latents),
+                    "fps": float(item.fps or 24.0), "width": int(item.bucket[0]), "height": int(item.bucket[1]),
+                    "num_frames": int(frames.shape[0]), "source": item_media(item),
+                }
+
+
+class AudioLatentEncoder(ItemEncoder):
+    """Audio window -> log-mel `[2,T,64]` -> un-normalized audio VAE means `[8,Fa,16]` + valid length."""
+
+    kind = "audio"
+
+    def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "fp32",
+                 decode_workers: int = 4, audio_vae_module=None):
+        from ltxv2_diffusers.text.base import resolve_dtype
+
+        self.vae = vae
+        self.device = device
+        self.dtype = resolve_dtype(dtype)
+        self.decode_workers = max(1, int(decode_workers))
+        if audio_vae_module is not None:
+            self._m_vae = audio_vae_module
+
+    def fingerprint(self) -> str:
+        return _hash("audio", CODE_VERSIONS["audio"], str(self.vae), file_stamp(self.vae), str(self.dtype))
+
+    def item_signature(self, item) -> Any:
+        audio = getattr(item, "audio_path", None) or item_media(item)
+        return (item_media(item), audio, file_stamp(audio), item.frame_start, item.num_frames,
+                item.frame_stride, item.fps)
+
+    def _model(self, rank):
+        if not hasattr(self, "_m_vae"):
+            self._m_vae = load_model_components(self.vae, ["audio_vae"])["audio_vae"]
+        dev = resolve_device(self.device, rank)
+        if self._m_vae.device != dev or self._m_vae.dtype != self.dtype:
+            self._m_vae = self._m_vae.to(dev, self.dtype).eval()
+        return self._m_vae
+
+    def mel(self, item) -> tuple[torch.Tensor, int]:
+        """`(log-mel [2,T,64], valid mel frames)` for the item's time window."""
+        from .items import load_audio
+        from .mel import log_mel
+
+        cfg = self._m_vae.config
+        rate = int(getattr(cfg, "sample_rate", 16000))
+        hop = int(getattr(cfg, "mel_hop_length", 160))
+        clip = load_audio(item, sample_rate=rate)
+        wave, valid = clip.waveform, clip.num_valid_samples
+        if valid <= 0 or wave.shape[-1] == 0:
+            raise ValueError("audio of zero length in the item's time window")
+        mel = log_mel(wave, sample_rate=rate, hop_length=hop)
+        frames = min(mel.shape[-2], valid // hop + 1)
+        return mel, frames
+
+    @torch.no_grad()
+    def encode_items(self, items, rank):
+        vae = self._model(rank)
+        with ThreadPoolExecutor(self.decode_workers) as pool:
+            futures = [pool.submit(self.mel, it) for it in items]
+            for item, fut in zip(items, futures):
+                try:
+                    mel, valid_mel = fut.result()
+                    lat = vae.encode(mel.unsqueeze(0).to(vae.device, self.dtype)).latent_dist.mean[0].cpu()
+                except Exception as e:
+                    yield item, e
+                    continue
+                # The audio VAE downsamples time by 4: a latent frame is valid when it saw real audio.
+                total_mel = mel.shape[-2]
+                valid = lat.shape[-2] if valid_mel >= total_mel else min(lat.shape[-2], -(-valid_mel // 4))
+                yield item, {
+                    **tensor_to_columns("audio_latents", lat), "audio_lengths": int(valid),
+                    "sample_rate": int(getattr(vae.config, "sample_rate", 16000)),
+                    "source": getattr(item, "audio_path", None) or item_media(item),
+                }
+
+
+class TextEmbeddingEncoder(ItemEncoder):
+    """Captions -> text context through a registered text backend (`gemma`, `t5`, plugins)."""
+
+    kind = "text"
+
+    def __init__(self, backend: str, text_encoder: str, tokenizer: str | None = None, max_length: int | None = None,
+                 connectors: str | None = None, audio_video: bool = False, device: str | None = None,
+                 dtype: str | torch.dtype | None = None, backend_instance=None):
+        self.backend = backend
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.connectors = connectors
+        self.audio_video = bool(audio_video)
+        self.device = device
+        self.dtype = dtype
+        if backend_instance is not None:
+            self._m_backend = backend_instance
+
+    def fingerprint(self) -> str:
+        if hasattr(self, "_m_backend"):
+            return _hash("text", CODE_VERSIONS["text"], self._m_backend.identity())
+        # Cheap identity from the spec, so a finished cache is recognised without loading a 12 B model.
+        return _hash("text", CODE_VERSIONS["text"], self.backend, self.text_encoder, file_stamp(self.text_encoder),
+                     self.tokenizer, file_stamp(self.tokenizer), self.max_length,
+                     self.connectors if not isinstance(self.connectors, str) else [self.connectors, file_stamp(self.connectors)],
+                     self.audio_video, str(self.dtype))
+
+    def item_signature(self, item) -> Any:
+        return item.caption
+
+    def load_backend(self, rank: int | None = None):
+        if not hasattr(self, "_m_backend"):
+            from ltxv2_diffusers.text import get_text_backend
+
+            kwargs = dict(text_encoder=self.text_encoder, tokenizer=self.tokenizer, connectors=self.connectors,
+                          audio_video=self.audio_video, device=resolve_device(self.device, rank), dtype=self.dtype)
+            if self.max_length is not None:
+                kwargs["max_length"] = self.max_length
+            self._m_backend = get_text_backend(self.backend)(**kwargs)
+        return self._m_backend
+
+    def encode_prompts(self, prompts: list[str], rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        text, mask = self.load_backend(rank).encode(list(prompts))
+        return text.cpu(), mask.cpu()
+
+    def encode_items(self, items, rank):
+        good, bad = [], []
+        for it in items:
+            if not isinstance(it.caption, str) or not it.caption.strip():
+                bad.append(it)
+            else:
+                good.append(it)
+        for it in bad:
+            yield it, ValueError("empty caption")
+        if not good:
+            return
+        try:
+            text, mask = self.encode_prompts([it.caption for it in good], rank)
+        except Exception as e:
+            for it in good:
+                yield it, e
+            return
+        for i, it in enumerate(good):
+            yield it, {**tensor_to_columns("text", text[i]), **tensor_to_columns("text_mask", mask[i]),
+                       "caption": it.caption}
+
+    def free(self) -> None:
+        if hasattr(self, "_m_backend"):
+            self._m_backend.free()
+        super().free()
+
+
+# --------------------------------------------------------------------------------------------------
+# the job
+
+
+@dataclass
+class JobReport:
+    """What a cache job did. `bad` holds `(file, reason)` for listing and encoding failures alike."""
+
+    kind: str
+    cached: int = 0
+    skipped: int = 0
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)
+
+    @property
+    def available(self) -> int:
+        return self.cached + self.skipped
+
+    def summary(self) -> str:
+        lines = [f"{self.kind} cache: {self.cached} cached, {self.skipped} already cached, {len(self.bad)} bad"]
+        lines += [f"  bad: {path}: {reason}" for path, reason in self.bad]
+        return "\n".join(lines)
+
+    def exit_code(self, strict: bool = False) -> int:
+        """Non-zero when no item is cached at all, or with `strict` when any item was bad."""
+        return 1 if self.available == 0 or (strict and self.bad) else 0
+
+
+def _map_batch(batch: dict[str, list], rank: int | None, encoder: ItemEncoder, job_fingerprint: str,
+               kind: str) -> dict[str, list]:
+    n = len(batch["key"])
+    items = [row_to_item({k: batch[k][i] for k in batch}) for i in range(n)]
+    out = {"key": [], "error": [], "media": [], "shard": []}
+    rows_by_dir: dict[str, list[dict]] = {}
+    for item, result in encoder.encode_items(items, rank):
+        out["key"].append(item.key)
+        out["media"].append(item_media(item) if kind != "text" else (item_media(item) + " (caption)"))
+        if isinstance(result, BaseException):
+            out["error"].append(_reason(result))
+            out["shard"].append(None)
+            continue
+        out["error"].append(None)
+        row = {"key": item.key, "fingerprint": encoder.item_fingerprint(item, job_fingerprint), **result}
+        rows_by_dir.setdefault(item.cache_directory, []).append(row)
+    shard_of: dict[str, str] = {}
+    for cache_dir, rows in rows_by_dir.items():
+        path = CacheStore(cache_dir, kind).write_shard(rows)
+        for r in rows:
+            shard_of[r["key"]] = path
+    out["shard"] = [shard_of.get(k) if e is None else None for k, e in zip(out["key"], out["error"])]
+    return out
+
+
+def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | None = None) -> tuple[list, int]:
+    """`(items whose cache row is missing or stale, number already cached)`."""
+    job_fingerprint = job_fingerprint or encoder.fingerprint()
+    known: dict[str, dict[str, str]] = {}
+    todo, done = [], 0
+    for item in items:
+        cache_dir = item.cache_directory
+        if cache_dir not in known:
+            store = CacheStore(cache_dir, encoder.kind)
+            store.clean_partial()
+            known[cache_dir] = store.fingerprints()
+        if known[cache_dir].get(item.key) == encoder.item_fingerprint(item, job_fingerprint):
+            done += 1
+        else:
+            todo.append(item)
+    return todo, done
+
+
+def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tuple[str, str]] = (),
+                  batch_size: int = 4, num_proc: int | None = None, skip_existing: bool = True,
+                  progress: bool = True) -> JobReport:
+    """Cache `items` with `encoder` through a batched `datasets` map; returns a `JobReport`.
+
+    `num_proc > 1` runs that many workers (each with its own model; on CUDA, worker `rank` uses GPU
+    `rank % device_count`). With `skip_existing`, items whose row has the same fingerprint are skipped.
+    """
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+    kind = encoder.kind
+    report = JobReport(kind=kind, bad=list(listing_bad))
+    job_fp = encoder.fingerprint()
+    if skip_existing:
+        todo, report.skipped = pending_items(items, encoder, job_fp)
+    else:
+        todo = list(items)
+    if not todo:
+        return report
+    keys = [it.key for it in todo]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"item keys must be unique; duplicated: {', '.join(dup[:5])} (two media files with one stem?)")
+    ds = Dataset.from_list([item_to_row(it) for it in todo])
+    workers = num_proc if num_proc and num_proc > 1 else None
+    (enable_progress_bar if progress else disable_progress_bar)()
+    result = ds.map(
+        _map_batch,
+        batched=True,
+        batch_size=max(1, int(batch_size)),
+        with_rank=True,
+        num_proc=min(workers, len(todo)) if workers else None,
+        fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind},
+        remove_columns=ds.column_names,
+        new_fingerprint=_hash("map", job_fp, keys),
+        desc=f"caching {kind}",
+        load_from_cache_file=False,
+    )
+    for key, error, media, shard in zip(result["key"], result["error"], result["media"], result["shard"]):
+        if error is None:
+            report.cached += 1
+            if shard not in report.shards:
+                report.shards.append(shard)
+        else:
+            report.bad.append((media, error))
+    for cache_dir in sorted({it.cache_directory for it in todo}):
+        CacheStore(cache_dir, kind).remove_superseded()
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# sample prompts
+
+
+def parse_sample_prompts(path: str) -> list[str]:
+    """Prompts (and `--n` negative prompts) of a musubi-style prompts file; `#` lines are comments.
+
+    A line is `prompt text --w 768 --h 512 --f 121 --n negative text ...`; the options are not part of the
+    prompt.
+    """
+    import re
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--sample_prompts {path!r} does not exist.")
+    prompts: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = re.split(r"\s--(?=[a-z]+\b)", " " + line)
+            text = parts[0].strip()
+            if text:
+                prompts.append(text)
+            for opt in parts[1:]:
+                name, _, value = opt.partition(" ")
+                if name == "n" and value.strip():
+                    prompts.append(value.strip())
+    seen: dict[str, None] = {}
+    for p in prompts:
+        seen.setdefault(p, None)
+    return list(seen)
+
+
+def cache_sample_prompts(prompts: list[str], encoder: TextEmbeddingEncoder, cache_directory: str,
+                         batch_size: int = 8) -> JobReport:
+    """Cache text embeddings of sample prompts (keyed by the prompt text) so training needs no text encoder."""
+    store = CacheStore(cache_directory, "sample_prompts")
+    job_fp = encoder.fingerprint()
+    have = store.fingerprints()
+    report = JobReport(kind="sample_prompts")
+    todo = [p for p in prompts if have.get(p) != _hash(job_fp, p)]
+    report.skipped = len(prompts) - len(todo)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        text, mask = encoder.encode_prompts(chunk)
+        rows = [{"key": p, "fingerprint": _hash(job_fp, p), "prompt": p,
+                 **tensor_to_columns("text", text[i]), **tensor_to_columns("text_mask", mask[i])}
+                for i, p in enumerate(chunk)]
+        report.shards.append(store.write_shard(rows))
+        report.cached += len(rows)
+    store.remove_superseded()
+    return report
+
+
+def load_sample_prompt_embeddings(cache_directory: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`prompt -> (text [L,D], mask [L])` as cached by `ltxv2-cache-text-encoder-outputs --sample_prompts`."""
+    store = CacheStore(cache_directory, "sample_prompts")
+    out = {}
+    for key, i in store.index().items():
+        row = store.read(i)
+        out[key] = (row["text"], row["text_mask"].bool())
+    return out
