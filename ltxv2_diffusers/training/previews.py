@@ -14,7 +14,7 @@ import dataclasses
 import shlex
 import wave
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,15 +92,6 @@ def load_prompts(path: str | Path) -> list[PreviewPrompt]:
     return prompts
 
 
-def context_widths(transformer_config: Mapping[str, Any]) -> tuple[int, int]:
-    """Widths of the video and audio text contexts the transformer reads (connector outputs)."""
-    cfg = transformer_config
-    if cfg.get("use_prompt_embeddings", True):
-        return int(cfg["caption_channels"]), int(cfg["caption_channels"])
-    return (int(cfg["num_attention_heads"] * cfg["attention_head_dim"]),
-            int(cfg["audio_num_attention_heads"] * cfg["audio_attention_head_dim"]))
-
-
 class CachedContextConnectors(torch.nn.Module):
     """Stands in for `LTX2TextConnectors` in the pipeline when prompts are already connector outputs.
 
@@ -144,6 +135,8 @@ def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:
 def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None):
     """The stock `LTX2Pipeline` around the training transformer, with no text encoder."""
     from diffusers import LTX2Pipeline
+
+    from ltxv2_diffusers.models.adapter import context_widths
 
     if scheduler is None:
         from ltxv2_diffusers.models.scheduler import LTXV2FlowMatchScheduler

@@ -1,0 +1,124 @@
+"""The training model: load the checkpoint, add the LoRA, wrap in the mode's adapter; save LoRA files;
+render previews. The trainer talks to models/ and lora/ only through this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltxv2_diffusers.modes import LtxMode
+from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
+
+
+@dataclasses.dataclass
+class TrainingBundle:
+    """What a run holds: the adapter (wrapping the LoRA'd transformer) and, for previews, the VAEs,
+    vocoder and the preview prompts' text contexts."""
+
+    adapter: torch.nn.Module
+    transformer: torch.nn.Module
+    mode: LtxMode
+    lora_targets: list[str]
+    preview_parts: dict[str, torch.nn.Module] = dataclasses.field(default_factory=dict)
+    prompts: list[Any] = dataclasses.field(default_factory=list)
+    prompt_cache: Any = None
+
+    def prepare_prompts(self, args, device) -> None:
+        """Parse `--sample_prompts` and get every prompt's text context once (cache or text encoder)."""
+        from ltxv2_diffusers.training.previews import PromptCache, load_prompts
+
+        self.prompts = load_prompts(args.sample_prompts)
+        texts = [p.prompt for p in self.prompts]
+        guidance = [args.sample_guidance_scale if p.guidance_scale is None else p.guidance_scale for p in self.prompts]
+        texts += [p.negative_prompt for p, g in zip(self.prompts, guidance) if g > 1.0]
+        self.prompt_cache = PromptCache.encode(texts, args, device=device)
+
+
+def _vae_source(args) -> str:
+    return args.vae or args.ltxv2_model
+
+
+def build_training_model(args, device: torch.device | str = "cpu", keep_preview_parts: bool = False) -> TrainingBundle:
+    """Load the transformer (+ VAE statistics), add the LoRA for `args.mode`, wrap in the adapter."""
+    from ltxv2_diffusers.lora import add_lora, load_lora_into
+    from ltxv2_diffusers.models.adapter import adapter_class_for_mode
+    from ltxv2_diffusers.models.loading import load_components
+
+    mode: LtxMode = args.mode
+    transformer = load_components(args.ltxv2_model, backend=args.ltxv2_backend, components=["transformer"])["transformer"]
+    wanted = ["vae", "audio_vae"] + (["vocoder"] if keep_preview_parts else [])
+    parts = load_components(_vae_source(args), backend=args.ltxv2_backend if not args.vae else None, components=wanted)
+    missing = [name for name in ("vae", "audio_vae") if name not in parts]
+    if missing:
+        raise ValueError(f"--vae {_vae_source(args)} has no {', '.join(missing)}; pass the LTX-2 checkpoint that "
+                         "holds both VAEs (their latent statistics normalize the cached latents)")
+    transformer.requires_grad_(False)
+    targets = add_lora(transformer, mode=mode, rank=args.network_dim, alpha=args.network_alpha,
+                       network_args=network_kwargs(args))
+    if args.network_weights is not None:
+        load_lora_into(transformer, args.network_weights)
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    adapter = adapter_class_for_mode(mode).from_components(transformer, vae=parts["vae"], audio_vae=parts["audio_vae"])
+    adapter.to(device)
+    # LoRA weights train in fp32 even when the base runs in bf16 (mixed precision autocasts matmuls).
+    for p in adapter.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    preview = {}
+    if keep_preview_parts:
+        preview = {name: parts[name].to(device).eval() for name in ("vae", "audio_vae", "vocoder") if name in parts}
+        if "vocoder" not in preview:
+            raise ValueError(f"previews need the vocoder, which {_vae_source(args)} lacks")
+    return TrainingBundle(adapter=adapter, transformer=transformer, mode=mode, lora_targets=list(targets),
+                          preview_parts=preview)
+
+
+def lora_metadata(args, step: int) -> dict[str, str]:
+    """Metadata stored in every saved LoRA (strings only: safetensors metadata)."""
+    import json
+
+    from ltxv2_diffusers import __version__
+
+    return {
+        "ltxv2_diffusers_version": __version__,
+        "base_model": str(args.ltxv2_model),
+        "ltx_mode": args.mode.value,
+        "network_dim": str(args.network_dim),
+        "network_alpha": str(args.network_alpha),
+        "timestep_format": args.timestep_format.value,
+        "steps": str(step),
+        "training_args": json.dumps(args_to_dict(args), default=str),
+    }
+
+
+def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, step: int) -> Path:
+    """`directory/name.safetensors` (official/ComfyUI) and `directory/name-diffusers/` (diffusers)."""
+    from ltxv2_diffusers.lora import save_lora
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return save_lora(bundle.transformer, directory, name, mode=bundle.mode, rank=args.network_dim,
+                     alpha=args.network_alpha, metadata=lora_metadata(args, step))
+
+
+def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int) -> list[Path]:
+    """One preview file per `--sample_prompts` line with the current LoRA."""
+    from ltxv2_diffusers.training.previews import build_preview_pipeline, preview_name, render_preview
+
+    parts = bundle.preview_parts
+    pipeline = build_preview_pipeline(bundle.transformer, parts["vae"], parts["audio_vae"], parts["vocoder"])
+    pipeline.set_progress_bar_config(disable=True)
+    written = []
+    for prompt in bundle.prompts:
+        guidance = args.sample_guidance_scale if prompt.guidance_scale is None else prompt.guidance_scale
+        negative = bundle.prompt_cache[prompt.negative_prompt] if guidance > 1.0 else None
+        written.append(render_preview(
+            pipeline, prompt, bundle.prompt_cache[prompt.prompt], negative, bundle.mode,
+            Path(out_dir) / preview_name(step, prompt), default_steps=args.sample_steps,
+            default_guidance=args.sample_guidance_scale, seed=args.seed))
+    return written

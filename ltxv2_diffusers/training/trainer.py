@@ -1,0 +1,361 @@
+"""The accelerate training loop: data stream, optimizer steps, non-finite guard, saves, previews, logs.
+
+Order of work in `Trainer.run`: validate (done by the CLI) → data (fails on missing caches before any
+model loads) → model + LoRA → optimizer/scheduler → resume → loop → final LoRA, loss plot, Hub push.
+
+Determinism: every item's sigma and noise come from a generator seeded by (seed, step, micro-batch,
+position in the global batch), so neither the number of processes nor a resume changes them. Each
+optimizer step consumes `gradient_accumulation_steps` global batches; with N processes every process
+takes its contiguous 1/N of each global batch (the dataset's `batch_size` is the global batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltxv2_diffusers.training import checkpoints as ckpt
+from ltxv2_diffusers.training.args import args_to_dict
+from ltxv2_diffusers.training.step import TrainStep
+
+logger = logging.getLogger("ltxv2_diffusers.training")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+def item_seed(seed: int, step: int, micro: int, index: int) -> int:
+    """Seed of one item's randomness (sigma + noise) in a given optimizer step."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + micro * 0x94D049BB133111EB + index * 0x2545F491)
+    return mixed % (2**63 - 1)
+
+
+class Trainer:
+    """Runs one training job from validated args (see `training.args.parse_args`)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.output_dir = Path(args.output_dir)
+        self.progress = ckpt.TrainingProgress()
+        self.checkpoints = ckpt.CheckpointDir(self.output_dir)
+        self.last_good_checkpoint: Path | None = None
+        self.previews_written: list[Path] = []
+
+    # ------------------------------------------------------------------ setup
+    def _setup_accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        args = self.args
+        log_with = None if args.log_with == "none" else args.log_with
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(args.logging_dir)),
+        )
+        world = self.accelerator.num_processes
+        self.world_size = world
+        self.rank = self.accelerator.process_index
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            removed = self.checkpoints.clean_partial()
+            for path in removed:
+                logger.warning("removed a checkpoint a crash left half-written: %s", path)
+        self.accelerator.wait_for_everyone()
+
+    def _setup_data(self):
+        from ltxv2_diffusers.training.data import TrainData
+
+        self.data = TrainData(self.args, world_size=self.world_size)
+        per_epoch = self.data.batches_per_epoch()
+        accum = self.args.gradient_accumulation_steps
+        if self.args.max_train_epochs is not None:
+            self.max_steps = math.ceil(self.args.max_train_epochs * per_epoch / accum)
+        else:
+            self.max_steps = int(self.args.max_train_steps)
+        self.steps_per_epoch = per_epoch / accum
+
+    def _setup_model(self):
+        from ltxv2_diffusers.training.model import build_training_model
+
+        self.bundle = build_training_model(self.args, device=self.accelerator.device,
+                                           keep_preview_parts=self._previews_enabled())
+        params = [p for p in self.bundle.adapter.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("the LoRA added no trainable parameters")
+        self.trainable = params
+        self.optimizer = self._make_optimizer(params)
+        from diffusers.optimization import get_scheduler
+
+        # Not passed through accelerator.prepare: it would step once per process and make the schedule
+        # depend on the number of processes.
+        self.lr_scheduler = get_scheduler(
+            self.args.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=self.args.lr_warmup_steps,
+            num_training_steps=self.max_steps,
+        )
+        self.adapter, self.optimizer = self.accelerator.prepare(self.bundle.adapter, self.optimizer)
+        self.step_fn = TrainStep(self.adapter, self.args)
+
+    def _make_optimizer(self, params):
+        args = self.args
+        kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                      weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+        if args.optimizer_type == "AdamW8bit":
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, **kwargs)
+        return torch.optim.AdamW(params, **kwargs)
+
+    def _previews_enabled(self) -> bool:
+        a = self.args
+        return bool(a.sample_prompts and (a.sample_every_n_steps or a.sample_every_n_epochs or a.sample_at_first))
+
+    def _resume(self):
+        path = ckpt.resolve_resume(self.args.resume, self.output_dir)
+        if path is None:
+            if self.args.resume == "latest":
+                logger.warning("--resume latest: no checkpoint in %s yet, starting from scratch", self.output_dir)
+            return
+        model = self.accelerator.unwrap_model(self.adapter)
+        self.progress = ckpt.load_training_state(path, model, self.optimizer, self.lr_scheduler)
+        self.last_good_checkpoint = path
+        self.accelerator.print(f"resumed from {path} at step {self.progress.global_step}")
+
+    # ------------------------------------------------------------------ the loop
+    def _batch_stream(self):
+        """(epoch, index_in_epoch, global batch) from the current data position on, epochs without end."""
+        epoch, start = self.progress.epoch, self.progress.batch_in_epoch
+        while True:
+            for index, batch in self.data.iter_epoch(epoch, start=start):
+                yield epoch, index, batch
+            epoch, start = epoch + 1, 0
+
+    def _local(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """This process's slice of a global batch, moved to its device."""
+        size = len(batch["keys"])
+        if size % self.world_size:
+            raise ValueError(f"a global batch of {size} items does not split over {self.world_size} processes; "
+                             "set the dataset's batch_size to a multiple of the number of processes")
+        per = size // self.world_size
+        lo, hi = self.rank * per, (self.rank + 1) * per
+        out = {}
+        for key, value in batch.items():
+            value = value[lo:hi]
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.accelerator.device)
+            out[key] = value
+        out["_global_offset"] = lo
+        return out
+
+    def _generators(self, step: int, micro: int, offset: int, n: int) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(item_seed(self.args.seed, step, micro, offset + i)) for i in range(n)]
+
+    def _all_finite(self, value: torch.Tensor) -> bool:
+        flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
+        flag = self.accelerator.reduce(flag, reduction="sum") if self.world_size > 1 else flag
+        return float(flag.item()) == 0.0
+
+    def _optimizer_step(self, stream) -> dict[str, float]:
+        """One optimizer step over `gradient_accumulation_steps` global batches; returns logs."""
+        args, acc = self.args, self.accelerator
+        accum = args.gradient_accumulation_steps
+        step = self.progress.global_step
+        sums: dict[str, float] = {}
+        finite = True
+        finished_epochs: list[int] = []
+        per_epoch = self.data.batches_per_epoch()
+        for micro in range(accum):
+            epoch, index, batch = next(stream)
+            self.progress.epoch = epoch
+            self.progress.batch_in_epoch = index + 1
+            if index + 1 == per_epoch:
+                finished_epochs.append(epoch + 1)
+            local = self._local(batch)
+            offset = local.pop("_global_offset")
+            gens = self._generators(step, micro, offset, len(local["keys"]))
+            last = micro == accum - 1
+            ctx = acc.no_sync(self.adapter) if (not last and self.world_size > 1) else _null()
+            with ctx, acc.autocast():
+                loss, logs = self.step_fn(local, gens)
+            ok = self._all_finite(loss)
+            finite = finite and ok
+            if ok:
+                with ctx:
+                    acc.backward(loss / accum)
+            for key, value in logs.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / accum
+        # logs are this process's; average them so every rank reports the global value
+        if self.world_size > 1:
+            keys = sorted(sums)
+            vec = torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64)
+            vec = acc.reduce(vec, reduction="mean")
+            sums = dict(zip(keys, vec.tolist()))
+        if finite:
+            grad_norm = None
+            if args.max_grad_norm > 0:
+                grad_norm = acc.clip_grad_norm_(self.trainable, args.max_grad_norm)
+            if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all():
+                finite = False
+            else:
+                self.optimizer.step()
+                self.lr_scheduler.step()
+            if grad_norm is not None:
+                sums["grad_norm"] = float(grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.global_step += 1
+        if finite:
+            self.progress.nonfinite_in_a_row = 0
+            self.progress.loss_history.append((self.progress.global_step, sums["loss"]))
+        else:
+            self.progress.nonfinite_in_a_row += 1
+            self.progress.skipped_steps.append(self.progress.global_step)
+            acc.print(f"step {self.progress.global_step}: non-finite loss or gradient ({sums.get('loss')}); "
+                      "step skipped")
+        sums["lr"] = self.lr_scheduler.get_last_lr()[0]
+        sums["skipped"] = 0.0 if finite else 1.0
+        self._finished_epochs = finished_epochs
+        return sums
+
+    # ------------------------------------------------------------------ saves and previews
+    def save_checkpoint(self) -> Path | None:
+        """LoRA files + training state of the current step, atomically; prunes per --save_last_n_steps."""
+        from ltxv2_diffusers.training.model import save_lora_files
+
+        acc, step = self.accelerator, self.progress.global_step
+        path = None
+        if acc.is_main_process:
+            adapter = acc.unwrap_model(self.adapter)
+
+            def fill(tmp: Path) -> None:
+                save_lora_files(self.bundle, self.args, tmp, f"{self.args.output_name}-step{step:08d}", step)
+                ckpt.save_training_state(tmp, adapter, self.optimizer, self.lr_scheduler, self.progress,
+                                         extra={"args": args_to_dict(self.args)})
+
+            path = self.checkpoints.write(step, fill)
+            self.last_good_checkpoint = path
+            if self.args.save_last_n_steps:
+                for old in self.checkpoints.prune(step - self.args.save_last_n_steps, keep=path):
+                    logger.info("removed old checkpoint %s (--save_last_n_steps)", old)
+            from ltxv2_diffusers import plugins
+
+            plugins.on_save(path=path, step=step)
+            acc.print(f"saved {path}")
+        acc.wait_for_everyone()
+        return path
+
+    def sample(self) -> list[Path]:
+        """Render every preview prompt with the current LoRA (main process only)."""
+        from ltxv2_diffusers.training.model import render_previews
+
+        acc = self.accelerator
+        written: list[Path] = []
+        if acc.is_main_process:
+            adapter = acc.unwrap_model(self.adapter)
+            was_training = adapter.training
+            adapter.eval()
+            with acc.autocast():
+                written = render_previews(self.bundle, self.args, self.output_dir / "samples",
+                                          self.progress.global_step)
+            adapter.train(was_training)
+            self.previews_written.extend(written)
+            for path in written:
+                acc.print(f"preview: {path}")
+        acc.wait_for_everyone()
+        return written
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Path:
+        """Train; returns the final LoRA file. Raises `TrainingDiverged` on repeated non-finite steps."""
+        from ltxv2_diffusers import plugins
+        from tqdm.auto import tqdm
+
+        args = self.args
+        self._setup_accelerator()
+        self._setup_data()
+        self._setup_model()
+        self._resume()
+        acc = self.accelerator
+        if args.log_with != "none":
+            acc.init_trackers("ltxv2-lora", config={k: v for k, v in args_to_dict(args).items()
+                                                   if isinstance(v, (int, float, str, bool))})
+        plugins.on_train_start(args=args, model=acc.unwrap_model(self.adapter))
+        if self._previews_enabled():
+            self.bundle.prepare_prompts(args, acc.device)
+        if args.sample_at_first and self.progress.global_step == 0:
+            self.sample()
+        self.adapter.train()
+        stream = self._batch_stream()
+        bar = tqdm(total=self.max_steps, initial=self.progress.global_step, disable=not acc.is_local_main_process,
+                   desc="train", unit="step", dynamic_ncols=True)
+        start = time.perf_counter()
+        done_at_start = self.progress.global_step
+        while self.progress.global_step < self.max_steps:
+            logs = self._optimizer_step(stream)
+            step = self.progress.global_step
+            elapsed = time.perf_counter() - start
+            s_per_step = elapsed / max(step - done_at_start, 1)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
+            if args.log_with != "none":
+                acc.log(logs, step=step)
+            plugins.on_step_end(step=step, logs=logs)
+            if self.progress.nonfinite_in_a_row >= args.max_nonfinite_steps:
+                bar.close()
+                acc.end_training()
+                keep = self.last_good_checkpoint or "none saved yet"
+                raise TrainingDiverged(
+                    f"{self.progress.nonfinite_in_a_row} non-finite losses in a row (steps "
+                    f"{self.progress.skipped_steps[-self.progress.nonfinite_in_a_row:]}); stopping. Last good "
+                    f"checkpoint: {keep}. Lower --learning_rate or check the caches.")
+            epochs = self._finished_epochs
+            save = (args.save_every_n_steps and step % args.save_every_n_steps == 0) or (
+                args.save_every_n_epochs and any(e % args.save_every_n_epochs == 0 for e in epochs))
+            if save and step < self.max_steps:
+                self.save_checkpoint()
+            sample = (args.sample_every_n_steps and step % args.sample_every_n_steps == 0) or (
+                args.sample_every_n_epochs and any(e % args.sample_every_n_epochs == 0 for e in epochs))
+            if sample and self._previews_enabled():
+                self.sample()
+        bar.close()
+        final = self.finish()
+        return final
+
+    def finish(self) -> Path:
+        """Final checkpoint + LoRA in OUTPUT_DIR, the loss plot, hooks, optional Hub push."""
+        from ltxv2_diffusers import plugins
+        from ltxv2_diffusers.training.model import save_lora_files
+        from ltxv2_diffusers.training.plotting import plot_loss_curve
+
+        acc, args = self.accelerator, self.args
+        if args.save_every_n_steps or args.save_every_n_epochs:
+            self.save_checkpoint()
+        final = self.output_dir / f"{args.output_name}.safetensors"
+        if acc.is_main_process:
+            final = save_lora_files(self.bundle, args, self.output_dir, args.output_name, self.progress.global_step)
+            plot_loss_curve(self.progress.loss_history, self.output_dir / "loss.png",
+                            skipped=self.progress.skipped_steps)
+            if args.push_to_hub:
+                from ltxv2_diffusers.training.hub import push_lora
+
+                url = push_lora(args, self.output_dir, final, self.progress.global_step,
+                                previews=self.previews_written)
+                acc.print(f"pushed to {url}")
+            acc.print(f"LoRA: {final}")
+        acc.wait_for_everyone()
+        plugins.on_train_end(output_dir=self.output_dir)
+        acc.end_training()
+        return final
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
