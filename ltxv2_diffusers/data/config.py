@@ -200,13 +200,16 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
         )
     media_key = "video_directory" if has_video else "image_directory"
     media_dir = _directory(entry[media_key], path, f"{section} key {media_key!r}", must_exist=True)
+    # A relative path that does not exist yet (a new cache folder) goes where the media folder was found.
+    base = _base_of(entry[media_key], path)
     audio_dir = None
     if "audio_directory" in entry:
         if has_image:
             raise DatasetConfigError(f"{where}: {section} key 'audio_directory' needs a video dataset; images carry no audio.")
         audio_dir = _directory(entry["audio_directory"], path, f"{section} key 'audio_directory'", must_exist=True)
     if "cache_directory" in entry:
-        cache_dir = _directory(entry["cache_directory"], path, f"{section} key 'cache_directory'", must_exist=False)
+        cache_dir = _directory(entry["cache_directory"], path, f"{section} key 'cache_directory'", must_exist=False,
+                               base=base)
     else:
         cache_dir = media_dir
 
@@ -270,9 +273,14 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
     )
 
 
-def _directory(value: Any, config_path: Path, what: str, must_exist: bool) -> str:
+def _base_of(given: str, config_path: Path) -> Path:
+    """The folder a relative media path was found under: the working directory, else the config's."""
+    return Path.cwd() if (Path.cwd() / Path(given).expanduser()).is_dir() else config_path.parent
+
+
+def _directory(value: Any, config_path: Path, what: str, must_exist: bool, base: Path | None = None) -> str:
     """Resolve a directory: as given (relative to the working directory, as musubi does), else relative
-    to the config file's folder when only that one exists."""
+    to the config file's folder when only that one exists; a missing one is placed under `base`."""
     if not isinstance(value, str) or not value:
         raise DatasetConfigError(f"{config_path}: {what} must be a non-empty path string, got {value!r}.")
     given = Path(value).expanduser()
@@ -283,4 +291,4 @@ def _directory(value: Any, config_path: Path, what: str, must_exist: bool) -> st
     if must_exist:
         tried = " or ".join(str(c) for c in candidates)
         raise DatasetConfigError(f"{config_path}: {what} {value!r} is not a directory (looked for {tried}).")
-    return str(candidates[0].resolve())
+    return str(((base or Path.cwd()) / given).resolve() if not given.is_absolute() else given.resolve())

@@ -29,7 +29,6 @@ from .media import (
     probe_video,
     select_bucket,
 )
-from .mel import log_mel  # noqa: F401  (re-exported: items are what the mel is computed from)
 
 AUDIO_SAMPLE_RATE = 16000
 

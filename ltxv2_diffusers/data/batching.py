@@ -1,0 +1,293 @@
+"""Batch manager: joins the caches of every dataset per item key and yields training batches.
+
+Sources per `cache_directory`: the Arrow caches written by the cache jobs and, for items they lack,
+the musubi per-item safetensors layout. Items are bucketed by latent shape within each dataset,
+batched with that dataset's `batch_size`, repeated `num_repeats` times, and ordered by `(seed, epoch)`
+only, so a resumed run sees the same batches (`iter_epoch(epoch, start=k)` skips to batch `k`).
+
+Batch dict (docs/architecture.md): `latents [B,128,F,H,W]`, `text [B,L,D]`, `text_mask [B,L]` bool,
+`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from ltxv2_diffusers.modes import LtxMode, resolve_mode
+
+from . import musubi
+from .stores import CacheStore
+
+_COMMANDS = {
+    "video": "ltxv2-cache-latents",
+    "audio": "ltxv2-cache-audio-latents",
+    "text": "ltxv2-cache-text-encoder-outputs",
+}
+_WHAT = {"video": "video latents", "audio": "audio latents", "text": "text embeddings"}
+DEFAULT_FPS = 24.0
+
+
+@dataclass(frozen=True)
+class CacheSource:
+    """One dataset's caches: where they are and how the dataset is batched."""
+
+    cache_directory: str
+    batch_size: int = 1
+    num_repeats: int = 1
+
+
+class _KindReader:
+    """One kind (`video`, `audio`, `text`) of one cache directory: Arrow rows first, musubi files after."""
+
+    def __init__(self, cache_directory: str, kind: str, entries: dict[str, musubi.MusubiEntry]):
+        self.kind = kind
+        self.store = CacheStore(cache_directory, kind)
+        self.rows = self.store.index()
+        self.files = {k: getattr(e, kind) for k, e in entries.items() if getattr(e, kind)}
+
+    def keys(self) -> set[str]:
+        return set(self.rows) | set(self.files)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows or key in self.files
+
+    def shape(self, key: str, name: str) -> tuple[int, ...]:
+        """Shape of a tensor without reading it (Arrow shape column or safetensors header)."""
+        if key in self.rows:
+            ds = self.store.load()
+            return tuple(ds[self.rows[key]][f"{name}_shape"])
+        from safetensors import safe_open
+
+        path = self.files[key]
+        with safe_open(path, "pt") as f:
+            for k in f.keys():
+                if musubi.strip_suffixes(k) in (name, "t5" if name == "text" else name):
+                    return tuple(f.get_slice(k).get_shape())
+        raise ValueError(f"{path}: no `{name}` tensor")
+
+    def read(self, key: str) -> dict[str, Any]:
+        if key in self.rows:
+            return self.store.read(self.rows[key])
+        path = self.files[key]
+        if self.kind == "video":
+            return {"latents": musubi.read_video(path)}
+        if self.kind == "audio":
+            lat, n = musubi.read_audio(path)
+            return {"audio_latents": lat, "audio_lengths": n}
+        text, mask = musubi.read_text(path)
+        return {"text": text, "text_mask": mask}
+
+
+def _squeeze_batch(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    while t.dim() > ndim and t.shape[0] == 1:
+        t = t[0]
+    return t
+
+
+class BatchManager:
+    """Joins caches per item and yields batches in a `(seed, epoch)`-determined order.
+
+    `text_dims=(video_width, audio_width)` (the transformer's caption widths) enables the text layout
+    check: the AV layout is `video+audio` wide, the video layout `video` wide (video mode only).
+    """
+
+    def __init__(self, sources: list[CacheSource], mode: str | LtxMode = "video", seed: int = 0,
+                 text_dims: tuple[int, int] | None = None, dataset_config: str | None = None):
+        if not sources:
+            raise ValueError("no datasets: the dataset config lists no [[datasets]] entries.")
+        self.mode = mode if isinstance(mode, LtxMode) else resolve_mode(mode)
+        self.sources = list(sources)
+        self.seed = int(seed)
+        self.text_dims = tuple(text_dims) if text_dims else None
+        self._config_hint = f" --dataset_config {dataset_config}" if dataset_config else " --dataset_config <your toml>"
+        self._readers: list[dict[str, _KindReader]] = []
+        self._records: list[list[tuple[str, tuple]]] = []  # per source: (key, bucket)
+        for src in self.sources:
+            self._index_source(src)
+        self._check_text_widths()
+
+    @classmethod
+    def from_config(cls, config, mode="video", seed: int = 0, text_dims=None) -> "BatchManager":
+        """From a `DatasetConfig` (data/config.py): one source per `[[datasets]]` entry."""
+        sources = [CacheSource(e.cache_directory, int(e.batch_size), int(e.num_repeats)) for e in config.datasets]
+        return cls(sources, mode, seed=seed, text_dims=text_dims, dataset_config=getattr(config, "path", None))
+
+    # ------------------------------------------------------------------ indexing and checks
+
+    def _missing(self, kind: str, cache_dir: str, keys: list[str]) -> ValueError:
+        shown = ", ".join(repr(k) for k in sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        return ValueError(
+            f"item {shown} in {cache_dir} has no cached {_WHAT[kind]} ({self.mode.value} mode needs them): "
+            f"run {_COMMANDS[kind]}{self._config_hint} first."
+        )
+
+    def _index_source(self, src: CacheSource) -> None:
+        cache_dir = src.cache_directory
+        entries = musubi.scan_musubi_cache(cache_dir)
+        readers = {k: _KindReader(cache_dir, k, entries) for k in ("video", "audio", "text")}
+        primary_kind = "video" if self.mode.has_video else "audio"
+        primary = readers[primary_kind]
+        keys = sorted(primary.keys())
+        if not keys:
+            raise ValueError(
+                f"{cache_dir} holds no cached {_WHAT[primary_kind]} ({self.mode.value} mode needs them): "
+                f"run {_COMMANDS[primary_kind]}{self._config_hint} first."
+            )
+        needed = ["text"] + (["audio"] if self.mode.has_audio and primary_kind != "audio" else [])
+        for kind in needed:
+            missing = [k for k in keys if k not in readers[kind]]
+            if missing:
+                raise self._missing(kind, cache_dir, missing)
+        records = []
+        for key in keys:
+            if primary_kind == "video":
+                bucket = primary.shape(key, "latents")[-4:]
+            else:
+                bucket = primary.shape(key, "audio_latents")[-3:]
+            records.append((key, tuple(bucket)))
+        self._readers.append(readers)
+        self._records.append(records)
+
+    def _check_text_widths(self) -> None:
+        widths: dict[int, str] = {}
+        for readers, records in zip(self._readers, self._records):
+            for key, _ in records:
+                widths.setdefault(readers["text"].shape(key, "text")[-1], key)
+        if len(widths) > 1:
+            raise ValueError(
+                "text embeddings of different widths are mixed ("
+                + ", ".join(f"{w} for {k!r}" for w, k in widths.items())
+                + "): re-run ltxv2-cache-text-encoder-outputs with one --text_encoder_backend for all datasets."
+            )
+        if not self.text_dims:
+            return
+        width = next(iter(widths))
+        dv, da = self.text_dims
+        av_layout, video_layout = dv + da, dv
+        if width == av_layout:
+            return
+        if width == video_layout:
+            if self.mode is LtxMode.VIDEO:
+                return
+            raise ValueError(
+                f"the cached text embeddings have the video-only layout (width {width}), but {self.mode.value} mode "
+                f"needs [video_ctx, audio_ctx] (width {av_layout}): re-run ltxv2-cache-text-encoder-outputs "
+                "with --ltxv2_audio_video."
+            )
+        raise ValueError(
+            f"the cached text embeddings are {width} wide, which fits neither the video layout ({video_layout}) nor "
+            f"the audio+video layout ({av_layout}) of this model: they were made with another text encoder backend "
+            "or model (e.g. t5 vs gemma, or LTX-2.0 vs 2.3 connectors); re-run ltxv2-cache-text-encoder-outputs "
+            "with the --text_encoder_backend and checkpoint that match this model."
+        )
+
+    # ------------------------------------------------------------------ order
+
+    @property
+    def num_items(self) -> int:
+        return sum(len(r) for r in self._records)
+
+    def epoch_plan(self, epoch: int) -> list[list[tuple[int, str]]]:
+        """The batches of `epoch` as lists of `(source index, item key)`; same seed+epoch, same plan."""
+        rng = random.Random(f"ltxv2-batches:{self.seed}:{epoch}")
+        batches: list[list[tuple[int, str]]] = []
+        for si, (src, records) in enumerate(zip(self.sources, self._records)):
+            by_bucket: dict[tuple, list[str]] = {}
+            for key, bucket in records:
+                by_bucket.setdefault(bucket, []).append(key)
+            bs = max(1, int(src.batch_size))
+            for bucket in sorted(by_bucket):
+                keys = by_bucket[bucket] * max(1, int(src.num_repeats))
+                rng.shuffle(keys)
+                batches.extend([(si, k) for k in keys[i:i + bs]] for i in range(0, len(keys), bs))
+        rng.shuffle(batches)
+        return batches
+
+    def __len__(self) -> int:
+        """Batches per epoch (independent of the epoch)."""
+        total = 0
+        for src, records in zip(self.sources, self._records):
+            counts: dict[tuple, int] = {}
+            for _, bucket in records:
+                counts[bucket] = counts.get(bucket, 0) + 1
+            bs = max(1, int(src.batch_size))
+            total += sum(-(-(n * max(1, int(src.num_repeats))) // bs) for n in counts.values())
+        return total
+
+    def position(self, step: int) -> tuple[int, int]:
+        """`(epoch, batch index)` of the `step`-th batch since the start of training."""
+        return divmod(int(step), len(self))
+
+    def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
+        """Batches of `epoch` from batch `start` on (resume skips without loading the skipped items)."""
+        for refs in self.epoch_plan(epoch)[start:]:
+            yield self.collate(refs)
+
+    def iter_from_step(self, step: int = 0) -> Iterator[dict[str, Any]]:
+        """Endless batches starting at global `step` (epochs follow one another)."""
+        epoch, start = self.position(step)
+        while True:
+            yield from self.iter_epoch(epoch, start)
+            epoch, start = epoch + 1, 0
+
+    # ------------------------------------------------------------------ loading
+
+    def load_item(self, source: int, key: str) -> dict[str, Any]:
+        """One item's tensors with suffix-free names."""
+        readers = self._readers[source]
+        out: dict[str, Any] = {"key": key, "fps": DEFAULT_FPS}
+        if self.mode.has_video:
+            row = readers["video"].read(key)
+            out["latents"] = _squeeze_batch(row["latents"], 4)
+            if row.get("fps"):
+                out["fps"] = float(row["fps"])
+        if self.mode.has_audio:
+            row = readers["audio"].read(key)
+            out["audio_latents"] = _squeeze_batch(row["audio_latents"], 3)
+            out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
+        row = readers["text"].read(key)
+        out["text"] = _squeeze_batch(row["text"], 2)
+        out["text_mask"] = row["text_mask"].reshape(-1).bool()
+        return out
+
+    def collate(self, refs: list[tuple[int, str]]) -> dict[str, Any]:
+        items = [self.load_item(si, key) for si, key in refs]
+        batch: dict[str, Any] = {"keys": [it["key"] for it in items],
+                                 "fps": torch.tensor([it["fps"] for it in items], dtype=torch.float32)}
+        if self.mode.has_video:
+            dtype = items[0]["latents"].dtype
+            batch["latents"] = torch.stack([it["latents"].to(dtype) for it in items])
+        if self.mode.has_audio:
+            batch["audio_latents"] = _pad_stack([it["audio_latents"] for it in items], dim=1)
+            batch["audio_lengths"] = torch.tensor([it["audio_lengths"] for it in items], dtype=torch.int64)
+        batch["text"] = _pad_stack([it["text"] for it in items], dim=0)
+        batch["text_mask"] = _pad_stack([it["text_mask"] for it in items], dim=0)
+        return batch
+
+
+def _pad_stack(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Stack, zero-padding `dim` to the longest (padding is masked by `text_mask`/`audio_lengths`)."""
+    longest = max(t.shape[dim] for t in tensors)
+    dtype = tensors[0].dtype
+    out = []
+    for t in tensors:
+        t = t.to(dtype)
+        if t.shape[dim] < longest:
+            pad_shape = list(t.shape)
+            pad_shape[dim] = longest - t.shape[dim]
+            t = torch.cat([t, torch.zeros(pad_shape, dtype=dtype)], dim=dim)
+        out.append(t)
+    return torch.stack(out)
+
+
+def cache_directories(config) -> list[str]:
+    """The distinct cache directories of a `DatasetConfig`."""
+    seen: dict[str, None] = {}
+    for e in config.datasets:
+        seen.setdefault(os.fspath(e.cache_directory), None)
+    return list(seen)
