@@ -49,6 +49,7 @@ class _KindReader:
         self.store = CacheStore(cache_directory, kind)
         self.rows = self.store.index()
         self.files = {k: getattr(e, kind) for k, e in entries.items() if getattr(e, kind)}
+        self._shapes: dict[str, list] = {}
 
     def keys(self) -> set[str]:
         return set(self.rows) | set(self.files)
@@ -59,8 +60,9 @@ class _KindReader:
     def shape(self, key: str, name: str) -> tuple[int, ...]:
         """Shape of a tensor without reading it (Arrow shape column or safetensors header)."""
         if key in self.rows:
-            ds = self.store.load()
-            return tuple(ds[self.rows[key]][f"{name}_shape"])
+            if name not in self._shapes:  # one column read, not every row's tensor bytes
+                self._shapes[name] = self.store.load()[f"{name}_shape"]
+            return tuple(self._shapes[name][self.rows[key]])
         from safetensors import safe_open
 
         path = self.files[key]
