@@ -65,7 +65,8 @@ def tone(num_samples: int, sample_rate: int, base_hz: float = 440.0, step_hz: fl
     The phase is continuous across steps (no clicks), so it is smooth for lossy codecs."""
     t = start_s + np.arange(num_samples) / sample_rate
     freq = base_hz + step_hz * np.floor(t / step_s)
-    phase = 2 * np.pi * np.cumsum(freq) / sample_rate
+    # phase at sample n sums the frequencies before it, so sample 0 has phase 0 at every rate
+    phase = 2 * np.pi * (np.cumsum(freq) - freq) / sample_rate
     return (amplitude * np.sin(phase)).astype(np.float32)
 
 
