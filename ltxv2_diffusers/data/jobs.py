@@ -150,7 +150,8 @@ class VideoLatentEncoder(ItemEncoder):
     kind = "video"
 
     def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "bf16",
-                 tiling: bool = False, chunk_size: int | None = None, decode_workers: int = 4, vae_module=None):
+                 tiling: bool = False, chunk_size: int | None = None, decode_workers: int = 4, vae_module=None,
+                 tile_size: int | None = None):
         from ltxv2_diffusers.text.base import resolve_dtype
 
         if chunk_size is not None and (chunk_size < 16 or chunk_size % 8):
@@ -158,7 +159,10 @@ class VideoLatentEncoder(ItemEncoder):
         self.vae = vae
         self.device = device
         self.dtype = resolve_dtype(dtype)
-        self.tiling = bool(tiling)
+        if tile_size is not None and (tile_size < 64 or tile_size % 32):
+            raise ValueError(f"VAE tile size {tile_size}: use a multiple of 32 pixels, at least 64.")
+        self.tiling = bool(tiling) or tile_size is not None
+        self.tile_size = tile_size
         self.chunk_size = chunk_size
         self.decode_workers = max(1, int(decode_workers))
         if vae_module is not None:
@@ -166,7 +170,7 @@ class VideoLatentEncoder(ItemEncoder):
 
     def fingerprint(self) -> str:
         return _hash("video", CODE_VERSIONS["video"], str(self.vae), file_stamp(self.vae), str(self.dtype),
-                     self.tiling, self.chunk_size)
+                     self.tiling, self.tile_size, self.chunk_size)
 
     def item_signature(self, item) -> Any:
         return (item_media(item), file_stamp(item_media(item)), item.frame_start, item.num_frames,
@@ -180,7 +184,9 @@ class VideoLatentEncoder(ItemEncoder):
         if vae.device != dev or vae.dtype != self.dtype:
             vae = self._m_vae = vae.to(dev, self.dtype).eval()
         if self.tiling:
-            vae.enable_tiling()
+            t = self.tile_size
+            stride = max(32, t - 64) if t else None  # diffusers default: 512 tiles, 448 stride
+            vae.enable_tiling(t, t, None, stride, stride)
         if self.chunk_size:
             # diffusers gates temporal tiling of encode on this flag (shared with decode).
             vae.use_framewise_decoding = True
@@ -289,6 +295,7 @@ class AudioLatentEncoder(ItemEncoder):
                 yield item, {
                     **tensor_to_columns("audio_latents", lat), "audio_lengths": int(valid),
                     "sample_rate": int(getattr(vae.config, "sample_rate", 16000)),
+                    "width": int(item.bucket[0]), "height": int(item.bucket[1]),
                     "source": getattr(item, "audio_path", None) or item_media(item),
                 }
 

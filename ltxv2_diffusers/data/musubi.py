@@ -166,3 +166,81 @@ def write_audio(cache_directory: str, key: str, bucket: tuple[int, int], audio_l
 def write_text(cache_directory: str, key: str, text: torch.Tensor, text_mask: torch.Tensor) -> str:
     return _save({f"text_{_suffix(text)}": text, "text_mask": text_mask.to(torch.int32)},
                  text_file(cache_directory, key))
+
+
+# ------------------------------------------------------------------------------------------------
+# conversion between this layout and the Arrow caches (ltxv2-export-cache)
+
+
+def export_arrow_to_musubi(cache_directory: str, output_directory: str | None = None) -> dict[str, int]:
+    """Write every Arrow cache row of `cache_directory` as musubi per-item files; returns counts per kind."""
+    from .stores import CacheStore
+
+    out = output_directory or cache_directory
+    os.makedirs(out, exist_ok=True)
+    counts = {"video": 0, "audio": 0, "text": 0}
+    buckets: dict[str, tuple[int, int]] = {}
+    video = CacheStore(cache_directory, "video")
+    for key, i in video.index().items():
+        row = video.read(i)
+        bucket = (int(row["width"]), int(row["height"]))
+        buckets[key] = bucket
+        write_video(out, key, bucket, row["latents"])
+        counts["video"] += 1
+    audio = CacheStore(cache_directory, "audio")
+    for key, i in audio.index().items():
+        row = audio.read(i)
+        bucket = (int(row["width"] or 0), int(row["height"] or 0)) if row.get("width") else buckets.get(key)
+        if not bucket:
+            raise ValueError(f"{audio.path}: audio row {key!r} has no bucket size and no video row to take it from.")
+        write_audio(out, key, bucket, row["audio_latents"], int(row["audio_lengths"]))
+        counts["audio"] += 1
+    text = CacheStore(cache_directory, "text")
+    for key, i in text.index().items():
+        row = text.read(i)
+        write_text(out, key, row["text"], row["text_mask"])
+        counts["text"] += 1
+    return counts
+
+
+def import_musubi_to_arrow(cache_directory: str, output_directory: str | None = None,
+                           shard_rows: int = 256) -> dict[str, int]:
+    """Read the musubi per-item files of `cache_directory` into Arrow caches; returns counts per kind.
+
+    Imported rows get an `imported:` fingerprint, so a later cache job recomputes them rather than
+    trusting settings it cannot know. The frame rate is not in the musubi layout; 24 is recorded.
+    """
+    from .jobs import file_stamp
+    from .stores import rows_to_stores, tensor_to_columns
+
+    out = output_directory or cache_directory
+    entries = scan_musubi_cache(cache_directory)
+
+    def video_rows():
+        for key, e in entries.items():
+            if e.video:
+                lat = read_video(e.video)
+                yield {"key": key, "fingerprint": f"imported:{file_stamp(e.video)}",
+                       **tensor_to_columns("latents", lat), "fps": 24.0, "width": e.bucket[0],
+                       "height": e.bucket[1], "num_frames": (lat.shape[-3] - 1) * 8 + 1, "source": e.video}
+
+    def audio_rows():
+        for key, e in entries.items():
+            if e.audio:
+                lat, n = read_audio(e.audio)
+                yield {"key": key, "fingerprint": f"imported:{file_stamp(e.audio)}",
+                       **tensor_to_columns("audio_latents", lat), "audio_lengths": n, "sample_rate": 16000,
+                       "width": e.bucket[0], "height": e.bucket[1], "source": e.audio}
+
+    def text_rows():
+        for key, e in entries.items():
+            if e.text:
+                text, mask = read_text(e.text)
+                yield {"key": key, "fingerprint": f"imported:{file_stamp(e.text)}",
+                       **tensor_to_columns("text", text), **tensor_to_columns("text_mask", mask), "caption": None}
+
+    return {
+        "video": rows_to_stores(out, "video", video_rows(), shard_rows),
+        "audio": rows_to_stores(out, "audio", audio_rows(), shard_rows),
+        "text": rows_to_stores(out, "text", text_rows(), shard_rows),
+    }

@@ -31,7 +31,8 @@ TENSOR_COLUMNS = {
 }
 SCALAR_COLUMNS = {
     "video": {"fps": "float32", "width": "int32", "height": "int32", "num_frames": "int32", "source": "string"},
-    "audio": {"audio_lengths": "int64", "sample_rate": "int32", "source": "string"},
+    "audio": {"audio_lengths": "int64", "sample_rate": "int32", "width": "int32", "height": "int32",
+              "source": "string"},
     "text": {"caption": "string"},
     "sample_prompts": {"prompt": "string"},
 }

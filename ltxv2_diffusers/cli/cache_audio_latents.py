@@ -1,0 +1,43 @@
+"""`ltxv2-cache-audio-latents`: audio latents (log-mel -> audio VAE means) for `av` / `audio` training."""
+
+from __future__ import annotations
+
+import sys
+
+from . import common
+
+
+def build_parser():
+    p = common.base_parser(__doc__)
+    p.add_argument("--vae", "--audio_vae", dest="vae", required=True,
+                   help="official LTX-2 single file (its audio_vae.* weights) or a diffusers folder with audio_vae/")
+    p.add_argument("--vae_dtype", default="fp32", help="audio VAE dtype (default fp32; it is small)")
+    return p
+
+
+def _main(argv=None) -> int:
+    from ltxv2_diffusers.data.batching import cache_directories
+    from ltxv2_diffusers.data.jobs import AudioLatentEncoder, run_cache_job
+    from ltxv2_diffusers.modes import LtxMode
+
+    args = build_parser().parse_args(argv)
+    common.warn_ignored(args)
+    if args.ltx_mode is None and not args.ltxv2_audio_video:
+        mode = LtxMode.AV  # audio latents only make sense with audio; validate items as av
+    else:
+        mode = common.mode_of(args)
+    if not mode.has_audio:
+        raise SystemExit("error: --ltx_mode video trains no audio; audio latents are for --ltx_mode av or audio.")
+    config, listing = common.load_items(args, mode)
+    encoder = AudioLatentEncoder(args.vae, device=args.device, dtype=args.vae_dtype, decode_workers=args.num_workers)
+    report = run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
+                           num_proc=args.num_proc, skip_existing=args.skip_existing)
+    return common.finish(report, args, cache_directories(config))
+
+
+def main(argv=None) -> int:
+    return common.run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

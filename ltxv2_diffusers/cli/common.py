@@ -1,0 +1,104 @@
+"""Flags and plumbing shared by the caching commands (musubi's flags keep their meaning)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ltxv2_diffusers.modes import MODE_CHOICES, LtxMode, resolve_mode
+
+logger = logging.getLogger("ltxv2_diffusers.cache")
+
+# musubi flags that have no effect here; accepted so old command lines keep working.
+_IGNORED_FLAGS = {
+    "--keep_cache": "caches of other items are never deleted",
+    "--debug_mode": "no debug viewer; inspect caches with `datasets`",
+    "--console_width": "no debug viewer", "--console_back": "no debug viewer",
+    "--console_num_images": "no debug viewer",
+    "--fp8_llm": "fp8 text encoders are not supported; the text encoder runs in --text_encoder_dtype",
+    "--fp8_t5": "fp8 text encoders are not supported; the text encoder runs in --text_encoder_dtype",
+    "--disable_cudnn_backend": "not needed with diffusers' VAEs",
+}
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--dataset_config", required=True, help="dataset.toml (musubi schema)")
+    p.add_argument("--ltx_mode", choices=MODE_CHOICES, default=None,
+                   help="video, av or audio; decides which items are valid (av/audio need audio)")
+    p.add_argument("--ltxv2_audio_video", action="store_true", help="old spelling of --ltx_mode av")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--batch_size", type=int, default=4, help="items per map batch (one Arrow shard each)")
+    p.add_argument("--num_proc", type=int, default=None,
+                   help="map workers; on CUDA worker k uses GPU k %% device_count (one per GPU)")
+    p.add_argument("--num_workers", type=int, default=4, help="CPU threads decoding media ahead of the encoder")
+    p.add_argument("--skip_existing", action="store_true", default=True,
+                   help="skip items already cached with the same fingerprint (default)")
+    p.add_argument("--overwrite", dest="skip_existing", action="store_false", help="recompute every item")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any item is bad")
+    p.add_argument("--push_to_hub", metavar="REPO", default=None, help="push the cache as a Hub dataset")
+    p.add_argument("--hub_private", action="store_true", help="make the pushed dataset private")
+    for flag, why in _IGNORED_FLAGS.items():
+        p.add_argument(flag, nargs="?", const=True, default=None, help=f"accepted, ignored: {why}")
+    return p
+
+
+def warn_ignored(args: argparse.Namespace) -> None:
+    for flag, why in _IGNORED_FLAGS.items():
+        if getattr(args, flag.lstrip("-"), None) is not None:
+            logger.warning("%s is accepted for compatibility and ignored: %s", flag, why)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def mode_of(args: argparse.Namespace) -> LtxMode:
+    try:
+        return resolve_mode(args.ltx_mode, args.ltxv2_audio_video)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def load_items(args: argparse.Namespace, mode: LtxMode):
+    """`(config, ListingResult)`; a broken dataset config ends the command with its message."""
+    from ltxv2_diffusers.data.config import load_dataset_config
+    from ltxv2_diffusers.data.items import list_items
+
+    try:
+        config = load_dataset_config(args.dataset_config)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    listing = list_items(config, mode)
+    return config, listing
+
+
+def finish(report, args: argparse.Namespace, cache_dirs: list[str]) -> int:
+    """Print the summary, push if asked, and return the exit code."""
+    from ltxv2_diffusers.data.stores import CacheStore
+
+    print(report.summary(), file=sys.stderr)
+    code = report.exit_code(strict=args.strict)
+    if report.available == 0:
+        print(f"error: nothing was cached ({report.kind}); see the bad items above.", file=sys.stderr)
+    elif args.strict and report.bad:
+        print(f"error: {len(report.bad)} bad item(s) with --strict.", file=sys.stderr)
+    if args.push_to_hub and report.available:
+        for i, cache_dir in enumerate(cache_dirs):
+            store = CacheStore(cache_dir, report.kind)
+            if store.exists():
+                # Several datasets go to one repo as separate configs.
+                name = report.kind if len(cache_dirs) == 1 else f"{report.kind}_{i}"
+                store.push_to_hub(args.push_to_hub, config_name=name, private=args.hub_private)
+                print(f"pushed {store.path} to {args.push_to_hub} (config {name})", file=sys.stderr)
+    return code
+
+
+def run_main(fn, argv=None) -> int:
+    setup_logging()
+    try:
+        return fn(argv)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
