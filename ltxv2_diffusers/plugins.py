@@ -19,7 +19,7 @@ import importlib.metadata
 import os
 import textwrap
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -189,7 +189,7 @@ _loaded = False
 _flag_policy = PluginPolicy()
 # name -> (source, version) for every plugin this module registered; "manual" ones survive configure().
 _sources: dict[str, tuple[str, str | None]] = {}
-_skipped: dict[str, str] = {}  # entry points found but not loaded -> why
+_skipped: dict[str, tuple[str, str]] = {}  # plugins found but not loaded -> (source, why)
 
 
 def hook_names() -> list[str]:
@@ -244,12 +244,14 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 def _load(policy: PluginPolicy) -> None:
     from ltxv2_diffusers.default_plugins import DEFAULT_PLUGINS
 
+    _skipped.clear()
     for name in policy.block:
         _pm.set_blocked(name)
     for name, module in DEFAULT_PLUGINS.items():
-        if name not in policy.block and _pm.get_plugin(name) is None:
+        if name in policy.block:
+            _skipped[name] = ("built-in", "blocked")
+        elif _pm.get_plugin(name) is None:
             _register(importlib.import_module(module), name, "built-in")
-    _skipped.clear()
     eps = _entry_points()
     if policy.allow is not None:
         missing = policy.allow - {ep.name for ep in eps}
@@ -260,14 +262,15 @@ def _load(policy: PluginPolicy) -> None:
     for ep in eps:
         dist = getattr(ep, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else None
+        source = dist_name or ep.value
         if ep.name in policy.block:
-            _skipped[ep.name] = f"blocked ({dist_name or ep.value})"
+            _skipped[ep.name] = (source, "blocked")
             continue
         if not policy.autoload:
-            _skipped[ep.name] = f"not loaded: autoloading disabled ({dist_name or ep.value})"
+            _skipped[ep.name] = (source, "off (autoload disabled)")
             continue
         if policy.allow is not None and ep.name not in policy.allow:
-            _skipped[ep.name] = f"not loaded: not in --plugins ({dist_name or ep.value})"
+            _skipped[ep.name] = (source, "off (not in --plugins)")
             continue
         if _pm.get_plugin(ep.name) is not None:
             continue
@@ -368,8 +371,8 @@ def plugin_infos() -> list[PluginInfo]:
         source, version = _sources.get(name, ("manual", None))
         hooks = tuple(sorted(c.name for c in pm.get_hookcallers(plugin) or []))
         rows.append(PluginInfo(name, source, version, hooks, "loaded"))
-    for name, why in _skipped.items():
-        rows.append(PluginInfo(name, "entry point", None, (), why))
+    for name, (source, why) in _skipped.items():
+        rows.append(PluginInfo(name, source, None, (), why))
     order = {"built-in": 0, "manual": 2}
     return sorted(rows, key=lambda r: (r.status != "loaded", order.get(r.source, 1), r.name))
 
@@ -444,21 +447,24 @@ def audio_loss(pred, target, mask, sigmas, batch, args):
         pred=pred, target=target, mask=mask, sigmas=sigmas, batch=batch, args=args)
 
 
-def _each(hook: str, **kwargs: Any) -> Iterator[tuple[str, Any]]:
-    """Call a hook's plain implementations one by one in pluggy's order, yielding (plugin, result)."""
+def _impls(hook: str) -> list[tuple[str, Callable[..., Any], tuple[str, ...]]]:
+    """A hook's plain implementations in pluggy's call order: (plugin name, guarded fn, argnames)."""
     pm = get_plugin_manager()
+    found = []
     for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
         if impl.wrapper or impl.hookwrapper:
             raise PluginError(impl.plugin_name, hook, "hook wrappers are not supported for this hook")
-        guarded = pm.guarded_impl(impl, hook)
-        yield impl.plugin_name, guarded.function(*[kwargs[a] for a in impl.argnames])
+        found.append((impl.plugin_name, pm.guarded_impl(impl, hook).function, impl.argnames))
+    return found
 
 
 def extra_losses(outputs, batch, args) -> list[tuple[str, Any]]:
     """All plugins' extra loss terms as ``(name, loss)``; a name used twice is an error."""
     terms: list[tuple[str, Any]] = []
     owners: dict[str, str] = {}
-    for plugin, result in _each("ltxv2_extra_losses", outputs=outputs, batch=batch, args=args):
+    kwargs = {"outputs": outputs, "batch": batch, "args": args}
+    for plugin, fn, argnames in _impls("ltxv2_extra_losses"):
+        result = fn(*[kwargs[a] for a in argnames])
         if result is None:
             continue
         try:
@@ -478,7 +484,9 @@ def extra_losses(outputs, batch, args) -> list[tuple[str, Any]]:
 
 def transform_batch(batch, args):
     """The batch after every plugin's transform, chained (None from a plugin = unchanged)."""
-    for plugin, result in _each("ltxv2_transform_batch", batch=batch, args=args):
+    for plugin, fn, argnames in _impls("ltxv2_transform_batch"):
+        kwargs = {"batch": batch, "args": args}
+        result = fn(*[kwargs[a] for a in argnames])
         if result is not None:
             if not isinstance(result, Mapping):
                 raise PluginError(plugin, "ltxv2_transform_batch",
