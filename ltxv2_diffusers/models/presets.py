@@ -12,46 +12,58 @@ from typing import Any
 
 import torch
 
+_TINY_TRANSFORMER = dict(
+    in_channels=128,
+    out_channels=128,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    cross_attention_dim=32,
+    audio_in_channels=128,
+    audio_out_channels=128,
+    audio_num_attention_heads=2,
+    audio_attention_head_dim=8,
+    audio_cross_attention_dim=16,
+    num_layers=2,
+    caption_channels=24,
+    rope_type="split",
+)
+
+_TINY_CONNECTORS = dict(
+    caption_channels=24,
+    text_proj_in_factor=3,  # tiny Gemma-3: 2 layers + embeddings
+    video_connector_num_attention_heads=2,
+    video_connector_attention_head_dim=12,
+    video_connector_num_layers=1,
+    video_connector_num_learnable_registers=8,
+    audio_connector_num_attention_heads=2,
+    audio_connector_attention_head_dim=12,
+    audio_connector_num_layers=1,
+    audio_connector_num_learnable_registers=8,
+    connector_rope_base_seq_len=32,
+    rope_type="split",
+)
+
+# The video VAE encoder's first width is the latent width (128) in the official architecture, and every
+# downsample multiplies the width by an integer: (128,)*4 with no res blocks before the last stage keeps
+# it official-compatible and cheap. The decoder's top width is 8 x its base width (here 4).
+_TINY_VAE = dict(
+    block_out_channels=(128, 128, 128, 128),
+    layers_per_block=(0, 0, 0, 0, 1),
+    decoder_block_out_channels=(8, 16, 32),
+    decoder_layers_per_block=(1, 1, 1, 1),
+    decoder_causal=False,
+    spatial_compression_ratio=32,
+    temporal_compression_ratio=8,
+)
+
+_TINY_AUDIO_VAE = dict(base_channels=8, ch_mult=(1, 2, 4), num_res_blocks=1)
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "transformer": dict(
-            in_channels=128,
-            out_channels=128,
-            num_attention_heads=2,
-            attention_head_dim=16,
-            cross_attention_dim=32,
-            audio_in_channels=128,
-            audio_out_channels=128,
-            audio_num_attention_heads=2,
-            audio_attention_head_dim=8,
-            audio_cross_attention_dim=16,
-            num_layers=2,
-            caption_channels=24,
-            rope_type="split",
-        ),
-        "connectors": dict(
-            caption_channels=24,
-            text_proj_in_factor=3,  # tiny Gemma-3: 2 layers + embeddings
-            video_connector_num_attention_heads=2,
-            video_connector_attention_head_dim=12,
-            video_connector_num_layers=1,
-            video_connector_num_learnable_registers=8,
-            audio_connector_num_attention_heads=2,
-            audio_connector_attention_head_dim=12,
-            audio_connector_num_layers=1,
-            audio_connector_num_learnable_registers=8,
-            connector_rope_base_seq_len=32,
-            rope_type="split",
-        ),
-        "vae": dict(
-            block_out_channels=(8, 16, 32, 32),
-            decoder_block_out_channels=(8, 16, 32),
-            layers_per_block=(1, 1, 1, 1, 1),
-            decoder_layers_per_block=(1, 1, 1, 1),
-            spatial_compression_ratio=32,
-            temporal_compression_ratio=8,
-        ),
-        "audio_vae": dict(base_channels=8, ch_mult=(1, 2, 4), num_res_blocks=1),
+        "transformer": dict(_TINY_TRANSFORMER),
+        "connectors": dict(_TINY_CONNECTORS),
+        "vae": dict(_TINY_VAE),
+        "audio_vae": dict(_TINY_AUDIO_VAE),
         "vocoder": dict(
             in_channels=128,
             hidden_channels=64,
@@ -61,13 +73,137 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             resnet_dilations=[[1, 3, 5]],
         ),
     },
+    # LTX-2.3 layout at tiny widths: gated attention, prompt (cross-attention) AdaLN modulation, caption
+    # projections moved into the connectors (one per modality, with bias), 2.3 VAE block pattern and the
+    # vocoder with bandwidth extension.
+    "tiny-2.3": {
+        "transformer": dict(
+            _TINY_TRANSFORMER,
+            gated_attn=True,
+            audio_gated_attn=True,
+            cross_attn_mod=True,
+            audio_cross_attn_mod=True,
+            use_prompt_embeddings=False,
+        ),
+        "connectors": dict(
+            _TINY_CONNECTORS,
+            video_connector_attention_head_dim=16,
+            audio_connector_attention_head_dim=8,
+            video_gated_attn=True,
+            audio_gated_attn=True,
+            per_modality_projections=True,
+            video_hidden_dim=32,
+            audio_hidden_dim=16,
+            proj_bias=True,
+        ),
+        "vae": dict(
+            _TINY_VAE,
+            downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            decoder_block_out_channels=(8, 16, 16, 32),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            decoder_spatio_temporal_scaling=(True, True, True, True),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            upsample_residual=(False, False, False, False),
+            upsample_factor=(2, 2, 1, 2),
+            decoder_spatial_padding_mode="zeros",
+        ),
+        "audio_vae": dict(_TINY_AUDIO_VAE),
+        "vocoder": dict(
+            in_channels=128,
+            hidden_channels=64,  # halved by each of the 6 upsamples
+            upsample_kernel_sizes=[11, 4, 4, 4, 4, 4],
+            upsample_factors=[5, 2, 2, 2, 2, 2],
+            resnet_kernel_sizes=[3],
+            resnet_dilations=[[1, 3, 5]],
+            bwe_hidden_channels=32,  # halved by each of the 5 upsamples
+            bwe_resnet_kernel_sizes=[3],
+            bwe_resnet_dilations=[[1, 3, 5]],
+        ),
+    },
+    # The released LTX-2.0 19B (ltx-2-19b-*): 18.88 B transformer parameters.
     "ltx-2.0": {
-        "transformer": dict(rope_type="split"),
-        "connectors": dict(rope_type="split"),
-        "vae": dict(spatial_compression_ratio=32, temporal_compression_ratio=8),
+        "transformer": dict(rope_type="split", rope_double_precision=True, cross_attn_timestep_scale_multiplier=1000),
+        "connectors": dict(
+            caption_channels=3840,
+            text_proj_in_factor=49,
+            video_connector_num_attention_heads=30,
+            video_connector_attention_head_dim=128,
+            video_connector_num_layers=2,
+            audio_connector_num_attention_heads=30,
+            audio_connector_attention_head_dim=128,
+            audio_connector_num_layers=2,
+            connector_rope_base_seq_len=4096,
+            rope_type="split",
+            rope_double_precision=True,
+        ),
+        "vae": dict(
+            decoder_causal=False,
+            encoder_spatial_padding_mode="zeros",
+            decoder_spatial_padding_mode="reflect",
+            spatial_compression_ratio=32,
+            temporal_compression_ratio=8,
+        ),
         "audio_vae": dict(),
         "vocoder": dict(),
     },
+    # The released LTX-2.3 22B (ltx-2.3-22b-*).
+    "ltx-2.3": {
+        "transformer": dict(
+            rope_type="split",
+            rope_double_precision=True,
+            cross_attn_timestep_scale_multiplier=1000,
+            gated_attn=True,
+            audio_gated_attn=True,
+            cross_attn_mod=True,
+            audio_cross_attn_mod=True,
+            use_prompt_embeddings=False,
+        ),
+        "connectors": dict(
+            caption_channels=3840,
+            text_proj_in_factor=49,
+            video_connector_num_attention_heads=32,
+            video_connector_attention_head_dim=128,
+            video_connector_num_layers=8,
+            audio_connector_num_attention_heads=32,
+            audio_connector_attention_head_dim=64,
+            audio_connector_num_layers=8,
+            video_gated_attn=True,
+            audio_gated_attn=True,
+            connector_rope_base_seq_len=4096,
+            rope_type="split",
+            rope_double_precision=True,
+            per_modality_projections=True,
+            video_hidden_dim=4096,
+            audio_hidden_dim=2048,
+            proj_bias=True,
+        ),
+        "vae": dict(
+            block_out_channels=(256, 512, 1024, 1024),
+            layers_per_block=(4, 6, 4, 2, 2),
+            downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            decoder_block_out_channels=(256, 512, 512, 1024),
+            decoder_layers_per_block=(4, 6, 4, 2, 2),
+            decoder_spatio_temporal_scaling=(True, True, True, True),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            upsample_residual=(False, False, False, False),
+            upsample_factor=(2, 2, 1, 2),
+            decoder_causal=False,
+            encoder_spatial_padding_mode="zeros",
+            decoder_spatial_padding_mode="zeros",
+            spatial_compression_ratio=32,
+            temporal_compression_ratio=8,
+        ),
+        "audio_vae": dict(),
+        "vocoder": dict(),
+    },
+}
+
+# Components whose class differs from `component_classes()` in some presets (by diffusers class name).
+PRESET_CLASSES: dict[str, dict[str, str]] = {
+    "tiny-2.3": {"vocoder": "LTX2VocoderWithBWE"},
+    "ltx-2.3": {"vocoder": "LTX2VocoderWithBWE"},
 }
 
 
@@ -82,19 +218,23 @@ def preset_config(preset: str) -> dict[str, dict[str, Any]]:
     return copy.deepcopy(PRESETS[preset])
 
 
-def component_classes() -> dict[str, type]:
-    """The diffusers class of each component name used in component dicts."""
+def component_classes(preset: str | None = None) -> dict[str, type]:
+    """The diffusers class of each component name used in component dicts (for `preset`, if given)."""
     from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
-    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder, LTX2VocoderWithBWE
 
-    return {
+    classes = {
         "transformer": LTX2VideoTransformer3DModel,
         "connectors": LTX2TextConnectors,
         "vae": AutoencoderKLLTX2Video,
         "audio_vae": AutoencoderKLLTX2Audio,
         "vocoder": LTX2Vocoder,
     }
+    by_name = {cls.__name__: cls for cls in (*classes.values(), LTX2VocoderWithBWE)}
+    for component, class_name in PRESET_CLASSES.get(preset or "", {}).items():
+        classes[component] = by_name[class_name]
+    return classes
 
 
 def build_components(
@@ -110,7 +250,7 @@ def build_components(
     named in `components`). Big presets can be built directly on `device` to avoid a CPU copy.
     """
     config = preset_config(preset)
-    classes = component_classes()
+    classes = component_classes(preset)
     names = components or tuple(config)
     out: dict[str, torch.nn.Module] = {}
     for i, name in enumerate(names):
