@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 
 from ltxv2_diffusers.modes import LtxMode
 
@@ -92,17 +94,19 @@ def load_prompts(path: str | Path) -> list[PreviewPrompt]:
     return prompts
 
 
-class CachedContextConnectors(torch.nn.Module):
+class CachedContextConnectors(ModelMixin, ConfigMixin):
     """Stands in for `LTX2TextConnectors` in the pipeline when prompts are already connector outputs.
 
     `prompt_embeds` is the cached text `[B,L,D]`: `[video_ctx, audio_ctx]` (av layout) or the video
     context alone (video layout; the audio context is then zeros, and the audio output is ignored).
     """
 
+    @register_to_config
     def __init__(self, video_width: int, audio_width: int):
         super().__init__()
         self.video_width = video_width
         self.audio_width = audio_width
+        # a parameter-less module has no device; the pipeline asks every component for one
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
 
     def forward(self, text: torch.Tensor, attention_mask: torch.Tensor, padding_side: str = "left", **_):
@@ -132,6 +136,25 @@ def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int) -> None:
         handle.writeframes(pcm.tobytes())
 
 
+def fit_audio_stats(audio_vae, audio_in_channels: int) -> None:
+    """Give the audio VAE one statistic per packed audio feature, as `LTX2Pipeline` denormalizes with.
+
+    diffusers sizes these buffers by `base_channels`; small test VAEs then hold one value per latent
+    channel. They are spread over the mel bins exactly as the training adapter does
+    (`models.normalization.packed_audio_stats`), so previews undo the normalization training applied.
+    """
+    from ltxv2_diffusers.models.normalization import packed_audio_stats
+
+    channels = int(audio_vae.config.latent_channels)
+    if audio_vae.latents_mean.numel() == audio_in_channels:
+        return
+    mel_bins = audio_in_channels // channels
+    for name in ("latents_mean", "latents_std"):
+        buf = getattr(audio_vae, name)
+        fitted = packed_audio_stats(buf, channels, mel_bins, name).to(buf.device, buf.dtype)
+        audio_vae.register_buffer(name, fitted, persistent=True)
+
+
 def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None):
     """The stock `LTX2Pipeline` around the training transformer, with no text encoder."""
     from diffusers import LTX2Pipeline
@@ -143,6 +166,7 @@ def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None)
 
         scheduler = LTXV2FlowMatchScheduler()
     video_width, audio_width = context_widths(transformer.config)
+    fit_audio_stats(audio_vae, int(transformer.config.audio_in_channels))
     return LTX2Pipeline(
         scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
         connectors=CachedContextConnectors(video_width, audio_width), transformer=transformer, vocoder=vocoder,
@@ -227,20 +251,24 @@ class PromptCache:
 
 
 def read_cached_prompts(prompts: list[str], args) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-    """Prompt embeddings from the sample-prompt text cache, or None when it lacks any prompt."""
-    try:
-        from ltxv2_diffusers.data.stores import read_prompt_cache  # written by the caching module
-    except ImportError:
+    """Prompt embeddings from the sample-prompt text caches of the dataset's cache directories, or None
+    when they lack any of `prompts` (or were cached for the other text layout)."""
+    from ltxv2_diffusers.data.config import load_dataset_config
+    from ltxv2_diffusers.data.jobs import load_sample_prompt_embeddings
+
+    found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for entry in load_dataset_config(args.dataset_config).datasets:
+        try:
+            found.update(load_sample_prompt_embeddings(entry.cache_directory))
+        except (FileNotFoundError, KeyError, ValueError):
+            continue
+    if any(p not in found for p in prompts):
         return None
-    try:
-        found = read_prompt_cache(args.dataset_config, prompts)
-    except (FileNotFoundError, KeyError, ValueError):
-        return None
-    if found is None or any(p not in found for p in prompts):
-        return None
-    return {p: (torch.as_tensor(found[p][0]).float().unsqueeze(0) if torch.as_tensor(found[p][0]).ndim == 2
-                else torch.as_tensor(found[p][0]).float(),
-                torch.as_tensor(found[p][1]).bool().reshape(1, -1)) for p in prompts}
+    out = {}
+    for p in prompts:
+        text, mask = found[p]
+        out[p] = (torch.as_tensor(text).float().reshape(1, *text.shape[-2:]), torch.as_tensor(mask).bool().reshape(1, -1))
+    return out
 
 
 def preview_name(step: int, prompt: PreviewPrompt) -> str:
