@@ -44,7 +44,7 @@ def _vae_source(args) -> str:
 
 def build_training_model(args, device: torch.device | str = "cpu", keep_preview_parts: bool = False) -> TrainingBundle:
     """Load the transformer (+ VAE statistics), add the LoRA for `args.mode`, wrap in the adapter."""
-    from ltxv2_diffusers.lora import add_lora, load_lora_into
+    from ltxv2_diffusers.lora import add_lora, target_options_from_network_args
     from ltxv2_diffusers.models.adapter import adapter_class_for_mode
     from ltxv2_diffusers.models.loading import load_components
 
@@ -57,10 +57,11 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
         raise ValueError(f"--vae {_vae_source(args)} has no {', '.join(missing)}; pass the LTX-2 checkpoint that "
                          "holds both VAEs (their latent statistics normalize the cached latents)")
     transformer.requires_grad_(False)
-    targets = add_lora(transformer, mode=mode, rank=args.network_dim, alpha=args.network_alpha,
-                       network_args=network_kwargs(args))
     if args.network_weights is not None:
-        load_lora_into(transformer, args.network_weights)
+        targets = _continue_lora(transformer, mode, args.network_weights)
+    else:
+        targets = add_lora(transformer, mode, args.network_dim, args.network_alpha,
+                           target_options_from_network_args(network_kwargs(args)))
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     adapter = adapter_class_for_mode(mode).from_components(transformer, vae=parts["vae"], audio_vae=parts["audio_vae"])
@@ -78,32 +79,38 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
                           preview_parts=preview)
 
 
+def _continue_lora(transformer, mode: LtxMode, path) -> list[str]:
+    """`--network_weights`: attach the file's LoRA as the trainable adapter (its ranks and alphas)."""
+    from ltxv2_diffusers.lora import apply_lora, read_lora
+    from ltxv2_diffusers.lora.targets import mode_allows
+
+    lora = read_lora(path)
+    foreign = [name for name in lora.modules if not mode_allows(name, mode)]
+    if foreign:
+        raise ValueError(f"--network_weights {path}: modules {foreign[:3]} belong to a modality that --ltx_mode "
+                         f"{mode.value} must leave untouched")
+    return apply_lora(transformer, lora, fuse=False)
+
+
 def lora_metadata(args, step: int) -> dict[str, str]:
     """Metadata stored in every saved LoRA (strings only: safetensors metadata)."""
-    import json
-
     from ltxv2_diffusers import __version__
+    from ltxv2_diffusers.lora import lora_metadata as make_metadata
 
-    return {
-        "ltxv2_diffusers_version": __version__,
-        "base_model": str(args.ltxv2_model),
-        "ltx_mode": args.mode.value,
-        "network_dim": str(args.network_dim),
-        "network_alpha": str(args.network_alpha),
-        "timestep_format": args.timestep_format.value,
-        "steps": str(step),
-        "training_args": json.dumps(args_to_dict(args), default=str),
-    }
+    return make_metadata(mode=args.mode.value, base_model=str(args.ltxv2_model), training_args=args_to_dict(args),
+                         rank=args.network_dim, alpha=args.network_alpha, steps=step,
+                         timestep_format=args.timestep_format.value, trainer=f"ltxv2-diffusers {__version__}")
 
 
 def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, step: int) -> Path:
     """`directory/name.safetensors` (official/ComfyUI) and `directory/name-diffusers/` (diffusers)."""
-    from ltxv2_diffusers.lora import save_lora
+    from ltxv2_diffusers.lora import lora_from_model, save_lora
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    return save_lora(bundle.transformer, directory, name, mode=bundle.mode, rank=args.network_dim,
-                     alpha=args.network_alpha, metadata=lora_metadata(args, step))
+    official, _diffusers = save_lora(lora_from_model(bundle.transformer, metadata=lora_metadata(args, step)),
+                                     directory, name)
+    return official
 
 
 def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int) -> list[Path]:

@@ -1,0 +1,40 @@
+"""The training data stream: the cache batch manager (data/batching.py) seen by the trainer.
+
+Batches come in a `(seed, epoch)`-determined order; a resume restarts at `(epoch, batch index)` without
+loading the skipped items. A batch from the dataset config is the global batch: with N processes
+every process takes its contiguous 1/N, so every batch must split evenly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+
+class TrainData:
+    """Batches per epoch and iteration from a position, for `args.mode` and `args.seed`."""
+
+    def __init__(self, args, world_size: int = 1):
+        from ltxv2_diffusers.data.batching import BatchManager
+        from ltxv2_diffusers.data.config import load_dataset_config
+
+        config = load_dataset_config(args.dataset_config)
+        self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed)
+        self.world_size = int(world_size)
+        if len(self.manager) == 0:
+            raise ValueError(f"--dataset_config {args.dataset_config}: no cached items to train on")
+        if self.world_size > 1:
+            sizes = sorted({len(batch) for batch in self.manager.epoch_plan(0)})
+            bad = [s for s in sizes if s % self.world_size]
+            if bad:
+                raise ValueError(
+                    f"--dataset_config {args.dataset_config}: batches of {bad} items do not split over "
+                    f"{self.world_size} processes; make batch_size (and each bucket's item count x num_repeats) "
+                    f"a multiple of {self.world_size}")
+
+    def batches_per_epoch(self) -> int:
+        return len(self.manager)
+
+    def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """`(batch index, global batch)` of `epoch` from batch `start` on."""
+        for offset, batch in enumerate(self.manager.iter_epoch(epoch, start=start)):
+            yield start + offset, batch
