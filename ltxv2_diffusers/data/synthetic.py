@@ -9,6 +9,7 @@ audio is a tone whose pitch steps every `step_s` seconds, so a cut window can be
 from __future__ import annotations
 
 import math
+import wave
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -138,6 +139,15 @@ def write_audio(
         path.suffix.lower()
     ]
     samples = tone(round(seconds * sample_rate), sample_rate, base_hz, step_hz, step_s)
+    if samples.size == 0:
+        if codec != "pcm_s16le":
+            raise ValueError(f"{path}: an empty audio file can only be written as .wav")
+        # FFmpeg writes no file for a stream without packets; a header-only wav is a real empty file.
+        with wave.open(str(path), "wb") as empty:
+            empty.setnchannels(channels)
+            empty.setsampwidth(2)
+            empty.setframerate(sample_rate)
+        return path
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=sample_rate)
         stream.layout = "stereo" if channels == 2 else "mono"
