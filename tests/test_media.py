@@ -156,9 +156,16 @@ def test_audio_past_the_end_is_zero_padded(media):
 def test_unreadable_and_truncated_files_raise_media_error(media, tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00not a video" * 100)
-    truncated = tmp_path / "cut.mp4"
+    truncated = tmp_path / "cut.mp4"  # index at the end: cut off, the file cannot be opened
     truncated.write_bytes(media["h264"].read_bytes()[:3000])
     for path in (junk, truncated):
         with pytest.raises(MediaError) as info:
             probe_video(str(path))
         assert info.value.path == str(path) and "unreadable" in info.value.reason
+    # index first (web "faststart" mp4): it opens, but fewer frames are there than the index lists
+    whole = synthetic.write_video(tmp_path / "fast.mp4", 48, (128, 64), 24, faststart=True)
+    assert probe_video(str(whole)).num_frames == 48
+    cut = tmp_path / "fast_cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    with pytest.raises(MediaError, match="truncated: the index lists 48 frames"):
+        probe_video(str(cut))

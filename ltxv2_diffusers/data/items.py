@@ -19,6 +19,7 @@ import torch
 from .config import TEMPORAL_MULTIPLE, DatasetConfig, DatasetEntry
 from .media import (
     AUDIO_EXTENSIONS,
+    DEFAULT_FPS,
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     AudioClip,
@@ -176,8 +177,9 @@ def _items_for_file_or_raise(entry: DatasetEntry, path: str, needs_audio: bool) 
     if entry.is_image_dataset:
         if needs_audio:
             raise MediaError(path, "an image has no audio, and this mode trains audio")
+        # a still has no frame rate of its own; the batch contract's "unknown" rate is 24
         return [Item(key=stem, video_path=path, audio_path=None, frame_start=0, num_frames=1, frame_stride=1,
-                     fps=info.fps, is_image=True, **common)]
+                     fps=DEFAULT_FPS, is_image=True, **common)]
 
     windows = frame_windows(info.num_frames, entry)
     if not windows:

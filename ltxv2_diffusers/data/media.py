@@ -91,6 +91,7 @@ def probe_video(path: str) -> VideoInfo:
             if frame is None:
                 raise MediaError(path, "no decodable video frame")
             width, height = frame.width, frame.height
+            declared = stream.frames  # from the container index (0 when the container has none)
             audio = None
             if audio_stream is not None and audio_stream.codec_context.sample_rate:
                 tb = audio_stream.time_base
@@ -106,6 +107,8 @@ def probe_video(path: str) -> VideoInfo:
         raise MediaError(path, f"unreadable or truncated ({_short(error)})") from None
     if num_frames == 0:
         raise MediaError(path, "no video frames")
+    if declared and num_frames < declared:
+        raise MediaError(path, f"truncated: the index lists {declared} frames but only {num_frames} are in the file")
     start = float(first_pts * stream.time_base) if first_pts is not None and stream.time_base else 0.0
     return VideoInfo(width=width, height=height, num_frames=num_frames, fps=fps, start_time=start, audio=audio)
 

@@ -89,14 +89,17 @@ def write_video(
     base_hz: float = 440.0,
     step_hz: float = 110.0,
     step_s: float = 1.0,
+    faststart: bool = False,
 ) -> Path:
     """Write a video of `num_frames` index-coded frames (`h264` or `mpeg4`), with an aac tone track
-    lasting `audio_seconds` (default: as long as the video). Returns the path."""
+    lasting `audio_seconds` (default: as long as the video); `faststart` puts the mp4 index first, as
+    web videos have it. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size
     rate = Fraction(fps)
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if codec in ("h264", "libx264"):
