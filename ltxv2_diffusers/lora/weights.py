@@ -61,6 +61,8 @@ class LoraWeights:
     def __post_init__(self):
         if not self.modules:
             raise ValueError("a LoRA needs at least one module")
+        # One canonical order (files come back key-sorted), so LoRAs compare equal across formats.
+        self.modules = dict(sorted(self.modules.items()))
 
     @property
     def ranks(self) -> set[int]:
