@@ -133,6 +133,8 @@ class PluginPolicy:
 # the manager
 
 _current_plugin: contextvars.ContextVar[str | None] = contextvars.ContextVar("ltxv2_current_plugin", default=None)
+# hook name -> plugin whose implementation last returned a non-None value (names first-result answers).
+_answered_by: dict[str, str] = {}
 
 
 def _guard(function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
@@ -142,7 +144,10 @@ def _guard(function: Callable[..., Any], plugin_name: str, hook_name: str) -> Ca
     def guarded(*args: Any, **kwargs: Any) -> Any:
         token = _current_plugin.set(plugin_name)
         try:
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+            if result is not None:
+                _answered_by[hook_name] = plugin_name
+            return result
         except PluginError:
             raise  # already names the plugin that failed (e.g. a nested facade call)
         except Exception as exc:
@@ -401,8 +406,39 @@ def describe_plugins() -> str:
 # typed facade
 
 
-def _collect_registry(hook: str, what: str) -> dict[str, Any]:
-    """Run a ``register(name, obj)`` hook; installed plugins override built-ins, clash otherwise."""
+class WeightingScheme:
+    """A registered weighting function that names its plugin when it fails or returns bad weights."""
+
+    def __init__(self, name: str, fn: Callable[[Any, str], Any], plugin: str):
+        self.name, self.plugin, self.__wrapped__ = name, plugin, fn
+
+    def __call__(self, sigmas, modality: str = "video"):
+        import torch
+
+        where = f"weighting scheme {self.name!r}"
+        try:
+            weights = torch.as_tensor(self.__wrapped__(sigmas, modality))
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(self.plugin, where, f"{type(exc).__name__}: {exc}") from exc
+        shape = tuple(torch.as_tensor(sigmas).shape)
+        if weights.ndim and tuple(weights.shape) != shape:
+            raise PluginError(self.plugin, where, f"returned weights of shape {tuple(weights.shape)} for sigmas of "
+                                                  f"shape {shape}; return one weight per sigma")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise PluginError(self.plugin, where, "returned negative or non-finite weights "
+                                                  f"(sigmas in [{float(torch.as_tensor(sigmas).min()):.4g}, "
+                                                  f"{float(torch.as_tensor(sigmas).max()):.4g}])")
+        return weights
+
+    def __repr__(self) -> str:
+        return f"WeightingScheme({self.name!r}, {self.__wrapped__!r}, plugin={self.plugin!r})"
+
+
+def _collect_registry(hook: str, what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run a ``register(name, obj)`` hook: ({name: obj}, {name: plugin}). Installed plugins
+    override built-ins; two installed plugins registering one name clash."""
     pm = get_plugin_manager()
     found: dict[str, Any] = {}
     owner: dict[str, str] = {}
@@ -422,29 +458,63 @@ def _collect_registry(hook: str, what: str) -> dict[str, Any]:
         found[name], owner[name] = obj, plugin
 
     getattr(pm.hook, hook)(register=register)
-    return found
+    return found, owner
 
 
 def weighting_schemes() -> dict[str, Callable[[Any, str], Any]]:
-    """Every registered weighting scheme: name -> ``fn(sigmas, modality) -> weights``."""
-    return _collect_registry("ltxv2_register_weighting_schemes", "weighting scheme")
+    """Every registered weighting scheme: name -> ``fn(sigmas, modality) -> weights``.
+
+    Each ``fn`` is a :class:`WeightingScheme` around the registered function (``fn.__wrapped__``)
+    that checks the weights (one per sigma, finite, >= 0) and names the plugin on failure.
+    """
+    found, owners = _collect_registry("ltxv2_register_weighting_schemes", "weighting scheme")
+    return {name: WeightingScheme(name, fn, owners[name]) for name, fn in found.items()}
 
 
 def text_encoder_backends() -> dict[str, Callable[..., Any]]:
     """Every registered text-encoder backend: name -> factory."""
-    return _collect_registry("ltxv2_register_text_encoder_backends", "text encoder backend")
+    return _collect_registry("ltxv2_register_text_encoder_backends", "text encoder backend")[0]
 
 
 def sample_sigmas(batch_size: int, num_tokens: int, modality: str, args: Any, generator: Any = None):
-    """Training sigmas for one batch of one modality (first plugin answering wins)."""
-    return get_plugin_manager().hook.ltxv2_sample_sigmas(
+    """Training sigmas ``[batch_size]`` or ``[batch_size, num_tokens]`` in [0, 1] for one batch of
+    one modality (first plugin answering wins); None when no plugin answers."""
+    hook = "ltxv2_sample_sigmas"
+    result = get_plugin_manager().hook.ltxv2_sample_sigmas(
         batch_size=batch_size, num_tokens=num_tokens, modality=modality, args=args, generator=generator)
+    if result is None:
+        return None
+    import torch
+
+    sigmas = torch.as_tensor(result)
+    shapes = [(batch_size,), (batch_size, num_tokens)]
+    problem = None
+    if tuple(sigmas.shape) not in shapes:
+        problem = f"returned sigmas of shape {tuple(sigmas.shape)}; expected {shapes[0]} or {shapes[1]}"
+    elif not sigmas.is_floating_point():
+        problem = f"returned {sigmas.dtype} sigmas; return floats in [0, 1]"
+    elif sigmas.numel() and not bool(((sigmas >= 0) & (sigmas <= 1)).all()):
+        problem = f"returned sigmas outside [0, 1] (min {float(sigmas.min()):.4g}, max {float(sigmas.max()):.4g})"
+    if problem:
+        raise PluginError(_answered_by.get(hook), hook, f"{problem} for modality {modality!r}")
+    return sigmas
 
 
 def audio_loss(pred, target, mask, sigmas, batch, args):
-    """The audio loss term (first plugin answering wins; built-in: masked MSE)."""
-    return get_plugin_manager().hook.ltxv2_audio_loss(
+    """The audio loss term, a scalar tensor (first plugin answering wins; built-in: masked MSE);
+    None when no plugin answers."""
+    hook = "ltxv2_audio_loss"
+    result = get_plugin_manager().hook.ltxv2_audio_loss(
         pred=pred, target=target, mask=mask, sigmas=sigmas, batch=batch, args=args)
+    if result is None:
+        return None
+    import torch
+
+    if not torch.is_tensor(result) or result.numel() != 1:
+        what = f"a tensor of shape {tuple(result.shape)}" if torch.is_tensor(result) else type(result).__name__
+        raise PluginError(_answered_by.get(hook), hook, f"returned {what}; return a scalar tensor "
+                                                        "(reduce over the batch, tokens and channels)")
+    return result.reshape(())
 
 
 def _impls(hook: str) -> list[tuple[str, Callable[..., Any], tuple[str, ...]]]:

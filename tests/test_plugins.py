@@ -110,7 +110,9 @@ def test_installed_scheme_replaces_builtin_and_two_installed_clash(pm):
 
     plugins.register_plugin(make_plugin("a", ltxv2_register_weighting_schemes=hookimpl(
         lambda register: register("cosmap", doubled))), name="plugin_a")
-    assert plugins.weighting_schemes()["cosmap"] is doubled
+    scheme = plugins.weighting_schemes()["cosmap"]
+    assert scheme.__wrapped__ is doubled and scheme.plugin == "plugin_a"
+    torch.testing.assert_close(scheme(torch.rand(3), "video"), torch.full((3,), 2.0))
     plugins.register_plugin(make_plugin("b", ltxv2_register_weighting_schemes=hookimpl(
         lambda register: register("cosmap", doubled))), name="plugin_b")
     with pytest.raises(PluginError, match="'cosmap' is registered by both") as info:
@@ -313,3 +315,37 @@ def test_describe_plugins_lists_every_plugin_and_its_hooks(pm):
     assert set(rows) >= BUILTINS | {"mine"}
     assert rows["mine"].split(None, 3)[1:] == ["manual", "loaded", "add_arguments, on_save"]
     assert rows["default.sigmas"].split(None, 3)[1:] == ["built-in", "loaded", "add_arguments, sample_sigmas"]
+
+
+def test_bad_plugin_results_are_errors_naming_the_plugin(pm):
+    @hookimpl
+    def ltxv2_register_weighting_schemes(register):
+        register("first_only", lambda sigmas, modality: sigmas[:1])
+        register("negative", lambda sigmas, modality: -sigmas)
+        register("raises", lambda sigmas, modality: sigmas.no_such_method())
+
+    @hookimpl
+    def ltxv2_sample_sigmas(batch_size, modality):
+        return {"video": torch.rand(batch_size + 1), "audio": torch.full((batch_size,), 1.5)}[modality]
+
+    @hookimpl
+    def ltxv2_audio_loss(pred, target):
+        return (pred - target).pow(2)  # forgot to reduce
+
+    plugins.register_plugin(make_plugin("sloppy", ltxv2_register_weighting_schemes=ltxv2_register_weighting_schemes,
+                                        ltxv2_sample_sigmas=ltxv2_sample_sigmas, ltxv2_audio_loss=ltxv2_audio_loss),
+                            name="sloppy")
+    schemes, sigmas = plugins.weighting_schemes(), torch.tensor([0.2, 0.6])
+    with pytest.raises(PluginError, match=r"'sloppy' in hook weighting scheme 'first_only': returned weights of shape \(1,\)"):
+        schemes["first_only"](sigmas, "video")
+    with pytest.raises(PluginError, match="'sloppy' in hook weighting scheme 'negative': returned negative or non-finite"):
+        schemes["negative"](sigmas, "video")
+    with pytest.raises(PluginError, match="'sloppy' in hook weighting scheme 'raises': AttributeError") as info:
+        schemes["raises"](sigmas, "video")
+    assert isinstance(info.value.__cause__, AttributeError)
+    with pytest.raises(PluginError, match=r"'sloppy' in hook ltxv2_sample_sigmas: returned sigmas of shape \(3,\)"):
+        plugins.sample_sigmas(2, 16, "video", None)
+    with pytest.raises(PluginError, match=r"'sloppy' in hook ltxv2_sample_sigmas: returned sigmas outside \[0, 1\]"):
+        plugins.sample_sigmas(2, 16, "audio", None)
+    with pytest.raises(PluginError, match=r"'sloppy' in hook ltxv2_audio_loss: returned a tensor of shape \(1, 2, 3\)"):
+        plugins.audio_loss(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), None, None, {}, None)
