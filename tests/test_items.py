@@ -166,3 +166,17 @@ def test_image_datasets_have_no_audio_in_av_mode(dataset):
     image_only = dataclasses.replace(config, datasets=config.datasets[1:])
     result = list_items(image_only, "av")
     assert result.items == [] and all("image has no audio" in reason for _, reason in result.bad)
+
+
+def test_broken_sidecar_audio_only_matters_when_audio_is_trained(tmp_path):
+    videos = tmp_path / "v"
+    clip = synthetic.write_video(videos / "d.mp4", 12, (128, 64), 24, "h264", audio=False)
+    synthetic.write_caption(clip, "d")
+    (videos / "d.wav").write_bytes(b"RIFF junk that is not audio" * 8)
+    toml = synthetic.write_dataset_toml(tmp_path / "d.toml", [
+        dict(video_directory=str(videos), resolution=[64, 32], target_frames=[9])])
+    config = load_dataset_config(toml)
+    video = list_items(config, "video")
+    assert [item.key for item in video.items] == ["d_00000-009"] and not video.items[0].has_audio
+    av_mode = list_items(config, "av")
+    assert av_mode.items == [] and av_mode.bad[0][0] == str(videos / "d.wav")

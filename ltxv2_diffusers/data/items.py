@@ -187,7 +187,12 @@ def _items_for_file_or_raise(entry: DatasetEntry, path: str, needs_audio: bool) 
                   if entry.frame_extraction != "full" else "at least 1 frame")
         raise MediaError(path, f"video has {info.num_frames} frames, {entry.frame_extraction!r} extraction needs {wanted}")
 
-    audio_path, audio_start, audio_duration = find_audio(path, entry, info)
+    try:
+        audio_path, audio_start, audio_duration = find_audio(path, entry, info)
+    except MediaError:
+        if needs_audio:
+            raise
+        audio_path, audio_start, audio_duration = None, 0.0, 0.0  # a broken sidecar does not spoil the video
     if needs_audio and audio_path is None and info.audio is None:
         raise MediaError(path, "no audio: no audio stream in the video and no same-name audio file "
                                f"({', '.join(AUDIO_EXTENSIONS)}) beside it" +
