@@ -259,7 +259,7 @@ def _load(policy: PluginPolicy) -> None:
             _register(importlib.import_module(module), name, "built-in")
     eps = _entry_points()
     if policy.allow is not None:
-        missing = policy.allow - {ep.name for ep in eps}
+        missing = policy.allow - {ep.name for ep in eps} - set(DEFAULT_PLUGINS)  # built-ins always load
         if missing:
             installed = ", ".join(ep.name for ep in eps) or "none"
             raise PluginError(None, None, f"--plugins names {', '.join(sorted(missing))}, not installed "
