@@ -284,7 +284,7 @@ def _load(policy: PluginPolicy) -> None:
         except Exception as exc:
             raise PluginError(ep.name, None, f"entry point {ep.value!r} of {dist_name or 'unknown distribution'} "
                                              f"failed to import: {type(exc).__name__}: {exc}; uninstall it or "
-                                             f"block it with --plugins -{ep.name}") from exc
+                                             f"block it with --plugins=-{ep.name}") from exc
         _register(plugin, ep.name, dist_name or ep.value, dist.version if dist is not None else None)
     _pm.check_pending()
 
@@ -454,7 +454,7 @@ def _collect_registry(hook: str, what: str) -> tuple[dict[str, Any], dict[str, s
                 return  # an installed plugin already replaced this built-in (they run first)
             if _sources.get(owner[name], ("",))[0] != "built-in":
                 raise ValueError(f"{what} {name!r} is registered by both {owner[name]!r} and {plugin!r}; "
-                                 f"block one with --plugins -<name>")
+                                 f"block one with --plugins=-<name>")
         found[name], owner[name] = obj, plugin
 
     getattr(pm.hook, hook)(register=register)

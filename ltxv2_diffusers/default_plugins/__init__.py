@@ -1,7 +1,7 @@
 """Built-in behaviour, written as ordinary ``trylast`` plugins so any installed plugin overrides it.
 
 ``DEFAULT_PLUGINS`` maps each plugin's registered name to its module; ``plugins.py`` registers
-them before any third-party plugin. Block one with ``--plugins -<name>``.
+them before any third-party plugin. Block one with ``--plugins=-<name>``.
 """
 
 DEFAULT_PLUGINS: dict[str, str] = {
