@@ -47,6 +47,12 @@ def test_frame_windows_follow_musubi(mode, keys, expected):
     assert frame_windows(8, entry) == ([(0, 1)] if mode == "full" else [])
 
 
+def test_frame_windows_are_unique():
+    # 11 frames leave starts 0..2 for 9-frame windows: 5 uniform samples would repeat some
+    assert frame_windows(11, _entry(frame_extraction="uniform", frame_sample=5)) == [(0, 9), (1, 9), (2, 9)]
+    assert frame_windows(20, _entry(target_frames=(9, 9))) == [(0, 9)]
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Two good clips (one with its own aac track, one silent with a wav beside it), an image set, and
@@ -180,3 +186,15 @@ def test_broken_sidecar_audio_only_matters_when_audio_is_trained(tmp_path):
     assert [item.key for item in video.items] == ["d_00000-009"] and not video.items[0].has_audio
     av_mode = list_items(config, "av")
     assert av_mode.items == [] and av_mode.bad[0][0] == str(videos / "d.wav")
+
+
+def test_files_with_the_same_stem_are_reported(tmp_path):
+    videos = tmp_path / "v"
+    for ext in (".mp4", ".mkv"):
+        clip = synthetic.write_video(videos / f"same{ext}", 9, (128, 64), 24, "mpeg4", audio=False)
+    synthetic.write_caption(clip, "shared caption")  # one caption serves both stems
+    toml = synthetic.write_dataset_toml(tmp_path / "d.toml", [dict(video_directory=str(videos), resolution=[64, 32],
+                                                                   target_frames=[9])])
+    result = list_items(load_dataset_config(toml), "video")
+    assert [item.video_path for item in result.items] == [str(videos / "same.mkv")]
+    assert result.bad == [(str(videos / "same.mp4"), "same name as same.mkv in one cache directory; rename one of them")]

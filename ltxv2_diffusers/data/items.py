@@ -111,10 +111,19 @@ def list_items(config: DatasetConfig, mode: Any = "video", max_workers: int | No
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda job: _items_for_file(job[0], job[1], needs_audio), jobs))
     items: list[Item] = []
-    for file_items, problem in results:
-        items.extend(file_items)
+    owners: dict[tuple[str, str], str] = {}  # (cache directory, key) -> file that produced it
+    for (entry, path), (file_items, problem) in zip(jobs, results):
         if problem is not None:
             bad.append(problem)
+            continue
+        clash = next((owners[(it.cache_directory, it.key)] for it in file_items
+                      if (it.cache_directory, it.key) in owners), None)
+        if clash is not None:
+            # Caches are named by stem: a.mp4 and a.mov would overwrite each other's files.
+            bad.append((path, f"same name as {Path(clash).name} in one cache directory; rename one of them"))
+            continue
+        owners.update(((it.cache_directory, it.key), path) for it in file_items)
+        items.extend(file_items)
     return ListingResult(items=items, bad=bad)
 
 
@@ -242,7 +251,8 @@ def frame_windows(num_frames: int, entry: DatasetEntry) -> list[tuple[int, int]]
             windows.extend((int(i), target) for i in starts)
         else:
             raise ValueError(f"frame_extraction {mode!r} is not supported")
-    return windows
+    # uniform sampling of a short clip, or a repeated target, can give one window twice: keep it once
+    return list(dict.fromkeys(windows))
 
 
 def read_caption(media_path: str, caption_extension: str) -> str:
