@@ -256,3 +256,25 @@ def test_bf16_model_keeps_float32_targets(comps):
     out = run(a, make_batch(tr))
     assert out["video"].pred.dtype == torch.bfloat16 and out["video"].target.dtype == torch.float32
     assert torch.isfinite(out["audio"].pred.float()).all()
+
+
+def test_pipeline_model_index_names_the_adapter(comps, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from ltxv2_diffusers.models.scheduler import LTXV2FlowMatchScheduler
+
+    class AdapterPipeline(DiffusionPipeline):
+        def __init__(self, transformer, scheduler):
+            super().__init__()
+            self.register_modules(transformer=transformer, scheduler=scheduler)
+
+    adapter = LTXAVModelAdapter.from_components(comps["transformer"], vae=comps["vae"], audio_vae=comps["audio_vae"])
+    AdapterPipeline(adapter, LTXV2FlowMatchScheduler()).save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    # custom components are named by their module; loading imports it, no Hub code involved
+    assert index["transformer"] == ["ltxv2_diffusers.models.adapter", "LTXAVModelAdapter"]
+    assert index["scheduler"] == ["ltxv2_diffusers.models.scheduler", "LTXV2FlowMatchScheduler"]
+    loaded = AdapterPipeline.from_pretrained(tmp_path)
+    assert type(loaded.transformer) is LTXAVModelAdapter and type(loaded.scheduler) is LTXV2FlowMatchScheduler
+    batch = make_batch(adapter.transformer)
+    assert torch.equal(run(loaded.transformer, batch)["video"].pred, run(adapter, batch)["video"].pred)

@@ -170,7 +170,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             if values is not None and len(values) != video_channels:
                 raise ValueError(f"{key} has {len(values)} values; the transformer takes {video_channels} latent channels")
         c, m = self.config.audio_latent_channels, self.config.audio_latent_mel_bins
-        if c * m * tc.audio_patch_size * tc.audio_patch_size_t != tc.audio_in_channels and tc.audio_patch_size == 1:
+        if c * m != tc.audio_in_channels:
             raise ValueError(
                 f"audio latents of {c} channels x {m} mel bins pack to {c * m} features but the transformer "
                 f"takes {tc.audio_in_channels}"
@@ -235,10 +235,12 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         fps = torch.as_tensor(fps, dtype=torch.float32).flatten()
         if fps.numel() == 1:
             fps = fps.expand(batch_size)
-        if fps.numel() != batch_size or not bool(torch.all(fps > 0)):
-            raise ValueError(f"batch['fps'] must hold one positive frame rate per item, got {fps.tolist()}")
-        values = fps.tolist()
-        if all(v == values[0] for v in values):
+        if fps.numel() != batch_size:
+            raise ValueError(f"batch['fps'] must hold one frame rate per item ({batch_size}), got {fps.numel()}")
+        values = fps.tolist() if fps.device.type == "cpu" else None  # no host sync for device tensors
+        if values is not None and not all(v > 0 for v in values):
+            raise ValueError(f"batch['fps'] must hold positive frame rates, got {values}")
+        if values is not None and all(v == values[0] for v in values):
             # A Python-float divisor is what diffusers' and the official coordinate code use.
             coords[:, 0] = coords[:, 0] / values[0]
         else:
@@ -270,7 +272,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         mode = self.mode
         dtype = tr.dtype
         text = self._require(batch, "text", 3)
-        device = text.device
+        device = tr.device
+        text = text.to(device=device, dtype=dtype)
         batch_size = text.shape[0]
         noise = noise or {}
         scale = float(tc.timestep_scale_multiplier)
@@ -278,6 +281,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         video_w, audio_w = context_widths(tc)
         video_ctx, audio_ctx = split_text_context(text, video_w, audio_w, mode)
         text_mask = batch.get("text_mask")
+        if text_mask is not None:
+            text_mask = text_mask.to(device)
 
         outputs: dict[str, ModalityOutput] = {}
         prepared: dict[str, dict[str, Any]] = {}
@@ -312,8 +317,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         video_pred, audio_pred = tr(
             hidden_states=v["x_t"].to(dtype),
             audio_hidden_states=a["x_t"].to(dtype),
-            encoder_hidden_states=video_ctx.to(dtype),
-            audio_encoder_hidden_states=audio_ctx.to(dtype),
+            encoder_hidden_states=video_ctx,
+            audio_encoder_hidden_states=audio_ctx,
             timestep=v["tok_sigma"] * scale,
             audio_timestep=a["tok_sigma"] * scale,
             sigma=v["sigma"] * scale,
@@ -343,10 +348,9 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
     def _sigmas(self, sigmas: Mapping[str, torch.Tensor], name: str, batch_size: int, num_tokens: int, device):
         if name not in sigmas or sigmas[name] is None:
             raise KeyError(f"sigmas has no {name!r} entry; {self.mode.value} mode trains {name}")
-        s = torch.as_tensor(sigmas[name], device=device)
+        s = torch.as_tensor(sigmas[name])
         if not s.is_floating_point():
             raise TypeError(f"sigmas[{name!r}] must be floating point, got {s.dtype}")
-        s = s.float()
         if s.ndim == 0:
             s = s.expand(batch_size)
         if s.ndim == 2 and s.shape[1] == 1:
@@ -355,8 +359,10 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"sigmas[{name!r}] has shape {tuple(s.shape)}; expected [{batch_size}] or [{batch_size}, {num_tokens}]"
             )
-        if bool(((s < 0) | (s > 1)).any()):
+        # Checked only where it is free: on an accelerator it would cost a host sync every step.
+        if s.device.type == "cpu" and bool(((s < 0) | (s > 1)).any()):
             raise ValueError(f"sigmas[{name!r}] must lie in [0, 1]")
+        s = s.to(device=device, dtype=torch.float32)
         per_token = s.ndim == 2
         per_sample = s.amax(dim=1) if per_token else s
         return s, per_sample, per_token

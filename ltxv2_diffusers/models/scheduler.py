@@ -11,6 +11,10 @@ from typing import Literal
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
+
+# diffusers' pipeline loader finds the load method of a custom component by looking up base classes
+# (`SchedulerMixin`) in the component's own module, so that name must be importable from here.
 
 from ltxv2_diffusers.timesteps import TimestepFormat, parse_timestep_format, timesteps_to_sigmas
 
