@@ -169,3 +169,30 @@ def test_unreadable_and_truncated_files_raise_media_error(media, tmp_path):
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
     with pytest.raises(MediaError, match="truncated: the index lists 48 frames"):
         probe_video(str(cut))
+
+
+@pytest.mark.parametrize("ext, codec", [(".mkv", "h264"), (".mov", "h264"), (".avi", "mpeg4")])
+def test_other_containers(tmp_path, ext, codec):
+    path = synthetic.write_video(tmp_path / f"c{ext}", 30, (128, 64), 24, codec, audio=False)
+    assert probe_video(str(path)).num_frames == 30
+    assert _indices(decode_video_frames(str(path), 20, 9, (64, 32))) == list(range(20, 29))
+
+
+def test_variable_frame_rate_counts_frames_in_order(tmp_path):
+    # Frame gaps of 30 or 60 ms: timestamps do not fit one rate, so indices fall back to decode order.
+    path = tmp_path / "vfr.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 128, 64, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        pts = 0
+        for index in range(40):
+            frame = av.VideoFrame.from_ndarray(synthetic.frame_pixels(index, 128, 64), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += 30 if index % 3 else 60
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert probe_video(str(path)).num_frames == 40
+    assert _indices(decode_video_frames(str(path), 20, 9, (64, 32))) == list(range(20, 29))
