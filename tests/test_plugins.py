@@ -351,3 +351,19 @@ def test_bad_plugin_results_are_errors_naming_the_plugin(pm):
         plugins.sample_sigmas(2, 16, "audio", None)
     with pytest.raises(PluginError, match=r"'sloppy' in hook ltxv2_audio_loss: returned a tensor of shape \(1, 2, 3\)"):
         plugins.audio_loss(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), None, None, {}, None)
+
+
+def test_hook_wrappers_work_where_pluggy_calls_the_hook(pm):
+    @hookimpl(wrapper=True)
+    def ltxv2_sample_sigmas():
+        sigmas = yield  # whatever the answering plugin returned (here the built-in sampler)
+        return sigmas.clamp(0.25, 0.75)
+
+    plugins.register_plugin(make_plugin("clamp", ltxv2_sample_sigmas=ltxv2_sample_sigmas), name="clamp")
+    sigmas = plugins.sample_sigmas(64, 1024, "video", argparse.Namespace(sigma_sampling="uniform"),
+                                   torch.Generator().manual_seed(0))
+    assert sigmas.shape == (64,) and float(sigmas.min()) == 0.25 and float(sigmas.max()) == 0.75
+    plugins.register_plugin(make_plugin("wrap_losses", ltxv2_extra_losses=hookimpl(wrapper=True)(lambda: (yield))),
+                            name="wrap_losses")
+    with pytest.raises(PluginError, match="'wrap_losses' in hook ltxv2_extra_losses: hook wrappers are not supported"):
+        plugins.extra_losses({}, {}, None)

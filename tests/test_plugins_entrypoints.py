@@ -27,6 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 FIRST_PARTY = ("ltxv2-p2-weighting", "ltxv2-audio-delta-loss")
 PLUGIN_MODULES = ("ltxv2_p2_weighting", "ltxv2_audio_delta_loss", "ltxv2_broken_import", "ltxv2_typo_hook")
 
+# Installed plugins that must fail loudly: one cannot import, one misspells a hook.
+BROKEN = {
+    "ltxv2-broken-import": ("broken_import", "ltxv2_broken_import", "import ltxv2_no_such_dependency\n"),
+    "ltxv2-typo-hook": ("typo_hook", "ltxv2_typo_hook", """
+        from ltxv2_diffusers.hookspecs import hookimpl
+
+        @hookimpl
+        def ltxv2_register_weighting_scheme(register):
+            register("never", lambda sigmas, modality: sigmas)
+        """),
+}
+
 
 def pip_install(sources: list[Path], target: Path) -> None:
     subprocess.run(
@@ -37,16 +49,38 @@ def pip_install(sources: list[Path], target: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def first_party_site(tmp_path_factory) -> Path:
-    """pip-installed copies of plugins/* (copied first so builds never write into the checkout)."""
-    root = tmp_path_factory.mktemp("first_party_plugins")
+def plugin_sites(tmp_path_factory) -> dict[str, Path]:
+    """One pip run installing copies of plugins/* (copied so builds never write into the checkout)
+    and two broken plugins; the broken ones are then moved to a folder of their own."""
+    root = tmp_path_factory.mktemp("installed_plugins")
     sources = []
     for name in FIRST_PARTY:
         dst = root / "src" / name
         shutil.copytree(REPO / "plugins" / name, dst, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
         sources.append(dst)
-    pip_install(sources, root / "site")
-    return root / "site"
+    for dist, (ep_name, module, code) in BROKEN.items():
+        src = root / "src" / dist
+        src.mkdir(parents=True)
+        (src / f"{module}.py").write_text(textwrap.dedent(code))
+        (src / "pyproject.toml").write_text((REPO / "plugins" / FIRST_PARTY[0] / "pyproject.toml").read_text())
+        (src / "setup.cfg").write_text(textwrap.dedent(f"""
+            [metadata]
+            name = {dist}
+            version = 0.0.1
+            [options]
+            py_modules = {module}
+            [options.entry_points]
+            ltxv2_diffusers =
+                {ep_name} = {module}
+            """))
+        sources.append(src)
+    site, broken = root / "site", root / "broken_site"
+    pip_install(sources, site)
+    broken.mkdir()
+    for _, module, _ in BROKEN.values():
+        for path in [site / f"{module}.py", *site.glob(f"{module}-*.dist-info")]:
+            shutil.move(path, broken / path.name)
+    return {"first_party": site, "broken": broken}
 
 
 def use_site(site: Path, monkeypatch):
@@ -68,10 +102,10 @@ def use_site(site: Path, monkeypatch):
 
 
 @pytest.fixture
-def installed(first_party_site, monkeypatch):
-    undo = use_site(first_party_site, monkeypatch)
+def installed(plugin_sites, monkeypatch):
+    undo = use_site(plugin_sites["first_party"], monkeypatch)
     plugins.configure(None)
-    yield first_party_site
+    yield plugin_sites["first_party"]
     undo()
 
 
@@ -201,45 +235,10 @@ def test_environment_switches(installed, monkeypatch):
     assert "p2" not in plugins.weighting_schemes() and infos()["audio_delta_loss"].status == "loaded"
 
 
-BROKEN = {
-    "ltxv2-broken-import": ("broken_import", "ltxv2_broken_import", "import ltxv2_no_such_dependency\n"),
-    "ltxv2-typo-hook": ("typo_hook", "ltxv2_typo_hook", """
-        from ltxv2_diffusers.hookspecs import hookimpl
-
-        @hookimpl
-        def ltxv2_register_weighting_scheme(register):
-            register("never", lambda sigmas, modality: sigmas)
-        """),
-}
 
 
-@pytest.fixture(scope="module")
-def broken_site(tmp_path_factory) -> Path:
-    """Two real installed plugins that must fail loudly: one cannot import, one misspells a hook."""
-    root = tmp_path_factory.mktemp("broken_plugins")
-    sources = []
-    for dist, (ep_name, module, code) in BROKEN.items():
-        src = root / "src" / dist
-        src.mkdir(parents=True)
-        (src / f"{module}.py").write_text(textwrap.dedent(code))
-        (src / "pyproject.toml").write_text((REPO / "plugins" / FIRST_PARTY[0] / "pyproject.toml").read_text())
-        (src / "setup.cfg").write_text(textwrap.dedent(f"""
-            [metadata]
-            name = {dist}
-            version = 0.0.1
-            [options]
-            py_modules = {module}
-            [options.entry_points]
-            ltxv2_diffusers =
-                {ep_name} = {module}
-            """))
-        sources.append(src)
-    pip_install(sources, root / "site")
-    return root / "site"
-
-
-def test_broken_plugins_fail_loudly_with_their_names(broken_site, monkeypatch):
-    undo = use_site(broken_site, monkeypatch)
+def test_broken_plugins_fail_loudly_with_their_names(plugin_sites, monkeypatch):
+    undo = use_site(plugin_sites["broken"], monkeypatch)
     try:
         with pytest.raises(PluginError, match="plugin 'broken_import': entry point 'ltxv2_broken_import' of "
                                               "ltxv2-broken-import failed to import: ModuleNotFoundError") as info:
