@@ -68,11 +68,11 @@ def probe_video(path: str) -> VideoInfo:
             if not container.streams.video:
                 raise MediaError(path, "no video stream")
             stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
             fps = _stream_fps(stream)
             audio_stream = container.streams.audio[0] if container.streams.audio else None
             streams = [stream] + ([audio_stream] if audio_stream is not None else [])
-            num_frames, first_pts, audio_samples, audio_first = 0, None, 0, None
+            num_frames, first_pts = 0, None
+            audio_packets, audio_ticks, audio_first, audio_end = 0, 0, None, None
             for packet in container.demux(streams):
                 if packet.size == 0:
                     continue  # flush packets carry no data
@@ -81,10 +81,12 @@ def probe_video(path: str) -> VideoInfo:
                     if packet.pts is not None and (first_pts is None or packet.pts < first_pts):
                         first_pts = packet.pts
                 else:
-                    if packet.duration:
-                        audio_samples += packet.duration
-                    if packet.pts is not None and (audio_first is None or packet.pts < audio_first):
-                        audio_first = packet.pts
+                    audio_packets += 1
+                    audio_ticks += packet.duration or 0
+                    if packet.pts is not None:
+                        audio_first = packet.pts if audio_first is None else min(audio_first, packet.pts)
+                        end = packet.pts + (packet.duration or 0)
+                        audio_end = end if audio_end is None else max(audio_end, end)
             # Decoding one frame proves the codec works and that width/height are real.
             container.seek(0)
             frame = next(container.decode(stream), None)
@@ -94,12 +96,14 @@ def probe_video(path: str) -> VideoInfo:
             declared = stream.frames  # from the container index (0 when the container has none)
             audio = None
             if audio_stream is not None and audio_stream.codec_context.sample_rate:
-                tb = audio_stream.time_base
+                tb = audio_stream.time_base or Fraction(0)
+                if not audio_ticks and audio_packets and audio_end is not None:
+                    audio_ticks = audio_end - audio_first  # demuxers that leave packet durations empty
                 audio = AudioInfo(
                     sample_rate=audio_stream.codec_context.sample_rate,
                     channels=audio_stream.codec_context.channels,
-                    duration=float(audio_samples * tb) if tb else 0.0,
-                    start_time=float((audio_first or 0) * tb) if tb else 0.0,
+                    duration=float(audio_ticks * tb),
+                    start_time=float((audio_first or 0) * tb),
                 )
     except MediaError:
         raise
@@ -251,19 +255,13 @@ def decode_image(path: str, bucket: tuple[int, int]) -> torch.Tensor:
 def _frames_in_order(container, stream, wanted: list[int]) -> list:
     wanted_set, last = set(wanted), wanted[-1]
     frames = []
-    for index, frame in enumerate(_presentation_order(container.decode(stream))):
+    # FFmpeg's decoders hand frames out in presentation order, so the n-th frame is frame n.
+    for index, frame in enumerate(container.decode(stream)):
         if index in wanted_set:
             frames.append(frame)
         if index >= last:
             break
     return frames
-
-
-def _presentation_order(frames):
-    """Decoders emit frames in presentation order already; this only drops frames without data."""
-    for frame in frames:
-        if frame.width and frame.height:
-            yield frame
 
 
 def _frames_by_timestamp(container, stream, wanted: list[int]) -> list | None:
