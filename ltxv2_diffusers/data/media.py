@@ -242,8 +242,10 @@ def decode_video_frames(
         raise MediaError(
             path, f"video ended after {len(frames)} of {num_frames} frames from frame {frame_start} (truncated?)"
         )
-    pixels = np.stack([_resize_crop(frame, bucket) for frame in frames])  # [F,H,W,3] uint8
-    video = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    pixels = torch.from_numpy(np.stack([_resize_crop(frame, bucket) for frame in frames]))  # [F,H,W,3] uint8
+    # One converting copy into a contiguous [F,3,H,W] buffer (what the VAE's convolutions want), then in place.
+    video = torch.empty((pixels.shape[0], 3, pixels.shape[1], pixels.shape[2]), dtype=torch.float32)
+    video.copy_(pixels.permute(0, 3, 1, 2))
     return video.div_(127.5).sub_(1.0)
 
 
