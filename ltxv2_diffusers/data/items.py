@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .config import TEMPORAL_MULTIPLE, DatasetConfig, DatasetEntry
 from .media import (
@@ -94,10 +95,11 @@ class ListingResult:
         return "\n".join(lines)
 
 
-def list_items(config: DatasetConfig, mode: Any = "video", max_workers: int | None = None) -> ListingResult:
+def list_items(config: DatasetConfig, mode: Any = "video", max_workers: int | None = None,
+               progress: bool = False) -> ListingResult:
     """List and validate every item of every dataset in `config` for a training `mode`
     (`video`, `av`, `audio`, or an `LtxMode`). Audio is required (and its window checked) in `av`
-    and `audio` modes; a file without it is reported, not raised.
+    and `audio` modes; a file without it is reported, not raised. `progress` shows a bar per file.
     """
     needs_audio = str(getattr(mode, "value", mode)).lower() in ("av", "audio")
     jobs = []
@@ -109,7 +111,8 @@ def list_items(config: DatasetConfig, mode: Any = "video", max_workers: int | No
     workers = max_workers or min(8, os.cpu_count() or 1)
     # PyAV releases the GIL while demuxing, so threads overlap the I/O of many small files.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda job: _items_for_file(job[0], job[1], needs_audio), jobs))
+        results = pool.map(lambda job: _items_for_file(job[0], job[1], needs_audio), jobs)
+        results = list(tqdm(results, total=len(jobs), desc="listing media", unit="file", disable=not progress))
     items: list[Item] = []
     owners: dict[tuple[str, str], str] = {}  # (cache directory, key) -> file that produced it
     for (entry, path), (file_items, problem) in zip(jobs, results):
