@@ -204,7 +204,10 @@ def _items_for_file_or_raise(entry: DatasetEntry, path: str, needs_audio: bool) 
     except MediaError:
         if needs_audio:
             raise
-        audio_path, audio_start, audio_duration = None, 0.0, 0.0  # a broken sidecar does not spoil the video
+        # a broken sidecar does not spoil the video: fall back to its own track, if any
+        audio_path, audio_start, audio_duration = None, 0.0, 0.0
+        if info.audio is not None:
+            audio_start, audio_duration = info.audio.start_time - info.start_time, info.audio.duration
     if needs_audio and audio_path is None and info.audio is None:
         raise MediaError(path, "no audio: no audio stream in the video and no same-name audio file "
                                f"({', '.join(AUDIO_EXTENSIONS)}) beside it" +
