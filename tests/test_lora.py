@@ -304,6 +304,39 @@ def test_strength_and_alpha_applied_right_in_every_format(lora, tmp_path, inputs
         torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_reads_what_diffusers_itself_saves(tmp_path):
+    """`LTX2Pipeline.save_lora_weights` output (PEFT config as metadata) reads back with the right alpha."""
+    from diffusers import LTX2Pipeline
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = _transformer()
+    add_lora(transformer, "video", rank=4, alpha=2.0)
+    with torch.no_grad():
+        for p in lora_parameters(transformer):
+            p.normal_()
+    expected = lora_from_model(transformer)
+    LTX2Pipeline.save_lora_weights(
+        tmp_path,
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+    )
+    back = read_lora(tmp_path)
+    assert back.source_format == "diffusers"
+    _assert_same(expected, back)
+    # Without metadata diffusers applies scale 1 (alpha == rank); so do we.
+    sd, _ = lora_to_state_dict(expected, "diffusers")
+    assert lora_from_state_dict(sd, {}).alphas == {4.0}
+
+
+def test_comfy_files_with_alpha_keys(lora):
+    """Official-prefix files that carry kohya-style `.alpha` keys (some ComfyUI exports) scale by alpha/rank."""
+    sd = {}
+    for name, m in lora.modules.items():
+        key = "diffusion_model." + name  # attention/FF names are the same in both spellings
+        sd.update({f"{key}.lora_A.weight": m.down, f"{key}.lora_B.weight": m.up, f"{key}.alpha": torch.tensor(3.0)})
+    _assert_same(lora, lora_from_state_dict(sd))
+
+
 def test_musubi_names_with_and_without_wrapper_prefix(lora):
     sd, meta = lora_to_state_dict(lora, "musubi")
     bare = {k.replace("lora_unet_model_", "lora_unet_"): v for k, v in sd.items()}

@@ -103,20 +103,15 @@ def linear_module_names(transformer: torch.nn.Module) -> list[str]:
     return names
 
 
-# LTX-2.3 switches on gated attention and prompt modulation (extra linear layers); used to learn their
-# names when no tiny 2.3 preset exists.
-_LTX23_SWITCHES = dict(gated_attn=True, audio_gated_attn=True, cross_attn_mod=True, audio_cross_attn_mod=True)
-
-
 @functools.lru_cache(maxsize=1)
 def default_musubi_resolver() -> MusubiNameResolver:
-    """Resolver over the module names of the tiny presets, LTX-2.0 and 2.3 layouts (same names as full size)."""
-    from ..models.presets import build_components, component_classes, preset_config, preset_names
+    """Resolver over the module names of the tiny presets (`tiny`, `tiny-2.3`): the LTX-2.0 and 2.3
+    layouts with the same module names as the full-size models (block indices are matched generically)."""
+    from ..models.presets import build_components, preset_names
 
-    tiny = [p for p in preset_names() if p.startswith("tiny")]
-    models = [build_components(p, components=("transformer",))["transformer"] for p in tiny]
-    if not any(getattr(m.config, "gated_attn", False) for m in models):
-        config = {**preset_config("tiny")["transformer"], **_LTX23_SWITCHES}
-        models.append(component_classes()["transformer"](**config))
-    names = [name for model in models for name in linear_module_names(model)]
+    names: list[str] = []
+    for preset in preset_names():
+        if preset.startswith("tiny"):
+            model = build_components(preset, components=("transformer",))["transformer"]
+            names.extend(linear_module_names(model))
     return MusubiNameResolver(dict.fromkeys(names))

@@ -162,7 +162,7 @@ def apply_lora(
     if fuse:
         for name, m in lora.modules.items():
             weight = _base_linear(transformer, name).weight
-            delta = m.delta(strength).to(weight.device)
+            delta = m.delta(strength, device=weight.device)
             weight.copy_((delta + weight.float()).to(weight.dtype))
         return list(lora.modules)
 

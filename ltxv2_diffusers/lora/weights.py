@@ -36,18 +36,19 @@ class LoraModuleWeights:
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def folded_up(self) -> torch.Tensor:
+    def folded_up(self, device: torch.device | str | None = None) -> torch.Tensor:
         """`up * alpha/rank` in float32 (the official/ComfyUI layout stores this, with no alpha)."""
-        up = self.up.float()
+        up = self.up.to(device=device, dtype=torch.float32)
         return up if self.alpha == self.rank else up * self.scale
 
-    def delta(self, strength: float = 1.0) -> torch.Tensor:
-        """The float32 weight update `strength * alpha/rank * up @ down`.
+    def delta(self, strength: float = 1.0, device: torch.device | str | None = None) -> torch.Tensor:
+        """The float32 weight update `strength * alpha/rank * up @ down` (on `device`, default: the LoRA's).
 
         Computed as `(folded_up * strength) @ down`, the same order ltx-core uses on the folded
         file, so fusing from any format gives bit-identical weights in float32.
         """
-        return torch.matmul(self.folded_up() * strength, self.down.float())
+        down = self.down.to(device=device, dtype=torch.float32)
+        return torch.matmul(self.folded_up(device) * strength, down)
 
 
 @dataclass
