@@ -163,7 +163,8 @@ def test_audio_mode_output_is_independent_of_video(comps):
     assert list(o1) == ["audio"]
     assert torch.equal(o1["audio"].pred, o2["audio"].pred) and torch.equal(o1["audio"].pred, o3["audio"].pred)
     av = LTXAVModelAdapter.from_components(comps["transformer"])
-    assert not torch.equal(run(av, batch)["audio"].pred, run(av, dict(batch, latents=batch["latents"] + 1))["audio"].pred)
+    shifted = dict(batch, latents=batch["latents"] + 1)
+    assert not torch.equal(run(av, batch)["audio"].pred, run(av, shifted)["audio"].pred)
 
 
 def test_text_width_errors_name_the_caching_flag(comps):

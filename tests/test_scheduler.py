@@ -121,7 +121,8 @@ def test_add_noise_and_velocity():
     xt = add_noise(x0, noise, s)
     assert torch.allclose(xt[0], 0.25 * noise[0] + 0.75 * x0[0]) and torch.equal(xt[1], noise[1])
     per_token = torch.rand(2, 5)
-    assert torch.allclose(add_noise(x0, noise, per_token), per_token[..., None] * noise + (1 - per_token[..., None]) * x0)
+    expected = per_token[..., None] * noise + (1 - per_token[..., None]) * x0
+    assert torch.allclose(add_noise(x0, noise, per_token), expected)
     assert torch.equal(velocity(x0, noise), noise - x0)
     assert torch.equal(LTXV2FlowMatchScheduler.velocity(x0, noise), noise - x0)
     # unpacked [B, C, F, H, W] latents with per-sample sigmas

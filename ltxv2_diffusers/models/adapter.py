@@ -127,7 +127,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         super().__init__()
         self.transformer = LTX2VideoTransformer3DModel(**_clean_transformer_config(transformer_config or {}))
         self._check_config()
-        self._cache: dict[tuple, torch.Tensor] = {}
+        self._cache: dict[tuple, Any] = {}  # per shape/device: coords, statistics, dtype
 
     # ---- construction ------------------------------------------------------------------------------
 
@@ -154,8 +154,9 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             channels = int(audio_vae.config.latent_channels)
             mel_bins = int(audio_vae.config.mel_bins) // int(getattr(audio_vae, "mel_compression_ratio", 4))
             kwargs["audio_latent_channels"], kwargs["audio_latent_mel_bins"] = channels, mel_bins
-            for key, buf in (("audio_latents_mean", audio_vae.latents_mean), ("audio_latents_std", audio_vae.latents_std)):
-                kwargs[key] = [float(v) for v in packed_audio_stats(buf, channels, mel_bins, key.replace("audio_", ""))]
+            for key in ("latents_mean", "latents_std"):
+                stats = packed_audio_stats(getattr(audio_vae, key), channels, mel_bins, key)
+                kwargs[f"audio_{key}"] = [float(v) for v in stats]
         # Build the shell on the meta device so no second transformer is allocated, then swap ours in.
         with torch.device("meta"):
             adapter = cls(transformer_config=_clean_transformer_config(transformer.config), **kwargs)
@@ -168,7 +169,9 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         for key in ("latents_mean", "latents_std"):
             values = self.config[key]
             if values is not None and len(values) != video_channels:
-                raise ValueError(f"{key} has {len(values)} values; the transformer takes {video_channels} latent channels")
+                raise ValueError(
+                    f"{key} has {len(values)} values; the transformer takes {video_channels} latent channels"
+                )
         c, m = self.config.audio_latent_channels, self.config.audio_latent_mel_bins
         if c * m != tc.audio_in_channels:
             raise ValueError(
@@ -201,6 +204,15 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         if self.mode.has_audio:
             out["audio"] = int(self._require(batch, "audio_latents", 4).shape[2])
         return out
+
+    def _dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        # `ModelMixin.dtype` walks every submodule (layerwise-casting hooks); do that once per placement.
+        w = self.transformer.proj_in.weight
+        ck = ("dtype_device", w.dtype, w.device)
+        hit = self._cache.get(ck)
+        if hit is None:
+            hit = self._cache[ck] = (self.transformer.dtype, w.device)
+        return hit
 
     def _stat(self, key: str, device: torch.device) -> torch.Tensor | None:
         values = self.config[key]
@@ -270,9 +282,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         tr = self.transformer
         tc = tr.config
         mode = self.mode
-        dtype = tr.dtype
+        dtype, device = self._dtype_device()
         text = self._require(batch, "text", 3)
-        device = tr.device
         text = text.to(device=device, dtype=dtype)
         batch_size = text.shape[0]
         noise = noise or {}
@@ -303,7 +314,11 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             )
         if not mode.has_audio:
             prepared["audio"] = self._dummy(
-                tc.audio_in_channels, self._audio_coords(1, batch_size, device), prepared["video"]["sigma"], batch_size, device
+                tc.audio_in_channels,
+                self._audio_coords(1, batch_size, device),
+                prepared["video"]["sigma"],
+                batch_size,
+                device,
             )
         v, a = prepared["video"], prepared["audio"]
 
