@@ -123,6 +123,11 @@ def test_network_args_overrides(tiny):
         "transformer_blocks.1.audio_ff.net.0.proj", "transformer_blocks.1.audio_ff.net.2"
     ]
     assert all(n.startswith("transformer_blocks.1.") for n in select_lora_targets(tiny, "audio", opts))
+    # Longer suffixes stay dot-bounded: `attn1.to_q` is not `audio_attn1.to_q`.
+    opts = target_options_from_network_args(["target_modules=attn1.to_q,transformer_blocks.1.attn2.to_k"])
+    assert select_lora_targets(tiny, "av", opts) == [
+        "transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn1.to_q", "transformer_blocks.1.attn2.to_k"
+    ]
 
 
 def test_explicit_module_list(tiny):

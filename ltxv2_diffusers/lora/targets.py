@@ -32,7 +32,7 @@ FF_PROJECTIONS = ("ff.net.0.proj", "ff.net.2", "audio_ff.net.0.proj", "audio_ff.
 class TargetOptions:
     """How to pick LoRA targets inside the transformer blocks.
 
-    projections: module-name suffixes (dotted, e.g. `to_out.0`) inside each block.
+    projections: dot-bounded module-name suffixes inside the blocks (`to_out.0`, `attn1.to_q`, or full names).
     include_ff: also the feed-forward layers of the trained branches.
     include_patterns / exclude_patterns: regexes searched in the diffusers and the official name;
       a module must match one include pattern (if any are given) and no exclude pattern.
@@ -156,8 +156,8 @@ def select_lora_targets(
     for name in linears:
         if not name.startswith(BLOCKS_PREFIX) or not mode_allows(name, mode):
             continue
-        inside_block = name.split(".", 2)[2]
-        if not any(_has_suffix(inside_block, p) for p in projections):
+        # Dot-bounded suffixes: `attn1.to_q` never hits `audio_attn1.to_q`, full names work too.
+        if not any(_has_suffix(name, p) for p in projections):
             continue
         if includes and not _search_any(includes, name):
             continue
