@@ -28,6 +28,10 @@ def test_inference_config_is_ltx2s_and_a_flow_match_euler_scheduler(tmp_path):
     # a stock scheduler reads our saved config (extra training keys are ignored)
     stock = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path)
     assert {k: stock.config[k] for k in LTX2_INFERENCE} == LTX2_INFERENCE
+    # and ours reads a stock scheduler config (e.g. a diffusers-format LTX-2 repo's scheduler/)
+    ours = LTXV2FlowMatchScheduler.from_config(FlowMatchEulerDiscreteScheduler(**LTX2_INFERENCE).config)
+    assert {k: ours.config[k] for k in LTX2_INFERENCE} == LTX2_INFERENCE
+    assert ours.config.training_sampling == "shifted_logit_normal"
 
 
 @pytest.mark.parametrize("tokens", [256, 1024, 6144])
