@@ -471,18 +471,8 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     ds = Dataset.from_list([item_to_row(it) for it in todo])
     workers = num_proc if num_proc and num_proc > 1 else None
     (enable_progress_bar if progress else disable_progress_bar)()
-    result = ds.map(
-        _map_batch,
-        batched=True,
-        batch_size=max(1, int(batch_size)),
-        with_rank=True,
-        num_proc=min(workers, len(todo)) if workers else None,
-        fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind},
-        remove_columns=ds.column_names,
-        new_fingerprint=_hash("map", job_fp, keys),
-        desc=f"caching {kind}",
-        load_from_cache_file=False,
-    )
+    with _spawned_workers(workers is not None):
+        result = _map(ds, encoder, job_fp, kind, batch_size, min(workers, len(todo)) if workers else None, keys)
     for key, error, media, shard in zip(result["key"], result["error"], result["media"], result["shard"]):
         if error is None:
             report.cached += 1
@@ -493,6 +483,43 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     for cache_dir in sorted({it.cache_directory for it in todo}):
         CacheStore(cache_dir, kind).remove_superseded()
     return report
+
+
+class _spawned_workers:
+    """Map workers are spawned, not forked: a forked child deadlocks on the parent's OpenMP/tokenizer
+    threads, and CUDA cannot be used in a forked child at all."""
+
+    def __init__(self, active: bool):
+        self.active = active
+
+    def __enter__(self):
+        if self.active:
+            import multiprocess
+
+            self.previous = multiprocess.get_start_method(allow_none=True)
+            multiprocess.set_start_method("spawn", force=True)
+
+    def __exit__(self, *exc):
+        if self.active:
+            import multiprocess
+
+            multiprocess.set_start_method(self.previous, force=True)
+        return False
+
+
+def _map(ds, encoder, job_fp, kind, batch_size, num_proc, keys):
+    return ds.map(
+        _map_batch,
+        batched=True,
+        batch_size=max(1, int(batch_size)),
+        with_rank=True,
+        num_proc=num_proc,
+        fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind},
+        remove_columns=ds.column_names,
+        new_fingerprint=_hash("map", job_fp, keys),
+        desc=f"caching {kind}",
+        load_from_cache_file=False,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
