@@ -41,7 +41,7 @@ class DemoWorkspace:
         ]
 
 
-def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0) -> DemoWorkspace:
+def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_size: int = 1) -> DemoWorkspace:
     """Write model, text encoder, clips, dataset.toml and prompts under `root` (no caches yet)."""
     from ltxv2_diffusers.data.synthetic import make_dataset
     from ltxv2_diffusers.models.loading import save_official_checkpoint
@@ -60,7 +60,7 @@ def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0) -> Demo
     dataset_config = root / "data" / "dataset.toml"
     if not dataset_config.is_file():
         dataset_config = make_dataset(root / "data", num_videos=num_clips, num_frames=17, size=(96, 96),
-                                      resolution=(64, 64), target_frames=(9,), audio=True)
+                                      resolution=(64, 64), target_frames=(9,), audio=True, batch_size=batch_size)
     prompts = root / "prompts.txt"
     prompts.write_text(DEMO_PROMPT + "\n", encoding="utf-8")
     return DemoWorkspace(root, model, text_encoder, Path(dataset_config), prompts)

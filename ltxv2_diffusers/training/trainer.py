@@ -21,6 +21,7 @@ import torch
 
 from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict
+from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.step import TrainStep
 
 logger = logging.getLogger("ltxv2_diffusers.training")
@@ -46,19 +47,23 @@ class Trainer:
         self.checkpoints = ckpt.CheckpointDir(self.output_dir)
         self.last_good_checkpoint: Path | None = None
         self.previews_written: list[Path] = []
+        self.metrics = MetricsLog(Path(args.logging_dir) / "metrics.jsonl")
 
     # ------------------------------------------------------------------ setup
     def _setup_accelerator(self):
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
+        from accelerate.utils import ProjectConfiguration, set_seed
 
         args = self.args
         log_with = None if args.log_with == "none" else args.log_with
         self.accelerator = Accelerator(
+            # On a host without CUDA, cpu=True is what makes torchrun workers join one gloo group.
+            cpu=not torch.cuda.is_available(),
             mixed_precision=args.mixed_precision,
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(args.logging_dir)),
         )
+        set_seed(args.seed)  # LoRA init; per-item sigma/noise use their own generators
         world = self.accelerator.num_processes
         self.world_size = world
         self.rank = self.accelerator.process_index
@@ -125,6 +130,8 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.adapter)
         self.progress = ckpt.load_training_state(path, model, self.optimizer, self.lr_scheduler)
         self.last_good_checkpoint = path
+        if self.accelerator.is_main_process:
+            self.metrics.truncate_after(self.progress.global_step)
         self.accelerator.print(f"resumed from {path} at step {self.progress.global_step}")
 
     # ------------------------------------------------------------------ the loop
@@ -302,9 +309,11 @@ class Trainer:
             s_per_step = elapsed / max(step - done_at_start, 1)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
+            plugins.on_step_end(step=step, logs=logs)  # plugins may add entries before they are logged
             if args.log_with != "none":
                 acc.log(logs, step=step)
-            plugins.on_step_end(step=step, logs=logs)
+            if acc.is_main_process:
+                self.metrics.write(step, logs)
             if self.progress.nonfinite_in_a_row >= args.max_nonfinite_steps:
                 bar.close()
                 acc.end_training()

@@ -1,0 +1,36 @@
+"""`OUTPUT_DIR/logs/metrics.jsonl`: one JSON line per optimizer step (tracker-independent, easy to parse)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class MetricsLog:
+    """Append-only step log; a resume first drops lines past the resumed step (a killed run's tail)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def write(self, step: int, logs: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        clean = {k: (v if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v)) else str(v))
+                 for k, v in logs.items()}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **clean}) + "\n")
+
+
+def read_metrics(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The entries of a metrics.jsonl file, in order."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            yield json.loads(line)
