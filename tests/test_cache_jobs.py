@@ -13,18 +13,18 @@ from ltxv2_diffusers.data.jobs import (AudioLatentEncoder, TextEmbeddingEncoder,
 from ltxv2_diffusers.data.mel import log_mel
 from ltxv2_diffusers.data.stores import CacheStore
 from ltxv2_diffusers.data.synthetic import make_dataset, write_caption, write_video
+from ltxv2_diffusers.models.loading import save_official_checkpoint
 from ltxv2_diffusers.models.presets import build_components
 from ltxv2_diffusers.text.tiny import write_tiny_gemma
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Tiny VAEs + connectors saved as a diffusers folder, and a tiny Gemma-3 folder."""
+    """Tiny VAEs + connectors saved as one official LTX-2 single file, and a tiny Gemma-3 folder."""
     root = tmp_path_factory.mktemp("models")
     comps = build_components("tiny", components=("vae", "audio_vae", "connectors"))
-    for name, module in comps.items():
-        module.save_pretrained(root / "ltx" / name)
-    return {"ltx": str(root / "ltx"), "gemma": write_tiny_gemma(root / "gemma"), **comps}
+    ltx = save_official_checkpoint(root / "ltx-2-tiny.safetensors", **comps)
+    return {"ltx": ltx, "gemma": write_tiny_gemma(root / "gemma"), **comps}
 
 
 @pytest.fixture

@@ -65,27 +65,13 @@ def load_model_components(path: str, names: list[str]) -> dict[str, torch.nn.Mod
     """Load `names` from an official single file or a diffusers folder through `models.loading`."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file or folder {path!r} does not exist (check --vae / --ltxv2_model).")
-    try:
-        from ltxv2_diffusers.models.loading import load_components
-    except ImportError:  # until models/loading.py lands: diffusers folders only
-        load_components = _load_diffusers_folder
+    from ltxv2_diffusers.models.loading import load_components
+
     comps = load_components(path, components=list(names))
     missing = [n for n in names if n not in comps]
     if missing:
         raise ValueError(f"{path} has no {', '.join(missing)} weights; pass the checkpoint that contains them.")
     return comps
-
-
-def _load_diffusers_folder(path: str, components: list[str]) -> dict[str, torch.nn.Module]:
-    from ltxv2_diffusers.models.presets import component_classes
-
-    classes = component_classes()
-    out = {}
-    for name in components:
-        sub = os.path.join(path, name)
-        if os.path.isfile(os.path.join(sub, "config.json")):
-            out[name] = classes[name].from_pretrained(sub)
-    return out
 
 
 def item_to_row(item) -> dict[str, Any]:

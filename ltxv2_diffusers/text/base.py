@@ -29,14 +29,8 @@ class TextBackend(abc.ABC):
 
 
 def _registry() -> dict[str, Callable[..., TextBackend]]:
-    try:
-        from ltxv2_diffusers.plugins import text_encoder_backends
-    except ImportError:
-        # The plugin system is optional at import time only while it is being written.
-        from .gemma import GemmaTextBackend
-        from .t5 import T5TextBackend
+    from ltxv2_diffusers.plugins import text_encoder_backends
 
-        return {"gemma": GemmaTextBackend, "t5": T5TextBackend}
     return dict(text_encoder_backends())
 
 
