@@ -28,6 +28,7 @@ def _main(argv=None) -> int:
         mode = common.mode_of(args)
     if not mode.has_audio:
         raise SystemExit("error: --ltx_mode video trains no audio; audio latents are for --ltx_mode av or audio.")
+    common.check_model_path(args.vae, "--vae")
     config, listing = common.load_items(args, mode)
     encoder = AudioLatentEncoder(args.vae, device=args.device, dtype=args.vae_dtype, decode_workers=args.num_workers)
     report = run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,

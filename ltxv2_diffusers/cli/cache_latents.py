@@ -31,6 +31,7 @@ def _main(argv=None) -> int:
     mode = common.mode_of(args)
     if not mode.has_video:
         print("note: --ltx_mode audio trains no video; video latents are not needed.", file=sys.stderr)
+    common.check_model_path(args.vae, "--vae")
     config, listing = common.load_items(args, mode)
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     encoder = VideoLatentEncoder(

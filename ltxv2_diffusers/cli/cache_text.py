@@ -36,6 +36,8 @@ def _main(argv=None) -> int:
     if args.text_encoder_backend == "gemma" and connectors is None:
         raise SystemExit("error: the gemma backend needs the LTX-2 text connectors: pass --ltxv2_model "
                          "(or --vae when it is the same single file).")
+    common.check_model_path(connectors, "--ltxv2_model" if args.ltxv2_model else "--vae")
+    common.check_model_path(args.text_encoder, "--text_encoder")
     config, listing = common.load_items(args, mode)
     encoder = TextEmbeddingEncoder(
         args.text_encoder_backend, args.text_encoder, tokenizer=args.tokenizer, max_length=args.max_length,

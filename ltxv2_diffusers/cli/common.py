@@ -47,7 +47,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 def warn_ignored(args: argparse.Namespace) -> None:
     for flag, why in _IGNORED_FLAGS.items():
         if getattr(args, flag.lstrip("-"), None) is not None:
-            logger.warning("%s is accepted for compatibility and ignored: %s", flag, why)
+            print(f"warning: {flag} is accepted for compatibility and ignored: {why}", file=sys.stderr)
 
 
 def setup_logging() -> None:
@@ -59,6 +59,14 @@ def mode_of(args: argparse.Namespace) -> LtxMode:
         return resolve_mode(args.ltx_mode, args.ltxv2_audio_video)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def check_model_path(path: str | None, flag: str) -> None:
+    """Fail before any work when a local checkpoint path is wrong (Hub ids are checked when loading)."""
+    import os
+
+    if path and (path.endswith(".safetensors") or path.startswith((".", "/", "~"))) and not os.path.exists(path):
+        raise SystemExit(f"error: {flag} {path!r} does not exist.")
 
 
 def load_items(args: argparse.Namespace, mode: LtxMode):
