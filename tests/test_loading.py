@@ -158,6 +158,8 @@ def test_diffusers_folder_via_save_pretrained(written, tmp_path):
     assert set(loaded) == set(comps)
     for name in comps:
         _assert_same_weights(comps[name], loaded[name])
+    (tmp_path / "model_index.json").unlink()  # component subfolders alone are enough
+    assert set(load_components(tmp_path, components=("vae", "vocoder"))) == {"vae", "vocoder"}
     single = load_transformer(tmp_path / "transformer")
     _assert_same_weights(comps["transformer"], single)
     # and from the diffusers folder back to an official file, identical to writing the originals

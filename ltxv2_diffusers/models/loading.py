@@ -101,12 +101,20 @@ def detect_layout(path_or_repo: str | os.PathLike) -> str:
             raise ValueError(f"{path}: expected an official LTX-2 .safetensors file or a diffusers folder")
         return "official"
     if path.is_dir():
-        if (path / "model_index.json").is_file() or (path / "config.json").is_file():
+        if (path / "model_index.json").is_file() or (path / "config.json").is_file() or _component_folders(path):
             return "diffusers"
-        raise ValueError(f"{path}: folder has neither model_index.json nor config.json; not a diffusers model folder")
+        raise ValueError(
+            f"{path}: folder has no model_index.json, config.json or component subfolders "
+            f"({', '.join(COMPONENTS)}); not a diffusers model folder"
+        )
     if str(path_or_repo).endswith(".safetensors"):
         raise FileNotFoundError(f"{path_or_repo}: no such checkpoint file")
     return "diffusers"  # a Hub repo id
+
+
+def _component_folders(path: Path) -> dict[str, Path]:
+    """Component subfolders (`transformer/config.json`, ...) of a folder without model_index.json."""
+    return {c: path / c for c in COMPONENTS if (path / c / "config.json").is_file()}
 
 
 def _resolve_backend(path_or_repo, backend: str | None) -> str:
@@ -219,6 +227,13 @@ def _load_diffusers(path_or_repo, torch_dtype, wanted: tuple[str, ...]) -> dict[
     path = Path(path_or_repo)
     if path.is_dir():
         index = path / "model_index.json"
+        if not index.is_file() and not (path / "config.json").is_file():  # component subfolders only
+            out = {}
+            for component, folder in _component_folders(path).items():
+                if component in wanted:
+                    cls = _diffusers_class(json.loads((folder / "config.json").read_text())["_class_name"])
+                    out[component] = _from_pretrained(cls, str(path), component, torch_dtype)
+            return out
         if not index.is_file():  # a single model folder: config.json + weights
             cls = _diffusers_class(json.loads((path / "config.json").read_text())["_class_name"])
             component = _component_of_class(cls.__name__, path)
