@@ -1,0 +1,177 @@
+"""Benchmark the project's own LoRA training step (adapter, loss, LoRA, optimizer) on LTX-2.
+
+Full size (default): the 18.88 B AV transformer with random weights, 768x512x121 frames at 24 fps
+(6144 video tokens), matching audio (126 tokens), text length 1024, rank-32 LoRA on the attentions
+(`--ltx_mode av` targets), batch 1. Prints s/step (median after warm-up), peak GPU memory, achieved
+TFLOP/s and the fraction of a bf16 matmul ceiling measured in the same run, as one `RESULT {json}`
+line. Run it in the same device call as shared/bench/naive_baseline.py and compare the ratio.
+
+    python benchmarks/train_step.py                       # default fast path
+    python benchmarks/train_step.py --low_memory          # int8 base + block swap (24 GiB mode)
+    python benchmarks/train_step.py --preset tiny --device cpu --steps 2 --warmup 1   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="ltx-2.0")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--mode", default="av", choices=["video", "av", "audio"])
+    p.add_argument("--frames", type=int, default=121)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=768)
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--text_len", type=int, default=1024)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--speed", default="default", choices=["naive", "default"],
+                   help="naive: autocast + fp32 LoRA, eager; default: the trainer's fast path")
+    p.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
+    p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
+    p.add_argument("--blocks_to_swap", type=int, default=None)
+    p.add_argument("--no_compile", action="store_true")
+    p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
+    p.add_argument("--tag", default="")
+    return p.parse_args(argv)
+
+
+def matmul_ceiling(device: str) -> float | None:
+    """Measured bf16 matmul TFLOP/s on this GPU (None on CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    x = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    y = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        x @ y
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        x @ y
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 20 / (time.perf_counter() - t) / 1e12
+
+
+def make_batch(adapter, a, device):
+    tc = adapter.transformer.config
+    f, h, w = (a.frames - 1) // 8 + 1, a.height // 32, a.width // 32
+    audio_frames = int(round(a.frames / a.fps * 25))
+    g = torch.Generator("cpu").manual_seed(0)
+    ctx = tc.caption_channels
+    return {
+        "latents": torch.randn(1, tc.in_channels, f, h, w, generator=g).to(device),
+        "audio_latents": torch.randn(1, 8, audio_frames, tc.audio_in_channels // 8, generator=g).to(device),
+        "audio_lengths": torch.tensor([audio_frames], device=device),
+        "text": torch.randn(1, a.text_len, 2 * ctx, generator=g).to(device),
+        "text_mask": torch.ones(1, a.text_len, dtype=torch.bool, device=device),
+        "fps": torch.tensor([a.fps], device=device),
+        "keys": ["bench"],
+    }
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    from ltxv2_diffusers.lora import add_lora
+    from ltxv2_diffusers.models.adapter import adapter_class_for_mode
+    from ltxv2_diffusers.models.presets import build_components
+    from ltxv2_diffusers.training.args import parse_args
+    from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+    from ltxv2_diffusers.training.step import TrainStep
+
+    cuda = a.device.startswith("cuda")
+    ceiling = matmul_ceiling(a.device)
+    t0 = time.perf_counter()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    transformer = build_components(a.preset, components=("transformer",), torch_dtype=dtype, device=a.device)["transformer"]
+    params = sum(p.numel() for p in transformer.parameters())
+    build_s = time.perf_counter() - t0
+    add_lora(transformer, a.mode, a.rank, a.rank)
+    transformer.enable_gradient_checkpointing()
+    transformer.train()
+    adapter = adapter_class_for_mode(a.mode).from_components(transformer)
+    args = parse_args(["--ltx_mode", a.mode, "--ltxv2_timestep_format", "sd3_0_1"], validate=False)
+    from ltxv2_diffusers.modes import resolve_mode
+    args.mode = resolve_mode(a.mode)
+
+    batch = make_batch(adapter, a, a.device)
+    step_fn = TrainStep(adapter, args)
+    fflops = None
+    if cuda:  # count on the eager model: a dispatch mode around compiled code would skew both
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as fc, torch.autocast("cuda", dtype=torch.bfloat16):
+            step_fn(batch, generator=torch.Generator("cpu").manual_seed(0))
+        fflops = fc.get_total_flops()
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
+                                   attention_backend=a.attention_backend, low_memory=a.low_memory,
+                                   blocks_to_swap=a.blocks_to_swap)
+    speed = apply_speed_options(transformer, opts, device=a.device)
+    optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
+    lora_params = sum(p.numel() for p in speed.trainable_params)
+    tokens = adapter.token_counts(batch)
+
+    def step(i: int):
+        g = torch.Generator("cpu").manual_seed(i)
+        with speed.autocast():
+            loss, logs = step_fn(batch, generator=g)
+        loss.backward()
+        speed.before_optimizer_step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        speed.after_optimizer_step()
+        return loss
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    t = time.perf_counter()
+    for i in range(a.warmup):
+        step(i)
+    sync()
+    warmup_s = time.perf_counter() - t
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(a.steps):
+        sync()
+        t = time.perf_counter()
+        loss = step(a.warmup + i)
+        sync()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    res = dict(tag=a.tag, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
+               s_per_step=round(med, 3), min_s=round(min(times), 3), loss=round(float(loss.detach()), 4),
+               params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
+               video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"),
+               build_s=round(build_s, 1), warmup_s=round(warmup_s, 1),
+               compiled_graphs=int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+    if cuda:
+        useful = 2 * fflops
+        res.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+                   forward_tflop=round(fflops / 1e12, 1), achieved_tflops=round(useful / med / 1e12),
+                   matmul_ceiling_tflops=round(ceiling), mfu_vs_ceiling=round(useful / med / (ceiling * 1e12), 3),
+                   gpu=torch.cuda.get_device_name())
+    print("RESULT " + json.dumps(res), flush=True)
+    if a.profile and cuda:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step(10_000)
+            sync()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+    return res
+
+
+if __name__ == "__main__":
+    main()
