@@ -160,3 +160,18 @@ def test_two_map_workers_give_the_same_cache(dataset, models, tmp_path):
     assert one.cached == two.cached == 4
     for key in rows_one:
         assert torch.equal(rows_one[key]["text"], rows_two[key]["text"])
+
+
+def test_temporal_chunking_and_tiling_options(dataset, models):
+    item = [it for it in list_items(dataset, "video").items if it.num_frames == 17][0]
+    frames = VideoLatentEncoder.decode(item)
+    plain = VideoLatentEncoder(models["ltx"], device="cpu", dtype="fp32")
+    chunked = VideoLatentEncoder(models["ltx"], device="cpu", dtype="fp32", chunk_size=16)
+    a, b = plain.encode_frames(frames), chunked.encode_frames(frames)
+    assert a.shape == b.shape == (128, 3, 2, 2) and torch.isfinite(b).all()
+    assert chunked._m_vae.use_framewise_decoding  # diffusers' switch for temporally tiled encode
+    assert chunked.fingerprint() != plain.fingerprint()
+    with pytest.raises(ValueError, match="--vae_chunk_size 12"):
+        VideoLatentEncoder(models["ltx"], chunk_size=12)
+    with pytest.raises(ValueError, match="tile size 100"):
+        VideoLatentEncoder(models["ltx"], tile_size=100)
