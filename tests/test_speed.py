@@ -1,0 +1,155 @@
+"""The speed/memory levers keep the training numerics: gradients of the fast path equal the plain
+fp32 path within bf16 tolerance, int8 base weights stay within quantization error, the fp32 master
+weights update like a plain fp32 optimizer, and the benchmark's CPU smoke mode runs."""
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+from ltxv2_diffusers.lora import add_lora
+from ltxv2_diffusers.models import acceleration
+from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
+from ltxv2_diffusers.models.presets import build_components
+from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "latents": torch.randn(1, 128, 2, 2, 3, generator=g),
+        "audio_latents": torch.randn(1, 8, 6, 16, generator=g),
+        "audio_lengths": torch.tensor([5]),
+        "text": torch.randn(1, 7, 48, generator=g),
+        "text_mask": torch.tensor([[1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool),
+        "fps": torch.tensor([24.0]),
+    }
+
+
+def _lora_model(dtype):
+    transformer = build_components("tiny", components=("transformer",))["transformer"]
+    add_lora(transformer, "av", 4, 4)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-zero B so every LoRA weight gets a gradient
+        for name, p in transformer.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    transformer.to(dtype)
+    return transformer
+
+
+def _loss(adapter, batch):
+    g = torch.Generator().manual_seed(3)
+    sigmas = {"video": torch.tensor([0.6]), "audio": torch.tensor([0.3])}
+    noise = {"video": torch.randn(batch["latents"].shape, generator=g),
+             "audio": torch.randn(batch["audio_latents"].shape, generator=g)}
+    out = adapter(batch, sigmas=sigmas, noise=noise)
+    total = 0
+    for o in out.values():
+        err = (o.pred.float() - o.target).pow(2).mean(-1)
+        total = total + (err * o.mask).sum() / o.mask.sum()
+    return total
+
+
+def _grads(transformer):
+    return {n: p.grad.float().clone() for n, p in transformer.named_parameters() if p.grad is not None}
+
+
+def test_fast_path_gradients_match_fp32_within_bf16_tolerance():
+    batch = _batch()
+    ref = _lora_model(torch.float32)
+    _loss(LTXAVModelAdapter.from_components(ref), batch).backward()
+    ref_grads = _grads(ref)
+
+    fast = _lora_model(torch.float32)
+    fast.to(torch.bfloat16)
+    setup = apply_speed_options(fast, SpeedOptions(naive=False, compile=False), device="cpu")
+    assert setup.master is not None and all(p.dtype == torch.bfloat16 for p in setup.trainable_params)
+    _loss(LTXAVModelAdapter.from_components(fast), batch).backward()
+    setup.before_optimizer_step()
+    names = [n for n, p in fast.named_parameters() if p.requires_grad]
+    fast_grads = dict(zip(names, (m.grad for m in setup.optimizer_params)))
+
+    assert set(fast_grads) == set(ref_grads) and len(ref_grads) > 10
+    flat_ref = torch.cat([ref_grads[n].flatten() for n in names])
+    flat_fast = torch.cat([fast_grads[n].flatten() for n in names])
+    assert flat_ref.abs().max() > 0
+    cos = torch.nn.functional.cosine_similarity(flat_ref, flat_fast, dim=0)
+    rel = (flat_fast - flat_ref).norm() / flat_ref.norm()
+    assert cos > 0.999 and rel < 0.03, (float(cos), float(rel))
+
+
+def test_master_weights_update_like_fp32_adamw():
+    torch.manual_seed(0)
+    p32 = torch.nn.Parameter(torch.randn(64, 8))
+    p16 = torch.nn.Parameter(p32.detach().clone())
+    master = acceleration.MasterWeights([p16], torch.bfloat16)
+    opt_ref = torch.optim.AdamW([p32], lr=1e-2)
+    opt = torch.optim.AdamW(master.master_params, lr=1e-2)
+    for i in range(3):
+        grad = torch.randn(64, 8, generator=torch.Generator().manual_seed(i))
+        p32.grad = grad.clone()
+        p16.grad = grad.to(torch.bfloat16) / 2
+        master.grads_to_master(accumulate=False)
+        p16.grad = grad.to(torch.bfloat16) / 2
+        master.grads_to_master(accumulate=True)  # two micro-batches, summed in fp32
+        opt_ref.step()
+        opt.step()
+        master.master_to_model()
+    assert p16.dtype == torch.bfloat16
+    torch.testing.assert_close(master.master_params[0].data, p32.data, atol=5e-3, rtol=0)
+    assert torch.equal(p16.data, master.master_params[0].data.to(torch.bfloat16))
+
+
+def test_int8_base_weights_forward_and_input_gradient():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(512, 384).requires_grad_(False)
+    q = acceleration.Int8WeightLinear(lin)
+    assert q.qweight.dtype == torch.int8 and q.qweight.numel() == lin.weight.numel()
+    x = torch.randn(4, 512, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    y_ref, y = lin(x), q(x2)
+    assert (y - y_ref).norm() / y_ref.norm() < 1e-2
+    y_ref.sum().backward()
+    y.sum().backward()
+    assert (x2.grad - x.grad).norm() / x.grad.norm() < 1e-2
+    assert (q.weight - lin.weight).abs().max() <= q.scale.max() / 2 + 1e-6
+
+
+def test_quantize_base_weights_leaves_lora_trainable_and_changes_little():
+    batch = _batch()
+    model = _lora_model(torch.float32)
+    with torch.no_grad():
+        before = _loss(LTXAVModelAdapter.from_components(model), batch)
+    lora_before = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    count = acceleration.quantize_base_weights(model, min_features=16)
+    assert count > 0
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == lora_before
+    loss = _loss(LTXAVModelAdapter.from_components(model), batch)
+    assert abs(float(loss) - float(before)) / float(before) < 0.02
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="block swapping streams weights to a CUDA device")
+def test_block_swap_matches_resident_model_on_cuda():
+    batch = {k: v.cuda() for k, v in _batch().items()}
+    ref = _lora_model(torch.float32).cuda()
+    ref.enable_gradient_checkpointing()
+    expect = _loss(LTXAVModelAdapter.from_components(ref), batch)
+    acceleration.BlockSwapper(ref, 1, device="cuda")
+    got = _loss(LTXAVModelAdapter.from_components(ref), batch)
+    torch.testing.assert_close(got, expect)
+
+
+def test_benchmark_smoke_on_cpu():
+    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
+                      "--height", "64", "--width", "64", "--text_len", "8"])
+    assert res["s_per_step"] > 0 and res["video_tokens"] == 2 * 2 * 2 and res["lora_params_m"] > 0
+    assert torch.isfinite(torch.tensor(res["loss"]))
