@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--source_size", type=int, nargs=2, default=None, metavar=("W", "H"),
                    help="size of the generated source clips (default: 1024x576, or the resolution with --preset tiny)")
     p.add_argument("--decode_workers", type=int, default=8)
-    p.add_argument("--batch_size", type=int, default=8, help="items per map batch (= per shard)")
+    p.add_argument("--batch_size", type=int, default=8, help="items per Arrow shard")
     p.add_argument("--vae_tiling", action="store_true")
     p.add_argument("--workdir", default=None, help="keep clips and cache here (default: a temp dir, removed)")
     return p.parse_args(argv)

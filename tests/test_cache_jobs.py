@@ -105,11 +105,11 @@ def test_a_killed_job_keeps_finished_shards(dataset, models):
     class Dies(VideoLatentEncoder):
         calls = 0
 
-        def encode_items(self, batch_items, rank):
+        def encode_frames(self, frames, rank=None):
             type(self).calls += 1
-            if type(self).calls == 2:
-                raise KeyboardInterrupt  # as if the job were killed during the second batch
-            yield from super().encode_items(batch_items, rank)
+            if type(self).calls == 3:
+                raise KeyboardInterrupt  # as if the job were killed while encoding the third item
+            return super().encode_frames(frames, rank)
 
     with pytest.raises(KeyboardInterrupt):
         run_cache_job(items, Dies(models["ltx"], device="cpu", dtype="fp32"), batch_size=2)

@@ -29,7 +29,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="video, av or audio; decides which items are valid (av/audio need audio)")
     p.add_argument("--ltxv2_audio_video", action="store_true", help="old spelling of --ltx_mode av")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--batch_size", type=int, default=4, help="items per map batch (one Arrow shard each)")
+    p.add_argument("--batch_size", type=int, default=4, help="items per Arrow shard, written as the job goes (a killed job loses at most one)")
     p.add_argument("--num_proc", type=int, default=None,
                    help="map workers; on CUDA worker k uses GPU k %% device_count (one per GPU)")
     p.add_argument("--num_workers", type=int, default=4, help="CPU threads decoding media ahead of the encoder")

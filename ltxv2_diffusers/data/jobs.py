@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -97,6 +98,30 @@ def item_media(item) -> str:
 def _reason(error: BaseException) -> str:
     reason = getattr(error, "reason", None)
     return str(reason) if reason else f"{type(error).__name__}: {error}"
+
+
+def prefetched(fn, items: list, workers: int) -> Iterator[tuple[Any, Any]]:
+    """`(item, fn(item) or the exception it raised)` in order, with at most `workers` items being
+    prepared ahead on CPU threads (PyAV and swscale release the GIL), so decoding overlaps encoding
+    without holding more than `workers` decoded clips in memory."""
+    from collections import deque
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        queue: deque = deque()
+        it = iter(items)
+        for item in it:
+            queue.append((item, pool.submit(fn, item)))
+            if len(queue) >= workers:
+                break
+        while queue:
+            item, fut = queue.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(fn, nxt)))
+            try:
+                yield item, fut.result()
+            except Exception as e:  # reported per item by the caller
+                yield item, e
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,26 +218,26 @@ class VideoLatentEncoder(ItemEncoder):
     def encode_frames(self, frames: torch.Tensor, rank: int | None = None) -> torch.Tensor:
         """`[F,3,H,W]` in [-1,1] -> `[128,F',H',W']` latent means in the encoder's dtype."""
         vae = self._model(rank)
-        x = frames.permute(1, 0, 2, 3).unsqueeze(0).to(vae.device, self.dtype, non_blocking=True)
+        # Move the contiguous float frames first, then cast and permute on the device (a CPU-side
+        # permute or cast of a 121-frame clip costs more than the transfer).
+        x = frames.to(vae.device).to(self.dtype).permute(1, 0, 2, 3).unsqueeze(0)
         return vae.encode(x).latent_dist.mean[0]
 
     def encode_items(self, items, rank):
         self._model(rank)
-        # Decode ahead on CPU threads while the VAE encodes the item before.
-        with ThreadPoolExecutor(self.decode_workers) as pool:
-            futures = [pool.submit(self.decode, it) for it in items]
-            for item, fut in zip(items, futures):
-                try:
-                    frames = fut.result()
-                    latents = self.encode_frames(frames, rank).cpu()
-                except Exception as e:  # one bad item must not stop the job
-                    yield item, e
-                    continue
-                yield item, {
-                    **tensor_to_columns("latents", latents),
-                    "fps": float(item.fps or 24.0), "width": int(item.bucket[0]), "height": int(item.bucket[1]),
-                    "num_frames": int(frames.shape[0]), "source": item_media(item),
-                }
+        for item, frames in prefetched(self.decode, items, self.decode_workers):
+            try:
+                if isinstance(frames, BaseException):
+                    raise frames
+                latents = self.encode_frames(frames, rank).cpu()
+            except Exception as e:  # one bad item must not stop the job
+                yield item, e
+                continue
+            yield item, {
+                **tensor_to_columns("latents", latents),
+                "fps": float(item.fps or 24.0), "width": int(item.bucket[0]), "height": int(item.bucket[1]),
+                "num_frames": int(frames.shape[0]), "source": item_media(item),
+            }
 
 
 class AudioLatentEncoder(ItemEncoder):
@@ -266,24 +291,24 @@ class AudioLatentEncoder(ItemEncoder):
     @torch.no_grad()
     def encode_items(self, items, rank):
         vae = self._model(rank)
-        with ThreadPoolExecutor(self.decode_workers) as pool:
-            futures = [pool.submit(self.mel, it) for it in items]
-            for item, fut in zip(items, futures):
-                try:
-                    mel, valid_mel = fut.result()
-                    lat = vae.encode(mel.unsqueeze(0).to(vae.device, self.dtype)).latent_dist.mean[0].cpu()
-                except Exception as e:
-                    yield item, e
-                    continue
-                # The audio VAE downsamples time by 4: a latent frame is valid when it saw real audio.
-                total_mel = mel.shape[-2]
-                valid = lat.shape[-2] if valid_mel >= total_mel else min(lat.shape[-2], -(-valid_mel // 4))
-                yield item, {
-                    **tensor_to_columns("audio_latents", lat), "audio_lengths": int(valid),
-                    "sample_rate": int(getattr(vae.config, "sample_rate", 16000)),
-                    "width": int(item.bucket[0]), "height": int(item.bucket[1]),
-                    "source": getattr(item, "audio_path", None) or item_media(item),
-                }
+        for item, result in prefetched(self.mel, items, self.decode_workers):
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                mel, valid_mel = result
+                lat = vae.encode(mel.unsqueeze(0).to(vae.device, self.dtype)).latent_dist.mean[0].cpu()
+            except Exception as e:
+                yield item, e
+                continue
+            # The audio VAE downsamples time by 4: a latent frame is valid when it saw real audio.
+            total_mel = mel.shape[-2]
+            valid = lat.shape[-2] if valid_mel >= total_mel else min(lat.shape[-2], -(-valid_mel // 4))
+            yield item, {
+                **tensor_to_columns("audio_latents", lat), "audio_lengths": int(valid),
+                "sample_rate": int(getattr(vae.config, "sample_rate", 16000)),
+                "width": int(item.bucket[0]), "height": int(item.bucket[1]),
+                "source": getattr(item, "audio_path", None) or item_media(item),
+            }
 
 
 class TextEmbeddingEncoder(ItemEncoder):
@@ -388,26 +413,32 @@ class JobReport:
 
 
 def _map_batch(batch: dict[str, list], rank: int | None, encoder: ItemEncoder, job_fingerprint: str,
-               kind: str) -> dict[str, list]:
+               kind: str, shard_size: int) -> dict[str, list]:
     n = len(batch["key"])
     items = [row_to_item({k: batch[k][i] for k in batch}) for i in range(n)]
     out = {"key": [], "error": [], "media": [], "shard": []}
-    rows_by_dir: dict[str, list[dict]] = {}
+    pending: dict[str, list[dict]] = {}
+    shard_of: dict[str, str] = {}
+
+    def flush(cache_dir: str) -> None:
+        rows = pending.pop(cache_dir, [])
+        path = CacheStore(cache_dir, kind).write_shard(rows)
+        shard_of.update((r["key"], path) for r in rows)
+
     for item, result in encoder.encode_items(items, rank):
         out["key"].append(item.key)
         out["media"].append(item_media(item) if kind != "text" else (item_media(item) + " (caption)"))
         if isinstance(result, BaseException):
             out["error"].append(_reason(result))
-            out["shard"].append(None)
             continue
         out["error"].append(None)
         row = {"key": item.key, "fingerprint": encoder.item_fingerprint(item, job_fingerprint), **result}
-        rows_by_dir.setdefault(item.cache_directory, []).append(row)
-    shard_of: dict[str, str] = {}
-    for cache_dir, rows in rows_by_dir.items():
-        path = CacheStore(cache_dir, kind).write_shard(rows)
-        for r in rows:
-            shard_of[r["key"]] = path
+        pending.setdefault(item.cache_directory, []).append(row)
+        # Write as we go: a killed job loses at most one unfinished shard.
+        if len(pending[item.cache_directory]) >= shard_size:
+            flush(item.cache_directory)
+    for cache_dir in list(pending):
+        flush(cache_dir)
     out["shard"] = [shard_of.get(k) if e is None else None for k, e in zip(out["key"], out["error"])]
     return out
 
@@ -432,13 +463,15 @@ def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | 
 
 def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tuple[str, str]] = (),
                   batch_size: int = 4, num_proc: int | None = None, skip_existing: bool = True,
-                  progress: bool = True) -> JobReport:
+                  progress: bool = True, map_batch_size: int = 64) -> JobReport:
     """Cache `items` with `encoder` through a batched `datasets` map; returns a `JobReport`.
+
+    Each map call gets `map_batch_size` items (decoding runs ahead across all of them) and writes an
+    Arrow shard every `batch_size` cached items.
 
     `num_proc > 1` runs that many workers (each with its own model; on CUDA, worker `rank` uses GPU
     `rank % device_count`). With `skip_existing`, items whose row has the same fingerprint are skipped.
     """
-    from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
     kind = encoder.kind
@@ -454,11 +487,14 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
         raise ValueError(f"item keys must be unique; duplicated: {', '.join(dup[:5])} (two media files with one stem?)")
-    ds = Dataset.from_list([item_to_row(it) for it in todo])
     workers = num_proc if num_proc and num_proc > 1 else None
     (enable_progress_bar if progress else disable_progress_bar)()
-    with _spawned_workers(workers is not None):
-        result = _map(ds, encoder, job_fp, kind, batch_size, min(workers, len(todo)) if workers else None, keys)
+    with tempfile.TemporaryDirectory(prefix="ltxv2-job-") as tmp:
+        ds = _items_dataset(todo, tmp)
+        with _spawned_workers(workers is not None):
+            result = _map(ds, encoder, job_fp, kind, batch_size, max(int(map_batch_size), int(batch_size)),
+                          min(workers, len(todo)) if workers else None, keys)
+        result = {c: result[c] for c in ("key", "error", "media", "shard")}
     for key, error, media, shard in zip(result["key"], result["error"], result["media"], result["shard"]):
         if error is None:
             report.cached += 1
@@ -469,6 +505,20 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     for cache_dir in sorted({it.cache_directory for it in todo}):
         CacheStore(cache_dir, kind).remove_superseded()
     return report
+
+
+def _items_dataset(items: list, folder: str):
+    """The items as a file-backed dataset: memory-mapped, and fingerprinted by file rather than by
+    pickling an in-memory table (which fails on some Python/dill/pyarrow combinations)."""
+    from datasets import Dataset
+    from datasets.arrow_writer import ArrowWriter
+
+    rows = [item_to_row(it) for it in items]
+    path = os.path.join(folder, "items.arrow")
+    with ArrowWriter(path=path) as writer:
+        writer.write_batch({k: [r[k] for r in rows] for k in rows[0]})
+        writer.finalize()
+    return Dataset.from_file(path)
 
 
 class _spawned_workers:
@@ -493,18 +543,21 @@ class _spawned_workers:
         return False
 
 
-def _map(ds, encoder, job_fp, kind, batch_size, num_proc, keys):
+def _map(ds, encoder, job_fp, kind, shard_size, map_batch_size, num_proc, keys):
+    if num_proc:  # give every worker work: no map batch larger than its share
+        map_batch_size = min(map_batch_size, max(1, -(-len(ds) // num_proc)))
     return ds.map(
         _map_batch,
         batched=True,
-        batch_size=max(1, int(batch_size)),
+        batch_size=max(1, int(map_batch_size)),
         with_rank=True,
         num_proc=num_proc,
-        fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind},
+        fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind, "shard_size": max(1, int(shard_size))},
         remove_columns=ds.column_names,
         new_fingerprint=_hash("map", job_fp, keys),
         desc=f"caching {kind}",
         load_from_cache_file=False,
+        cache_file_name=os.path.join(os.path.dirname(ds.cache_files[0]["filename"]), "results.arrow"),
     )
 
 
