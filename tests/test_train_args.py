@@ -142,3 +142,14 @@ def test_list_plugins_alone(capsys):
     assert main(["--list_plugins"]) == 0
     out = capsys.readouterr().out
     assert "default.weighting" in out and "register_weighting_schemes" in out
+
+
+def test_examples_parse():
+    from ltxv2_diffusers.training.args import build_parser, load_config_file
+    from ltxv2_diffusers.training.previews import load_prompts
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    values = load_config_file(examples / "train_av.toml", build_parser())
+    assert values["ltx_mode"] == "av" and values["network_dim"] == 16 and values["gradient_checkpointing"] is True
+    prompts = load_prompts(examples / "prompts.txt")
+    assert len(prompts) == 2 and prompts[0].negative_prompt == "worst quality, blurry"

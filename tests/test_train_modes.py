@@ -43,3 +43,19 @@ def test_gradient_checkpointing_gives_the_same_lora(tmp_path_factory, tmp_path):
     assert plain.keys() == checkpointed.keys()
     for key in plain:
         torch.testing.assert_close(checkpointed[key], plain[key], rtol=1e-5, atol=1e-7)
+
+
+def test_preview_prompts_missing_from_the_cache_use_the_text_encoder(tmp_path_factory, tmp_path):
+    """A prompt that was never cached (and the empty negative prompt CFG needs) is encoded once with
+    --text_encoder; without it the error names the prompt and both ways out."""
+    ws = workspace(tmp_path_factory)
+    prompts = tmp_path / "new_prompts.txt"
+    prompts.write_text("a prompt nobody cached --w 64 --h 64 --f 9 --s 2 --g 2.0\n")
+    argv = baseline_argv(ws, tmp_path / "out", steps=1, extra=["--sample_prompts", str(prompts), "--sample_at_first",
+                                                               "--max_length", "64"])
+    Trainer(parse_args(argv)).run()
+    assert [p.name for p in (tmp_path / "out" / "samples").iterdir()] == ["step00000000_00.mp4"]
+    i = argv.index("--text_encoder")
+    without = argv[:i] + argv[i + 2:] + ["--output_dir", str(tmp_path / "out2")]
+    with pytest.raises(ValueError, match="a prompt nobody cached.*--sample_prompts.*--text_encoder"):
+        Trainer(parse_args(without)).run()

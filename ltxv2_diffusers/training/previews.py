@@ -228,12 +228,16 @@ class PromptCache:
         prompt, else encode with `--text_encoder` (error naming both ways when neither is available)."""
         unique = list(dict.fromkeys(prompts))
         cached = read_cached_prompts(unique, args)
-        if cached is not None:
-            return cls(cached)
+        missing = [p for p in unique if p not in cached]
+        if not missing:
+            return cls({p: cached[p] for p in unique})
         if not args.text_encoder:
+            shown = ", ".join(repr(p[:60]) for p in missing[:3]) + (" ..." if len(missing) > 3 else "")
             raise ValueError(
-                "previews need the prompts' text embeddings: run ltxv2-cache-text-encoder-outputs with "
-                f"--sample_prompts {args.sample_prompts}, or pass --text_encoder to encode them at start")
+                f"previews need text embeddings of {shown} (an empty string is the default negative prompt "
+                "when guidance > 1): run ltxv2-cache-text-encoder-outputs with "
+                f"--sample_prompts {args.sample_prompts} (give every line an --n negative prompt), or pass "
+                "--text_encoder to encode them at start")
         from ltxv2_diffusers.text.base import get_text_backend
 
         factory = get_text_backend(args.text_encoder_backend)
@@ -241,8 +245,8 @@ class PromptCache:
                           connectors=args.ltxv2_model, audio_video=args.mode is not LtxMode.VIDEO,
                           device=device, dtype=None)
         try:
-            entries = {}
-            for prompt in unique:
+            entries = dict(cached)
+            for prompt in missing:
                 text, mask = backend.encode([prompt])
                 entries[prompt] = (text.float().cpu(), mask.cpu())
         finally:
@@ -250,9 +254,8 @@ class PromptCache:
         return cls(entries)
 
 
-def read_cached_prompts(prompts: list[str], args) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-    """Prompt embeddings from the sample-prompt text caches of the dataset's cache directories, or None
-    when they lack any of `prompts` (or were cached for the other text layout)."""
+def read_cached_prompts(prompts: list[str], args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Those of `prompts` found in the sample-prompt text caches of the dataset's cache directories."""
     from ltxv2_diffusers.data.config import load_dataset_config
     from ltxv2_diffusers.data.jobs import load_sample_prompt_embeddings
 
@@ -262,12 +265,12 @@ def read_cached_prompts(prompts: list[str], args) -> dict[str, tuple[torch.Tenso
             found.update(load_sample_prompt_embeddings(entry.cache_directory))
         except (FileNotFoundError, KeyError, ValueError):
             continue
-    if any(p not in found for p in prompts):
-        return None
     out = {}
     for p in prompts:
-        text, mask = found[p]
-        out[p] = (torch.as_tensor(text).float().reshape(1, *text.shape[-2:]), torch.as_tensor(mask).bool().reshape(1, -1))
+        if p in found:
+            text, mask = found[p]
+            out[p] = (torch.as_tensor(text).float().reshape(1, *text.shape[-2:]),
+                      torch.as_tensor(mask).bool().reshape(1, -1))
     return out
 
 
