@@ -59,3 +59,36 @@ def test_preview_prompts_missing_from_the_cache_use_the_text_encoder(tmp_path_fa
     without = argv[:i] + argv[i + 2:] + ["--output_dir", str(tmp_path / "out2")]
     with pytest.raises(ValueError, match="a prompt nobody cached.*--sample_prompts.*--text_encoder"):
         Trainer(parse_args(without)).run()
+
+
+def test_epochs_accumulation_pruning_and_tensorboard(tmp_path_factory, tmp_path):
+    """2 batches per epoch, 2 batches per optimizer step: `--max_train_epochs 3` is 3 steps, one save per
+    epoch, `--save_last_n_steps 1` keeps only the newest; TensorBoard gets event files."""
+    ws = workspace(tmp_path_factory)
+    argv = baseline_argv(ws, tmp_path, extra=["--max_train_epochs", "3", "--gradient_accumulation_steps", "2",
+                                              "--save_every_n_epochs", "1", "--save_last_n_steps", "1",
+                                              "--log_with", "tensorboard"])
+    i = argv.index("--save_every_n_steps")
+    del argv[i:i + 2]
+    Trainer(parse_args(argv)).run()
+    metrics = list(read_metrics(tmp_path / "logs" / "metrics.jsonl"))
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_network_weights_continue_from_a_lora(tmp_path_factory, tmp_path):
+    from ltxv2_diffusers.lora import lora_from_model, read_lora
+    from ltxv2_diffusers.training.model import build_training_model
+
+    ws = workspace(tmp_path_factory)
+    first = _train(ws, tmp_path / "first")
+    args = parse_args(baseline_argv(ws, tmp_path / "second", extra=["--network_weights", str(first)]))
+    bundle = build_training_model(args)
+    loaded, saved = lora_from_model(bundle.transformer), read_lora(first)
+    assert loaded.modules.keys() == saved.modules.keys()
+    for name, module in saved.modules.items():
+        # the official file folds alpha/rank into `up`; the delta each module adds is what must match
+        torch.testing.assert_close(loaded.modules[name].delta(1.0), module.delta(1.0), rtol=1e-5, atol=1e-7)
+    trainable = {n for n, p in bundle.transformer.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
