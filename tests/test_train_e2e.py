@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from test_train_workspace import (
-    REPO, SCRIPT, STEPS, accelerate_launch, baseline_argv, baseline_run, lora_tensors, subprocess_env, workspace,
+    REPO, STEPS, accelerate_launch, baseline_argv, baseline_run, lora_tensors, workspace,
 )
 from ltxv2_diffusers.training.logging import read_metrics
 
@@ -47,25 +50,47 @@ def test_two_processes_equal_one_process(tmp_path_factory, tmp_path):
     assert lb == pytest.approx(la, rel=1e-4)
 
 
-def test_installed_plugin_changes_training_loss(tmp_path_factory, tmp_path):
-    """The first-party audio-delta plugin, installed as a package and found through its entry point,
-    adds its term to the loss of a real run; blocking it restores the baseline loss exactly."""
-    ws = workspace(tmp_path_factory)
+def _install_plugin(tmp_path) -> Path:
+    """pip-install a copy of plugins/ltxv2-audio-delta-loss into a private folder (never the shared
+    environment, never building inside the checkout)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "plugins" / "ltxv2-audio-delta-loss", src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(REPO / "plugins" / "ltxv2-audio-delta-loss")], check=True,
-                   capture_output=True)
-    env = subprocess_env(str(site))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--disable-pip-version-check", "--target", str(site), str(src)], check=True, capture_output=True)
+    return site
+
+
+@pytest.fixture()
+def installed_plugin(tmp_path, monkeypatch):
+    from ltxv2_diffusers import plugins
+
+    site = _install_plugin(tmp_path)
+    monkeypatch.delenv("LTXV2_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("LTXV2_BLOCK_PLUGINS", raising=False)
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    yield site
+    sys.path.remove(str(site))
+    sys.modules.pop("ltxv2_audio_delta_loss", None)
+    importlib.invalidate_caches()
+    plugins.configure(None)
+
+
+def test_installed_plugin_changes_training_loss(tmp_path_factory, tmp_path, installed_plugin, capsys):
+    """The first-party audio-delta plugin, pip-installed and found through its entry point, adds its term
+    to the loss of a real run; blocking it with --plugins restores the baseline loss exactly."""
+    from ltxv2_diffusers.cli.train import main
+
+    ws = workspace(tmp_path_factory)
 
     def first_step(out, *extra):
-        argv = [sys.executable, str(SCRIPT), *baseline_argv(ws, out, steps=1, extra=extra)]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert main(baseline_argv(ws, out, steps=1, extra=extra)) == 0
         return next(read_metrics(out / "logs" / "metrics.jsonl"))
 
-    listed = subprocess.run([sys.executable, str(SCRIPT), "--list_plugins"], capture_output=True, text=True,
-                            env=env, cwd=REPO)
-    assert "audio_delta_loss" in listed.stdout
+    assert main(["--list_plugins"]) == 0
+    assert "audio_delta_loss" in capsys.readouterr().out
     with_plugin = first_step(tmp_path / "with", "--audio_delta_loss_weight", "0.5")
     blocked = first_step(tmp_path / "blocked", "--plugins=-audio_delta_loss")
     baseline = next(read_metrics(baseline_run(tmp_path_factory) / "logs" / "metrics.jsonl"))
