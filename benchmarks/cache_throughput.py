@@ -34,6 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--decode_workers", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=8, help="items per Arrow shard")
     p.add_argument("--vae_tiling", action="store_true")
+    p.add_argument("--decode_processes", action="store_true", help="decode in worker processes, not threads")
     p.add_argument("--workdir", default=None, help="keep clips and cache here (default: a temp dir, removed)")
     return p.parse_args(argv)
 
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     vae = build_components(args.preset, components=("vae",), device=args.device,
                            torch_dtype=VideoLatentEncoder("x", dtype=dtype).dtype)["vae"]
     encoder = VideoLatentEncoder(args.preset, device=args.device, dtype=dtype, tiling=args.vae_tiling,
-                                 decode_workers=args.decode_workers, vae_module=vae)
+                                 decode_workers=args.decode_workers, vae_module=vae,
+                                 decode_processes=args.decode_processes)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     # Decode only: the CPU side's ceiling with the same number of threads.
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
         "preset": args.preset, "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "dtype": dtype, "clip": f"{args.resolution[0]}x{args.resolution[1]}x{args.frames}",
         "source": f"{source[0]}x{source[1]} h264", "clips": args.clips, "decode_workers": args.decode_workers,
-        "batch_size": args.batch_size, "vae_tiling": args.vae_tiling,
+        "batch_size": args.batch_size, "vae_tiling": args.vae_tiling, "decode_processes": args.decode_processes,
         "job_clips_per_s": round(args.clips / job_s, 3), "decode_only_clips_per_s": round(decode_rate, 3),
         "encode_only_clips_per_s": round(encode_rate, 3), "peak_gib": round(peak, 2) if peak else None,
         "clip_generation_s": round(t_write, 1),

@@ -124,6 +124,32 @@ def prefetched(fn, items: list, workers: int) -> Iterator[tuple[Any, Any]]:
                 yield item, e
 
 
+class _DecodeSet(torch.utils.data.Dataset):
+    """Items decoded in DataLoader worker processes; failures come back as `(None, reason)` so one bad
+    file never stops the loader."""
+
+    def __init__(self, items: list, fn):
+        self.items, self.fn = items, fn
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        try:
+            return i, self.fn(self.items[i]), None
+        except Exception as e:
+            return i, None, _reason(e)
+
+
+def prefetched_in_processes(fn, items: list, workers: int) -> Iterator[tuple[Any, Any]]:
+    """Like `prefetched`, with worker processes (one GIL and one torch thread each) handing tensors
+    over through shared memory; worth it when decoding is the bottleneck on a many-core host."""
+    loader = torch.utils.data.DataLoader(_DecodeSet(items, fn), batch_size=None, shuffle=False,
+                                         num_workers=max(1, min(workers, len(items))), prefetch_factor=2)
+    for i, value, error in loader:
+        yield items[i], (ValueError(error) if error is not None else value)
+
+
 # --------------------------------------------------------------------------------------------------
 # encoders: picklable specs that load their model lazily in each worker
 
@@ -162,7 +188,7 @@ class VideoLatentEncoder(ItemEncoder):
 
     def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "bf16",
                  tiling: bool = False, chunk_size: int | None = None, decode_workers: int = 4, vae_module=None,
-                 tile_size: int | None = None):
+                 tile_size: int | None = None, decode_processes: bool = False):
         from ltxv2_diffusers.text.base import resolve_dtype
 
         if chunk_size is not None and (chunk_size < 16 or chunk_size % 8):
@@ -176,6 +202,7 @@ class VideoLatentEncoder(ItemEncoder):
         self.tile_size = tile_size
         self.chunk_size = chunk_size
         self.decode_workers = max(1, int(decode_workers))
+        self.decode_processes = bool(decode_processes)
         if vae_module is not None:
             self._m_vae = vae_module
 
@@ -225,7 +252,8 @@ class VideoLatentEncoder(ItemEncoder):
 
     def encode_items(self, items, rank):
         self._model(rank)
-        for item, frames in prefetched(self.decode, items, self.decode_workers):
+        ahead = prefetched_in_processes if self.decode_processes else prefetched
+        for item, frames in ahead(self.decode, items, self.decode_workers):
             try:
                 if isinstance(frames, BaseException):
                     raise frames
