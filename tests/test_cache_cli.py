@@ -39,7 +39,7 @@ def test_commands_cache_everything_training_needs(workspace, capsys):
     assert cache_text.main(common + ["--text_encoder", ws["gemma"], "--text_encoder_backend", "gemma",
                                      "--vae", ws["ltx"], "--ltxv2_audio_video", "--max_length", "16",
                                      "--sample_prompts", ws["prompts"]]) == 0
-    assert "sample prompts: 3 cached" in capsys.readouterr().err
+    assert "sample prompts: 4 cached" in capsys.readouterr().err
 
     config = load_dataset_config(ws["toml"])
     batch = next(BatchManager.from_config(config, "av", seed=0, text_dims=(24, 24)).iter_epoch(0))
@@ -47,7 +47,7 @@ def test_commands_cache_everything_training_needs(workspace, capsys):
     assert batch["audio_latents"].shape[:2] == (1, 8) and batch["audio_lengths"].dtype == torch.int64
 
     embeds = load_sample_prompt_embeddings(config.datasets[0].cache_directory)
-    assert sorted(embeds) == ["a cat walks", "blurry, low quality", "the sea at night"]
+    assert sorted(embeds) == ["", "a cat walks", "blurry, low quality", "the sea at night"]
     assert embeds["a cat walks"][0].shape == (16, 48)
 
     # Re-running is a no-op that still succeeds.
@@ -97,6 +97,7 @@ def test_exit_codes_for_bad_input(tmp_path, workspace, capsys):
 def test_sample_prompt_file_parsing(tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("a dog --w 768 --h 512\n# comment\na dog\nrain --n  dark --d 5\n")
-    assert parse_sample_prompts(str(f)) == ["a dog", "rain", "dark"]
+    # The empty string is the previews' default negative prompt, so it is cached too.
+    assert parse_sample_prompts(str(f)) == ["a dog", "", "rain", "dark"]
     with pytest.raises(FileNotFoundError, match="--sample_prompts"):
         parse_sample_prompts(str(tmp_path / "none.txt"))

@@ -594,33 +594,17 @@ def _map(ds, encoder, job_fp, kind, shard_size, map_batch_size, num_proc, keys):
 
 
 def parse_sample_prompts(path: str) -> list[str]:
-    """Prompts (and `--n` negative prompts) of a musubi-style prompts file; `#` lines are comments.
-
-    A line is `prompt text --w 768 --h 512 --f 121 --n negative text ...`; the options are not part of the
-    prompt.
-    """
-    import re
+    """Every text the previews of `path` will look up: each line's prompt and its negative prompt
+    (`--n`, or the empty default). Parsed by the trainer's own parser, so cache and lookup agree."""
+    from ltxv2_diffusers.training.previews import load_prompts
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--sample_prompts {path!r} does not exist.")
-    prompts: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = re.split(r"\s--(?=[a-z]+\b)", " " + line)
-            text = parts[0].strip()
-            if text:
-                prompts.append(text)
-            for opt in parts[1:]:
-                name, _, value = opt.partition(" ")
-                if name == "n" and value.strip():
-                    prompts.append(value.strip())
-    seen: dict[str, None] = {}
-    for p in prompts:
-        seen.setdefault(p, None)
-    return list(seen)
+    texts: dict[str, None] = {}
+    for p in load_prompts(path):
+        texts.setdefault(p.prompt, None)
+        texts.setdefault(p.negative_prompt, None)
+    return list(texts)
 
 
 def cache_sample_prompts(prompts: list[str], encoder: TextEmbeddingEncoder, cache_directory: str,
