@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 class PoisonSteps:
-    """A real plugin whose extra loss is NaN on chosen calls (one call per step here)."""
+    """A real plugin whose extra loss is NaN on chosen calls (one call per step without accumulation)."""
 
     def __init__(self, bad_calls):
         self.bad_calls, self.calls = set(bad_calls), 0
@@ -48,7 +48,7 @@ def poison():
 
 def test_single_nonfinite_step_is_skipped(tmp_path_factory, tmp_path, poison, capsys):
     ws = workspace(tmp_path_factory)
-    args = parse_args(baseline_argv(ws, tmp_path, steps=4))
+    args = parse_args(baseline_argv(ws, tmp_path, steps=4, extra=["--gradient_accumulation_steps", "1"]))
     poison({2})
     Trainer(args).run()
     metrics = list(read_metrics(tmp_path / "logs" / "metrics.jsonl"))
@@ -63,7 +63,7 @@ def test_single_nonfinite_step_is_skipped(tmp_path_factory, tmp_path, poison, ca
 
 def test_repeated_nonfinite_steps_stop_and_keep_last_good_checkpoint(tmp_path_factory, tmp_path, poison):
     ws = workspace(tmp_path_factory)
-    args = parse_args(baseline_argv(ws, tmp_path, steps=6, extra=["--max_nonfinite_steps", "2"]))
+    args = parse_args(baseline_argv(ws, tmp_path, steps=6, extra=["--max_nonfinite_steps", "2", "--gradient_accumulation_steps", "1"]))
     poison({3, 4, 5, 6})
     with pytest.raises(TrainingDiverged, match=r"2 non-finite losses in a row \(steps \[3, 4\]\).*step-00000002"):
         Trainer(args).run()

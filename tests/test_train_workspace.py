@@ -75,7 +75,8 @@ def baseline_argv(ws, output_dir: Path, steps: int = STEPS, extra=()) -> list[st
     """The flags every comparison run shares (only the launcher and output dir differ)."""
     return ws.train_argv(output_dir, steps, ["--save_every_n_steps", str(SAVE_EVERY), "--network_dim", "4",
                                              "--network_alpha", "2", "--lr_scheduler", "linear",
-                                             "--lr_warmup_steps", "2", *extra])
+                                             "--lr_warmup_steps", "2", "--gradient_accumulation_steps", "2",
+                                             *extra])
 
 
 def subprocess_env(extra_path: str | None = None) -> dict[str, str]:

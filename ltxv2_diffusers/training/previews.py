@@ -11,7 +11,6 @@ previews mp4, `audio` previews wav.
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import wave
 from pathlib import Path
 from typing import Any
@@ -277,7 +276,3 @@ def read_cached_prompts(prompts: list[str], args) -> dict[str, tuple[torch.Tenso
 def preview_name(step: int, prompt: PreviewPrompt) -> str:
     return f"step{step:08d}_{prompt.index:02d}"
 
-
-def shell_prompt(prompt: PreviewPrompt) -> str:
-    """The prompt line back in `--sample_prompts` syntax (for model cards)."""
-    return shlex.quote(prompt.prompt)

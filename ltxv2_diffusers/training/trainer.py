@@ -46,6 +46,7 @@ class Trainer:
         self.progress = ckpt.TrainingProgress()
         self.checkpoints = ckpt.CheckpointDir(self.output_dir)
         self.last_good_checkpoint: Path | None = None
+        self._checkpoint_step = -1
         self.previews_written: list[Path] = []
         self.metrics = MetricsLog(Path(args.logging_dir) / "metrics.jsonl")
 
@@ -84,7 +85,6 @@ class Trainer:
             self.max_steps = math.ceil(self.args.max_train_epochs * per_epoch / accum)
         else:
             self.max_steps = int(self.args.max_train_steps)
-        self.steps_per_epoch = per_epoch / accum
 
     def _setup_model(self):
         from ltxv2_diffusers.training.model import build_training_model
@@ -130,6 +130,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.adapter)
         self.progress = ckpt.load_training_state(path, model, self.optimizer, self.lr_scheduler)
         self.last_good_checkpoint = path
+        self._checkpoint_step = self.progress.global_step
         if self.accelerator.is_main_process:
             self.metrics.truncate_after(self.progress.global_step)
         self.accelerator.print(f"resumed from {path} at step {self.progress.global_step}")
@@ -187,14 +188,15 @@ class Trainer:
             offset = local.pop("_global_offset")
             gens = self._generators(step, micro, offset, len(local["keys"]))
             last = micro == accum - 1
+            # one no_sync context around forward and backward of every micro-batch but the last
             ctx = acc.no_sync(self.adapter) if (not last and self.world_size > 1) else _null()
-            with ctx, acc.autocast():
-                loss, logs = self.step_fn(local, gens)
-            ok = self._all_finite(loss)
-            finite = finite and ok
-            if ok:
-                with ctx:
+            with ctx:
+                with acc.autocast():
+                    loss, logs = self.step_fn(local, gens)
+                ok = self._all_finite(loss)  # every rank takes the same decision
+                if ok:
                     acc.backward(loss / accum)
+            finite = finite and ok
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / accum
         # logs are this process's; average them so every rank reports the global value
@@ -207,9 +209,10 @@ class Trainer:
             grad_norm = None
             if args.max_grad_norm > 0:
                 grad_norm = acc.clip_grad_norm_(self.trainable, args.max_grad_norm)
-            if grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all():
+            overflow = grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all()
+            if overflow and acc.scaler is None:
                 finite = False
-            else:
+            else:  # with fp16 the grad scaler skips overflowing steps itself and lowers its scale
                 self.optimizer.step()
                 self.lr_scheduler.step()
             if grad_norm is not None:
@@ -253,6 +256,7 @@ class Trainer:
 
             plugins.on_save(path=path, step=step)
             acc.print(f"saved {path}")
+        self._checkpoint_step = step  # on every rank: all of them must agree on later saves
         acc.wait_for_everyone()
         return path
 
@@ -342,7 +346,7 @@ class Trainer:
         from ltxv2_diffusers.training.plotting import plot_loss_curve
 
         acc, args = self.accelerator, self.args
-        if args.save_every_n_steps or args.save_every_n_epochs:
+        if (args.save_every_n_steps or args.save_every_n_epochs) and self._checkpoint_step != self.progress.global_step:
             self.save_checkpoint()
         final = self.output_dir / f"{args.output_name}.safetensors"
         if acc.is_main_process:
