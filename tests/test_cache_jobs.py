@@ -147,7 +147,8 @@ def test_bad_items_are_reported_and_good_ones_cached(tmp_path, models):
     assert report.bad[0][0].endswith("clip00.mp4")
 
 
-def test_two_map_workers_give_the_same_cache(  # ~16 s: two spawned workers import torch/diffusersdataset, models, tmp_path):
+def test_two_map_workers_give_the_same_cache(dataset, models, tmp_path):
+    """~16 s: two spawned workers import torch/diffusers (the path several GPUs take, one per rank)."""
     items = list_items(dataset, "video").items
     enc = TextEmbeddingEncoder("gemma", models["gemma"], max_length=16, connectors=models["ltx"], device="cpu")
     one = run_cache_job(items, enc, batch_size=1)
