@@ -78,7 +78,7 @@ def load_items(args: argparse.Namespace, mode: LtxMode):
         config = load_dataset_config(args.dataset_config)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
-    listing = list_items(config, mode)
+    listing = list_items(config, mode, progress=True)
     return config, listing
 
 
