@@ -62,6 +62,13 @@ def resolve_device(device: str | None, rank: int | None) -> torch.device:
     return dev
 
 
+def _announce(what: str, rank: int | None, device: torch.device) -> None:
+    if rank is not None or device.type != "cpu":
+        import sys
+
+        print(f"map worker {rank if rank is not None else 0}: {what} on {device}", file=sys.stderr)
+
+
 def load_model_components(path: str, names: list[str]) -> dict[str, torch.nn.Module]:
     """Load `names` from an official single file or a diffusers folder through `models.loading`."""
     if not os.path.exists(path):
@@ -221,6 +228,7 @@ class VideoLatentEncoder(ItemEncoder):
         dev = resolve_device(self.device, rank)
         if vae.device != dev or vae.dtype != self.dtype:
             vae = self._m_vae = vae.to(dev, self.dtype).eval()
+            _announce("video VAE", rank, dev)
         if self.tiling:
             t = self.tile_size
             stride = max(32, t - 64) if t else None  # diffusers default: 512 tiles, 448 stride
@@ -298,6 +306,7 @@ class AudioLatentEncoder(ItemEncoder):
         dev = resolve_device(self.device, rank)
         if self._m_vae.device != dev or self._m_vae.dtype != self.dtype:
             self._m_vae = self._m_vae.to(dev, self.dtype).eval()
+            _announce("audio VAE", rank, dev)
         return self._m_vae
 
     def mel(self, item) -> tuple[torch.Tensor, int]:
