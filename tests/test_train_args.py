@@ -94,6 +94,7 @@ def test_config_file_unknown_key_names_file(files, tmp_path, capsys):
     (["--resume", "/nonexistent/state"], "--resume /nonexistent/state"),
     (["--weighting_scheme", "nope"], "--weighting_scheme 'nope' is not registered"),
     (["--network_args", "include_ff"], "expected key=value"),
+    (["--text_encoder_backend", "clip"], "--text_encoder_backend 'clip' is not registered"),
     (["--ltx_mode", "av", "--video_loss_weight", "0", "--audio_loss_weight", "0"], "nothing to train"),
 ])
 def test_wrong_flags_fail_fast(files, tmp_path, capsys, extra, message):
@@ -153,3 +154,17 @@ def test_examples_parse():
     assert values["ltx_mode"] == "av" and values["network_dim"] == 16 and values["gradient_checkpointing"] is True
     prompts = load_prompts(examples / "prompts.txt")
     assert len(prompts) == 2 and prompts[0].negative_prompt == "worst quality, blurry"
+
+
+def test_missing_caches_fail_before_the_model_loads(tmp_path):
+    """No caches yet: the error names the cache command; the (bogus) model file is never opened."""
+    from ltxv2_diffusers.cli.train import main
+    from ltxv2_diffusers.data.synthetic import make_dataset
+
+    dataset = make_dataset(tmp_path / "data", num_videos=1, num_frames=9, size=(64, 64), resolution=(64, 64),
+                           target_frames=(9,))
+    model = tmp_path / "broken.safetensors"
+    model.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="ltxv2-cache-latents"):
+        main(["--dataset_config", str(dataset), "--ltxv2_model", str(model), "--ltx_mode", "video",
+              "--ltxv2_timestep_format", "flowmatch_1_1000", "--output_dir", str(tmp_path / "o"), "--log_with", "none"])

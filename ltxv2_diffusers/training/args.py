@@ -245,6 +245,7 @@ def parse_args(argv: Sequence[str] | None = None, *, validate: bool = True) -> a
     pre = _preparse(argv)
     plugins.configure(pre.plugins)
     schemes = sorted(plugins.weighting_schemes())
+    backends = sorted(plugins.text_encoder_backends())
     parser = build_parser(plugins.add_arguments, schemes)
     if pre.list_plugins:
         args = parser.parse_args(argv)
@@ -257,13 +258,14 @@ def parse_args(argv: Sequence[str] | None = None, *, validate: bool = True) -> a
     args = parser.parse_args(argv)
     if validate:
         try:
-            validate_args(args, weighting_schemes=schemes)
+            validate_args(args, weighting_schemes=schemes, text_backends=backends)
         except ArgsError as exc:
             parser.error(str(exc))
     return args
 
 
-def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | None = None) -> argparse.Namespace:
+def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | None = None,
+                  text_backends: Sequence[str] | None = None) -> argparse.Namespace:
     """Check every flag and their combinations before anything heavy runs; adds `mode` and
     `timestep_format`. Raises `ArgsError` naming the flag and what to do."""
     problems: list[str] = []
@@ -333,6 +335,10 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(args.weighting_scheme in weighting_schemes,
              f"--weighting_scheme {args.weighting_scheme!r} is not registered; choose one of "
              f"{', '.join(weighting_schemes)}")
+    if text_backends is not None:
+        need(args.text_encoder_backend in text_backends,
+             f"--text_encoder_backend {args.text_encoder_backend!r} is not registered; choose one of "
+             f"{', '.join(text_backends)} (or install the plugin that provides it)")
     if args.optimizer_type == "AdamW8bit":
         need(importlib.util.find_spec("bitsandbytes") is not None,
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
