@@ -19,8 +19,7 @@ from typing import Any, Callable, Sequence
 from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
 from ltxv2_diffusers.timesteps import FORMAT_CHOICES, parse_timestep_format
 
-NETWORK_MODULE = "ltxv2_diffusers.lora"
-NETWORK_MODULE_ALIASES = ("musubi_tuner.networks.lora_ltxv2",)
+NETWORK_MODULE = "ltxv2_diffusers.lora"  # the help text only; lora.resolve_network_module decides
 OPTIMIZERS = ("AdamW", "AdamW8bit")
 LR_SCHEDULERS = (
     "constant",
@@ -97,8 +96,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--max_length", int, 1024, "text token length for previews encoded at train time", group="model"),
     F("--ltxv2_timestep_format", str, None, "REQUIRED: timestep convention of the run",
       choices=FORMAT_CHOICES, group="model"),
-    F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; "
-      f"{NETWORK_MODULE_ALIASES[0]} is an alias)", group="network"),
+    F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; musubi's "
+      "musubi_tuner.networks.lora_ltxv2 is an alias)", group="network"),
     F("--network_dim", int, 16, "LoRA rank", group="network"),
     F("--network_alpha", float, None, "LoRA alpha (default: = rank)", group="network"),
     F("--network_args", list, None, "extra LoRA options as key=value (e.g. include_ff=True)", group="network"),
@@ -293,17 +292,20 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     need(args.output_dir is not None, "--output_dir is required")
     need(bool(args.output_name) and "/" not in args.output_name and "\\" not in args.output_name,
          f"--output_name {args.output_name!r} must be a plain file stem (no folders)")
-    if args.network_module in NETWORK_MODULE_ALIASES:
-        args.network_module = NETWORK_MODULE
-    need(args.network_module == NETWORK_MODULE,
-         f"--network_module {args.network_module!r} is not supported; use {NETWORK_MODULE} "
-         f"(or its alias {NETWORK_MODULE_ALIASES[0]})")
+    from ltxv2_diffusers.lora import resolve_network_module, target_options_from_network_args
+
+    try:
+        args.network_module = resolve_network_module(args.network_module)
+    except ValueError as exc:
+        problems.append(str(exc))
     need(args.network_dim > 0, f"--network_dim must be > 0 (got {args.network_dim})")
     if args.network_alpha is None:
         args.network_alpha = float(args.network_dim)
     need(args.network_alpha > 0, f"--network_alpha must be > 0 (got {args.network_alpha})")
-    for item in args.network_args or []:
-        need("=" in item, f"--network_args {item!r}: expected key=value")
+    try:
+        target_options_from_network_args(args.network_args or [])
+    except ValueError as exc:
+        problems.append(str(exc))
     if args.network_weights is not None:
         need(Path(args.network_weights).is_file(), f"--network_weights {args.network_weights}: no such file")
     need(args.learning_rate > 0, f"--learning_rate must be > 0 (got {args.learning_rate})")
