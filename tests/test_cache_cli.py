@@ -32,9 +32,9 @@ def test_commands_cache_everything_training_needs(workspace, capsys):
     ws = workspace
     common = ["--dataset_config", ws["toml"], "--device", "cpu", "--batch_size", "2"]
     assert cache_latents.main(common + ["--vae", ws["ltx"], "--vae_dtype", "fp32", "--ltx_mode", "av",
-                                        "--keep_cache", "--num_workers", "2"]) == 0
+                                        "--debug_mode", "--num_workers", "2"]) == 0
     err = capsys.readouterr().err
-    assert "video cache: 2 cached, 0 already cached, 0 bad" in err and "--keep_cache is accepted" in err
+    assert "video cache: 2 cached, 0 already cached, 0 bad" in err and "--debug_mode is accepted" in err
     assert cache_audio_latents.main(common + ["--vae", ws["ltx"]]) == 0
     assert cache_text.main(common + ["--text_encoder", ws["gemma"], "--text_encoder_backend", "gemma",
                                      "--vae", ws["ltx"], "--ltxv2_audio_video", "--max_length", "16",
@@ -101,3 +101,19 @@ def test_sample_prompt_file_parsing(tmp_path):
     assert parse_sample_prompts(str(f)) == ["a dog", "", "rain", "dark"]
     with pytest.raises(FileNotFoundError, match="--sample_prompts"):
         parse_sample_prompts(str(tmp_path / "none.txt"))
+
+
+def test_rows_of_removed_items_are_dropped_unless_keep_cache(tmp_path, workspace, capsys):
+    toml = make_dataset(tmp_path, num_videos=3, num_frames=17, target_frames=(9,))
+    args = ["--dataset_config", str(toml), "--device", "cpu", "--vae", workspace["ltx"], "--vae_dtype", "fp32",
+            "--batch_size", "2"]
+    assert cache_latents.main(args) == 0
+    store = CacheStore(load_dataset_config(toml).datasets[0].cache_directory, "video")
+    before = store.read(store.index()["clip02_00000-009"])["latents"]
+    (tmp_path / "videos" / "clip00.mp4").unlink()
+    assert cache_latents.main(args + ["--keep_cache"]) == 0
+    assert len(store.index()) == 3
+    assert cache_latents.main(args) == 0
+    assert "removed 1 cached video row(s)" in capsys.readouterr().err
+    assert sorted(store.index()) == ["clip01_00000-009", "clip02_00000-009"]
+    assert torch.equal(store.read(store.index()["clip02_00000-009"])["latents"], before)

@@ -174,3 +174,20 @@ def test_temporal_chunking_and_tiling_options(dataset, models):
         VideoLatentEncoder(models["ltx"], chunk_size=12)
     with pytest.raises(ValueError, match="tile size 100"):
         VideoLatentEncoder(models["ltx"], tile_size=100)
+
+
+def test_store_prune_keeps_only_current_rows_of_kept_items(tmp_path):
+    from ltxv2_diffusers.data.stores import tensor_to_columns
+
+    store = CacheStore(tmp_path, "text")
+
+    def row(key, value):
+        return {"key": key, "fingerprint": "f", "caption": key, **tensor_to_columns("text", torch.full((2, 3), value)),
+                **tensor_to_columns("text_mask", torch.ones(2, dtype=torch.bool))}
+
+    store.write_shard([row("a", 0.0), row("b", 0.0), row("gone", 0.0)])
+    store.write_shard([row("b", 1.0)])  # a newer b supersedes the first
+    assert store.prune({"a", "b"}) == 1
+    assert sorted(store.index()) == ["a", "b"]
+    assert store.read(store.index()["b"])["text"][0, 0] == 1.0  # the stale b was not resurrected
+    assert store.prune({"a", "b"}) == 0

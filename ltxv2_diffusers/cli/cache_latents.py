@@ -41,7 +41,7 @@ def _main(argv=None) -> int:
     )
     report = run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
                            num_proc=args.num_proc, skip_existing=args.skip_existing)
-    return common.finish(report, args, cache_directories(config))
+    return common.finish(report, args, cache_directories(config), listing.items)
 
 
 def main(argv=None) -> int:

@@ -52,7 +52,7 @@ def _main(argv=None) -> int:
         sp = cache_sample_prompts(sample_prompts, encoder, target, batch_size=args.batch_size)
         print(f"sample prompts: {sp.cached} cached, {sp.skipped} already cached in {target}", file=sys.stderr)
     encoder.free()
-    return common.finish(report, args, cache_directories(config))
+    return common.finish(report, args, cache_directories(config), listing.items)
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,6 @@ logger = logging.getLogger("ltxv2_diffusers.cache")
 
 # musubi flags that have no effect here; accepted so old command lines keep working.
 _IGNORED_FLAGS = {
-    "--keep_cache": "caches of other items are never deleted",
     "--debug_mode": "no debug viewer; inspect caches with `datasets`",
     "--console_width": "no debug viewer", "--console_back": "no debug viewer",
     "--console_num_images": "no debug viewer",
@@ -37,6 +36,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="skip items already cached with the same fingerprint (default)")
     p.add_argument("--overwrite", dest="skip_existing", action="store_false", help="recompute every item")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any item is bad")
+    p.add_argument("--keep_cache", action="store_true",
+                   help="keep cached rows of items no longer in the dataset (default: drop them, as musubi)")
     p.add_argument("--push_to_hub", metavar="REPO", default=None, help="push the cache as a Hub dataset")
     p.add_argument("--hub_private", action="store_true", help="make the pushed dataset private")
     for flag, why in _IGNORED_FLAGS.items():
@@ -82,10 +83,27 @@ def load_items(args: argparse.Namespace, mode: LtxMode):
     return config, listing
 
 
-def finish(report, args: argparse.Namespace, cache_dirs: list[str]) -> int:
-    """Print the summary, push if asked, and return the exit code."""
+def prune_stale(kind: str, items, cache_dirs: list[str], args: argparse.Namespace) -> None:
+    """Without --keep_cache, drop cached rows of items that are no longer in the dataset (deleted or
+    now bad media), so training, which reads whole cache directories, sees exactly the listed items."""
     from ltxv2_diffusers.data.stores import CacheStore
 
+    if args.keep_cache:
+        return
+    for cache_dir in cache_dirs:
+        keep = {it.key for it in items if it.cache_directory == cache_dir}
+        removed = CacheStore(cache_dir, kind).prune(keep)
+        if removed:
+            print(f"removed {removed} cached {kind} row(s) of items no longer in the dataset from {cache_dir} "
+                  "(--keep_cache keeps them)", file=sys.stderr)
+
+
+def finish(report, args: argparse.Namespace, cache_dirs: list[str], items=None) -> int:
+    """Drop stale rows, print the summary, push if asked, and return the exit code."""
+    from ltxv2_diffusers.data.stores import CacheStore
+
+    if items is not None:
+        prune_stale(report.kind, items, cache_dirs, args)
     print(report.summary(), file=sys.stderr)
     code = report.exit_code(strict=args.strict)
     if report.available == 0:

@@ -521,9 +521,11 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     if not todo:
         return report
     keys = [it.key for it in todo]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"item keys must be unique; duplicated: {', '.join(dup[:5])} (two media files with one stem?)")
+    placed = [(it.cache_directory, it.key) for it in todo]
+    if len(set(placed)) != len(placed):
+        dup = sorted({k for d, k in placed if placed.count((d, k)) > 1})
+        raise ValueError(f"item keys must be unique per cache_directory; duplicated: {', '.join(dup[:5])} "
+                         "(two media files with one stem, e.g. clip.mp4 and clip.mov?)")
     workers = num_proc if num_proc and num_proc > 1 else None
     (enable_progress_bar if progress else disable_progress_bar)()
     with tempfile.TemporaryDirectory(prefix="ltxv2-job-") as tmp:

@@ -179,6 +179,34 @@ class CacheStore:
         self._loaded = None
         return removed
 
+    def prune(self, keep: set[str]) -> int:
+        """Drop rows whose key is not in `keep` (items gone from the dataset); returns how many.
+
+        Affected shards are rewritten with their still-current rows (a row superseded by a newer
+        shard is dropped too), then deleted, so training never sees a removed item.
+        """
+        from datasets import Dataset
+
+        files = self.shard_files()
+        winner: dict[str, tuple[str, int]] = {}
+        keys_of: dict[str, list[str]] = {}
+        for f in files:
+            keys_of[f] = Dataset.from_file(f)["key"]
+            for i, k in enumerate(keys_of[f]):
+                winner[k] = (f, i)
+        removed = sum(1 for k in winner if k not in keep)
+        if not removed:
+            return 0
+        for f in files:
+            if all(k in keep for k in keys_of[f]):
+                continue
+            rows = [i for i, k in enumerate(keys_of[f]) if k in keep and winner[k] == (f, i)]
+            if rows:
+                self.write_shard(Dataset.from_file(f).select(rows).to_list())
+            os.remove(f)
+        self._loaded = None
+        return removed
+
     def clean_partial(self) -> None:
         """Drop temp files a killed job left behind."""
         if os.path.isdir(self.path):
