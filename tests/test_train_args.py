@@ -94,6 +94,7 @@ def test_config_file_unknown_key_names_file(files, tmp_path, capsys):
     (["--resume", "/nonexistent/state"], "--resume /nonexistent/state"),
     (["--weighting_scheme", "nope"], "--weighting_scheme 'nope' is not registered"),
     (["--network_args", "include_ff"], "expected key=value"),
+    (["--network_args", "includ_ff=True"], "--network_args includ_ff: not understood"),
     (["--text_encoder_backend", "clip"], "--text_encoder_backend 'clip' is not registered"),
     (["--ltx_mode", "av", "--video_loss_weight", "0", "--audio_loss_weight", "0"], "nothing to train"),
 ])
@@ -168,3 +169,19 @@ def test_missing_caches_fail_before_the_model_loads(tmp_path):
     with pytest.raises(ValueError, match="ltxv2-cache-latents"):
         main(["--dataset_config", str(dataset), "--ltxv2_model", str(model), "--ltx_mode", "video",
               "--ltxv2_timestep_format", "flowmatch_1_1000", "--output_dir", str(tmp_path / "o"), "--log_with", "none"])
+
+
+def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
+    """`plugins = "-default.weighting"` in the config file applies before the parser is built."""
+    from ltxv2_diffusers import plugins
+
+    dataset, model, _ = files
+    config = tmp_path / "train.toml"
+    config.write_text(f'plugins = "-default.weighting"\ndataset_config = "{dataset}"\nltxv2_model = "{model}"\n'
+                      f'ltxv2_timestep_format = "sd3_0_1"\noutput_dir = "{tmp_path / "o"}"\n')
+    try:
+        with pytest.raises(SystemExit):  # the built-in schemes are blocked: 'none' is not registered
+            parse_args(["--config_file", str(config)])
+        assert "--weighting_scheme 'none' is not registered" in capsys.readouterr().err
+    finally:
+        plugins.configure(None)

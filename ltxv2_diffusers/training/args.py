@@ -192,6 +192,24 @@ def _preparse(argv: Sequence[str]) -> argparse.Namespace:
     return known
 
 
+def _toml_value(path: Path, key: str) -> Any:
+    """One key of a config file, from any table (None when absent or unreadable; load_config_file reports)."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    stack = [data]
+    while stack:
+        table = stack.pop()
+        for k, v in table.items():
+            if isinstance(v, dict):
+                stack.append(v)
+            elif k.lstrip("-").replace("-", "_") == key:
+                return v
+    return None
+
+
 def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """Read a `--config_file` TOML; keys are flag names (with or without `--`), in any table."""
     if not path.is_file():
@@ -242,7 +260,10 @@ def parse_args(argv: Sequence[str] | None = None, *, validate: bool = True) -> a
 
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = _preparse(argv)
-    plugins.configure(pre.plugins)
+    plugin_policy = pre.plugins
+    if plugin_policy is None and pre.config_file is not None and pre.config_file.is_file():
+        plugin_policy = _toml_value(pre.config_file, "plugins")  # plugins add flags: configure them first
+    plugins.configure(plugin_policy)
     schemes = sorted(plugins.weighting_schemes())
     backends = sorted(plugins.text_encoder_backends())
     parser = build_parser(plugins.add_arguments, schemes)
@@ -303,7 +324,9 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         args.network_alpha = float(args.network_dim)
     need(args.network_alpha > 0, f"--network_alpha must be > 0 (got {args.network_alpha})")
     try:
-        target_options_from_network_args(args.network_args or [])
+        unknown = sorted(target_options_from_network_args(args.network_args or []).extra)
+        need(not unknown, f"--network_args {', '.join(unknown)}: not understood; the keys are target_modules, "
+             "include_ff, include_patterns, exclude_patterns, modules")
     except ValueError as exc:
         problems.append(str(exc))
     if args.network_weights is not None:
