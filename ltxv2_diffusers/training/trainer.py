@@ -327,13 +327,9 @@ class Trainer:
                     f"{self.progress.skipped_steps[-self.progress.nonfinite_in_a_row:]}); stopping. Last good "
                     f"checkpoint: {keep}. Lower --learning_rate or check the caches.")
             epochs = self._finished_epochs
-            save = (args.save_every_n_steps and step % args.save_every_n_steps == 0) or (
-                args.save_every_n_epochs and any(e % args.save_every_n_epochs == 0 for e in epochs))
-            if save and step < self.max_steps:
-                self.save_checkpoint()
-            sample = (args.sample_every_n_steps and step % args.sample_every_n_steps == 0) or (
-                args.sample_every_n_epochs and any(e % args.sample_every_n_epochs == 0 for e in epochs))
-            if sample and self._previews_enabled():
+            if _due(step, epochs, args.save_every_n_steps, args.save_every_n_epochs) and step < self.max_steps:
+                self.save_checkpoint()  # the last step's save happens in finish()
+            if _due(step, epochs, args.sample_every_n_steps, args.sample_every_n_epochs) and self._previews_enabled():
                 self.sample()
         bar.close()
         final = self.finish()
@@ -364,6 +360,13 @@ class Trainer:
         plugins.on_train_end(output_dir=self.output_dir)
         acc.end_training()
         return final
+
+
+def _due(step: int, finished_epochs: list[int], every_n_steps: int | None, every_n_epochs: int | None) -> bool:
+    """Whether a periodic action (save, sample) falls on this step or on an epoch it completed."""
+    if every_n_steps and step % every_n_steps == 0:
+        return True
+    return bool(every_n_epochs) and any(epoch % every_n_epochs == 0 for epoch in finished_epochs)
 
 
 class _null:
