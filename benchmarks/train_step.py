@@ -135,9 +135,10 @@ def main(argv=None) -> dict:
         if cuda:
             torch.cuda.synchronize()
 
+    losses = []
     t = time.perf_counter()
     for i in range(a.warmup):
-        step(i)
+        losses.append(float(step(i).detach()))
     sync()
     warmup_s = time.perf_counter() - t
     if cuda:
@@ -148,6 +149,7 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         loss = step(a.warmup + i)
         sync()
+        losses.append(float(loss.detach()))
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
     res = dict(tag=a.tag, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
@@ -155,6 +157,7 @@ def main(argv=None) -> dict:
                params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"),
                build_s=round(build_s, 1), warmup_s=round(warmup_s, 1),
+               losses=[round(v, 4) for v in losses],
                compiled_graphs=int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
     if cuda:
         useful = 2 * fflops
