@@ -225,12 +225,19 @@ class Trainer:
         else:
             self.progress.nonfinite_in_a_row += 1
             self.progress.skipped_steps.append(self.progress.global_step)
-            acc.print(f"step {self.progress.global_step}: non-finite loss or gradient ({sums.get('loss')}); "
+            self._say(f"step {self.progress.global_step}: non-finite loss or gradient ({sums.get('loss')}); "
                       "step skipped")
         sums["lr"] = self.lr_scheduler.get_last_lr()[0]
         sums["skipped"] = 0.0 if finite else 1.0
         self._finished_epochs = finished_epochs
         return sums
+
+    def _say(self, message: str) -> None:
+        """Print from the main process without tearing the progress bar."""
+        if self.accelerator.is_main_process:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message)
 
     # ------------------------------------------------------------------ saves and previews
     def save_checkpoint(self) -> Path | None:
@@ -255,7 +262,7 @@ class Trainer:
             from ltxv2_diffusers import plugins
 
             plugins.on_save(path=path, step=step)
-            acc.print(f"saved {path}")
+            self._say(f"saved {path}")
         self._checkpoint_step = step  # on every rank: all of them must agree on later saves
         acc.wait_for_everyone()
         return path
@@ -276,7 +283,7 @@ class Trainer:
             adapter.train(was_training)
             self.previews_written.extend(written)
             for path in written:
-                acc.print(f"preview: {path}")
+                self._say(f"preview: {path}")
         acc.wait_for_everyone()
         return written
 
