@@ -138,6 +138,15 @@ FLAGS: tuple[Flag, ...] = (
     F("--independent_audio_sigmas", bool, False, "draw audio sigmas independently of video sigmas (av)",
       group="loss"),
     F("--max_nonfinite_steps", int, 5, "stop after this many non-finite losses in a row", group="loss"),
+    # --- speed (training/speed.py; on a CPU every choice runs eager fp32) ---
+    F("--speed", str, "fast", "fast: bf16 LoRA compute with fp32 master weights, fused AdamW, compiled blocks "
+      "(CUDA); naive: autocast with fp32 LoRA weights, eager (diffusers' recipe)", choices=("fast", "naive"),
+      group="speed"),
+    F("--no_compile", bool, False, "skip torch.compile of the transformer blocks", group="speed"),
+    F("--attention_backend", str, None, "diffusers attention backend (e.g. flash, _native_cudnn)", group="speed"),
+    F("--low_memory", bool, False, "int8 frozen base weights and 8 swapped blocks (about 24 GiB)", group="speed"),
+    F("--blocks_to_swap", int, None, "keep the frozen weights of the last N blocks in CPU memory (needs "
+      "--gradient_checkpointing)", group="speed"),
     # --- state ---
     F("--save_every_n_steps", int, None, "save LoRA + training state every N steps", group="state"),
     F("--save_every_n_epochs", int, None, "save LoRA + training state every N epochs", group="state"),
@@ -161,7 +170,7 @@ FLAGS: tuple[Flag, ...] = (
 FLAG_BY_DEST = {flag.dest: flag for flag in FLAGS}
 _GROUP_TITLES = {
     "data": "data", "model": "model", "network": "LoRA network", "loss": "loss", "run": "run",
-    "training": "optimization", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
+    "training": "optimization", "speed": "speed and memory", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
 }
 
 
@@ -367,6 +376,11 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.optimizer_type == "AdamW8bit":
         need(importlib.util.find_spec("bitsandbytes") is not None,
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
+    if args.blocks_to_swap:
+        need(args.blocks_to_swap > 0, "--blocks_to_swap must be > 0")
+        need(args.gradient_checkpointing, "--blocks_to_swap needs --gradient_checkpointing (blocks re-run in backward)")
+    if args.low_memory:
+        need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
     if args.save_last_n_steps is not None:
         need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
              "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")

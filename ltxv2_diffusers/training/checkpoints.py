@@ -166,9 +166,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_scheduler,
-                        progress: TrainingProgress, extra: dict[str, Any] | None = None) -> None:
-    """Write trainable weights, optimizer/scheduler/RNG states and progress into `directory`."""
+                        progress: TrainingProgress, extra: dict[str, Any] | None = None, master=None) -> None:
+    """Write trainable weights, optimizer/scheduler/RNG states and progress into `directory`.
+
+    `master`: the fp32 master weights (`models.acceleration.MasterWeights`) of a bf16-compute run; saved
+    too, because the bf16 LoRA alone would lose what the optimizer steps.
+    """
     save_file(trainable_state_dict(model), str(directory / "trainable.safetensors"))
+    if master is not None:
+        save_file({f"{i:06d}": t.cpu().contiguous() for i, t in enumerate(master.state_dict())},
+                  str(directory / "master_weights.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "rng": rng_states()}, directory / "optimizer_and_rng.pt")
     payload = {"progress": progress.to_json(), **(extra or {})}
@@ -176,7 +183,8 @@ def save_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_s
     (directory / STATE_FILE).write_text(json.dumps(payload, indent=2, default=str))
 
 
-def load_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_scheduler) -> TrainingProgress:
+def load_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_scheduler,
+                        master=None) -> TrainingProgress:
     """Restore what `save_training_state` wrote; the model must already carry the same LoRA."""
     weights = load_file(str(directory / "trainable.safetensors"))
     params = dict(model.named_parameters())
@@ -189,6 +197,15 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_s
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
+    if master is not None:
+        saved = directory / "master_weights.safetensors"
+        if saved.is_file():
+            tensors = load_file(str(saved))
+            master.load_state_dict([tensors[k] for k in sorted(tensors)])
+        else:  # saved by a run without masters: they start from the (restored) model weights
+            with torch.no_grad():
+                for m, p in zip(master.master_params, master.model_params):
+                    m.copy_(p.float())
     blob = torch.load(directory / "optimizer_and_rng.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     lr_scheduler.load_state_dict(blob["lr_scheduler"])

@@ -88,34 +88,38 @@ class Trainer:
 
     def _setup_model(self):
         from ltxv2_diffusers.training.model import build_training_model
+        from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
 
-        self.bundle = build_training_model(self.args, device=self.accelerator.device,
-                                           keep_preview_parts=self._previews_enabled())
-        params = [p for p in self.bundle.adapter.parameters() if p.requires_grad]
-        if not params:
+        args, device = self.args, self.accelerator.device
+        self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
+        options = SpeedOptions.for_device(device, naive=args.speed == "naive", compile=not args.no_compile,
+                                          attention_backend=args.attention_backend, low_memory=args.low_memory,
+                                          blocks_to_swap=args.blocks_to_swap)
+        self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
+        if not self.speed.trainable_params:
             raise RuntimeError("the LoRA added no trainable parameters")
-        self.trainable = params
-        self.optimizer = self._make_optimizer(params)
+        self.trainable = self.speed.optimizer_params  # fp32 masters on the fast path: clip and step these
+        self.optimizer = self._make_optimizer()
         from diffusers.optimization import get_scheduler
 
         # Not passed through accelerator.prepare: it would step once per process and make the schedule
         # depend on the number of processes.
         self.lr_scheduler = get_scheduler(
-            self.args.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=self.args.lr_warmup_steps,
+            args.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=args.lr_warmup_steps,
             num_training_steps=self.max_steps,
         )
         self.adapter, self.optimizer = self.accelerator.prepare(self.bundle.adapter, self.optimizer)
-        self.step_fn = TrainStep(self.adapter, self.args)
+        self.step_fn = TrainStep(self.adapter, args)
 
-    def _make_optimizer(self, params):
+    def _make_optimizer(self):
         args = self.args
         kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                       weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
         if args.optimizer_type == "AdamW8bit":
             import bitsandbytes as bnb
 
-            return bnb.optim.AdamW8bit(params, **kwargs)
-        return torch.optim.AdamW(params, **kwargs)
+            return self.speed.make_optimizer(bnb.optim.AdamW8bit, **kwargs)
+        return self.speed.make_optimizer(torch.optim.AdamW, **kwargs)
 
     def _previews_enabled(self) -> bool:
         a = self.args
@@ -128,7 +132,8 @@ class Trainer:
                 logger.warning("--resume latest: no checkpoint in %s yet, starting from scratch", self.output_dir)
             return
         model = self.accelerator.unwrap_model(self.adapter)
-        self.progress = ckpt.load_training_state(path, model, self.optimizer, self.lr_scheduler)
+        self.progress = ckpt.load_training_state(path, model, self.optimizer, self.lr_scheduler,
+                                                 master=self.speed.master)
         self.last_good_checkpoint = path
         self._checkpoint_step = self.progress.global_step
         if self.accelerator.is_main_process:
@@ -188,14 +193,18 @@ class Trainer:
             offset = local.pop("_global_offset")
             gens = self._generators(step, micro, offset, len(local["keys"]))
             last = micro == accum - 1
-            # one no_sync context around forward and backward of every micro-batch but the last
-            ctx = acc.no_sync(self.adapter) if (not last and self.world_size > 1) else _null()
+            # One no_sync context around forward and backward of every micro-batch but the last. Not with
+            # fp32 masters: their per-micro-batch accumulation moves grads out of the model, so every
+            # micro-batch's grads must be synced before they move.
+            local_accum = not last and self.world_size > 1 and self.speed.master is None
+            ctx = acc.no_sync(self.adapter) if local_accum else _null()
             with ctx:
-                with acc.autocast():
+                with acc.autocast(), self.speed.autocast():
                     loss, logs = self.step_fn(local, gens)
                 ok = self._all_finite(loss)  # every rank takes the same decision
                 if ok:
                     acc.backward(loss / accum)
+                    self.speed.accumulate_grads()
             finite = finite and ok
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / accum
@@ -206,6 +215,7 @@ class Trainer:
             vec = acc.reduce(vec, reduction="mean")
             sums = dict(zip(keys, vec.tolist()))
         if finite:
+            self.speed.before_optimizer_step()
             grad_norm = None
             if args.max_grad_norm > 0:
                 grad_norm = acc.clip_grad_norm_(self.trainable, args.max_grad_norm)
@@ -215,9 +225,12 @@ class Trainer:
             else:  # with fp16 the grad scaler skips overflowing steps itself and lowers its scale
                 self.optimizer.step()
                 self.lr_scheduler.step()
+                self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA
             if grad_norm is not None:
                 sums["grad_norm"] = float(grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)  # grads a skipped step left
+        self.speed.reset()
         self.progress.global_step += 1
         if finite:
             self.progress.nonfinite_in_a_row = 0
@@ -252,7 +265,7 @@ class Trainer:
             def fill(tmp: Path) -> None:
                 save_lora_files(self.bundle, self.args, tmp, f"{self.args.output_name}-step{step:08d}", step)
                 ckpt.save_training_state(tmp, adapter, self.optimizer, self.lr_scheduler, self.progress,
-                                         extra={"args": args_to_dict(self.args)})
+                                         extra={"args": args_to_dict(self.args)}, master=self.speed.master)
 
             path = self.checkpoints.write(step, fill)
             self.last_good_checkpoint = path
