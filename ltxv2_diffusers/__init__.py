@@ -47,6 +47,21 @@ _EXPORTS = {
     "list_items": "ltxv2_diffusers.data.items",
     "Item": "ltxv2_diffusers.data.items",
     "log_mel": "ltxv2_diffusers.data.mel",
+    "BatchManager": "ltxv2_diffusers.data.batching",
+    "CacheSource": "ltxv2_diffusers.data.batching",
+    "CacheStore": "ltxv2_diffusers.data.stores",
+    "run_cache_job": "ltxv2_diffusers.data.jobs",
+    "VideoLatentEncoder": "ltxv2_diffusers.data.jobs",
+    "AudioLatentEncoder": "ltxv2_diffusers.data.jobs",
+    "TextEmbeddingEncoder": "ltxv2_diffusers.data.jobs",
+    "get_text_backend": "ltxv2_diffusers.text.base",
+    "GemmaTextBackend": "ltxv2_diffusers.text.gemma",
+    "T5TextBackend": "ltxv2_diffusers.text.t5",
+    "write_tiny_gemma": "ltxv2_diffusers.text.tiny",
+    "write_tiny_t5": "ltxv2_diffusers.text.tiny",
+    "TrainStep": "ltxv2_diffusers.training.step",
+    "Trainer": "ltxv2_diffusers.training.trainer",
+    "TrainingDiverged": "ltxv2_diffusers.training.trainer",
 }
 
 __all__ = ["__version__", *_EXPORTS]
