@@ -28,12 +28,16 @@ from torch import nn
 
 
 def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | None = None) -> int:
-    """`torch.compile` every transformer block in place; returns how many blocks were compiled."""
+    """`torch.compile` every transformer block's `forward` in place; returns how many were compiled.
+
+    Only `forward` is compiled, not the module call, so module hooks (the block swapper's weight
+    prefetch) run eagerly around the compiled code instead of being traced into it.
+    """
     blocks = getattr(transformer, "transformer_blocks", None)
     if blocks is None:
         raise TypeError(f"{type(transformer).__name__} has no transformer_blocks to compile")
     for block in blocks:
-        block.compile(dynamic=dynamic, mode=mode)
+        block.forward = torch.compile(block.forward, dynamic=dynamic, mode=mode)
     return len(blocks)
 
 
