@@ -40,15 +40,6 @@ from ltxv2_diffusers.models.presets import build_components
 F, H, W, NA = 2, 2, 2, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matmuls on a shared 2-core box: intra-op threads make each forward ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _transformer(seed: int = 0):
     return build_components("tiny", seed=seed, components=("transformer",))["transformer"]
 

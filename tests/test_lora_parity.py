@@ -41,13 +41,7 @@ from ltxv2_diffusers.models.presets import build_components  # noqa: E402
 F, H, W, NA = 2, 2, 2, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matmuls on a shared 2-core box: intra-op threads make each forward ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 STRENGTH = 0.8
 
 
