@@ -87,3 +87,14 @@ def test_errors_name_key_and_file(dirs, body, needles):
 def test_missing_file_names_flag(tmp_path):
     with pytest.raises(DatasetConfigError, match="--dataset_config .*not_there.toml"):
         load_dataset_config(tmp_path / "not_there.toml")
+
+
+def test_training_reads_a_config_whose_media_is_gone(tmp_path):
+    (tmp_path / "cache").mkdir()
+    path = _write(tmp_path, '[general]\nresolution = [64, 64]\n\n[[datasets]]\nvideo_directory = "deleted_clips"\n'
+                            'audio_directory = "deleted_audio"\ncache_directory = "cache"\ntarget_frames = [9]\n')
+    with pytest.raises(DatasetConfigError, match="deleted_clips"):
+        load_dataset_config(path)  # caching needs the media
+    (entry,) = load_dataset_config(path, require_media=False).datasets  # training needs only the caches
+    assert entry.cache_directory == str((tmp_path / "cache").resolve())
+    assert entry.video_directory.endswith("deleted_clips")

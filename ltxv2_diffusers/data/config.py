@@ -107,8 +107,11 @@ class DatasetConfig:
     datasets: tuple[DatasetEntry, ...]
 
 
-def load_dataset_config(path: str | os.PathLike) -> DatasetConfig:
-    """Read and validate a musubi-style dataset.toml; raise `DatasetConfigError` naming file and key."""
+def load_dataset_config(path: str | os.PathLike, require_media: bool = True) -> DatasetConfig:
+    """Read and validate a musubi-style dataset.toml; raise `DatasetConfigError` naming file and key.
+
+    Training reads only caches, so it passes `require_media=False`: media folders that are gone
+    (deleted after caching) are then no error."""
     path = Path(path)
     if not path.is_file():
         raise DatasetConfigError(f"--dataset_config {path}: file not found.")
@@ -116,10 +119,11 @@ def load_dataset_config(path: str | os.PathLike) -> DatasetConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise DatasetConfigError(f"{path}: not valid TOML ({error}).") from None
-    return parse_dataset_config(raw, path)
+    return parse_dataset_config(raw, path, require_media)
 
 
-def parse_dataset_config(raw: dict, path: str | os.PathLike = "<dataset config>") -> DatasetConfig:
+def parse_dataset_config(raw: dict, path: str | os.PathLike = "<dataset config>",
+                         require_media: bool = True) -> DatasetConfig:
     """Validate an already-parsed config dict (as from TOML); `path` is used in messages and for paths."""
     path = Path(path)
     where = str(path)
@@ -140,7 +144,7 @@ def parse_dataset_config(raw: dict, path: str | os.PathLike = "<dataset config>"
         if not isinstance(entry, dict):
             raise DatasetConfigError(f"{where}: {section} must be a table.")
         _check_keys(entry, _SHARED_KEYS | _DATASET_ONLY_KEYS, where, section)
-        datasets.append(_resolve_entry(index, entry, general, path, section))
+        datasets.append(_resolve_entry(index, entry, general, path, section, require_media))
 
     seen: dict[str, int] = {}
     for entry in datasets:
@@ -166,7 +170,8 @@ def _check_keys(table: dict, allowed: set[str], where: str, section: str) -> Non
         )
 
 
-def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: str) -> DatasetEntry:
+def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: str,
+                   require_media: bool = True) -> DatasetEntry:
     where = str(path)
 
     def value(key: str) -> Any:
@@ -199,14 +204,15 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
             + (" (both are set)." if has_video else " (neither is set).")
         )
     media_key = "video_directory" if has_video else "image_directory"
-    media_dir = _directory(entry[media_key], path, f"{section} key {media_key!r}", must_exist=True)
+    media_dir = _directory(entry[media_key], path, f"{section} key {media_key!r}", must_exist=require_media)
     # A relative path that does not exist yet (a new cache folder) goes where the media folder was found.
     base = _base_of(entry[media_key], path)
     audio_dir = None
     if "audio_directory" in entry:
         if has_image:
             raise DatasetConfigError(f"{where}: {section} key 'audio_directory' needs a video dataset; images carry no audio.")
-        audio_dir = _directory(entry["audio_directory"], path, f"{section} key 'audio_directory'", must_exist=True)
+        audio_dir = _directory(entry["audio_directory"], path, f"{section} key 'audio_directory'",
+                               must_exist=require_media)
     if "cache_directory" in entry:
         cache_dir = _directory(entry["cache_directory"], path, f"{section} key 'cache_directory'", must_exist=False,
                                base=base)

@@ -17,7 +17,7 @@ class TrainData:
         from ltxv2_diffusers.data.batching import BatchManager
         from ltxv2_diffusers.data.config import load_dataset_config
 
-        config = load_dataset_config(args.dataset_config)
+        config = load_dataset_config(args.dataset_config, require_media=False)
         self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed)
         self.world_size = int(world_size)
         if len(self.manager) == 0:

@@ -259,7 +259,7 @@ def read_cached_prompts(prompts: list[str], args) -> dict[str, tuple[torch.Tenso
     from ltxv2_diffusers.data.jobs import load_sample_prompt_embeddings
 
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for entry in load_dataset_config(args.dataset_config).datasets:
+    for entry in load_dataset_config(args.dataset_config, require_media=False).datasets:
         try:
             found.update(load_sample_prompt_embeddings(entry.cache_directory))
         except (FileNotFoundError, KeyError, ValueError):
