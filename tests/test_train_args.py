@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.timesteps import TimestepFormat
@@ -185,3 +186,19 @@ def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
         assert "--weighting_scheme 'none' is not registered" in capsys.readouterr().err
     finally:
         plugins.configure(None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
+@pytest.mark.parametrize("extra", [["--low_memory"], ["--blocks_to_swap", "4"]])
+def test_weight_streaming_needs_cuda(files, tmp_path, capsys, extra):
+    with pytest.raises(SystemExit):
+        parse_args(base_argv(files, tmp_path, "--gradient_checkpointing", *extra))
+    assert "stream weights to a CUDA device" in capsys.readouterr().err
+
+
+def test_speed_options_refuse_weight_streaming_off_cuda():
+    from ltxv2_diffusers.training.speed import SpeedOptions
+
+    with pytest.raises(ValueError, match="CUDA"):
+        SpeedOptions.for_device("cpu", low_memory=True)
+    assert SpeedOptions.for_device("cpu").naive

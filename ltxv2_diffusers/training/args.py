@@ -381,6 +381,11 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(args.gradient_checkpointing, "--blocks_to_swap needs --gradient_checkpointing (blocks re-run in backward)")
     if args.low_memory:
         need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
+    if args.low_memory or args.blocks_to_swap:
+        import torch
+
+        need(torch.cuda.is_available(), "--low_memory / --blocks_to_swap stream weights to a CUDA device and none "
+             "is available; drop them to train on this machine")
     if args.save_last_n_steps is not None:
         need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
              "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")

@@ -37,6 +37,9 @@ class SpeedOptions:
         """Defaults per device: the fast path needs CUDA; on CPU the step stays eager in fp32."""
         cuda = torch.device(device).type == "cuda"
         if not cuda:
+            if low_memory or blocks_to_swap:
+                raise ValueError(f"--low_memory and --blocks_to_swap stream weights to a CUDA device; this run is on "
+                                 f"{device}. Drop them, or run on a GPU.")
             return cls(naive=True, compile=False, compute_dtype=torch.float32)
         swap = blocks_to_swap if blocks_to_swap is not None else (8 if low_memory else 0)
         return cls(naive=naive, compile=compile and not naive, attention_backend=attention_backend,
