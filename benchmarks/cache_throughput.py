@@ -44,7 +44,8 @@ def main(argv=None) -> int:
 
     from ltxv2_diffusers.data.config import load_dataset_config
     from ltxv2_diffusers.data.items import list_items, load_video_frames
-    from ltxv2_diffusers.data.jobs import VideoLatentEncoder, run_cache_job
+    from ltxv2_diffusers.data.encoders import VideoLatentEncoder
+    from ltxv2_diffusers.data.jobs import run_cache_job
     from ltxv2_diffusers.data.synthetic import write_caption, write_dataset_toml, write_video
     from ltxv2_diffusers.models.presets import build_components
 

@@ -8,8 +8,8 @@ import torch
 
 from ltxv2_diffusers.data.config import load_dataset_config
 from ltxv2_diffusers.data.items import list_items, load_audio, load_video_frames
-from ltxv2_diffusers.data.jobs import (AudioLatentEncoder, TextEmbeddingEncoder, VideoLatentEncoder,
-                                       pending_items, run_cache_job)
+from ltxv2_diffusers.data.encoders import AudioLatentEncoder, TextEmbeddingEncoder, VideoLatentEncoder
+from ltxv2_diffusers.data.jobs import pending_items, run_cache_job
 from ltxv2_diffusers.data.mel import log_mel
 from ltxv2_diffusers.data.stores import CacheStore
 from ltxv2_diffusers.data.synthetic import make_dataset, write_caption, write_video

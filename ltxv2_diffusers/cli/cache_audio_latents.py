@@ -17,7 +17,8 @@ def build_parser():
 
 def _main(argv=None) -> int:
     from ltxv2_diffusers.data.batching import cache_directories
-    from ltxv2_diffusers.data.jobs import AudioLatentEncoder, run_cache_job
+    from ltxv2_diffusers.data.encoders import AudioLatentEncoder
+    from ltxv2_diffusers.data.jobs import run_cache_job
     from ltxv2_diffusers.modes import LtxMode
 
     args = build_parser().parse_args(argv)

@@ -24,7 +24,8 @@ def _main(argv=None) -> int:
     import torch
 
     from ltxv2_diffusers.data.batching import cache_directories
-    from ltxv2_diffusers.data.jobs import VideoLatentEncoder, run_cache_job
+    from ltxv2_diffusers.data.encoders import VideoLatentEncoder
+    from ltxv2_diffusers.data.jobs import run_cache_job
 
     args = build_parser().parse_args(argv)
     common.warn_ignored(args)

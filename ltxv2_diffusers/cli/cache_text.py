@@ -26,8 +26,8 @@ def build_parser():
 
 def _main(argv=None) -> int:
     from ltxv2_diffusers.data.batching import cache_directories
-    from ltxv2_diffusers.data.jobs import (TextEmbeddingEncoder, cache_sample_prompts, parse_sample_prompts,
-                                           run_cache_job)
+    from ltxv2_diffusers.data.encoders import TextEmbeddingEncoder
+    from ltxv2_diffusers.data.jobs import cache_sample_prompts, parse_sample_prompts, run_cache_job
 
     args = build_parser().parse_args(argv)
     common.warn_ignored(args)

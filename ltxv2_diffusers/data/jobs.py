@@ -10,415 +10,26 @@ cache code version. Bad items are reported `(file, reason)` and every good item 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Iterable
 
 import torch
 
+from .encoders import (
+    ItemEncoder,
+    TextEmbeddingEncoder,
+    content_hash,
+    failure_reason,
+    item_media,
+    item_to_row,
+    row_to_item,
+)
 from .stores import CacheStore, tensor_to_columns
 
 logger = logging.getLogger(__name__)
-
-# Bump when a job's output for the same inputs changes; old cache rows are then recomputed.
-CODE_VERSIONS = {"video": "1", "audio": "1", "text": "1", "sample_prompts": "1"}
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-
-
-def file_stamp(path: str | None) -> str:
-    """Size and mtime of a file or (recursively) a folder: changes when its content is replaced."""
-    if not path:
-        return "-"
-    if os.path.isfile(path):
-        st = os.stat(path)
-        return f"{st.st_size}:{int(st.st_mtime)}"
-    if os.path.isdir(path):
-        from ltxv2_diffusers.text.base import folder_identity
-
-        return folder_identity(path)
-    return path  # a Hub id
-
-
-def _hash(*parts: Any) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def resolve_device(device: str | None, rank: int | None) -> torch.device:
-    """`cuda` + a worker rank -> that rank's GPU; `None` -> cuda when available, else cpu."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None and rank is not None and torch.cuda.device_count() > 1:
-        dev = torch.device("cuda", rank % torch.cuda.device_count())
-    return dev
-
-
-def _announce(what: str, rank: int | None, device: torch.device) -> None:
-    if rank is not None or device.type != "cpu":
-        import sys
-
-        print(f"map worker {rank if rank is not None else 0}: {what} on {device}", file=sys.stderr)
-
-
-def load_model_components(path: str, names: list[str]) -> dict[str, torch.nn.Module]:
-    """Load `names` from an official single file or a diffusers folder through `models.loading`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file or folder {path!r} does not exist (check --vae / --ltxv2_model).")
-    from ltxv2_diffusers.models.loading import load_components
-
-    comps = load_components(path, components=list(names))
-    missing = [n for n in names if n not in comps]
-    if missing:
-        raise ValueError(f"{path} has no {', '.join(missing)} weights; pass the checkpoint that contains them.")
-    return comps
-
-
-def item_to_row(item) -> dict[str, Any]:
-    row = dataclasses.asdict(item)
-    row["bucket"] = list(row["bucket"]) if row.get("bucket") is not None else None
-    return row
-
-
-def row_to_item(row: dict[str, Any]):
-    from .items import Item
-
-    names = {f.name for f in dataclasses.fields(Item)}
-    kwargs = {k: v for k, v in row.items() if k in names}
-    if kwargs.get("bucket") is not None:
-        kwargs["bucket"] = tuple(kwargs["bucket"])
-    return Item(**kwargs)
-
-
-def item_media(item) -> str:
-    return getattr(item, "video_path", None) or getattr(item, "image_path", None) or "?"
-
-
-def _reason(error: BaseException) -> str:
-    reason = getattr(error, "reason", None)
-    return str(reason) if reason else f"{type(error).__name__}: {error}"
-
-
-def prefetched(fn, items: list, workers: int) -> Iterator[tuple[Any, Any]]:
-    """`(item, fn(item) or the exception it raised)` in order, with at most `workers` items being
-    prepared ahead on CPU threads (PyAV and swscale release the GIL), so decoding overlaps encoding
-    without holding more than `workers` decoded clips in memory."""
-    from collections import deque
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        queue: deque = deque()
-        it = iter(items)
-        for item in it:
-            queue.append((item, pool.submit(fn, item)))
-            if len(queue) >= workers:
-                break
-        while queue:
-            item, fut = queue.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append((nxt, pool.submit(fn, nxt)))
-            try:
-                yield item, fut.result()
-            except Exception as e:  # reported per item by the caller
-                yield item, e
-
-
-class _DecodeSet(torch.utils.data.Dataset):
-    """Items decoded in DataLoader worker processes; failures come back as `(None, reason)` so one bad
-    file never stops the loader."""
-
-    def __init__(self, items: list, fn):
-        self.items, self.fn = items, fn
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):
-        try:
-            return i, self.fn(self.items[i]), None
-        except Exception as e:
-            return i, None, _reason(e)
-
-
-def prefetched_in_processes(fn, items: list, workers: int) -> Iterator[tuple[Any, Any]]:
-    """Like `prefetched`, with worker processes (one GIL and one torch thread each) handing tensors
-    over through shared memory; worth it when decoding is the bottleneck on a many-core host."""
-    loader = torch.utils.data.DataLoader(_DecodeSet(items, fn), batch_size=None, shuffle=False,
-                                         num_workers=max(1, min(workers, len(items))), prefetch_factor=2)
-    for i, value, error in loader:
-        yield items[i], (ValueError(error) if error is not None else value)
-
-
-# --------------------------------------------------------------------------------------------------
-# encoders: picklable specs that load their model lazily in each worker
-
-
-class ItemEncoder:
-    """Base of the per-kind encoders. Subclasses set `kind` and implement `fingerprint`,
-    `item_signature` and `encode_items`; models load on first use, in the worker that uses them."""
-
-    kind = ""
-
-    def __getstate__(self):
-        # Workers get the spec, never a loaded model.
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_m_")}
-
-    def fingerprint(self) -> str:
-        raise NotImplementedError
-
-    def item_signature(self, item) -> Any:
-        raise NotImplementedError
-
-    def item_fingerprint(self, item, job_fingerprint: str | None = None) -> str:
-        return _hash(job_fingerprint or self.fingerprint(), self.item_signature(item))
-
-    def encode_items(self, items: list, rank: int | None) -> Iterator[tuple[Any, dict | BaseException]]:
-        raise NotImplementedError
-
-    def free(self) -> None:
-        for k in [k for k in self.__dict__ if k.startswith("_m_")]:
-            delattr(self, k)
-
-
-class VideoLatentEncoder(ItemEncoder):
-    """Frames -> un-normalized video VAE means `[128,F,H,W]` (`latent_dist.mean`)."""
-
-    kind = "video"
-
-    def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "bf16",
-                 tiling: bool = False, chunk_size: int | None = None, decode_workers: int = 4, vae_module=None,
-                 tile_size: int | None = None, decode_processes: bool = False):
-        from ltxv2_diffusers.text.base import resolve_dtype
-
-        if chunk_size is not None and (chunk_size < 16 or chunk_size % 8):
-            raise ValueError(f"--vae_chunk_size {chunk_size}: use a multiple of 8 frames, at least 16.")
-        self.vae = vae
-        self.device = device
-        self.dtype = resolve_dtype(dtype)
-        if tile_size is not None and (tile_size < 64 or tile_size % 32):
-            raise ValueError(f"VAE tile size {tile_size}: use a multiple of 32 pixels, at least 64.")
-        self.tiling = bool(tiling) or tile_size is not None
-        self.tile_size = tile_size
-        self.chunk_size = chunk_size
-        self.decode_workers = max(1, int(decode_workers))
-        self.decode_processes = bool(decode_processes)
-        if vae_module is not None:
-            self._m_vae = vae_module
-
-    def fingerprint(self) -> str:
-        return _hash("video", CODE_VERSIONS["video"], str(self.vae), file_stamp(self.vae), str(self.dtype),
-                     self.tiling, self.tile_size, self.chunk_size)
-
-    def item_signature(self, item) -> Any:
-        return (item_media(item), file_stamp(item_media(item)), item.frame_start, item.num_frames,
-                item.frame_stride, list(item.bucket))
-
-    def _model(self, rank):
-        if not hasattr(self, "_m_vae"):
-            self._m_vae = load_model_components(self.vae, ["vae"])["vae"]
-        vae = self._m_vae
-        dev = resolve_device(self.device, rank)
-        if vae.device != dev or vae.dtype != self.dtype:
-            vae = self._m_vae = vae.to(dev, self.dtype).eval()
-            _announce("video VAE", rank, dev)
-        if self.tiling:
-            t = self.tile_size
-            stride = max(32, t - 64) if t else None  # diffusers default: 512 tiles, 448 stride
-            vae.enable_tiling(t, t, None, stride, stride)
-        if self.chunk_size:
-            # diffusers gates temporal tiling of encode on this flag (shared with decode).
-            vae.use_framewise_decoding = True
-            vae.tile_sample_min_num_frames = self.chunk_size
-            vae.tile_sample_stride_num_frames = max(8, self.chunk_size - 8)
-        return vae
-
-    @staticmethod
-    def decode(item) -> torch.Tensor:
-        from .items import load_video_frames
-
-        frames = load_video_frames(item)
-        if frames.dtype == torch.uint8:
-            frames = frames.float() / 127.5 - 1.0
-        return frames
-
-    @torch.no_grad()
-    def encode_frames(self, frames: torch.Tensor, rank: int | None = None) -> torch.Tensor:
-        """`[F,3,H,W]` in [-1,1] -> `[128,F',H',W']` latent means in the encoder's dtype."""
-        vae = self._model(rank)
-        # Move the contiguous float frames first, then cast and permute on the device (a CPU-side
-        # permute or cast of a 121-frame clip costs more than the transfer).
-        x = frames.to(vae.device).to(self.dtype).permute(1, 0, 2, 3).unsqueeze(0)
-        return vae.encode(x).latent_dist.mean[0]
-
-    def encode_items(self, items, rank):
-        self._model(rank)
-        ahead = prefetched_in_processes if self.decode_processes else prefetched
-        for item, frames in ahead(self.decode, items, self.decode_workers):
-            try:
-                if isinstance(frames, BaseException):
-                    raise frames
-                latents = self.encode_frames(frames, rank).cpu()
-            except Exception as e:  # one bad item must not stop the job
-                yield item, e
-                continue
-            yield item, {
-                **tensor_to_columns("latents", latents),
-                "fps": float(item.fps or 24.0), "width": int(item.bucket[0]), "height": int(item.bucket[1]),
-                "num_frames": int(frames.shape[0]), "source": item_media(item),
-            }
-
-
-class AudioLatentEncoder(ItemEncoder):
-    """Audio window -> log-mel `[2,T,64]` -> un-normalized audio VAE means `[8,Fa,16]` + valid length."""
-
-    kind = "audio"
-
-    def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "fp32",
-                 decode_workers: int = 4, audio_vae_module=None):
-        from ltxv2_diffusers.text.base import resolve_dtype
-
-        self.vae = vae
-        self.device = device
-        self.dtype = resolve_dtype(dtype)
-        self.decode_workers = max(1, int(decode_workers))
-        if audio_vae_module is not None:
-            self._m_vae = audio_vae_module
-
-    def fingerprint(self) -> str:
-        return _hash("audio", CODE_VERSIONS["audio"], str(self.vae), file_stamp(self.vae), str(self.dtype))
-
-    def item_signature(self, item) -> Any:
-        audio = getattr(item, "audio_path", None) or item_media(item)
-        return (item_media(item), audio, file_stamp(audio), item.frame_start, item.num_frames,
-                item.frame_stride, item.fps)
-
-    def _model(self, rank):
-        if not hasattr(self, "_m_vae"):
-            self._m_vae = load_model_components(self.vae, ["audio_vae"])["audio_vae"]
-        dev = resolve_device(self.device, rank)
-        if self._m_vae.device != dev or self._m_vae.dtype != self.dtype:
-            self._m_vae = self._m_vae.to(dev, self.dtype).eval()
-            _announce("audio VAE", rank, dev)
-        return self._m_vae
-
-    def mel(self, item) -> tuple[torch.Tensor, int]:
-        """`(log-mel [2,T,64], valid mel frames)` for the item's time window."""
-        from .items import load_audio
-        from .mel import log_mel
-
-        cfg = self._m_vae.config
-        rate = int(getattr(cfg, "sample_rate", 16000))
-        hop = int(getattr(cfg, "mel_hop_length", 160))
-        clip = load_audio(item, sample_rate=rate)
-        wave, valid = clip.waveform, clip.num_valid_samples
-        if valid <= 0 or wave.shape[-1] == 0:
-            raise ValueError("audio of zero length in the item's time window")
-        mel = log_mel(wave, sample_rate=rate, hop_length=hop)
-        frames = min(mel.shape[-2], valid // hop + 1)
-        return mel, frames
-
-    @torch.no_grad()
-    def encode_items(self, items, rank):
-        vae = self._model(rank)
-        for item, result in prefetched(self.mel, items, self.decode_workers):
-            try:
-                if isinstance(result, BaseException):
-                    raise result
-                mel, valid_mel = result
-                lat = vae.encode(mel.unsqueeze(0).to(vae.device, self.dtype)).latent_dist.mean[0].cpu()
-            except Exception as e:
-                yield item, e
-                continue
-            # The audio VAE downsamples time by 4: a latent frame is valid when it saw real audio.
-            total_mel = mel.shape[-2]
-            valid = lat.shape[-2] if valid_mel >= total_mel else min(lat.shape[-2], -(-valid_mel // 4))
-            yield item, {
-                **tensor_to_columns("audio_latents", lat), "audio_lengths": int(valid),
-                "sample_rate": int(getattr(vae.config, "sample_rate", 16000)),
-                "width": int(item.bucket[0]), "height": int(item.bucket[1]),
-                "source": getattr(item, "audio_path", None) or item_media(item),
-            }
-
-
-class TextEmbeddingEncoder(ItemEncoder):
-    """Captions -> text context through a registered text backend (`gemma`, `t5`, plugins)."""
-
-    kind = "text"
-
-    def __init__(self, backend: str, text_encoder: str, tokenizer: str | None = None, max_length: int | None = None,
-                 connectors: str | None = None, audio_video: bool = False, device: str | None = None,
-                 dtype: str | torch.dtype | None = None, backend_instance=None):
-        self.backend = backend
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.connectors = connectors
-        self.audio_video = bool(audio_video)
-        self.device = device
-        self.dtype = dtype
-        if backend_instance is not None:
-            self._m_backend = backend_instance
-
-    def fingerprint(self) -> str:
-        if hasattr(self, "_m_backend"):
-            return _hash("text", CODE_VERSIONS["text"], self._m_backend.identity())
-        # Cheap identity from the spec, so a finished cache is recognised without loading a 12 B model.
-        return _hash("text", CODE_VERSIONS["text"], self.backend, self.text_encoder, file_stamp(self.text_encoder),
-                     self.tokenizer, file_stamp(self.tokenizer), self.max_length,
-                     self.connectors if not isinstance(self.connectors, str) else [self.connectors, file_stamp(self.connectors)],
-                     self.audio_video, str(self.dtype))
-
-    def item_signature(self, item) -> Any:
-        return item.caption
-
-    def load_backend(self, rank: int | None = None):
-        if not hasattr(self, "_m_backend"):
-            from ltxv2_diffusers.text import get_text_backend
-
-            kwargs = dict(text_encoder=self.text_encoder, tokenizer=self.tokenizer, connectors=self.connectors,
-                          audio_video=self.audio_video, device=resolve_device(self.device, rank), dtype=self.dtype)
-            if self.max_length is not None:
-                kwargs["max_length"] = self.max_length
-            self._m_backend = get_text_backend(self.backend)(**kwargs)
-        return self._m_backend
-
-    def encode_prompts(self, prompts: list[str], rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        text, mask = self.load_backend(rank).encode(list(prompts))
-        return text.cpu(), mask.cpu()
-
-    def encode_items(self, items, rank):
-        good, bad = [], []
-        for it in items:
-            if not isinstance(it.caption, str) or not it.caption.strip():
-                bad.append(it)
-            else:
-                good.append(it)
-        for it in bad:
-            yield it, ValueError("empty caption")
-        if not good:
-            return
-        try:
-            text, mask = self.encode_prompts([it.caption for it in good], rank)
-        except Exception as e:
-            for it in good:
-                yield it, e
-            return
-        for i, it in enumerate(good):
-            yield it, {**tensor_to_columns("text", text[i]), **tensor_to_columns("text_mask", mask[i]),
-                       "caption": it.caption}
-
-    def free(self) -> None:
-        if hasattr(self, "_m_backend"):
-            self._m_backend.free()
-        super().free()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -466,7 +77,7 @@ def _map_batch(batch: dict[str, list], rank: int | None, encoder: ItemEncoder, j
         out["key"].append(item.key)
         out["media"].append(item_media(item) if kind != "text" else (item_media(item) + " (caption)"))
         if isinstance(result, BaseException):
-            out["error"].append(_reason(result))
+            out["error"].append(failure_reason(result))
             continue
         out["error"].append(None)
         row = {"key": item.key, "fingerprint": encoder.item_fingerprint(item, job_fingerprint), **result}
@@ -593,7 +204,7 @@ def _map(ds, encoder, job_fp, kind, shard_size, map_batch_size, num_proc, keys):
         num_proc=num_proc,
         fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind, "shard_size": max(1, int(shard_size))},
         remove_columns=ds.column_names,
-        new_fingerprint=_hash("map", job_fp, keys),
+        new_fingerprint=content_hash("map", job_fp, keys),
         desc=f"caching {kind}",
         load_from_cache_file=False,
         cache_file_name=os.path.join(os.path.dirname(ds.cache_files[0]["filename"]), "results.arrow"),
@@ -625,12 +236,12 @@ def cache_sample_prompts(prompts: list[str], encoder: TextEmbeddingEncoder, cach
     job_fp = encoder.fingerprint()
     have = store.fingerprints()
     report = JobReport(kind="sample_prompts")
-    todo = [p for p in prompts if have.get(p) != _hash(job_fp, p)]
+    todo = [p for p in prompts if have.get(p) != content_hash(job_fp, p)]
     report.skipped = len(prompts) - len(todo)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         text, mask = encoder.encode_prompts(chunk)
-        rows = [{"key": p, "fingerprint": _hash(job_fp, p), "prompt": p,
+        rows = [{"key": p, "fingerprint": content_hash(job_fp, p), "prompt": p,
                  **tensor_to_columns("text", text[i]), **tensor_to_columns("text_mask", mask[i])}
                 for i, p in enumerate(chunk)]
         report.shards.append(store.write_shard(rows))

@@ -210,7 +210,7 @@ def import_musubi_to_arrow(cache_directory: str, output_directory: str | None = 
     Imported rows get an `imported:` fingerprint, so a later cache job recomputes them rather than
     trusting settings it cannot know. The frame rate is not in the musubi layout; 24 is recorded.
     """
-    from .jobs import file_stamp
+    from .encoders import file_stamp
     from .stores import rows_to_stores, tensor_to_columns
 
     out = output_directory or cache_directory

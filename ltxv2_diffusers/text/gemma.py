@@ -112,6 +112,6 @@ class GemmaTextBackend(TextBackend):
 
 
 def _load_connectors(path: str):
-    from ltxv2_diffusers.data.jobs import load_model_components
+    from ltxv2_diffusers.data.encoders import load_model_components
 
     return load_model_components(path, ["connectors"])["connectors"]
