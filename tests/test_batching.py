@@ -137,3 +137,19 @@ def test_from_config_uses_batch_size_and_num_repeats(tmp_path):
     bm = BatchManager.from_config(config, "video")
     assert len(bm) == 5  # 3 items x 3 repeats = 9 -> batches of 2
     assert sorted(len(refs) for refs in bm.epoch_plan(0)) == [1, 2, 2, 2, 2]
+
+
+def test_batch_size_is_per_process_and_uneven_remainders_are_dropped(tmp_path):
+    toml = make_dataset(tmp_path, num_videos=1, batch_size=2, num_repeats=3)
+    config = load_dataset_config(toml)
+    write_cache(config.datasets[0].cache_directory, {"p": {}, "q": {}, "r": {}})
+    bm = BatchManager.from_config(config, "video", processes=2)
+    plan = bm.epoch_plan(0)
+    # 9 items, global batch 2 x 2 = 4: two full batches; the remainder of 1 cannot split over 2 processes.
+    assert [len(refs) for refs in plan] == [4, 4] and len(bm) == 2
+    assert bm.items_dropped_per_epoch() == 1
+    bm3 = BatchManager.from_config(config, "video", processes=3)
+    # global batch 6: one full batch and a remainder of 3, which splits one per process.
+    assert sorted(len(refs) for refs in bm3.epoch_plan(0)) == [3, 6] and len(bm3) == 2
+    assert bm3.items_dropped_per_epoch() == 0
+    assert BatchManager.from_config(config, "video").items_dropped_per_epoch() == 0

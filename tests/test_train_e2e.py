@@ -37,10 +37,15 @@ def test_single_process_run_writes_everything(tmp_path_factory):
 
 
 def test_two_processes_equal_one_process(tmp_path_factory, tmp_path):
-    """Global batch 2: two gloo processes with one item each train the same LoRA as one process with two."""
+    """Global batch 2: two gloo processes with `batch_size = 1` each (per process, as in musubi) train
+    the same LoRA as one process with `batch_size = 2`."""
     ws = workspace(tmp_path_factory)
     single = baseline_run(tmp_path_factory)
-    accelerate_launch(baseline_argv(ws, tmp_path), num_processes=2)
+    per_process = ws.dataset_config.with_name("dataset_per_process.toml")
+    text = ws.dataset_config.read_text(encoding="utf-8")
+    assert "batch_size = 2" in text
+    per_process.write_text(text.replace("batch_size = 2", "batch_size = 1"), encoding="utf-8")
+    accelerate_launch(baseline_argv(ws, tmp_path, extra=["--dataset_config", str(per_process)]), num_processes=2)
     a, b = lora_tensors(single / "demo_lora.safetensors"), lora_tensors(tmp_path / "demo_lora.safetensors")
     assert a.keys() == b.keys()
     for key in a:

@@ -96,15 +96,20 @@ class BatchManager:
 
     `text_dims=(video_width, audio_width)` (the transformer's caption widths) enables the text layout
     check: the AV layout is `video+audio` wide, the video layout `video` wide (video mode only).
+    With `processes > 1` the batches are global batches that the processes split evenly: a bucket's
+    last, partial batch is kept only when it still splits evenly, otherwise it is dropped for that
+    epoch (`items_dropped_per_epoch()` says how many items that is).
     """
 
     def __init__(self, sources: list[CacheSource], mode: str | LtxMode = "video", seed: int = 0,
-                 text_dims: tuple[int, int] | None = None, dataset_config: str | None = None):
+                 text_dims: tuple[int, int] | None = None, dataset_config: str | None = None,
+                 processes: int = 1):
         if not sources:
             raise ValueError("no datasets: the dataset config lists no [[datasets]] entries.")
         self.mode = mode if isinstance(mode, LtxMode) else resolve_mode(mode)
         self.sources = list(sources)
         self.seed = int(seed)
+        self.processes = max(1, int(processes))
         self.text_dims = tuple(text_dims) if text_dims else None
         self._config_hint = f" --dataset_config {dataset_config}" if dataset_config else " --dataset_config <your toml>"
         self._readers: list[dict[str, _KindReader]] = []
@@ -114,10 +119,14 @@ class BatchManager:
         self._check_text_widths()
 
     @classmethod
-    def from_config(cls, config, mode="video", seed: int = 0, text_dims=None) -> "BatchManager":
-        """From a `DatasetConfig` (data/config.py): one source per `[[datasets]]` entry."""
-        sources = [CacheSource(e.cache_directory, int(e.batch_size), int(e.num_repeats)) for e in config.datasets]
-        return cls(sources, mode, seed=seed, text_dims=text_dims, dataset_config=getattr(config, "path", None))
+    def from_config(cls, config, mode="video", seed: int = 0, text_dims=None, processes: int = 1) -> "BatchManager":
+        """From a `DatasetConfig` (data/config.py): one source per `[[datasets]]` entry. A dataset's
+        `batch_size` is per process, as in musubi: the global batch is `batch_size x processes`."""
+        processes = max(1, int(processes))
+        sources = [CacheSource(e.cache_directory, int(e.batch_size) * processes, int(e.num_repeats))
+                   for e in config.datasets]
+        return cls(sources, mode, seed=seed, text_dims=text_dims, dataset_config=getattr(config, "path", None),
+                   processes=processes)
 
     # ------------------------------------------------------------------ indexing and checks
 
@@ -206,20 +215,30 @@ class BatchManager:
             for bucket in sorted(by_bucket):
                 keys = by_bucket[bucket] * max(1, int(src.num_repeats))
                 rng.shuffle(keys)
-                batches.extend([(si, k) for k in keys[i:i + bs]] for i in range(0, len(keys), bs))
+                batches.extend([(si, k) for k in keys[i:i + bs]] for i in range(0, len(keys), bs)
+                               if self._splits(min(bs, len(keys) - i)))
         rng.shuffle(batches)
         return batches
 
-    def __len__(self) -> int:
-        """Batches per epoch (independent of the epoch)."""
-        total = 0
+    def _splits(self, size: int) -> bool:
+        return size % self.processes == 0
+
+    def _bucket_counts(self):
+        """`(batch_size, items of one bucket per epoch)` for every bucket of every source."""
         for src, records in zip(self.sources, self._records):
             counts: dict[tuple, int] = {}
             for _, bucket in records:
                 counts[bucket] = counts.get(bucket, 0) + 1
-            bs = max(1, int(src.batch_size))
-            total += sum(-(-(n * max(1, int(src.num_repeats))) // bs) for n in counts.values())
-        return total
+            for n in counts.values():
+                yield max(1, int(src.batch_size)), n * max(1, int(src.num_repeats))
+
+    def items_dropped_per_epoch(self) -> int:
+        """Items left out of each epoch because their partial batch does not split over the processes."""
+        return sum(n % bs for bs, n in self._bucket_counts() if not self._splits(n % bs))
+
+    def __len__(self) -> int:
+        """Batches per epoch (independent of the epoch)."""
+        return sum(n // bs + (1 if n % bs and self._splits(n % bs) else 0) for bs, n in self._bucket_counts())
 
     def position(self, step: int) -> tuple[int, int]:
         """`(epoch, batch index)` of the `step`-th batch since the start of training."""

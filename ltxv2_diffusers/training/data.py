@@ -1,8 +1,8 @@
 """The training data stream: the cache batch manager (data/batching.py) seen by the trainer.
 
 Batches come in a `(seed, epoch)`-determined order; a resume restarts at `(epoch, batch index)` without
-loading the skipped items. A batch from the dataset config is the global batch: with N processes
-every process takes its contiguous 1/N, so every batch must split evenly.
+loading the skipped items. A dataset's `batch_size` is per process, as in musubi: with N processes a
+global batch holds `batch_size x N` items and every process takes its contiguous 1/N.
 """
 
 from __future__ import annotations
@@ -18,18 +18,13 @@ class TrainData:
         from ltxv2_diffusers.data.config import load_dataset_config
 
         config = load_dataset_config(args.dataset_config, require_media=False)
-        self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed)
         self.world_size = int(world_size)
+        self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed, processes=self.world_size)
         if len(self.manager) == 0:
-            raise ValueError(f"--dataset_config {args.dataset_config}: no cached items to train on")
-        if self.world_size > 1:
-            sizes = sorted({len(batch) for batch in self.manager.epoch_plan(0)})
-            bad = [s for s in sizes if s % self.world_size]
-            if bad:
-                raise ValueError(
-                    f"--dataset_config {args.dataset_config}: batches of {bad} items do not split over "
-                    f"{self.world_size} processes; make batch_size (and each bucket's item count x num_repeats) "
-                    f"a multiple of {self.world_size}")
+            raise ValueError(f"--dataset_config {args.dataset_config}: no cached items to train on"
+                             + (f" (no bucket has {self.world_size} items, one per process)" if self.world_size > 1
+                                else ""))
+        self.dropped_per_epoch = self.manager.items_dropped_per_epoch()
 
     def batches_per_epoch(self) -> int:
         return len(self.manager)

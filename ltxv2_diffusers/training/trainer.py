@@ -6,7 +6,7 @@ model loads) → model + LoRA → optimizer/scheduler → resume → loop → fi
 Determinism: every item's sigma and noise come from a generator seeded by (seed, step, micro-batch,
 position in the global batch), so neither the number of processes nor a resume changes them. Each
 optimizer step consumes `gradient_accumulation_steps` global batches; with N processes every process
-takes its contiguous 1/N of each global batch (the dataset's `batch_size` is the global batch).
+takes its contiguous 1/N of each global batch (the dataset's `batch_size` is per process, as in musubi).
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ class Trainer:
         from ltxv2_diffusers.training.data import TrainData
 
         self.data = TrainData(self.args, world_size=self.world_size)
+        if self.data.dropped_per_epoch and self.accelerator.is_main_process:
+            logger.warning("%d item(s) per epoch are left out: their buckets' last batches do not split over %d "
+                           "processes", self.data.dropped_per_epoch, self.world_size)
         per_epoch = self.data.batches_per_epoch()
         accum = self.args.gradient_accumulation_steps
         if self.args.max_train_epochs is not None:
