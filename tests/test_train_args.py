@@ -202,3 +202,41 @@ def test_speed_options_refuse_weight_streaming_off_cuda():
     with pytest.raises(ValueError, match="CUDA"):
         SpeedOptions.for_device("cpu", low_memory=True)
     assert SpeedOptions.for_device("cpu").naive
+
+
+def test_text_cache_of_the_wrong_layout_fails_before_the_model_loads(tmp_path):
+    """A video-only text cache in av mode is reported from the checkpoint's config alone."""
+    import argparse
+
+    from ltxv2_diffusers.data.stores import CacheStore, tensor_to_columns
+    from ltxv2_diffusers.data.synthetic import make_dataset
+    from ltxv2_diffusers.models.loading import read_transformer_config, save_official_checkpoint
+    from ltxv2_diffusers.models.presets import build_components
+    from ltxv2_diffusers.modes import LtxMode
+    from ltxv2_diffusers.training.data import TrainData, model_text_widths
+
+    dataset = make_dataset(tmp_path / "data", num_videos=1, num_frames=9, size=(64, 64), resolution=(64, 64),
+                           target_frames=(9,))
+    from ltxv2_diffusers.data.config import load_dataset_config
+
+    cache = load_dataset_config(dataset).datasets[0].cache_directory
+    row = {"key": "x", "fingerprint": "t", "source": "x"}
+    CacheStore(cache, "video").write_shard([{**row, **tensor_to_columns("latents", torch.zeros(128, 2, 2, 2)),
+                                             "fps": 24.0, "width": 64, "height": 64, "num_frames": 9}])
+    CacheStore(cache, "audio").write_shard([{**row, **tensor_to_columns("audio_latents", torch.zeros(8, 5, 16)),
+                                             "audio_lengths": 5, "sample_rate": 16000, "width": 64, "height": 64}])
+    CacheStore(cache, "text").write_shard([{**row, **tensor_to_columns("text", torch.zeros(6, 24)),
+                                            **tensor_to_columns("text_mask", torch.ones(6, dtype=torch.bool)),
+                                            "caption": "x"}])
+    model = save_official_checkpoint(tmp_path / "tiny.safetensors",
+                                     **build_components("tiny", components=("transformer", "connectors")))
+    assert read_transformer_config(model)["caption_channels"] == 24
+    args = argparse.Namespace(dataset_config=str(dataset), mode=LtxMode.AV, seed=0, ltxv2_model=str(model),
+                              ltxv2_backend=None)
+    assert model_text_widths(args) == (24, 24)
+    with pytest.raises(ValueError, match="video-only layout.*--ltxv2_audio_video"):
+        TrainData(args)
+    args.mode = LtxMode.VIDEO
+    assert TrainData(args).batches_per_epoch() == 1
+    args.ltxv2_model = str(tmp_path / "nothing_here.safetensors")
+    assert model_text_widths(args) is None  # the model loader reports a bad --ltxv2_model itself

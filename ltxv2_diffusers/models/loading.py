@@ -22,7 +22,11 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from . import keymap
-from .official_config import diffusers_configs_from_official, official_config_from_diffusers
+from .official_config import (
+    diffusers_configs_from_official,
+    official_config_from_diffusers,
+    transformer_config_from_official,
+)
 
 COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
 BACKENDS = ("official", "diffusers")
@@ -150,6 +154,22 @@ def read_official_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
             "ltxv2_diffusers.save_official_checkpoint"
         )
     return json.loads(metadata["config"]), shapes
+
+
+def read_transformer_config(path_or_repo: str | os.PathLike, backend: str | None = None) -> dict[str, Any] | None:
+    """The diffusers transformer config of a local checkpoint without loading any tensor (None when the
+    source is a Hub id or holds no transformer)."""
+    if _resolve_backend(path_or_repo, backend) == "official":
+        config, _ = read_official_header(path_or_repo)
+        section = config.get("transformer")
+        return None if section is None else transformer_config_from_official(section)
+    path = Path(path_or_repo)
+    for candidate in (path / "transformer" / "config.json", path / "config.json"):
+        if candidate.is_file():
+            config = json.loads(candidate.read_text(encoding="utf-8"))
+            if config.get("_class_name") == "LTX2VideoTransformer3DModel":
+                return config
+    return None
 
 
 def _list(keys: Iterable[str], limit: int = 20) -> str:

@@ -10,6 +10,22 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 
+def model_text_widths(args) -> tuple[int, int] | None:
+    """(video, audio) text-context widths of `--ltxv2_model`, read from its config alone, so a text cache
+    made for another backend or layout fails before the model loads. None when unknown (a Hub id, or a
+    file the model loader will report on)."""
+    from safetensors import SafetensorError
+
+    from ltxv2_diffusers.models.adapter import context_widths
+    from ltxv2_diffusers.models.loading import read_transformer_config
+
+    try:
+        config = read_transformer_config(args.ltxv2_model, getattr(args, "ltxv2_backend", None))
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None
+    return None if config is None else context_widths(config)
+
+
 class TrainData:
     """Batches per epoch and iteration from a position, for `args.mode` and `args.seed`."""
 
@@ -19,7 +35,8 @@ class TrainData:
 
         config = load_dataset_config(args.dataset_config, require_media=False)
         self.world_size = int(world_size)
-        self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed, processes=self.world_size)
+        self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed, processes=self.world_size,
+                                                text_dims=model_text_widths(args))
         if len(self.manager) == 0:
             raise ValueError(f"--dataset_config {args.dataset_config}: no cached items to train on"
                              + (f" (no bucket has {self.world_size} items, one per process)" if self.world_size > 1
