@@ -17,6 +17,39 @@ class TextBackend(abc.ABC):
     """
 
     name: str = ""
+    #: attributes holding models, dropped by `free()`
+    model_attributes: tuple[str, ...] = ("model",)
+
+    def _setup(self, text_encoder: str, tokenizer: str | None, max_length: int, audio_video: bool,
+               device: str | torch.device, dtype: str | torch.dtype | None) -> None:
+        """Settings every backend shares; the default dtype is bf16 on CUDA and fp32 elsewhere."""
+        from transformers import AutoTokenizer
+
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.max_length = int(max_length)
+        self.audio_video = bool(audio_video)
+        self._encoder_name = text_encoder
+        self._tokenizer_name = tokenizer or text_encoder
+        self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name)
+
+    def _identity_prefix(self) -> str:
+        return (
+            f"{self.name}|{folder_identity(self._encoder_name)}|tok={folder_identity(self._tokenizer_name)}|"
+            f"max_length={self.max_length}|av={self.audio_video}|dtype={self.dtype}"
+        )
+
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, padded to `max_length`, on the backend's device."""
+        tokens = self.tokenizer(
+            [p.strip() for p in prompts],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        return tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
 
     @abc.abstractmethod
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -24,8 +57,15 @@ class TextBackend(abc.ABC):
     @abc.abstractmethod
     def identity(self) -> str: ...
 
-    @abc.abstractmethod
-    def free(self) -> None: ...
+    def free(self) -> None:
+        import gc
+
+        for name in self.model_attributes:
+            if hasattr(self, name):
+                delattr(self, name)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _registry() -> dict[str, Callable[..., TextBackend]]:

@@ -7,17 +7,16 @@ size) are never stored.
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
-from .base import TextBackend, folder_identity, resolve_dtype
+from .base import TextBackend
 
 
 class GemmaTextBackend(TextBackend):
     """Gemma-3 (Hub id or local folder) + `LTX2TextConnectors` (module or checkpoint path)."""
 
     name = "gemma"
+    model_attributes = ("model", "connectors")
 
     def __init__(
         self,
@@ -29,20 +28,14 @@ class GemmaTextBackend(TextBackend):
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
     ):
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
         if connectors is None:
             raise ValueError(
                 "the gemma text backend needs the LTX-2 text connectors: pass the model checkpoint with "
                 "--ltxv2_model (or --vae when it is the same single file)."
             )
-        self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.max_length = int(max_length)
-        self.audio_video = bool(audio_video)
-        self._encoder_name = text_encoder
-        self._tokenizer_name = tokenizer or text_encoder
-        self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name)
+        self._setup(text_encoder, tokenizer, max_length, audio_video, device, dtype)
         # The connectors were trained on left-padded Gemma prompts (see diffusers' LTX2Pipeline).
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -78,37 +71,16 @@ class GemmaTextBackend(TextBackend):
         # A fingerprint of the connector weights: cheap (a few sums) and changes with any checkpoint.
         with torch.no_grad():
             digest = sum(float(p.double().sum()) * (i + 1) for i, p in enumerate(c.parameters()))
-        return (
-            f"gemma|{folder_identity(self._encoder_name)}|tok={folder_identity(self._tokenizer_name)}|"
-            f"max_length={self.max_length}|av={self.audio_video}|dtype={self.dtype}|"
-            f"connectors={n}:{digest:.6e}"
-        )
+        return f"{self._identity_prefix()}|connectors={n}:{digest:.6e}"
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.tokenizer(
-            [p.strip() for p in prompts],
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
-        ids = tokens.input_ids.to(self.device)
-        mask = tokens.attention_mask.to(self.device)
+        ids, mask = self._tokenize(prompts)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         states = torch.stack(out.hidden_states, dim=-1).flatten(2, 3).to(self.dtype)
         video, audio, out_mask = self.connectors(states, mask, padding_side="left")
         text = torch.cat([video, audio], dim=-1) if self.audio_video else video
         return text, out_mask.bool()
-
-    def free(self) -> None:
-        for name in ("model", "connectors"):
-            if hasattr(self, name):
-                delattr(self, name)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def _load_connectors(path: str):
