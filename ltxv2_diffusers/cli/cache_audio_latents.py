@@ -18,7 +18,6 @@ def build_parser():
 def _main(argv=None) -> int:
     from ltxv2_diffusers.data.batching import cache_directories
     from ltxv2_diffusers.data.encoders import AudioLatentEncoder
-    from ltxv2_diffusers.data.jobs import run_cache_job
     from ltxv2_diffusers.modes import LtxMode
 
     args = build_parser().parse_args(argv)
@@ -32,8 +31,7 @@ def _main(argv=None) -> int:
     common.check_model_path(args.vae, "--vae")
     config, listing = common.load_items(args, mode)
     encoder = AudioLatentEncoder(args.vae, device=args.device, dtype=args.vae_dtype, decode_workers=args.num_workers)
-    report = run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
-                           num_proc=args.num_proc, skip_existing=args.skip_existing)
+    report = common.run_job(args, listing, encoder)
     return common.finish(report, args, cache_directories(config), listing.items)
 
 

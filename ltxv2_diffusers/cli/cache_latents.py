@@ -25,7 +25,6 @@ def _main(argv=None) -> int:
 
     from ltxv2_diffusers.data.batching import cache_directories
     from ltxv2_diffusers.data.encoders import VideoLatentEncoder
-    from ltxv2_diffusers.data.jobs import run_cache_job
 
     args = build_parser().parse_args(argv)
     common.warn_ignored(args)
@@ -40,8 +39,7 @@ def _main(argv=None) -> int:
         tiling=args.vae_tiling, tile_size=args.vae_spatial_tile_sample_min_size,
         chunk_size=args.vae_chunk_size, decode_workers=args.num_workers,
     )
-    report = run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
-                           num_proc=args.num_proc, skip_existing=args.skip_existing)
+    report = common.run_job(args, listing, encoder)
     return common.finish(report, args, cache_directories(config), listing.items)
 
 

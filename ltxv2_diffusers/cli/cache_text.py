@@ -27,7 +27,7 @@ def build_parser():
 def _main(argv=None) -> int:
     from ltxv2_diffusers.data.batching import cache_directories
     from ltxv2_diffusers.data.encoders import TextEmbeddingEncoder
-    from ltxv2_diffusers.data.jobs import cache_sample_prompts, parse_sample_prompts, run_cache_job
+    from ltxv2_diffusers.data.jobs import cache_sample_prompts, parse_sample_prompts
 
     args = build_parser().parse_args(argv)
     common.warn_ignored(args)
@@ -45,8 +45,7 @@ def _main(argv=None) -> int:
     )
     sample_prompts = parse_sample_prompts(args.sample_prompts) if args.sample_prompts else []
     # One process keeps the encoder loaded for both jobs; several GPUs only pay off for big datasets.
-    report = run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
-                           num_proc=args.num_proc, skip_existing=args.skip_existing)
+    report = common.run_job(args, listing, encoder)
     if sample_prompts:
         target = args.sample_prompts_cache or cache_directories(config)[0]
         sp = cache_sample_prompts(sample_prompts, encoder, target, batch_size=args.batch_size)

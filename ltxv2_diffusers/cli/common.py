@@ -98,6 +98,14 @@ def prune_stale(kind: str, items, cache_dirs: list[str], args: argparse.Namespac
                   "(--keep_cache keeps them)", file=sys.stderr)
 
 
+def run_job(args: argparse.Namespace, listing, encoder):
+    """Run the map job of `encoder` over the listed items with the command's job flags."""
+    from ltxv2_diffusers.data.jobs import run_cache_job
+
+    return run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
+                         num_proc=args.num_proc, skip_existing=args.skip_existing)
+
+
 def finish(report, args: argparse.Namespace, cache_dirs: list[str], items=None) -> int:
     """Drop stale rows, print the summary, push if asked, and return the exit code."""
     from ltxv2_diffusers.data.stores import CacheStore
