@@ -65,9 +65,9 @@ def test_fast_path_gradients_match_fp32_within_bf16_tolerance():
     ref_grads = _grads(ref)
 
     fast = _lora_model(torch.float32)
-    fast.to(torch.bfloat16)
     setup = apply_speed_options(fast, SpeedOptions(naive=False, compile=False), device="cpu")
-    assert setup.master is not None and all(p.dtype == torch.bfloat16 for p in setup.trainable_params)
+    assert setup.master is not None and all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    assert all(m.dtype == torch.float32 for m in setup.optimizer_params)
     _loss(LTXAVModelAdapter.from_components(fast), batch).backward()
     setup.before_optimizer_step()
     names = [n for n, p in fast.named_parameters() if p.requires_grad]

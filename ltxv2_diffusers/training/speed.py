@@ -111,6 +111,10 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     master = None
     if not options.naive and options.compute_dtype != torch.float32:
+        # The fast path runs natively in the compute dtype (no autocast), so the frozen base must be in it.
+        for p in transformer.parameters():
+            if not p.requires_grad and p.is_floating_point() and p.dtype != options.compute_dtype:
+                p.data = p.data.to(options.compute_dtype)
         master = acceleration.MasterWeights(trainable, options.compute_dtype)
     else:
         for p in trainable:
