@@ -415,15 +415,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         s, per_sample, per_token = self._sigmas(sigmas, "video", batch_size, n, device)
         eps = self._noise(given_noise, x0, latents.shape, lambda t: pack_video_latents(t, p, pt), generator, "video")
         mask = s > 0 if per_token else torch.ones(batch_size, n, dtype=torch.bool, device=device)
-        return {
-            "x_t": add_noise(x0, eps, s),
-            "target": velocity(x0, eps),
-            "mask": mask,
-            "sigmas": s,
-            "sigma": per_sample,
-            "tok_sigma": s,
-            "coords": self._video_coords(f // pt, h // p, w // p, batch.get("fps"), batch_size, device),
-        }
+        return _noised(x0, eps, s, per_sample, mask,
+                       self._video_coords(f // pt, h // p, w // p, batch.get("fps"), batch_size, device))
 
     def _prepare_audio(self, batch, sigmas, given_noise, generator, batch_size, device) -> dict[str, Any]:
         c, m = self.config.audio_latent_channels, self.config.audio_latent_mel_bins
@@ -451,15 +444,21 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             mask = torch.arange(n, device=device).unsqueeze(0) < lengths.unsqueeze(1)
         if per_token:
             mask = mask & (s > 0)
-        return {
-            "x_t": add_noise(x0, eps, s),
-            "target": velocity(x0, eps),
-            "mask": mask,
-            "sigmas": s,
-            "sigma": per_sample,
-            "tok_sigma": s,
-            "coords": self._audio_coords(n, batch_size, device),
-        }
+        return _noised(x0, eps, s, per_sample, mask, self._audio_coords(n, batch_size, device))
+
+
+def _noised(x0: torch.Tensor, eps: torch.Tensor, sigmas: torch.Tensor, per_sample: torch.Tensor,
+            mask: torch.Tensor, coords: torch.Tensor) -> dict[str, Any]:
+    """One modality's model inputs and flow-matching target at per-token `sigmas`."""
+    return {
+        "x_t": add_noise(x0, eps, sigmas),
+        "target": velocity(x0, eps),
+        "mask": mask,
+        "sigmas": sigmas,
+        "sigma": per_sample,
+        "tok_sigma": sigmas,
+        "coords": coords,
+    }
 
 
 class LTXV2ModelAdapter(LTXModelAdapterBase):
