@@ -61,12 +61,7 @@ def write_tiny_gemma(folder: str | os.PathLike, hidden_size: int = 24, num_layer
         sliding_window=64,
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
-    torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(config).eval()
-    folder = os.fspath(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save_random(Gemma3ForCausalLM, config, tokenizer, folder, seed)
 
 
 def write_tiny_t5(folder: str | os.PathLike, d_model: int = 32, num_layers: int = 2, seed: int = 0) -> str:
@@ -78,8 +73,13 @@ def write_tiny_t5(folder: str | os.PathLike, d_model: int = 32, num_layers: int 
         vocab_size=vocab_size, d_model=d_model, d_kv=d_model // 2, d_ff=2 * d_model,
         num_layers=num_layers, num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
+    return _save_random(T5EncoderModel, config, tokenizer, folder, seed)
+
+
+def _save_random(model_cls, config, tokenizer, folder: str | os.PathLike, seed: int) -> str:
+    """Build `model_cls(config)` with seeded random weights and save it with `tokenizer` to `folder`."""
     torch.manual_seed(seed)
-    model = T5EncoderModel(config).eval()
+    model = model_cls(config).eval()
     folder = os.fspath(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
