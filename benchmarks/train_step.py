@@ -40,6 +40,12 @@ def parse(argv=None):
     p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
     p.add_argument("--blocks_to_swap", type=int, default=None)
     p.add_argument("--no_compile", action="store_true")
+    p.add_argument("--recompute", default="keep",
+                   help="comma list, measured one after the other on the same model: 'keep' (the default: compiled "
+                        "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
+                        "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
+                        "recompute within that activation memory budget); see training/speed.py")
+    p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--tag", default="")
     return p.parse_args(argv)
@@ -78,6 +84,54 @@ def make_batch(adapter, a, device):
     }
 
 
+def measure(a, step, sync, cuda: bool) -> dict:
+    """Warm up, then time `a.steps` steps; s/step is the median."""
+    losses = []
+    t = time.perf_counter()
+    for i in range(a.warmup):
+        losses.append(float(step(i).detach()))
+    sync()
+    warmup_s = time.perf_counter() - t
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(a.steps):
+        sync()
+        t = time.perf_counter()
+        loss = step(a.warmup + i)
+        sync()
+        losses.append(float(loss.detach()))
+        times.append(time.perf_counter() - t)
+    res = dict(s_per_step=round(statistics.median(times), 3), min_s=round(min(times), 3),
+               loss=round(losses[-1], 4), warmup_s=round(warmup_s, 1), losses=[round(v, 4) for v in losses])
+    if cuda:
+        res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    return res
+
+
+def profile_step(step, sync, tag: str) -> None:
+    """Kernel-time table and idle-GPU report of one step."""
+    import os
+    import sys
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gpu_gaps import gap_report, print_report
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step(10_000)
+        sync()
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+    out = os.environ.get("OUT") or tempfile.gettempdir()
+    path = os.path.join(out, f"trace_{tag or 'step'}.json")
+    prof.export_chrome_trace(path)
+    print_report(gap_report(path))
+    if not os.environ.get("KEEP_TRACE"):
+        os.remove(path)
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
     from ltxv2_diffusers.lora import add_lora
@@ -112,67 +166,76 @@ def main(argv=None) -> dict:
             step_fn(batch, generator=torch.Generator("cpu").manual_seed(0))
         fflops = fc.get_total_flops()
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    variants = [v.strip() for v in a.recompute.split(",")]
+
+    def recompute_options(v: str) -> dict:
+        if v in ("keep", "ckpt"):
+            return dict(recompute="compiled" if v == "keep" else "checkpoint", activation_memory_budget=None)
+        return dict(recompute="compiled", activation_memory_budget=float(v))
+
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
-                                   blocks_to_swap=a.blocks_to_swap)
+                                   blocks_to_swap=a.blocks_to_swap, **recompute_options(variants[0]))
+    opts.compile_mode = a.compile_mode
     speed = apply_speed_options(transformer, opts, device=a.device)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
     tokens = adapter.token_counts(batch)
+    from torch.profiler import record_function
 
     def step(i: int):
+        if opts.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         g = torch.Generator("cpu").manual_seed(i)
-        with speed.autocast():
+        with record_function("step/forward+loss"), speed.autocast():
             loss, logs = step_fn(batch, generator=g)
-        loss.backward()
-        speed.before_optimizer_step()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        speed.after_optimizer_step()
+        with record_function("step/backward"):
+            loss.backward()
+        with record_function("step/grads_to_master"):
+            speed.before_optimizer_step()
+        with record_function("step/optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        with record_function("step/master_to_model"):
+            speed.after_optimizer_step()
         return loss
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
-    losses = []
-    t = time.perf_counter()
-    for i in range(a.warmup):
-        losses.append(float(step(i).detach()))
-    sync()
-    warmup_s = time.perf_counter() - t
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(a.steps):
-        sync()
-        t = time.perf_counter()
-        loss = step(a.warmup + i)
-        sync()
-        losses.append(float(loss.detach()))
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    res = dict(tag=a.tag, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
-               s_per_step=round(med, 3), min_s=round(min(times), 3), loss=round(float(loss.detach()), 4),
-               params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
-               video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"),
-               build_s=round(build_s, 1), warmup_s=round(warmup_s, 1),
-               losses=[round(v, 4) for v in losses],
-               compiled_graphs=int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
-    if cuda:
-        useful = 2 * fflops
-        res.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
-                   forward_tflop=round(fflops / 1e12, 1), achieved_tflops=round(useful / med / 1e12),
-                   matmul_ceiling_tflops=round(ceiling), mfu_vs_ceiling=round(useful / med / (ceiling * 1e12), 3),
-                   gpu=torch.cuda.get_device_name())
-    print("RESULT " + json.dumps(res), flush=True)
-    if a.profile and cuda:
-        from torch.profiler import ProfilerActivity, profile
+    results = []
+    for n, variant in enumerate(variants):
+        if n:  # same model, optimizer and LoRA state; only what the blocks keep for backward changes
+            from ltxv2_diffusers.training.speed import configure_recompute
 
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step(10_000)
-            sync()
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+            for key, value in recompute_options(variant).items():
+                setattr(opts, key, value)
+            torch._dynamo.reset()
+            transformer.enable_gradient_checkpointing()
+            configure_recompute(transformer, opts)
+        try:
+            res = measure(a, step, sync, cuda)
+        except torch.OutOfMemoryError as e:
+            print(f"RESULT {json.dumps(dict(tag=a.tag, recompute=variant, error='out of memory'))}",
+                  flush=True)
+            print(str(e)[:300])
+            continue
+        res.update(tag=a.tag, recompute=variant, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
+                   params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
+                   video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),
+                   compiled_graphs=int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+        if cuda:
+            useful = 2 * fflops
+            med = res["s_per_step"]
+            res.update(forward_tflop=round(fflops / 1e12, 1), achieved_tflops=round(useful / med / 1e12),
+                       matmul_ceiling_tflops=round(ceiling), mfu_vs_ceiling=round(useful / med / (ceiling * 1e12), 3),
+                       gpu=torch.cuda.get_device_name())
+        print("RESULT " + json.dumps(res), flush=True)
+        results.append(res)
+        if a.profile and cuda:
+            profile_step(step, sync, a.tag)
+    res = results[-1] if results else {}
     return res
 
 

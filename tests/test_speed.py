@@ -134,6 +134,83 @@ def test_quantize_base_weights_leaves_lora_trainable_and_changes_little():
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
 
 
+def _counting(policy, decisions):
+    def counted(ctx, op, *args, **kwargs):
+        decision = policy(ctx, op, *args, **kwargs)
+        decisions[decision.name] = decisions.get(decision.name, 0) + 1
+        return decision
+
+    return counted
+
+
+@pytest.mark.parametrize("keep", ["attention_policy", "budget_0"])
+def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
+    """The compiled blocks' own recomputation (the default fast path) changes what is stored for
+    backward, never the gradients. `aot_eager_decomp_partition` runs the same partitioner as
+    inductor without generating kernels, so this runs on a CPU in seconds."""
+    batch = _batch()
+    ref = _lora_model(torch.float32)
+    ref.enable_gradient_checkpointing()
+    _loss(LTXAVModelAdapter.from_components(ref), batch).backward()
+    ref_grads = _grads(ref)
+
+    torch._dynamo.reset()
+    model = _lora_model(torch.float32)
+    decisions = {}
+    if keep == "attention_policy":  # tiny attentions: keep every one so the policy is exercised
+        policy = _counting(acceleration.keep_attention_policy(min_attention_pairs=1), decisions)
+        acceleration.compile_blocks(model, recompute_policy=policy, backend="aot_eager_decomp_partition")
+    else:
+        acceleration.compile_blocks(model, activation_memory_budget=0.0, backend="aot_eager_decomp_partition")
+    _loss(LTXAVModelAdapter.from_components(model), batch).backward()
+    grads = _grads(model)
+    torch._dynamo.reset()
+
+    assert set(grads) == set(ref_grads) and len(grads) > 10
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    if keep == "attention_policy":
+        assert decisions.get("MUST_SAVE", 0) >= 6 * 2  # six attentions per block, two blocks
+        assert decisions.get("PREFER_RECOMPUTE", 0) > decisions["MUST_SAVE"]
+
+
+def test_recompute_options_choose_who_recomputes():
+    fast = dict(naive=False, compute_dtype=torch.float32, compile_backend="aot_eager_decomp_partition")
+    model = _lora_model(torch.float32)
+    model.enable_gradient_checkpointing()
+    apply_speed_options(model, SpeedOptions(**fast), device="cpu")
+    assert not model.is_gradient_checkpointing  # the compiled blocks recompute themselves
+
+    model = _lora_model(torch.float32)
+    model.enable_gradient_checkpointing()
+    apply_speed_options(model, SpeedOptions(recompute="checkpoint", **fast), device="cpu")
+    assert model.is_gradient_checkpointing
+
+    model = _lora_model(torch.float32)
+    with pytest.raises(ValueError, match="--activation_memory_budget"):  # nothing to recompute without checkpointing
+        apply_speed_options(model, SpeedOptions(activation_memory_budget=0.1, **fast), device="cpu")
+    with pytest.raises(ValueError, match="--recompute"):
+        apply_speed_options(model, SpeedOptions(recompute="sometimes", **fast), device="cpu")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        acceleration.compile_blocks(model, activation_memory_budget=1.5)
+    torch._dynamo.reset()
+
+
+def test_grads_to_master_accumulates_in_fp32():
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    master = acceleration.MasterWeights(params, torch.bfloat16)
+    steps = [[torch.randn(3, 4), torch.randn(5)] for _ in range(3)]
+    for i, grads in enumerate(steps):
+        for p, g in zip(params, grads):
+            p.grad = g.to(torch.bfloat16)
+        master.grads_to_master(accumulate=i > 0)
+        assert all(p.grad is None for p in params)
+    for k, m in enumerate(master.master_params):
+        assert m.grad.dtype == torch.float32
+        expect = sum(step[k].to(torch.bfloat16).float() for step in steps)
+        torch.testing.assert_close(m.grad, expect)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="block swapping streams weights to a CUDA device")
 def test_block_swap_matches_resident_model_on_cuda():
     batch = {k: v.cuda() for k, v in _batch().items()}

@@ -189,11 +189,24 @@ def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
-@pytest.mark.parametrize("extra", [["--low_memory"], ["--blocks_to_swap", "4"]])
-def test_weight_streaming_needs_cuda(files, tmp_path, capsys, extra):
+@pytest.mark.parametrize("extra", [["--low_memory"], ["--blocks_to_swap", "4"], ["--activation_memory_budget", "0.1"]])
+def test_gpu_only_memory_levers_need_cuda(files, tmp_path, capsys, extra):
     with pytest.raises(SystemExit):
         parse_args(base_argv(files, tmp_path, "--gradient_checkpointing", *extra))
-    assert "stream weights to a CUDA device" in capsys.readouterr().err
+    assert "need a CUDA device and none is available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--activation_memory_budget", "1.5"], "must lie in [0, 1]"),
+    (["--activation_memory_budget", "0.1"], "needs --gradient_checkpointing and --recompute compiled"),
+    (["--gradient_checkpointing", "--recompute", "checkpoint", "--activation_memory_budget", "0"],
+     "needs --gradient_checkpointing and --recompute compiled"),
+    (["--recompute", "later"], "invalid choice"),
+])
+def test_recompute_flags_are_checked(files, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        parse_args(base_argv(files, tmp_path, *extra))
+    assert message in capsys.readouterr().err
 
 
 def test_speed_options_refuse_weight_streaming_off_cuda():

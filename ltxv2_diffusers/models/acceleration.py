@@ -6,7 +6,10 @@ that saves, loads and samples like any other. Figures for each lever are in benc
 
 - `compile_blocks`: `torch.compile` each transformer block (regional compilation: one graph reused
   by all 48 blocks, so it compiles once). Fuses RoPE, RMSNorm, modulation and gates and removes
-  most of the per-op launch overhead that dominates the eager step.
+  most of the per-op launch overhead that dominates the eager step. With a recompute policy or
+  an activation memory budget the compiled block also does its own activation checkpointing:
+  its backward graph recomputes only what backward needs, fused with the backward kernels, and
+  keeps what the policy says (`keep_attention_policy`).
 - `MasterWeights`: LoRA parameters compute in bf16 (no autocast casts, no fp32 copies of
   activations in peft) while the optimizer updates fp32 master copies.
 - `quantize_base_weights`: frozen base `nn.Linear` weights stored as int8 with one scale per
@@ -27,18 +30,82 @@ from torch import nn
 # ---- regional compilation -------------------------------------------------------------------------
 
 
-def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | None = None) -> int:
+_ATTENTION_OPS = tuple(
+    getattr(torch.ops.aten, name).default
+    for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    if hasattr(torch.ops.aten, name)
+)
+
+
+def keep_attention_policy(min_attention_pairs: int = 1 << 24):
+    """Selective-recompute policy: what a compiled block keeps for backward instead of recomputing.
+
+    Keeps the outputs of attentions with at least `min_attention_pairs` query-key pairs; at
+    768x512x121 that is only the video self-attention, one video-sized tensor per block (2.3 GiB
+    over 48 blocks) that spares its forward recomputation, the most expensive op per byte kept
+    (-40 ms/step on an H100, benchmarks/RESULTS.md). Everything else is recomputed inside the
+    block's compiled backward.
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    def policy(ctx, op, *args, **kwargs):
+        if op in _ATTENTION_OPS and args[0].shape[-2] * args[1].shape[-2] >= min_attention_pairs:
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | None = None, *,
+                   recompute_policy=None, activation_memory_budget: float | None = None,
+                   backend: str = "inductor") -> int:
     """`torch.compile` every transformer block's `forward` in place; returns how many were compiled.
 
     Only `forward` is compiled, not the module call, so module hooks (the block swapper's weight
-    prefetch) run eagerly around the compiled code instead of being traced into it.
+    prefetch) run eagerly around the compiled code instead of being traced into it. Calling it
+    again recompiles from the eager `forward` (after `torch._dynamo.reset()`).
+
+    Activation checkpointing inside the compiled block (use with diffusers' own gradient
+    checkpointing off): the block's backward graph recomputes what it needs, fused with the backward
+    kernels, instead of re-running the whole forward. `recompute_policy` (a selective-checkpoint
+    policy such as `keep_attention_policy()`) says what to keep; or `activation_memory_budget`
+    (0..1) lets the partitioner choose (0: keep only the block's inputs; 1: keep all it would).
     """
     blocks = getattr(transformer, "transformer_blocks", None)
     if blocks is None:
         raise TypeError(f"{type(transformer).__name__} has no transformer_blocks to compile")
+    if activation_memory_budget is not None and not 0.0 <= activation_memory_budget <= 1.0:
+        raise ValueError(f"activation_memory_budget must lie in [0, 1], got {activation_memory_budget}")
+    if recompute_policy is not None and activation_memory_budget is not None:
+        raise ValueError("give either a recompute policy or an activation memory budget, not both")
     for block in blocks:
-        block.forward = torch.compile(block.forward, dynamic=dynamic, mode=mode)
+        eager = vars(block).setdefault("_ltx_eager_forward", block.forward)
+        target = eager if recompute_policy is None else _selectively_checkpointed(eager, recompute_policy)
+        compiled = torch.compile(target, dynamic=dynamic, mode=mode, backend=backend)
+        block.forward = compiled if activation_memory_budget is None else _with_budget(compiled, activation_memory_budget)
     return len(blocks)
+
+
+def _selectively_checkpointed(forward, policy):
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    def context():
+        return create_selective_checkpoint_contexts(policy)
+
+    def checkpointed(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, context_fn=context, **kwargs)
+
+    return checkpointed
+
+
+def _with_budget(compiled, budget: float):
+    # The partitioner reads the budget when a graph is (re)compiled, which happens inside the call.
+    def forward(*args, **kwargs):
+        with torch._functorch.config.patch(activation_memory_budget=budget):
+            return compiled(*args, **kwargs)
+
+    return forward
 
 
 # ---- bf16 compute with fp32 master weights --------------------------------------------------------
@@ -62,14 +129,20 @@ class MasterWeights:
     @torch.no_grad()
     def grads_to_master(self, accumulate: bool = False) -> None:
         """Move model gradients into the fp32 masters (summing into existing ones when accumulating)."""
-        for p, m in zip(self.model_params, self.master_params):
-            if p.grad is None:
-                continue
-            g = p.grad.float()
-            if accumulate and m.grad is not None:
-                m.grad.add_(g)
-            else:
-                m.grad = g
+        pairs = [(p, m) for p, m in zip(self.model_params, self.master_params) if p.grad is not None]
+        if not pairs:
+            return
+        fresh = [(p, m) for p, m in pairs if not accumulate or m.grad is None]
+        summed = [(p, m) for p, m in pairs if accumulate and m.grad is not None]
+        # One multi-tensor kernel per group instead of one launch per parameter (there are ~2k).
+        if fresh:  # one allocation, viewed per parameter
+            flat = torch.empty(sum(m.numel() for _, m in fresh), dtype=torch.float32, device=fresh[0][1].device)
+            for view, (_, m) in zip(flat.split([m.numel() for _, m in fresh]), fresh):
+                m.grad = view.view_as(m)
+            torch._foreach_copy_([m.grad for _, m in fresh], [p.grad for p, _ in fresh])
+        if summed:
+            torch._foreach_add_([m.grad for _, m in summed], [p.grad.float() for p, _ in summed])
+        for p, _ in pairs:
             p.grad = None
 
     @torch.no_grad()

@@ -147,6 +147,13 @@ FLAGS: tuple[Flag, ...] = (
     F("--low_memory", bool, False, "int8 frozen base weights and 8 swapped blocks (about 24 GiB)", group="speed"),
     F("--blocks_to_swap", int, None, "keep the frozen weights of the last N blocks in CPU memory (needs "
       "--gradient_checkpointing)", group="speed"),
+    F("--recompute", str, "compiled", "how --gradient_checkpointing recomputes: compiled (each compiled block "
+      "recomputes inside its backward and keeps its large self-attention outputs; fastest) or checkpoint (re-run "
+      "whole blocks, least memory; always used with --no_compile and block swapping)",
+      choices=("compiled", "checkpoint"), group="speed"),
+    F("--activation_memory_budget", float, None, "with --recompute compiled: let torch.compile choose what each "
+      "block keeps, from 0 (only its inputs) to 1 (all it would keep without checkpointing), instead of keeping "
+      "the self-attention outputs", group="speed"),
     # --- state ---
     F("--save_every_n_steps", int, None, "save LoRA + training state every N steps", group="state"),
     F("--save_every_n_epochs", int, None, "save LoRA + training state every N epochs", group="state"),
@@ -381,11 +388,18 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(args.gradient_checkpointing, "--blocks_to_swap needs --gradient_checkpointing (blocks re-run in backward)")
     if args.low_memory:
         need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
-    if args.low_memory or args.blocks_to_swap:
+    if args.activation_memory_budget is not None:
+        need(0.0 <= args.activation_memory_budget <= 1.0, "--activation_memory_budget must lie in [0, 1]")
+        need(args.gradient_checkpointing and args.recompute == "compiled" and not args.no_compile
+             and not (args.low_memory or args.blocks_to_swap),
+             "--activation_memory_budget sets what compiled blocks keep when they recompute: it needs "
+             "--gradient_checkpointing and --recompute compiled, without --no_compile, --low_memory or "
+             "--blocks_to_swap")
+    if args.low_memory or args.blocks_to_swap or args.activation_memory_budget is not None:
         import torch
 
-        need(torch.cuda.is_available(), "--low_memory / --blocks_to_swap stream weights to a CUDA device and none "
-             "is available; drop them to train on this machine")
+        need(torch.cuda.is_available(), "--low_memory / --blocks_to_swap / --activation_memory_budget need a CUDA "
+             "device and none is available; drop them to train on this machine")
     if args.save_last_n_steps is not None:
         need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
              "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")

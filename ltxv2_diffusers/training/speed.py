@@ -25,25 +25,37 @@ class SpeedOptions:
 
     naive: bool = False
     compile: bool = True
+    # With gradient checkpointing on: "compiled" recomputes inside each compiled block (keeping what
+    # `keep_attention_policy` or `activation_memory_budget` says), "checkpoint" re-runs whole blocks
+    # through diffusers' torch.utils.checkpoint (needed by block swapping and eager runs).
+    recompute: str = "compiled"
     attention_backend: str | None = None
     int8_base: bool = False
     blocks_to_swap: int = 0
+    activation_memory_budget: float | None = None
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     compute_dtype: torch.dtype = torch.bfloat16
 
     @classmethod
     def for_device(cls, device: str | torch.device, *, naive: bool = False, compile: bool = True,
                    attention_backend: str | None = None, low_memory: bool = False,
-                   blocks_to_swap: int | None = None) -> "SpeedOptions":
+                   blocks_to_swap: int | None = None, recompute: str = "compiled",
+                   activation_memory_budget: float | None = None) -> "SpeedOptions":
         """Defaults per device: the fast path needs CUDA; on CPU the step stays eager in fp32."""
         cuda = torch.device(device).type == "cuda"
         if not cuda:
             if low_memory or blocks_to_swap:
                 raise ValueError(f"--low_memory and --blocks_to_swap stream weights to a CUDA device; this run is on "
                                  f"{device}. Drop them, or run on a GPU.")
-            return cls(naive=True, compile=False, compute_dtype=torch.float32)
+            if activation_memory_budget is not None:
+                raise ValueError(f"--activation_memory_budget steers compiled CUDA blocks; this run is on {device}, "
+                                 f"where blocks run eager. Drop it, or run on a GPU.")
+            return cls(naive=True, compile=False, recompute="checkpoint", compute_dtype=torch.float32)
         swap = blocks_to_swap if blocks_to_swap is not None else (8 if low_memory else 0)
         return cls(naive=naive, compile=compile and not naive, attention_backend=attention_backend,
-                   int8_base=low_memory, blocks_to_swap=swap)
+                   int8_base=low_memory, blocks_to_swap=swap, recompute=recompute,
+                   activation_memory_budget=activation_memory_budget)
 
     def describe(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -99,6 +111,7 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
     """Apply `options` to a transformer that already carries its trainable LoRA."""
     device = torch.device(device)
+    inside = _recompute_inside(transformer, options)
     if options.int8_base:
         acceleration.quantize_base_weights(transformer)
     swapper = None
@@ -119,7 +132,32 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     else:
         for p in trainable:
             p.data = p.data.float()
-    if options.compile:
-        acceleration.compile_blocks(transformer)
+    configure_recompute(transformer, options)
     return SpeedSetup(options=options, trainable_params=trainable, master=master, swapper=swapper,
                       device_type=device.type)
+
+
+def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bool:
+    """Whether the compiled blocks do the recomputation themselves (validating the options)."""
+    if options.recompute not in ("compiled", "checkpoint"):
+        raise ValueError(f"--recompute must be 'compiled' or 'checkpoint', got {options.recompute!r}")
+    inside = (options.compile and options.recompute == "compiled" and transformer.is_gradient_checkpointing
+              and not options.blocks_to_swap)
+    if options.activation_memory_budget is not None and not inside:
+        raise ValueError("--activation_memory_budget tells the compiled blocks what to keep when they recompute; it "
+                         "needs --gradient_checkpointing, compiled blocks and --recompute compiled, and no "
+                         "--blocks_to_swap")
+    return inside
+
+
+def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> None:
+    """Compile the blocks (if asked) with the recomputation `options` choose; call with diffusers'
+    gradient checkpointing as the user set it. Again after `torch._dynamo.reset()` to switch."""
+    inside = _recompute_inside(transformer, options)
+    if inside:
+        transformer.disable_gradient_checkpointing()  # the compiled blocks recompute instead
+    if options.compile:
+        budget = options.activation_memory_budget
+        policy = acceleration.keep_attention_policy() if inside and budget is None else None
+        acceleration.compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
+                                    activation_memory_budget=budget, backend=options.compile_backend)

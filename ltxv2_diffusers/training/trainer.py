@@ -101,7 +101,8 @@ class Trainer:
         self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
         options = SpeedOptions.for_device(device, naive=args.speed == "naive", compile=not args.no_compile,
                                           attention_backend=args.attention_backend, low_memory=args.low_memory,
-                                          blocks_to_swap=args.blocks_to_swap)
+                                          blocks_to_swap=args.blocks_to_swap, recompute=args.recompute,
+                                          activation_memory_budget=args.activation_memory_budget)
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
         if not self.speed.trainable_params:
             raise RuntimeError("the LoRA added no trainable parameters")

@@ -1,0 +1,138 @@
+"""Where a profiled step leaves the GPU idle, from a torch.profiler chrome trace.
+
+The GPU is idle between kernels when the host has not launched the next one yet (dispatch-bound
+code) or waits on a synchronization. For every idle gap this finds the kernel that ended it, the host
+time its launch was issued, and the outermost host op and `record_function` phase running then, and
+sums the idle time per phase and per op. Used by `benchmarks/train_step.py --profile`.
+
+    python benchmarks/gpu_gaps.py trace.json
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import json
+import sys
+
+GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+              "cudaStreamWaitEvent")
+
+
+KERNEL_KINDS = (  # first match wins
+    ("attention", ("sdpa", "fmha", "flash", "attention")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
+    ("triton (fused elementwise/norms)", ("triton_",)),
+    ("copies", ("memcpy", "memset", "copy")),
+    ("optimizer", ("adam", "multi_tensor")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, needles in KERNEL_KINDS:
+        if any(n in low for n in needles):
+            return kind
+    return "other (eager elementwise, reductions)"
+
+
+def _outermost(events: list[dict], starts: list[float], ts: float) -> dict | None:
+    """The longest host event that contains `ts` (events sorted by start)."""
+    best = None
+    for i in range(bisect.bisect_right(starts, ts) - 1, -1, -1):
+        e = events[i]
+        if e["ts"] + e["dur"] >= ts and (best is None or e["dur"] > best["dur"]):
+            best = e
+        if ts - e["ts"] > 30e6:  # nothing runs longer than this inside one step
+            break
+    return best
+
+
+def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
+    """Idle-GPU summary of a chrome trace: totals, per phase, per host op and the largest gaps."""
+    with open(trace_path) as f:
+        events = json.load(f)["traceEvents"]
+    gpu = sorted((e for e in events if e.get("cat") in GPU_CATS and "dur" in e), key=lambda e: e["ts"])
+    if not gpu:
+        return {"error": "no GPU events in the trace"}
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+    ops = sorted((e for e in events if e.get("cat") == "cpu_op" and "dur" in e), key=lambda e: e["ts"])
+    phases = sorted((e for e in events if e.get("cat") == "user_annotation" and "dur" in e), key=lambda e: e["ts"])
+    op_starts, phase_starts = [e["ts"] for e in ops], [e["ts"] for e in phases]
+
+    busy_end = gpu[0]["ts"] + gpu[0]["dur"]
+    busy = 0.0
+    gaps = []
+    cur_start = gpu[0]["ts"]
+    for e in gpu[1:]:
+        if e["ts"] > busy_end:
+            busy += busy_end - cur_start
+            if e["ts"] - busy_end >= min_gap_us:
+                gaps.append((busy_end, e))
+            cur_start = e["ts"]
+        busy_end = max(busy_end, e["ts"] + e["dur"])
+    busy += busy_end - cur_start
+    span = busy_end - gpu[0]["ts"]
+
+    per_phase: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+    per_op: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+    largest = []
+    for start, nxt in gaps:
+        idle = nxt["ts"] - start
+        launch = launches.get(nxt.get("args", {}).get("correlation"))
+        t = launch["ts"] if launch else nxt["ts"]
+        phase = _outermost(phases, phase_starts, t)
+        op = _outermost(ops, op_starts, t)
+        pname = phase["name"] if phase else "(no phase)"
+        oname = op["name"] if op else "(no host op)"
+        for table, key in ((per_phase, pname), (per_op, oname)):
+            table[key][0] += idle
+            table[key][1] += 1
+        largest.append((idle, pname, oname, nxt["name"][:60], launch["name"] if launch else ""))
+    kinds = collections.Counter()
+    for e in gpu:
+        kinds[kernel_kind(e["name"])] += e["dur"]
+    syncs = collections.Counter()
+    for e in events:
+        if e.get("cat") == "cuda_runtime" and e.get("name", "").startswith(SYNC_CALLS):
+            syncs[e["name"]] += e.get("dur", 0)
+
+    def table(d):
+        return [{"name": k, "idle_ms": round(v[0] / 1e3, 2), "gaps": v[1]}
+                for k, v in sorted(d.items(), key=lambda kv: -kv[1][0])][:top]
+
+    largest.sort(reverse=True)
+    return {
+        "gpu_span_ms": round(span / 1e3, 1),
+        "gpu_busy_ms": round(busy / 1e3, 1),
+        "gpu_idle_ms": round((span - busy) / 1e3, 1),
+        "gaps": len(gaps),
+        "gpu_ms_by_kind": {k: round(v / 1e3, 1) for k, v in kinds.most_common()},
+        "idle_by_phase": table(per_phase),
+        "idle_by_host_op": table(per_op),
+        "largest_gaps": [{"idle_ms": round(i / 1e3, 2), "phase": p, "host_op": o, "next_kernel": k, "launch": l}
+                         for i, p, o, k, l in largest[:top]],
+        "sync_calls_ms": {k: round(v / 1e3, 2) for k, v in syncs.most_common(8)},
+    }
+
+
+def print_report(report: dict) -> None:
+    print("GAPS " + json.dumps(report), flush=True)
+    if "error" in report:
+        return
+    print(f"GPU span {report['gpu_span_ms']} ms, busy {report['gpu_busy_ms']} ms, idle {report['gpu_idle_ms']} ms "
+          f"in {report['gaps']} gaps")
+    print("  GPU time by kernel kind: " + ", ".join(f"{k} {v} ms" for k, v in report["gpu_ms_by_kind"].items()))
+    for key in ("idle_by_phase", "idle_by_host_op"):
+        print(f"  {key}:")
+        for row in report[key]:
+            print(f"    {row['idle_ms']:9.2f} ms  {row['gaps']:6d}  {row['name'][:90]}")
+    print("  largest gaps:")
+    for row in report["largest_gaps"]:
+        print(f"    {row['idle_ms']:9.2f} ms  {row['phase'][:30]:30s}  {row['host_op'][:50]:50s}  {row['next_kernel']}")
+
+
+if __name__ == "__main__":
+    print_report(gap_report(sys.argv[1]))
