@@ -111,7 +111,7 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
     """Apply `options` to a transformer that already carries its trainable LoRA."""
     device = torch.device(device)
-    inside = _recompute_inside(transformer, options)
+    _recompute_inside(transformer, options)  # check the options before changing the model
     if options.int8_base:
         acceleration.quantize_base_weights(transformer)
     swapper = None
