@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+import torch._inductor.config
 
 
 def parse(argv=None):
@@ -44,7 +45,8 @@ def parse(argv=None):
                    help="comma list, measured one after the other on the same model: 'keep' (the default: compiled "
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
-                        "recompute within that activation memory budget); see training/speed.py")
+                        "recompute within that activation memory budget); see training/speed.py. Suffix '+cg' "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--tag", default="")
@@ -169,14 +171,20 @@ def main(argv=None) -> dict:
     variants = [v.strip() for v in a.recompute.split(",")]
 
     def recompute_options(v: str) -> dict:
-        if v in ("keep", "ckpt"):
-            return dict(recompute="compiled" if v == "keep" else "checkpoint", activation_memory_budget=None)
-        return dict(recompute="compiled", activation_memory_budget=float(v))
+        """'keep' | 'ckpt' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo kernels)."""
+        base, *extras = v.split("+")
+        torch._inductor.config.combo_kernels = "combo" in extras
+        mode = "reduce-overhead" if "cg" in extras else a.compile_mode
+        if base in ("keep", "ckpt"):
+            return dict(recompute="compiled" if base == "keep" else "checkpoint", activation_memory_budget=None,
+                        compile_mode=mode)
+        return dict(recompute="compiled", activation_memory_budget=float(base), compile_mode=mode)
 
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
-                                   blocks_to_swap=a.blocks_to_swap, **recompute_options(variants[0]))
-    opts.compile_mode = a.compile_mode
+                                   blocks_to_swap=a.blocks_to_swap)
+    for key, value in recompute_options(variants[0]).items():
+        setattr(opts, key, value)
     speed = apply_speed_options(transformer, opts, device=a.device)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
