@@ -1,9 +1,10 @@
 """The trainer itself on a GPU: the tiny `ltxv2-demo` workspace trained for 6 steps through the
 trainer's CLI, fast path without checkpointing, with compiled recompute, with whole-block
 checkpointing and with an activation memory budget; prints one `TRAINER {json}` line per run
-(exit code, seconds, per-step losses). On a CPU the budget run is refused (it needs CUDA).
+(exit code, seconds, per-step losses, previews written; the compiled-recompute run also samples
+previews through LTX2Pipeline). On a CPU the budget run is refused (it needs CUDA).
 
-    python benchmarks/trainer_gpu_check.py
+    python benchmarks/trainer_gpu_check.py [RUN ...]
 """
 import json, sys, tempfile, time
 from pathlib import Path
@@ -14,10 +15,14 @@ from ltxv2_diffusers.cli.train import main as train_main
 root = Path(tempfile.mkdtemp())
 ws = write_workspace(root, num_clips=2)
 run_cache_jobs(ws)
-runs = {"fast": [], "ckpt_compiled": ["--gradient_checkpointing"],
+previews = ["--sample_prompts", str(ws.prompts), "--sample_every_n_steps", "6"]
+runs = {"fast": [], "ckpt_compiled": ["--gradient_checkpointing", *previews],
         "ckpt_checkpoint": ["--gradient_checkpointing", "--recompute", "checkpoint"],
         "ckpt_budget0": ["--gradient_checkpointing", "--activation_memory_budget", "0"]}
+only = sys.argv[1:]  # run names to run; all when none are given
 for name, extra in runs.items():
+    if only and name not in only:
+        continue
     torch._dynamo.reset()
     out = root / name
     t = time.perf_counter()
@@ -25,4 +30,5 @@ for name, extra in runs.items():
     rows = [json.loads(l) for l in (out / "logs" / "metrics.jsonl").read_text().splitlines()] if (out / "logs" / "metrics.jsonl").exists() else []
     losses = [round(r["loss"], 5) for r in rows if "loss" in r]
     print("TRAINER", json.dumps({"run": name, "exit": code, "s": round(time.perf_counter() - t, 1), "losses": losses,
-                                 "lora": (out / "demo_lora.safetensors").is_file()}), flush=True)
+                                 "lora": (out / "demo_lora.safetensors").is_file(),
+                                 "previews": len(list((out / "samples").glob("*.mp4")))}), flush=True)

@@ -223,6 +223,19 @@ def test_preview_through_stock_pipeline(tiny, tmp_path, mode, suffix):
             assert w.getframerate() == tiny["vocoder"].config.output_sampling_rate and w.getnframes() > 0
 
 
+def test_preview_with_a_bf16_transformer_from_fp32_text_cache(tmp_path):
+    """The GPU fast path trains a bf16 transformer while text caches hold fp32 embeddings."""
+    parts = build_components("tiny", seed=0)
+    transformer = parts["transformer"].to(torch.bfloat16)
+    pipe = build_preview_pipeline(transformer, parts["vae"], parts["audio_vae"], parts["vocoder"])
+    pipe.set_progress_bar_config(disable=True)
+    embeds = (torch.randn(1, 8, 48, generator=torch.Generator().manual_seed(0)), torch.ones(1, 8, dtype=torch.bool))
+    prompt = PreviewPrompt("x", width=64, height=64, num_frames=9, steps=2)
+    path = render_preview(pipe, prompt, embeds, None, LtxMode.AV, tmp_path / "p")
+    with av.open(str(path)) as f:
+        assert sum(1 for _ in f.decode(video=0)) == 9
+
+
 # ---------------------------------------------------------------- plot and hub
 
 def test_loss_plot(tmp_path):

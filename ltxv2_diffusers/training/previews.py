@@ -180,11 +180,13 @@ def render_preview(pipeline, prompt: PreviewPrompt, embeds: tuple[torch.Tensor, 
     """Render one prompt and write `out_stem.mp4` (video/av) or `out_stem.wav` (audio); returns the file."""
     from diffusers.utils import encode_video
 
-    device = pipeline.transformer.device
+    # LTX2Pipeline feeds the transformer in the prompt embeddings' dtype: match the transformer's
+    # (bf16 on the GPU fast path) whatever dtype the text cache holds.
+    device, dtype = pipeline.transformer.device, pipeline.transformer.dtype
     guidance = default_guidance if prompt.guidance_scale is None else prompt.guidance_scale
     text, mask = embeds
     kwargs: dict[str, Any] = dict(
-        prompt_embeds=text.to(device), prompt_attention_mask=mask.to(device),
+        prompt_embeds=text.to(device, dtype), prompt_attention_mask=mask.to(device),
         width=prompt.width, height=prompt.height, num_frames=prompt.num_frames, frame_rate=prompt.frame_rate,
         num_inference_steps=prompt.steps or default_steps, guidance_scale=guidance,
         audio_guidance_scale=None, stg_scale=0.0, audio_stg_scale=None, modality_scale=1.0,
@@ -196,7 +198,8 @@ def render_preview(pipeline, prompt: PreviewPrompt, embeds: tuple[torch.Tensor, 
     if guidance > 1.0:
         if negative is None:
             raise ValueError(f"preview {prompt.index}: guidance {guidance} needs a negative prompt embedding")
-        kwargs.update(negative_prompt_embeds=negative[0].to(device), negative_prompt_attention_mask=negative[1].to(device))
+        kwargs.update(negative_prompt_embeds=negative[0].to(device, dtype),
+                      negative_prompt_attention_mask=negative[1].to(device))
     video, audio = pipeline(**kwargs)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     sample_rate = int(pipeline.vocoder.config.output_sampling_rate)
