@@ -1,0 +1,63 @@
+"""benchmarks/gpu_gaps.py on a chrome trace in the format torch.profiler writes (kernel, runtime,
+host-op and record_function events); the GPU runs that produce real ones are in RESULTS.md."""
+
+import importlib.util
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_gaps", ROOT / "benchmarks" / "gpu_gaps.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _trace(tmp_path):
+    def kernel(name, ts, dur, corr):
+        return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur, "args": {"correlation": corr}}
+
+    def launch(ts, corr, name="cudaLaunchKernel"):
+        return {"ph": "X", "cat": "cuda_runtime", "name": name, "ts": ts, "dur": 5, "args": {"correlation": corr}}
+
+    events = [
+        {"ph": "X", "cat": "user_annotation", "name": "step/forward+loss", "ts": 0, "dur": 1000},
+        {"ph": "X", "cat": "user_annotation", "name": "step/backward", "ts": 1000, "dur": 1000},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::to", "ts": 0, "dur": 400},
+        {"ph": "X", "cat": "cpu_op", "name": "Torch-Compiled Region: 0/0", "ts": 400, "dur": 600},
+        {"ph": "X", "cat": "cpu_op", "name": "autograd::engine::evaluate_function: CompiledFunctionBackward",
+         "ts": 1000, "dur": 900},
+        launch(10, 1), kernel("Memcpy HtoD (Pageable -> Device)", 20, 30, 1),
+        launch(390, 2), kernel("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT", 400, 500, 2),
+        launch(450, 3), kernel("triton_poi_fused_add_0", 900, 100, 3),
+        launch(1195, 4), kernel("cudnn_generated_fort_native_sdpa_sm90_flash_bprop", 1200, 600, 4),
+        launch(1790, 5, "cudaStreamSynchronize"),
+    ]
+    for e in events:  # in units of 10 us, so the report's rounded milliseconds are exact
+        e["ts"], e["dur"] = e["ts"] * 10, e["dur"] * 10
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    return path
+
+
+def test_gap_report_attributes_idle_time_to_phase_and_host_op(tmp_path):
+    report = _module().gap_report(str(_trace(tmp_path)))
+    # kernels at 20-50, 400-900, 900-1000 and 1200-1800: idle 50-400 (launched at 390, while the host
+    # ran aten::to in the forward phase) and 1000-1200 (launched at 1195 from the compiled backward)
+    assert (report["gpu_span_ms"], report["gpu_busy_ms"], report["gpu_idle_ms"], report["gaps"]) == (17.8, 12.3, 5.5, 2)
+    phases = {row["name"]: row["idle_ms"] for row in report["idle_by_phase"]}
+    assert phases == {"step/forward+loss": 3.5, "step/backward": 2.0}
+    ops = {row["name"]: row["idle_ms"] for row in report["idle_by_host_op"]}
+    assert ops == {"aten::to": 3.5, "autograd::engine::evaluate_function: CompiledFunctionBackward": 2.0}
+    assert report["largest_gaps"][0]["next_kernel"].startswith("nvjet") and report["largest_gaps"][0]["idle_ms"] == 3.5
+    assert report["gpu_ms_by_kind"] == {"attention": 6.0, "matmul": 5.0, "triton (fused elementwise/norms)": 1.0,
+                                        "copies": 0.3}
+    assert report["sync_calls_ms"] == {"cudaStreamSynchronize": 0.05}
+
+
+def test_gap_report_without_gpu_events(tmp_path):
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 9}]}))
+    assert "error" in _module().gap_report(str(path))
