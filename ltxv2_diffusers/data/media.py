@@ -69,6 +69,7 @@ def probe_video(path: str) -> VideoInfo:
                 raise MediaError(path, "no video stream")
             stream = container.streams.video[0]
             fps = _stream_fps(stream)
+            video_tb = _rational(stream.time_base)  # streams are unreadable once the container closes
             audio_stream = container.streams.audio[0] if container.streams.audio else None
             streams = [stream] + ([audio_stream] if audio_stream is not None else [])
             num_frames, first_pts = 0, None
@@ -96,7 +97,7 @@ def probe_video(path: str) -> VideoInfo:
             declared = stream.frames  # from the container index (0 when the container has none)
             audio = None
             if audio_stream is not None and audio_stream.codec_context.sample_rate:
-                tb = audio_stream.time_base or Fraction(0)
+                tb = _rational(audio_stream.time_base) or Fraction(0)
                 if not audio_ticks and audio_packets and audio_end is not None:
                     audio_ticks = audio_end - audio_first  # demuxers that leave packet durations empty
                 audio = AudioInfo(
@@ -113,7 +114,7 @@ def probe_video(path: str) -> VideoInfo:
         raise MediaError(path, "no video frames")
     if declared and num_frames < declared:
         raise MediaError(path, f"truncated: the index lists {declared} frames but only {num_frames} are in the file")
-    start = float(first_pts * stream.time_base) if first_pts is not None and stream.time_base else 0.0
+    start = float(first_pts * video_tb) if first_pts is not None and video_tb else 0.0
     return VideoInfo(width=width, height=height, num_frames=num_frames, fps=fps, start_time=start, audio=audio)
 
 
@@ -132,7 +133,7 @@ def probe_audio(path: str) -> AudioInfo:
                 samples += packet.duration or 0
                 if packet.pts is not None and (first is None or packet.pts < first):
                     first = packet.pts
-            tb = stream.time_base
+            tb = _rational(stream.time_base)
             duration = float(samples * tb) if tb else 0.0
             if duration == 0.0 and samples == 0:
                 # Some demuxers leave packet durations empty: decode to measure.
@@ -150,8 +151,17 @@ def probe_audio(path: str) -> AudioInfo:
         raise MediaError(path, f"unreadable or truncated audio ({_short(error)})") from None
 
 
+def _rational(value) -> Fraction | None:
+    """A PyAV rational (`Fraction` before PyAV 19, `av.AVRational` since) as a `Fraction`; None when
+    unset (None, or a zero denominator/numerator)."""
+    if value is None:
+        return None
+    num, den = int(value.numerator), int(value.denominator)
+    return Fraction(num, den) if den and num else None
+
+
 def _stream_fps(stream) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    rate = _rational(stream.average_rate) or _rational(stream.guessed_rate) or _rational(stream.base_rate)
     if not rate or rate <= 0:
         return DEFAULT_FPS
     return float(rate)
@@ -229,7 +239,7 @@ def decode_video_frames(
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             frames = None
-            if frame_start > 0 and stream.time_base:
+            if frame_start > 0 and _rational(stream.time_base):
                 frames = _frames_by_timestamp(container, stream, wanted)
             if frames is None:
                 container.seek(0)
@@ -268,11 +278,10 @@ def _frames_in_order(container, stream, wanted: list[int]) -> list:
 
 def _frames_by_timestamp(container, stream, wanted: list[int]) -> list | None:
     """Seek near the first wanted frame and pick frames by timestamp; None if timestamps are unusable."""
-    fps = Fraction(stream.average_rate) if stream.average_rate else None
-    if not fps:
+    fps, tb = _rational(stream.average_rate), _rational(stream.time_base)
+    if not fps or not tb:
         return None
     start_pts = stream.start_time if stream.start_time is not None else 0
-    tb = stream.time_base
 
     def index_of(frame) -> int | None:
         pts = frame.pts if frame.pts is not None else frame.dts
@@ -363,7 +372,7 @@ def decode_audio_window(path: str, start_time: float, duration: float, sample_ra
 
 def _decode_native(container, stream, t_from: float, t_to: float) -> tuple[np.ndarray, int, float]:
     """Decode `[t_from, t_to)` at the native rate as float32 `[C, N]`; returns (samples, rate, start time)."""
-    tb = stream.time_base
+    tb = _rational(stream.time_base)
     if t_from > 0 and tb:
         container.seek(int(t_from / tb), stream=stream, backward=True, any_frame=False)
     chunks, buffer_start, rate, expected = [], None, stream.codec_context.sample_rate, None
@@ -371,7 +380,8 @@ def _decode_native(container, stream, t_from: float, t_to: float) -> tuple[np.nd
         rate = frame.sample_rate
         data = frame.to_ndarray()
         data = _planar_float(data, frame.format.name, len(frame.layout.channels))
-        t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+        frame_tb = _rational(frame.time_base)
+        t = float(frame.pts * frame_tb) if frame.pts is not None and frame_tb else None
         if buffer_start is None:
             buffer_start = t if t is not None else 0.0
             expected = 0
