@@ -178,13 +178,22 @@ def test_recompute_options_choose_who_recomputes():
     fast = dict(naive=False, compute_dtype=torch.float32, compile_backend="aot_eager_decomp_partition")
     model = _lora_model(torch.float32)
     model.enable_gradient_checkpointing()
-    apply_speed_options(model, SpeedOptions(**fast), device="cpu")
+    setup = apply_speed_options(model, SpeedOptions(**fast), device="cpu")
     assert not model.is_gradient_checkpointing  # the compiled blocks recompute themselves
+    assert "compiled blocks, recompute: inside compiled blocks, keeping large self-attention" in setup.summary()
 
     model = _lora_model(torch.float32)
     model.enable_gradient_checkpointing()
-    apply_speed_options(model, SpeedOptions(recompute="checkpoint", **fast), device="cpu")
-    assert model.is_gradient_checkpointing
+    setup = apply_speed_options(model, SpeedOptions(recompute="checkpoint", **fast), device="cpu")
+    assert model.is_gradient_checkpointing and "recompute: whole blocks" in setup.summary()
+
+    model = _lora_model(torch.float32)
+    model.enable_gradient_checkpointing()
+    setup = apply_speed_options(model, SpeedOptions(activation_memory_budget=0.25, **fast), device="cpu")
+    assert "activation memory budget 0.25" in setup.summary()
+
+    eager = apply_speed_options(_lora_model(torch.float32), SpeedOptions.for_device("cpu"), device="cpu")
+    assert eager.summary() == "speed: float32 compute, eager, recompute: none"
 
     model = _lora_model(torch.float32)
     with pytest.raises(ValueError, match="--activation_memory_budget"):  # nothing to recompute without checkpointing

@@ -70,6 +70,22 @@ class SpeedSetup:
     master: acceleration.MasterWeights | None = None
     swapper: acceleration.BlockSwapper | None = None
     device_type: str = "cpu"
+    recompute: str = "none"  # who recomputes activations in backward, in words
+
+    def summary(self) -> str:
+        """One line for the run's log: compute dtype, compilation, recomputation, memory levers."""
+        o = self.options
+        parts = ["naive (autocast, fp32 LoRA)" if o.naive and self.device_type == "cuda" else
+                 f"{str(o.compute_dtype).replace('torch.', '')} compute" +
+                 (" with fp32 master weights" if self.master is not None else ""),
+                 "compiled blocks" if o.compile else "eager", f"recompute: {self.recompute}"]
+        if o.int8_base:
+            parts.append("int8 base weights")
+        if self.swapper is not None:
+            parts.append(f"{o.blocks_to_swap} blocks swapped to CPU")
+        if o.attention_backend:
+            parts.append(f"attention backend {o.attention_backend}")
+        return "speed: " + ", ".join(parts)
 
     @property
     def optimizer_params(self) -> list[torch.nn.Parameter]:
@@ -111,7 +127,13 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
     """Apply `options` to a transformer that already carries its trainable LoRA."""
     device = torch.device(device)
-    _recompute_inside(transformer, options)  # check the options before changing the model
+    inside = _recompute_inside(transformer, options)  # checks the options before the model changes
+    if inside:
+        budget = options.activation_memory_budget
+        recompute = (f"inside compiled blocks, activation memory budget {budget}" if budget is not None
+                     else "inside compiled blocks, keeping large self-attention outputs")
+    else:
+        recompute = "whole blocks (torch.utils.checkpoint)" if transformer.is_gradient_checkpointing else "none"
     if options.int8_base:
         acceleration.quantize_base_weights(transformer)
     swapper = None
@@ -134,7 +156,7 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
             p.data = p.data.float()
     configure_recompute(transformer, options)
     return SpeedSetup(options=options, trainable_params=trainable, master=master, swapper=swapper,
-                      device_type=device.type)
+                      device_type=device.type, recompute=recompute)
 
 
 def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bool:

@@ -104,6 +104,7 @@ class Trainer:
                                           blocks_to_swap=args.blocks_to_swap, recompute=args.recompute,
                                           activation_memory_budget=args.activation_memory_budget)
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
+        self.accelerator.print(self.speed.summary())
         if not self.speed.trainable_params:
             raise RuntimeError("the LoRA added no trainable parameters")
         self.trainable = self.speed.optimizer_params  # fp32 masters on the fast path: clip and step these
