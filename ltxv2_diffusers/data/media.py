@@ -239,7 +239,7 @@ def decode_video_frames(
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             frames = None
-            if frame_start > 0 and _rational(stream.time_base):
+            if frame_start > 0:  # None when the stream's timestamps are unusable
                 frames = _frames_by_timestamp(container, stream, wanted)
             if frames is None:
                 container.seek(0)

@@ -141,7 +141,7 @@ class MasterWeights:
                 m.grad = view.view_as(m)
             torch._foreach_copy_([m.grad for _, m in fresh], [p.grad for p, _ in fresh])
         if summed:
-            torch._foreach_add_([m.grad for _, m in summed], [p.grad.float() for p, _ in summed])
+            torch._foreach_add_([m.grad for _, m in summed], [p.grad for p, _ in summed])  # adds in fp32
         for p, _ in pairs:
             p.grad = None
 

@@ -390,8 +390,11 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
     if args.activation_memory_budget is not None:
         need(0.0 <= args.activation_memory_budget <= 1.0, "--activation_memory_budget must lie in [0, 1]")
-        need(args.gradient_checkpointing and args.recompute == "compiled" and not args.no_compile
-             and not (args.low_memory or args.blocks_to_swap),
+        from ltxv2_diffusers.training.speed import compiled_recompute
+
+        need(compiled_recompute(compile=not args.no_compile, recompute=args.recompute,
+                                checkpointing=args.gradient_checkpointing,
+                                blocks_to_swap=args.low_memory or args.blocks_to_swap),
              "--activation_memory_budget sets what compiled blocks keep when they recompute: it needs "
              "--gradient_checkpointing and --recompute compiled, without --no_compile, --low_memory or "
              "--blocks_to_swap")

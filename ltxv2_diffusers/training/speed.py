@@ -127,13 +127,7 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
     """Apply `options` to a transformer that already carries its trainable LoRA."""
     device = torch.device(device)
-    inside = _recompute_inside(transformer, options)  # checks the options before the model changes
-    if inside:
-        budget = options.activation_memory_budget
-        recompute = (f"inside compiled blocks, activation memory budget {budget}" if budget is not None
-                     else "inside compiled blocks, keeping large self-attention outputs")
-    else:
-        recompute = "whole blocks (torch.utils.checkpoint)" if transformer.is_gradient_checkpointing else "none"
+    _recompute_inside(transformer, options)  # checks the options before the model changes
     if options.int8_base:
         acceleration.quantize_base_weights(transformer)
     swapper = None
@@ -154,17 +148,24 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     else:
         for p in trainable:
             p.data = p.data.float()
-    configure_recompute(transformer, options)
+    recompute = configure_recompute(transformer, options)
     return SpeedSetup(options=options, trainable_params=trainable, master=master, swapper=swapper,
                       device_type=device.type, recompute=recompute)
 
 
+def compiled_recompute(*, compile: bool, recompute: str, checkpointing: bool, blocks_to_swap: int) -> bool:
+    """Whether the compiled blocks do the recomputation themselves instead of diffusers' checkpointing
+    (the one rule, shared by the flag checks and `configure_recompute`)."""
+    return compile and recompute == "compiled" and checkpointing and not blocks_to_swap
+
+
 def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bool:
-    """Whether the compiled blocks do the recomputation themselves (validating the options)."""
+    """`compiled_recompute` for this model and these options, validating the options."""
     if options.recompute not in ("compiled", "checkpoint"):
         raise ValueError(f"--recompute must be 'compiled' or 'checkpoint', got {options.recompute!r}")
-    inside = (options.compile and options.recompute == "compiled" and transformer.is_gradient_checkpointing
-              and not options.blocks_to_swap)
+    inside = compiled_recompute(compile=options.compile, recompute=options.recompute,
+                                checkpointing=transformer.is_gradient_checkpointing,
+                                blocks_to_swap=options.blocks_to_swap)
     if options.activation_memory_budget is not None and not inside:
         raise ValueError("--activation_memory_budget tells the compiled blocks what to keep when they recompute; it "
                          "needs --gradient_checkpointing, compiled blocks and --recompute compiled, and no "
@@ -172,14 +173,20 @@ def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bo
     return inside
 
 
-def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> None:
+def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> str:
     """Compile the blocks (if asked) with the recomputation `options` choose; call with diffusers'
-    gradient checkpointing as the user set it. Again after `torch._dynamo.reset()` to switch."""
+    gradient checkpointing as the user set it. Again after `torch._dynamo.reset()` to switch.
+    Returns who recomputes activations in backward, in words."""
     inside = _recompute_inside(transformer, options)
+    checkpointing = transformer.is_gradient_checkpointing
+    budget = options.activation_memory_budget
     if inside:
         transformer.disable_gradient_checkpointing()  # the compiled blocks recompute instead
     if options.compile:
-        budget = options.activation_memory_budget
         policy = acceleration.keep_attention_policy() if inside and budget is None else None
         acceleration.compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
                                     activation_memory_budget=budget, backend=options.compile_backend)
+    if inside:
+        return (f"inside compiled blocks, activation memory budget {budget}" if budget is not None
+                else "inside compiled blocks, keeping large self-attention outputs")
+    return "whole blocks (torch.utils.checkpoint)" if checkpointing else "none"
