@@ -186,6 +186,7 @@ def main(argv=None) -> dict:
     for key, value in recompute_options(variants[0]).items():
         setattr(opts, key, value)
     speed = apply_speed_options(transformer, opts, device=a.device)
+    recomputed_by = speed.recompute  # what actually recomputes (block swapping forces whole blocks)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
     tokens = adapter.token_counts(batch)
@@ -221,7 +222,7 @@ def main(argv=None) -> dict:
                 setattr(opts, key, value)
             torch._dynamo.reset()
             transformer.enable_gradient_checkpointing()
-            configure_recompute(transformer, opts)
+            recomputed_by = configure_recompute(transformer, opts)
         try:
             res = measure(a, step, sync, cuda)
         except torch.OutOfMemoryError as e:
@@ -229,7 +230,7 @@ def main(argv=None) -> dict:
                   flush=True)
             print(str(e)[:300])
             continue
-        res.update(tag=a.tag, recompute=variant, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
+        res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),
                    compiled_graphs=int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
