@@ -33,6 +33,8 @@ def parse(argv=None):
     p.add_argument("--fps", type=float, default=24.0)
     p.add_argument("--text_len", type=int, default=1024)
     p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--num_layers", type=int, default=None,
+                   help="fewer transformer blocks than the preset (per-block costs, variants that need more memory)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--speed", default="default", choices=["naive", "default"],
@@ -41,11 +43,14 @@ def parse(argv=None):
     p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
     p.add_argument("--blocks_to_swap", type=int, default=None)
     p.add_argument("--no_compile", action="store_true")
-    p.add_argument("--recompute", default="keep",
+    p.add_argument("--backward_prefetch", type=int, default=None, help="swapped blocks fetched ahead in backward")
+    p.add_argument("--blocks_without_recompute", type=int, default=0,
+                   help="with compiled recompute: the last N blocks keep every activation instead")
+    p.add_argument("--recompute", default=None,
                    help="comma list, measured one after the other on the same model: 'keep' (the default: compiled "
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
-                        "recompute within that activation memory budget); see training/speed.py. Suffix '+cg' "
+                        "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
                         "compiles with CUDA graphs, '+combo' with inductor's combo kernels")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
@@ -147,7 +152,9 @@ def main(argv=None) -> dict:
     ceiling = matmul_ceiling(a.device)
     t0 = time.perf_counter()
     dtype = torch.bfloat16 if cuda else torch.float32
-    transformer = build_components(a.preset, components=("transformer",), torch_dtype=dtype, device=a.device)["transformer"]
+    overrides = {"transformer": {"num_layers": a.num_layers}} if a.num_layers else None
+    transformer = build_components(a.preset, components=("transformer",), torch_dtype=dtype, device=a.device,
+                                   overrides=overrides)["transformer"]
     params = sum(p.numel() for p in transformer.parameters())
     build_s = time.perf_counter() - t0
     add_lora(transformer, a.mode, a.rank, a.rank)
@@ -168,13 +175,15 @@ def main(argv=None) -> dict:
             step_fn(batch, generator=torch.Generator("cpu").manual_seed(0))
         fflops = fc.get_total_flops()
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    variants = [v.strip() for v in a.recompute.split(",")]
+    variants = [v.strip() for v in (a.recompute or ("ckpt" if a.low_memory else "keep")).split(",")]
 
     def recompute_options(v: str) -> dict:
         """'keep' | 'ckpt' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo kernels)."""
         base, *extras = v.split("+")
         torch._inductor.config.combo_kernels = "combo" in extras
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode
+        if base == "none":  # no recomputation at all (needs the memory for every activation)
+            return dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, checkpointing=False)
         if base in ("keep", "ckpt"):
             return dict(recompute="compiled" if base == "keep" else "checkpoint", activation_memory_budget=None,
                         compile_mode=mode)
@@ -182,10 +191,20 @@ def main(argv=None) -> dict:
 
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
-                                   blocks_to_swap=a.blocks_to_swap)
-    for key, value in recompute_options(variants[0]).items():
-        setattr(opts, key, value)
+                                   blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute)
+    def set_options(v: str) -> None:
+        kwargs = recompute_options(v)
+        if kwargs.pop("checkpointing", True):
+            transformer.enable_gradient_checkpointing()
+        else:
+            transformer.disable_gradient_checkpointing()
+        for key, value in kwargs.items():
+            setattr(opts, key, value)
+
+    set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)
+    if a.backward_prefetch is not None and speed.swapper is not None:
+        speed.swapper.backward_prefetch = a.backward_prefetch
     recomputed_by = speed.recompute  # what actually recomputes (block swapping forces whole blocks)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
@@ -218,10 +237,8 @@ def main(argv=None) -> dict:
         if n:  # same model, optimizer and LoRA state; only what the blocks keep for backward changes
             from ltxv2_diffusers.training.speed import configure_recompute
 
-            for key, value in recompute_options(variant).items():
-                setattr(opts, key, value)
             torch._dynamo.reset()
-            transformer.enable_gradient_checkpointing()
+            set_options(variant)
             recomputed_by = configure_recompute(transformer, opts)
         try:
             res = measure(a, step, sync, cuda)

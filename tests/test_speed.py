@@ -29,8 +29,9 @@ def _batch(seed=0):
     }
 
 
-def _lora_model(dtype):
-    transformer = build_components("tiny", components=("transformer",))["transformer"]
+def _lora_model(dtype, num_layers=None):
+    overrides = {"transformer": {"num_layers": num_layers}} if num_layers else None
+    transformer = build_components("tiny", components=("transformer",), overrides=overrides)["transformer"]
     add_lora(transformer, "av", 4, 4)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-zero B so every LoRA weight gets a gradient
@@ -143,7 +144,7 @@ def _counting(policy, decisions):
     return counted
 
 
-@pytest.mark.parametrize("keep", ["attention_policy", "budget_0"])
+@pytest.mark.parametrize("keep", ["attention_policy", "budget_0", "last_block_without_recompute"])
 def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
     """The compiled blocks' own recomputation (the default fast path) changes what is stored for
     backward, never the gradients. `aot_eager_decomp_partition` runs the same partitioner as
@@ -160,6 +161,11 @@ def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
     if keep == "attention_policy":  # tiny attentions: keep every one so the policy is exercised
         policy = _counting(acceleration.keep_attention_policy(min_attention_pairs=1), decisions)
         acceleration.compile_blocks(model, recompute_policy=policy, backend="aot_eager_decomp_partition")
+    elif keep == "last_block_without_recompute":  # what --blocks_without_recompute 1 compiles
+        model.enable_gradient_checkpointing()
+        setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, blocks_without_recompute=1,
+                                                        compile_backend="aot_eager_decomp_partition"), device="cpu")
+        assert "the last 1 blocks recompute nothing" in setup.summary()
     else:
         acceleration.compile_blocks(model, activation_memory_budget=0.0, backend="aot_eager_decomp_partition")
     _loss(LTXAVModelAdapter.from_components(model), batch).backward()
@@ -195,6 +201,15 @@ def test_recompute_options_choose_who_recomputes():
     eager = apply_speed_options(_lora_model(torch.float32), SpeedOptions.for_device("cpu"), device="cpu")
     assert eager.summary() == "speed: float32 compute, eager, recompute: none"
 
+    model = _lora_model(torch.float32)
+    with pytest.raises(ValueError, match="--blocks_without_recompute"):  # nothing to exempt without checkpointing
+        apply_speed_options(model, SpeedOptions(blocks_without_recompute=1, **fast), device="cpu")
+    model.enable_gradient_checkpointing()
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        apply_speed_options(model, SpeedOptions(blocks_without_recompute=3, **fast), device="cpu")
+    with pytest.raises(ValueError, match="--activation_memory_budget"):
+        apply_speed_options(model, SpeedOptions(blocks_without_recompute=1, activation_memory_budget=0.5, **fast),
+                            device="cpu")
     model = _lora_model(torch.float32)
     with pytest.raises(ValueError, match="--activation_memory_budget"):  # nothing to recompute without checkpointing
         apply_speed_options(model, SpeedOptions(activation_memory_budget=0.1, **fast), device="cpu")
@@ -236,6 +251,49 @@ def test_block_swap_matches_resident_model_on_cuda():
         got.backward()
         swapper.reset()
         torch.testing.assert_close(got, expect, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="block swapping streams weights to a CUDA device")
+@pytest.mark.parametrize("checkpointing", [True, False], ids=["compiled-recompute", "no-recompute"])
+def test_block_swap_without_rerun_matches_resident_model_on_cuda(checkpointing):
+    """Swapped blocks whose backward is not a re-run forward (compiled recompute, or none) are fetched by
+    a gradient hook; their LoRA gradients equal the resident model's over two steps."""
+    batch = {k: v.cuda() for k, v in _batch().items()}
+    results = {}
+    for swap in (0, 2):
+        torch._dynamo.reset()
+        model = _lora_model(torch.float32, num_layers=5).cuda()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        options = SpeedOptions(blocks_to_swap=swap, blocks_without_recompute=2 if checkpointing else 0,
+                               compute_dtype=torch.float32)
+        setup = apply_speed_options(model, options, device="cuda")
+        assert (setup.swapper is not None) == bool(swap)
+        if swap:
+            assert not setup.swapper.rerun_in_backward and setup.swapper.swapped == [1, 3]
+        runs = []
+        for _ in range(2):
+            loss = _loss(LTXAVModelAdapter.from_components(model), batch)
+            loss.backward()
+            runs.append((loss.detach(), _grads(model)))
+            model.zero_grad(set_to_none=True)
+            setup.reset()
+        results[swap] = runs
+    for (loss0, grads0), (loss1, grads1) in zip(results[0], results[2]):
+        torch.testing.assert_close(loss1, loss0, atol=1e-5, rtol=1e-5)
+        assert grads0.keys() == grads1.keys() and grads0
+        for name in grads0:
+            torch.testing.assert_close(grads1[name], grads0[name], atol=1e-5, rtol=1e-4, msg=name)
+    torch._dynamo.reset()
+
+
+def test_spread_blocks_keeps_first_and_last_resident():
+    assert acceleration.spread_blocks(5, 2) == [1, 3]
+    for n, k in ((48, 1), (48, 20), (48, 46), (5, 2)):
+        got = acceleration.spread_blocks(n, k)
+        assert len(got) == k and got == sorted(set(got)) and got[0] >= 1 and got[-1] <= n - 2
+    with pytest.raises(ValueError, match="between 1 and 46"):
+        acceleration.spread_blocks(48, 47)
 
 
 def test_benchmark_smoke_on_cpu():

@@ -189,7 +189,8 @@ def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
-@pytest.mark.parametrize("extra", [["--low_memory"], ["--blocks_to_swap", "4"], ["--activation_memory_budget", "0.1"]])
+@pytest.mark.parametrize("extra", [["--low_memory"], ["--blocks_to_swap", "4"], ["--activation_memory_budget", "0.1"],
+                                   ["--blocks_without_recompute", "4"]])
 def test_gpu_only_memory_levers_need_cuda(files, tmp_path, capsys, extra):
     with pytest.raises(SystemExit):
         parse_args(base_argv(files, tmp_path, "--gradient_checkpointing", *extra))
@@ -202,8 +203,14 @@ def test_gpu_only_memory_levers_need_cuda(files, tmp_path, capsys, extra):
     (["--gradient_checkpointing", "--recompute", "checkpoint", "--activation_memory_budget", "0"],
      "needs --gradient_checkpointing and --recompute compiled"),
     (["--recompute", "later"], "invalid choice"),
+    (["--blocks_without_recompute", "4"], "needs --gradient_checkpointing and --recompute compiled"),
+    (["--gradient_checkpointing", "--low_memory", "--blocks_without_recompute", "4"], "without --no_compile, --low_memory"),
+    (["--gradient_checkpointing", "--blocks_without_recompute", "0"], None),
 ])
 def test_recompute_flags_are_checked(files, tmp_path, capsys, extra, message):
+    if message is None:  # 0 means "off", like the other counts
+        assert parse_args(base_argv(files, tmp_path, *extra)).blocks_without_recompute == 0
+        return
     with pytest.raises(SystemExit):
         parse_args(base_argv(files, tmp_path, *extra))
     assert message in capsys.readouterr().err

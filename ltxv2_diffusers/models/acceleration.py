@@ -69,8 +69,9 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     Activation checkpointing inside the compiled block (use with diffusers' own gradient
     checkpointing off): the block's backward graph recomputes what it needs, fused with the backward
     kernels, instead of re-running the whole forward. `recompute_policy` (a selective-checkpoint
-    policy such as `keep_attention_policy()`) says what to keep; or `activation_memory_budget`
-    (0..1) lets the partitioner choose (0: keep only the block's inputs; 1: keep all it would).
+    policy such as `keep_attention_policy()`, or one per block, None for a block that keeps
+    everything) says what to keep; or `activation_memory_budget` (0..1) lets the partitioner choose
+    (0: keep only the block's inputs; 1: keep all it would). Blocks sharing a policy share one graph.
     """
     blocks = getattr(transformer, "transformer_blocks", None)
     if blocks is None:
@@ -79,9 +80,12 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
         raise ValueError(f"activation_memory_budget must lie in [0, 1], got {activation_memory_budget}")
     if recompute_policy is not None and activation_memory_budget is not None:
         raise ValueError("give either a recompute policy or an activation memory budget, not both")
-    for block in blocks:
+    policies = recompute_policy if isinstance(recompute_policy, (list, tuple)) else [recompute_policy] * len(blocks)
+    if len(policies) != len(blocks):
+        raise ValueError(f"got {len(policies)} recompute policies for {len(blocks)} blocks")
+    for block, policy in zip(blocks, policies):
         eager = vars(block).setdefault("_ltx_eager_forward", block.forward)
-        target = eager if recompute_policy is None else _selectively_checkpointed(eager, recompute_policy)
+        target = eager if policy is None else _selectively_checkpointed(eager, policy)
         compiled = torch.compile(target, dynamic=dynamic, mode=mode, backend=backend)
         block.forward = compiled if activation_memory_budget is None else _with_budget(compiled, activation_memory_budget)
     return len(blocks)
@@ -225,32 +229,62 @@ def quantize_base_weights(transformer: nn.Module, min_features: int = 256) -> in
 # ---- block swapping ----------------------------------------------------------------------------------
 
 
-class BlockSwapper:
-    """Keep the frozen tensors of the last `num_blocks` transformer blocks in pinned CPU memory.
+def spread_blocks(num_blocks: int, count: int) -> list[int]:
+    """`count` block indices spread evenly over blocks 1..num_blocks-2 (first and last stay resident)."""
+    inner = num_blocks - 2
+    if not 0 < count <= inner:
+        raise ValueError(f"can spread between 1 and {inner} of {num_blocks} blocks (got {count})")
+    return sorted({1 + int((k + 0.5) * inner / count) for k in range(count)})
 
-    A block's tensors are copied to the GPU on a side stream while the previous block computes
-    (forward: block i prefetches i+1; backward recompute runs blocks in reverse, so block i
-    prefetches i-1) and dropped again once the pass moved past it. Trainable (LoRA) parameters
-    always stay on the GPU. Works with gradient checkpointing, which re-runs a block's forward
-    right before its backward.
+
+class BlockSwapper:
+    """Keep the frozen tensors of some transformer blocks in pinned CPU memory.
+
+    A swapped block's tensors are copied to the GPU on a side stream while earlier blocks compute and
+    dropped again once the pass moved past it; trainable (LoRA) parameters always stay on the GPU.
+    Two ways to learn that backward needs a block again:
+
+    - `rerun_in_backward=True` (whole-block gradient checkpointing re-runs each block's forward
+      right before its backward): the last `num_blocks` blocks are swapped and the forward pre-hook
+      of the re-run fetches them, prefetching the block before it.
+    - `rerun_in_backward=False` (compiled blocks recompute inside their own backward, or nothing is
+      recomputed): `num_blocks` blocks spread over the model are swapped (`spread_blocks`). A block
+      is dropped right after its forward, and a gradient hook on its output fetches it back before
+      its backward runs (prefetching the next swapped block down); it then stays on the GPU into the
+      next step's forward. So memory is freed where it peaks, between forward and backward, and each
+      swapped block crosses the host link once per step, during backward, which is twice as long as
+      forward. Autograd saved the parameters themselves, whose storage the swapper replaces in
+      place, so backward reads the fetched copy.
     """
 
-    def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda"):
+    def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
+                 rerun_in_backward: bool = True, backward_prefetch: int = 2):
         blocks = list(transformer.transformer_blocks)
-        if not 0 < num_blocks < len(blocks):
-            raise ValueError(f"--blocks_to_swap must be between 1 and {len(blocks) - 1} (got {num_blocks})")
+        if not 0 < num_blocks < len(blocks) - (0 if rerun_in_backward else 1):
+            limit = len(blocks) - (1 if rerun_in_backward else 2)
+            raise ValueError(f"--blocks_to_swap must be between 1 and {limit} (got {num_blocks})")
         self.device = torch.device(device)
         self.blocks = blocks
-        self.first_swapped = len(blocks) - num_blocks
+        self.rerun_in_backward = rerun_in_backward
+        # Swapped blocks fetched ahead in backward: one copy (~15 ms for a full-size block) may take
+        # longer than one block's backward, so two in flight keep the link busy without stalls.
+        self.backward_prefetch = backward_prefetch
+        swapped = (range(len(blocks) - num_blocks, len(blocks)) if rerun_in_backward
+                   else spread_blocks(len(blocks), num_blocks))
+        self.swapped = sorted(swapped)
         self.stream = torch.cuda.Stream(self.device)
         self.cpu: dict[int, list[tuple[nn.Module, str, torch.Tensor]]] = {}
         self.events: dict[int, torch.cuda.Event] = {}
         self.resident: set[int] = set()
         self.last: int | None = None
-        for i in range(self.first_swapped, len(blocks)):
+        for i in self.swapped:
             self.cpu[i] = self._offload(blocks[i])
         for i, block in enumerate(blocks):
-            block.register_forward_pre_hook(self._make_hook(i))
+            if rerun_in_backward:
+                block.register_forward_pre_hook(self._make_rerun_hook(i))
+            else:
+                block.register_forward_pre_hook(self._make_forward_hook(i))
+                block.register_forward_hook(self._make_backward_trigger(i))
 
     def _frozen_tensors(self, block: nn.Module):
         for module in block.modules():
@@ -282,6 +316,13 @@ class BlockSwapper:
         self.events[i] = event
         self.resident.add(i)
 
+    def _ensure(self, i: int) -> None:
+        """Make block i's tensors usable by the work queued next on the compute stream."""
+        self._prefetch(i)
+        event = self.events.pop(i, None)
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+
     def _release(self, i: int) -> None:
         if i not in self.cpu or i not in self.resident:
             return
@@ -291,14 +332,16 @@ class BlockSwapper:
             t.data.record_stream(torch.cuda.current_stream(self.device))
             t.data = torch.empty(0, dtype=t.dtype, device=self.device)
         self.resident.discard(i)
+        self.events.pop(i, None)
 
-    def _make_hook(self, i: int):
+    def _next_swapped(self, i: int, step: int, count: int = 1) -> list[int]:
+        later = sorted((j for j in self.swapped if (j - i) * step > 0), key=lambda j: abs(j - i))
+        return later[:count]
+
+    def _make_rerun_hook(self, i: int):
         def hook(module, args):
             backward = self.last is not None and i < self.last
-            self._prefetch(i)
-            event = self.events.pop(i, None)
-            if event is not None:
-                torch.cuda.current_stream(self.device).wait_event(event)
+            self._ensure(i)
             if self.last is not None and self.last != i:
                 self._release(self.last)
             self._prefetch(i - 1 if backward else i + 1)
@@ -307,8 +350,38 @@ class BlockSwapper:
 
         return hook
 
+    def _make_forward_hook(self, i: int):
+        def hook(module, args):
+            self._ensure(i)
+            for j in [j for j in self.resident if j < i]:
+                self._release(j)
+            for j in self._next_swapped(i, +1):
+                self._prefetch(j)
+            return None
+
+        return hook
+
+    def _make_backward_trigger(self, i: int):
+        def on_grad(grad):
+            self._ensure(i)
+            for j in self._next_swapped(i, -1, self.backward_prefetch):  # blocks above stay for the next forward
+                self._prefetch(j)
+            return None
+
+        def hook(module, args, output):
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            for t in outputs:
+                if isinstance(t, torch.Tensor) and t.requires_grad:
+                    t.register_hook(on_grad)
+                    break
+            return None
+
+        return hook
+
     def reset(self) -> None:
-        """Call between steps so the next forward starts in the forward direction."""
-        if self.last is not None:
-            self._release(self.last)
+        """Call between steps. Re-run mode drops what is still resident; gradient-hook mode keeps the
+        blocks backward fetched, which the next forward uses first."""
+        if self.rerun_in_backward:
+            for i in list(self.resident):
+                self._release(i)
         self.last = None

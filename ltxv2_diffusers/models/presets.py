@@ -243,13 +243,17 @@ def build_components(
     components: tuple[str, ...] | None = None,
     torch_dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, torch.nn.Module]:
     """Build the diffusers components of `preset` with random weights (seeded per component).
 
     Returns a dict with `transformer`, `connectors`, `vae`, `audio_vae`, `vocoder` (or the subset
     named in `components`). Big presets can be built directly on `device` to avoid a CPU copy.
+    `overrides` changes constructor kwargs per component, e.g. `{"transformer": {"num_layers": 8}}`.
     """
     config = preset_config(preset)
+    for name, kwargs in (overrides or {}).items():
+        config[name].update(kwargs)
     classes = component_classes(preset)
     names = components or tuple(config)
     out: dict[str, torch.nn.Module] = {}

@@ -145,11 +145,16 @@ FLAGS: tuple[Flag, ...] = (
     F("--no_compile", bool, False, "skip torch.compile of the transformer blocks", group="speed"),
     F("--attention_backend", str, None, "diffusers attention backend (e.g. flash, _native_cudnn)", group="speed"),
     F("--low_memory", bool, False, "int8 frozen base weights and 8 swapped blocks (about 24 GiB)", group="speed"),
-    F("--blocks_to_swap", int, None, "keep the frozen weights of the last N blocks in CPU memory (needs "
-      "--gradient_checkpointing)", group="speed"),
+    F("--blocks_to_swap", int, None, "keep the frozen weights of N blocks in CPU memory, copied to the GPU ahead "
+      "of use (about 0.73 GiB each for LTX-2 19B); with compiled recompute they are spread over the model and "
+      "cross the host link once per step, during backward", group="speed"),
+    F("--blocks_without_recompute", int, 0, "with --gradient_checkpointing and compiled recompute: the last N "
+      "blocks keep every activation instead of recomputing (about 1 GiB each at 768x512x121, ~3.5 ms/step faster "
+      "each on an H100); pay for them with --blocks_to_swap, e.g. --blocks_to_swap 40 "
+      "--blocks_without_recompute 26 fits 45 GiB", group="speed"),
     F("--recompute", str, "compiled", "how --gradient_checkpointing recomputes: compiled (each compiled block "
       "recomputes inside its backward and keeps its large self-attention outputs; fastest) or checkpoint (re-run "
-      "whole blocks, least memory; always used with --no_compile and block swapping)",
+      "whole blocks, least memory; always used with --no_compile and --low_memory)",
       choices=("compiled", "checkpoint"), group="speed"),
     F("--activation_memory_budget", float, None, "with --recompute compiled: let torch.compile choose what each "
       "block keeps, from 0 (only its inputs) to 1 (all it would keep without checkpointing), instead of keeping "
@@ -385,7 +390,6 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
     if args.blocks_to_swap:
         need(args.blocks_to_swap > 0, "--blocks_to_swap must be > 0")
-        need(args.gradient_checkpointing, "--blocks_to_swap needs --gradient_checkpointing (blocks re-run in backward)")
     if args.low_memory:
         need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
     if args.activation_memory_budget is not None:
@@ -393,16 +397,26 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         from ltxv2_diffusers.training.speed import compiled_recompute
 
         need(compiled_recompute(compile=not args.no_compile, recompute=args.recompute,
-                                checkpointing=args.gradient_checkpointing,
-                                blocks_to_swap=args.low_memory or args.blocks_to_swap),
+                                checkpointing=args.gradient_checkpointing) and not args.low_memory,
              "--activation_memory_budget sets what compiled blocks keep when they recompute: it needs "
+             "--gradient_checkpointing and --recompute compiled, without --no_compile or --low_memory")
+    if args.blocks_without_recompute:
+        from ltxv2_diffusers.training.speed import compiled_recompute
+
+        need(args.blocks_without_recompute > 0, "--blocks_without_recompute must be > 0")
+        need(compiled_recompute(compile=not args.no_compile, recompute=args.recompute,
+                                checkpointing=args.gradient_checkpointing)
+             and not args.low_memory and args.activation_memory_budget is None,
+             "--blocks_without_recompute exempts blocks from the compiled blocks' recomputation: it needs "
              "--gradient_checkpointing and --recompute compiled, without --no_compile, --low_memory or "
-             "--blocks_to_swap")
-    if args.low_memory or args.blocks_to_swap or args.activation_memory_budget is not None:
+             "--activation_memory_budget")
+    if (args.low_memory or args.blocks_to_swap or args.activation_memory_budget is not None
+            or args.blocks_without_recompute):
         import torch
 
-        need(torch.cuda.is_available(), "--low_memory / --blocks_to_swap / --activation_memory_budget need a CUDA "
-             "device and none is available; drop them to train on this machine")
+        need(torch.cuda.is_available(), "--low_memory / --blocks_to_swap / --activation_memory_budget / "
+             "--blocks_without_recompute need a CUDA device and none is available; drop them to train on this "
+             "machine")
     if args.save_last_n_steps is not None:
         need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
              "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")

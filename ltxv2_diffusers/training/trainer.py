@@ -102,7 +102,8 @@ class Trainer:
         options = SpeedOptions.for_device(device, naive=args.speed == "naive", compile=not args.no_compile,
                                           attention_backend=args.attention_backend, low_memory=args.low_memory,
                                           blocks_to_swap=args.blocks_to_swap, recompute=args.recompute,
-                                          activation_memory_budget=args.activation_memory_budget)
+                                          activation_memory_budget=args.activation_memory_budget,
+                                          blocks_without_recompute=args.blocks_without_recompute)
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
         self.accelerator.print(self.speed.summary())
         if not self.speed.trainable_params:
