@@ -1,7 +1,5 @@
 """The three caching commands end to end (in-process `main(argv)`), sample prompts, push, exit codes."""
 
-import os
-
 import pytest
 import torch
 

@@ -8,7 +8,6 @@ other test processes running beside this one, never see the plugins, even if a r
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import re
 import shutil
