@@ -62,6 +62,8 @@ _EXPORTS = {
     "TrainStep": "ltxv2_diffusers.training.step",
     "Trainer": "ltxv2_diffusers.training.trainer",
     "TrainingDiverged": "ltxv2_diffusers.training.trainer",
+    "TrainingFailed": "ltxv2_diffusers.training.trainer",
+    "TrainingOutOfMemory": "ltxv2_diffusers.training.trainer",
 }
 
 __all__ = ["__version__", *_EXPORTS]

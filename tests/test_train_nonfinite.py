@@ -1,4 +1,5 @@
-"""Non-finite losses: a step is skipped and reported; repeated ones stop the run with the last good checkpoint."""
+"""Non-finite losses: a step is skipped and reported; repeated ones stop the run with the last good checkpoint.
+Running out of GPU memory stops the run with advice instead of a traceback."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ltxv2_diffusers.hookspecs import hookimpl
 from ltxv2_diffusers.training.args import parse_args
 from ltxv2_diffusers.training.checkpoints import CheckpointDir
 from ltxv2_diffusers.training.logging import read_metrics
-from ltxv2_diffusers.training.trainer import Trainer, TrainingDiverged
+from ltxv2_diffusers.training.trainer import Trainer, TrainingDiverged, TrainingOutOfMemory
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +70,38 @@ def test_repeated_nonfinite_steps_stop_and_keep_last_good_checkpoint(tmp_path_fa
         Trainer(args).run()
     assert [step for step, _ in CheckpointDir(tmp_path).all()] == [2]
     assert not (tmp_path / "demo_lora.safetensors").exists()
+
+
+class ExhaustMemory:
+    """A real plugin whose extra loss runs out of memory on one call, the way a CUDA allocation fails
+    inside a step (the trainer sees it wrapped in the plugin's error, as for any plugin)."""
+
+    def __init__(self, bad_call):
+        self.bad_call, self.calls = bad_call, 0
+
+    @hookimpl
+    def ltxv2_extra_losses(self, outputs):
+        self.calls += 1
+        if self.calls == self.bad_call:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [("zero", outputs["video"].pred.sum() * 0.0)]
+
+
+def test_out_of_memory_stops_with_advice_and_keeps_checkpoints(tmp_path_factory, tmp_path, capsys):
+    from ltxv2_diffusers.cli.train import main
+
+    ws = workspace(tmp_path_factory)
+    argv = baseline_argv(ws, tmp_path, steps=4, extra=["--gradient_accumulation_steps", "1",
+                                                      "--save_every_n_steps", "2"])
+    plugins.register_plugin(ExhaustMemory(bad_call=3), name="exhaust")
+    try:
+        with pytest.raises(TrainingOutOfMemory, match=r"out of memory in step 3\. Use less: .*--blocks_to_swap N"
+                                                      r".*--low_memory.*last good checkpoint: .*step-00000002"):
+            Trainer(parse_args(argv)).run()
+        assert [step for step, _ in CheckpointDir(tmp_path).all()] == [2]
+        plugins.unregister_plugin("exhaust")
+        plugins.register_plugin(ExhaustMemory(bad_call=1), name="exhaust")
+        assert main(argv + ["--output_dir", str(tmp_path / "again")]) == 1
+        assert "error: the GPU ran out of memory in step 1" in capsys.readouterr().err
+    finally:
+        plugins.unregister_plugin("exhaust")

@@ -20,11 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_plugins:
         print(plugins.describe_plugins())
         return 0
-    from ltxv2_diffusers.training.trainer import Trainer, TrainingDiverged
+    from ltxv2_diffusers.training.trainer import Trainer, TrainingFailed
 
     try:
         Trainer(args).run()
-    except TrainingDiverged as exc:
+    except TrainingFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

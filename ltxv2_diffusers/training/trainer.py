@@ -27,8 +27,29 @@ from ltxv2_diffusers.training.step import TrainStep
 logger = logging.getLogger("ltxv2_diffusers.training")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingFailed(RuntimeError):
+    """A run stopped early for a reason the user can act on; the message says what to change."""
+
+
+class TrainingDiverged(TrainingFailed):
     """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+class TrainingOutOfMemory(TrainingFailed):
+    """The GPU ran out of memory during a step; the message names the memory flags."""
+
+
+def _is_out_of_memory(exc: BaseException | None) -> bool:
+    """Whether `exc` is, or was raised from, a CUDA out-of-memory error (plugins wrap what they raise)."""
+    import torch
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def item_seed(seed: int, step: int, micro: int, index: int) -> int:
@@ -337,7 +358,14 @@ class Trainer:
         start = time.perf_counter()
         done_at_start = self.progress.global_step
         while self.progress.global_step < self.max_steps:
-            logs = self._optimizer_step(stream)
+            try:
+                logs = self._optimizer_step(stream)
+            except Exception as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                bar.close()
+                acc.end_training()
+                raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
             step = self.progress.global_step
             elapsed = time.perf_counter() - start
             s_per_step = elapsed / max(step - done_at_start, 1)
@@ -364,6 +392,25 @@ class Trainer:
         bar.close()
         final = self.finish()
         return final
+
+    def _out_of_memory_advice(self) -> str:
+        import torch
+
+        args, device = self.args, self.accelerator.device
+        peak = (f" ({torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB allocated at the peak)"
+                if device.type == "cuda" else "")
+        levers = []
+        if not args.gradient_checkpointing:
+            levers.append("--gradient_checkpointing")
+        if args.blocks_without_recompute:
+            levers.append(f"fewer --blocks_without_recompute (now {args.blocks_without_recompute})")
+        levers.append("more --blocks_to_swap" if args.blocks_to_swap else "--blocks_to_swap N")
+        if not args.low_memory:
+            levers.append("--low_memory")
+        levers.append("smaller buckets or --batch_size in the dataset config")
+        keep = self.last_good_checkpoint or "none saved yet"
+        return (f"the GPU ran out of memory in step {self.progress.global_step + 1}{peak}. Use less: "
+                f"{', '.join(levers)}. Resume with --resume latest; last good checkpoint: {keep}.")
 
     def finish(self) -> Path:
         """Final checkpoint + LoRA in OUTPUT_DIR, the loss plot, hooks, optional Hub push."""
