@@ -237,12 +237,78 @@ def spread_blocks(num_blocks: int, count: int) -> list[int]:
     return sorted({1 + int((k + 0.5) * inner / count) for k in range(count)})
 
 
+class _HostCopy:
+    """The frozen tensors (parameters without grad, buffers) of one block, in one host buffer.
+
+    `fetch()` copies the whole block to `device` in one transfer (pinned memory, asynchronous on the
+    current stream when the device is CUDA) and points every tensor at its slice of the device copy;
+    `drop()` points them at empty tensors again, which frees the device copy once the stream that
+    used it is done. The module objects and parameter identities never change, so optimizers,
+    hooks and tensors autograd saved for backward keep working.
+    """
+
+    _ALIGN = 64
+
+    def __init__(self, block: nn.Module, device: torch.device):
+        self.device = device
+        self.entries: list[tuple[nn.Module, str, torch.dtype, torch.Size, int, int]] = []
+        offset = 0
+        tensors = []
+        for module, name, t in self._frozen_tensors(block):
+            nbytes = t.numel() * t.element_size()
+            self.entries.append((module, name, t.dtype, t.shape, offset, nbytes))
+            tensors.append(t)
+            offset += -(-nbytes // self._ALIGN) * self._ALIGN
+        self.nbytes = offset
+        self.host = torch.empty(offset, dtype=torch.uint8)
+        if device.type == "cuda":
+            self.host = self.host.pin_memory()
+        for (module, name, dtype, shape, start, nbytes), t in zip(self.entries, tensors):
+            self.host[start:start + nbytes].view(dtype).view(shape).copy_(t.detach().to("cpu"))
+        self.device_copy: torch.Tensor | None = None
+        self.drop(None)
+
+    @staticmethod
+    def _frozen_tensors(block: nn.Module):
+        for module in block.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None and not p.requires_grad:
+                    yield module, name, p
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    yield module, name, b
+
+    @staticmethod
+    def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+        return module._parameters[name] if name in module._parameters else module._buffers[name]
+
+    def fetch(self) -> None:
+        if self.device.type == "cuda":
+            flat = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
+            flat.copy_(self.host, non_blocking=True)
+        else:
+            flat = self.host.clone()  # a separate storage, freed on drop like a device copy
+        for module, name, dtype, shape, start, nbytes in self.entries:
+            self._tensor(module, name).data = flat[start:start + nbytes].view(dtype).view(shape)
+        self.device_copy = flat
+
+    def drop(self, stream) -> None:
+        if self.device_copy is not None and stream is not None:
+            self.device_copy.record_stream(stream)
+        self.device_copy = None
+        empty: dict[torch.dtype, torch.Tensor] = {}
+        for module, name, dtype, _, _, _ in self.entries:
+            if dtype not in empty:
+                empty[dtype] = torch.empty(0, dtype=dtype, device=self.device)
+            self._tensor(module, name).data = empty[dtype]
+
+
 class BlockSwapper:
     """Keep the frozen tensors of some transformer blocks in pinned CPU memory.
 
-    A swapped block's tensors are copied to the GPU on a side stream while earlier blocks compute and
-    dropped again once the pass moved past it; trainable (LoRA) parameters always stay on the GPU.
-    Two ways to learn that backward needs a block again:
+    A swapped block's tensors are copied to the GPU in one transfer on a side stream while earlier
+    blocks compute and dropped again once the pass moved past it; trainable (LoRA) parameters always
+    stay on the GPU. (On a CPU device the same logic runs with synchronous copies, for tests.) Two ways to learn that backward needs a block again:
 
     - `rerun_in_backward=True` (whole-block gradient checkpointing re-runs each block's forward
       right before its backward): the last `num_blocks` blocks are swapped and the forward pre-hook
@@ -250,7 +316,7 @@ class BlockSwapper:
     - `rerun_in_backward=False` (compiled blocks recompute inside their own backward, or nothing is
       recomputed): `num_blocks` blocks spread over the model are swapped (`spread_blocks`). A block
       is dropped right after its forward, and a gradient hook on its output fetches it back before
-      its backward runs (prefetching the next swapped block down); it then stays on the GPU into the
+      its backward runs (prefetching the next `backward_prefetch` swapped blocks down); it then stays on the GPU into the
       next step's forward. So memory is freed where it peaks, between forward and backward, and each
       swapped block crosses the host link once per step, during backward, which is twice as long as
       forward. Autograd saved the parameters themselves, whose storage the swapper replaces in
@@ -272,13 +338,12 @@ class BlockSwapper:
         swapped = (range(len(blocks) - num_blocks, len(blocks)) if rerun_in_backward
                    else spread_blocks(len(blocks), num_blocks))
         self.swapped = sorted(swapped)
-        self.stream = torch.cuda.Stream(self.device)
-        self.cpu: dict[int, list[tuple[nn.Module, str, torch.Tensor]]] = {}
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.stores = {i: _HostCopy(blocks[i], self.device) for i in self.swapped}
         self.events: dict[int, torch.cuda.Event] = {}
         self.resident: set[int] = set()
         self.last: int | None = None
-        for i in self.swapped:
-            self.cpu[i] = self._offload(blocks[i])
         for i, block in enumerate(blocks):
             if rerun_in_backward:
                 block.register_forward_pre_hook(self._make_rerun_hook(i))
@@ -286,34 +351,18 @@ class BlockSwapper:
                 block.register_forward_pre_hook(self._make_forward_hook(i))
                 block.register_forward_hook(self._make_backward_trigger(i))
 
-    def _frozen_tensors(self, block: nn.Module):
-        for module in block.modules():
-            for name, p in list(module._parameters.items()):
-                if p is not None and not p.requires_grad:
-                    yield module, name, p
-            for name, b in list(module._buffers.items()):
-                if b is not None:
-                    yield module, name, b
-
-    def _offload(self, block: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
-        entries = []
-        for module, name, t in self._frozen_tensors(block):
-            host = t.detach().to("cpu").pin_memory()
-            entries.append((module, name, host))
-            t.data = torch.empty(0, dtype=t.dtype, device=self.device)
-        return entries
-
     def _prefetch(self, i: int) -> None:
-        if i not in self.cpu or i in self.resident:
+        if i not in self.stores or i in self.resident:
             return
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            for module, name, host in self.cpu[i]:
-                t = module._parameters[name] if name in module._parameters else module._buffers[name]
-                t.data = host.to(self.device, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(self.stream)
-        self.events[i] = event
+        if self.cuda:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                self.stores[i].fetch()
+                event = torch.cuda.Event()
+                event.record(self.stream)
+            self.events[i] = event
+        else:
+            self.stores[i].fetch()
         self.resident.add(i)
 
     def _ensure(self, i: int) -> None:
@@ -324,13 +373,10 @@ class BlockSwapper:
             torch.cuda.current_stream(self.device).wait_event(event)
 
     def _release(self, i: int) -> None:
-        if i not in self.cpu or i not in self.resident:
+        if i not in self.stores or i not in self.resident:
             return
-        for module, name, _ in self.cpu[i]:
-            t = module._parameters[name] if name in module._parameters else module._buffers[name]
-            # The compute stream may still read it; tell the allocator before dropping the storage.
-            t.data.record_stream(torch.cuda.current_stream(self.device))
-            t.data = torch.empty(0, dtype=t.dtype, device=self.device)
+        # The compute stream may still read it; tell the allocator before dropping the storage.
+        self.stores[i].drop(torch.cuda.current_stream(self.device) if self.cuda else None)
         self.resident.discard(i)
         self.events.pop(i, None)
 
