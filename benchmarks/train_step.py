@@ -51,7 +51,9 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels")
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '@S/K[/D]' swaps S blocks, "
+                        "exempts the last K from recomputation and prefetches D blocks in backward (instead of "
+                        "--blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--tag", default="")
@@ -178,33 +180,47 @@ def main(argv=None) -> dict:
     variants = [v.strip() for v in (a.recompute or ("ckpt" if a.low_memory else "keep")).split(",")]
 
     def recompute_options(v: str) -> dict:
-        """'keep' | 'ckpt' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo kernels)."""
+        """'keep' | 'ckpt' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo kernels),
+        then optionally '@S/K[/D]' (blocks swapped / without recompute / backward prefetch)."""
+        v, _, swap = v.partition("@")
+        s, k, d = ([int(x) for x in swap.split("/")] + [None])[:3] if swap else (swap_default, a.blocks_without_recompute,
+                                                                                a.backward_prefetch)
+        swapping = dict(blocks_to_swap=s, blocks_without_recompute=k, backward_prefetch=d)
         base, *extras = v.split("+")
         torch._inductor.config.combo_kernels = "combo" in extras
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode
         if base == "none":  # no recomputation at all (needs the memory for every activation)
-            return dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, checkpointing=False)
+            return dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, checkpointing=False,
+                        **swapping)
         if base in ("keep", "ckpt"):
             return dict(recompute="compiled" if base == "keep" else "checkpoint", activation_memory_budget=None,
-                        compile_mode=mode)
-        return dict(recompute="compiled", activation_memory_budget=float(base), compile_mode=mode)
+                        compile_mode=mode, **swapping)
+        return dict(recompute="compiled", activation_memory_budget=float(base), compile_mode=mode, **swapping)
 
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
                                    blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute)
+    swap_default = opts.blocks_to_swap
+    prefetch = None
+
     def set_options(v: str) -> None:
+        nonlocal prefetch
         kwargs = recompute_options(v)
         if kwargs.pop("checkpointing", True):
             transformer.enable_gradient_checkpointing()
         else:
             transformer.disable_gradient_checkpointing()
+        prefetch = kwargs.pop("backward_prefetch")
         for key, value in kwargs.items():
             setattr(opts, key, value)
 
+    def set_prefetch(swapper) -> None:
+        if prefetch is not None and swapper is not None:
+            swapper.backward_prefetch = prefetch
+
     set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)
-    if a.backward_prefetch is not None and speed.swapper is not None:
-        speed.swapper.backward_prefetch = a.backward_prefetch
+    set_prefetch(speed.swapper)
     recomputed_by = speed.recompute  # what actually recomputes (block swapping forces whole blocks)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
@@ -234,11 +250,15 @@ def main(argv=None) -> dict:
 
     results = []
     for n, variant in enumerate(variants):
-        if n:  # same model, optimizer and LoRA state; only what the blocks keep for backward changes
-            from ltxv2_diffusers.training.speed import configure_recompute
+        if n:  # same model, optimizer and LoRA state; only recomputation and swapping change
+            from ltxv2_diffusers.training.speed import configure_recompute, make_swapper
 
+            if speed.swapper is not None:
+                speed.swapper.remove()
             torch._dynamo.reset()
             set_options(variant)
+            speed.swapper = make_swapper(transformer, opts, a.device)
+            set_prefetch(speed.swapper)
             recomputed_by = configure_recompute(transformer, opts)
         try:
             res = measure(a, step, sync, cuda)

@@ -335,6 +335,10 @@ def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
         want = _loss(LTXAVModelAdapter.from_components(ref), batch)
     torch.testing.assert_close(got, want)
     assert sizes() == [0, 0] and not swapper.resident
+    swapper.remove()  # back for good: forwards no longer drop anything
+    with torch.no_grad():
+        torch.testing.assert_close(_loss(LTXAVModelAdapter.from_components(model), batch), want)
+    assert all(n > 0 for n in sizes())
 
 
 def test_spread_blocks_keeps_first_and_last_resident():
@@ -353,4 +357,10 @@ def test_benchmark_smoke_on_cpu():
     res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
                       "--height", "64", "--width", "64", "--text_len", "8"])
     assert res["s_per_step"] > 0 and res["video_tokens"] == 2 * 2 * 2 and res["lora_params_m"] > 0
+    assert torch.isfinite(torch.tensor(res["loss"]))
+    # several variants in one process, the second one swapping blocks (re-run mode on a CPU)
+    res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
+                      "--height", "64", "--width", "64", "--text_len", "8", "--num_layers", "5",
+                      "--recompute", "ckpt,ckpt@2/0"])
+    assert res["recompute"] == "ckpt@2/0" and res["options"]["blocks_to_swap"] == 2
     assert torch.isfinite(torch.tensor(res["loss"]))

@@ -344,12 +344,13 @@ class BlockSwapper:
         self.events: dict[int, torch.cuda.Event] = {}
         self.resident: set[int] = set()
         self.last: int | None = None
+        self._handles = []
         for i, block in enumerate(blocks):
             if rerun_in_backward:
-                block.register_forward_pre_hook(self._make_rerun_hook(i))
+                self._handles.append(block.register_forward_pre_hook(self._make_rerun_hook(i)))
             else:
-                block.register_forward_pre_hook(self._make_forward_hook(i))
-                block.register_forward_hook(self._make_backward_trigger(i))
+                self._handles.append(block.register_forward_pre_hook(self._make_forward_hook(i)))
+                self._handles.append(block.register_forward_hook(self._make_backward_trigger(i)))
 
     def _prefetch(self, i: int) -> None:
         if i not in self.stores or i in self.resident:
@@ -423,6 +424,18 @@ class BlockSwapper:
             return None
 
         return hook
+
+    def remove(self) -> None:
+        """Bring every swapped block back to the device for good and remove the hooks."""
+        for i in self.swapped:
+            self._ensure(i)
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.stores.clear()
+        self.resident.clear()
 
     def reset(self) -> None:
         """Call between steps. Re-run mode drops what is still resident; gradient-hook mode keeps the

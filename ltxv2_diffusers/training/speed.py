@@ -132,14 +132,10 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
     """Apply `options` to a transformer that already carries its trainable LoRA."""
     device = torch.device(device)
-    inside = _recompute_inside(transformer, options)  # checks the options before the model changes
+    _recompute_inside(transformer, options)  # checks the options before the model changes
     if options.int8_base:
         acceleration.quantize_base_weights(transformer)
-    swapper = None
-    if options.blocks_to_swap:
-        rerun = transformer.is_gradient_checkpointing and not inside
-        swapper = acceleration.BlockSwapper(transformer, options.blocks_to_swap, device=device,
-                                            rerun_in_backward=rerun)
+    swapper = make_swapper(transformer, options, device)
     if options.attention_backend:
         transformer.set_attention_backend(options.attention_backend)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
@@ -156,6 +152,17 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     recompute = configure_recompute(transformer, options)
     return SpeedSetup(options=options, trainable_params=trainable, master=master, swapper=swapper,
                       device_type=device.type, recompute=recompute)
+
+
+def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
+                 device: str | torch.device = "cuda") -> acceleration.BlockSwapper | None:
+    """The block swapper `options` ask for (None without `blocks_to_swap`); call before
+    `configure_recompute`, with diffusers' gradient checkpointing as the user set it."""
+    if not options.blocks_to_swap:
+        return None
+    rerun = transformer.is_gradient_checkpointing and not _recompute_inside(transformer, options)
+    return acceleration.BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
+                                     rerun_in_backward=rerun)
 
 
 def compiled_recompute(*, compile: bool, recompute: str, checkpointing: bool) -> bool:
