@@ -51,9 +51,9 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '@S/K[/D]' swaps S blocks, "
-                        "exempts the last K from recomputation and prefetches D blocks in backward (instead of "
-                        "--blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '@S/K[/D][/last]' swaps S blocks, "
+                        "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
+                        "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--tag", default="")
@@ -183,9 +183,12 @@ def main(argv=None) -> dict:
         """'keep' | 'ckpt' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo kernels),
         then optionally '@S/K[/D]' (blocks swapped / without recompute / backward prefetch)."""
         v, _, swap = v.partition("@")
-        s, k, d = ([int(x) for x in swap.split("/")] + [None])[:3] if swap else (swap_default, a.blocks_without_recompute,
-                                                                                a.backward_prefetch)
-        swapping = dict(blocks_to_swap=s, blocks_without_recompute=k, backward_prefetch=d)
+        fields = swap.split("/") if swap else []
+        placement = fields.pop() if fields and fields[-1] in ("last", "spread") else "spread"
+        s, k, d = ([int(x) for x in fields] + [None])[:3] if fields else (swap_default, a.blocks_without_recompute,
+                                                                           a.backward_prefetch)
+        swapping = dict(blocks_to_swap=s, blocks_without_recompute=k, backward_prefetch=d,
+                        without_recompute_placement=placement)
         base, *extras = v.split("+")
         torch._inductor.config.combo_kernels = "combo" in extras
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode

@@ -165,7 +165,7 @@ def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
         model.enable_gradient_checkpointing()
         setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, blocks_without_recompute=1,
                                                         compile_backend="aot_eager_decomp_partition"), device="cpu")
-        assert "the last 1 blocks recompute nothing" in setup.summary()
+        assert "spread over the model: 1 block recompute nothing" in setup.summary()
     else:
         acceleration.compile_blocks(model, activation_memory_budget=0.0, backend="aot_eager_decomp_partition")
     _loss(LTXAVModelAdapter.from_components(model), batch).backward()
@@ -339,6 +339,17 @@ def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
     with torch.no_grad():
         torch.testing.assert_close(_loss(LTXAVModelAdapter.from_components(model), batch), want)
     assert all(n > 0 for n in sizes())
+
+
+def test_blocks_without_recompute_are_spread_or_last():
+    from ltxv2_diffusers.training.speed import blocks_without_recompute
+
+    model = _lora_model(torch.float32, num_layers=6)
+    assert blocks_without_recompute(model, SpeedOptions()) == set()
+    assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=3)) == {1, 3, 5}
+    assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=2,
+                                                        without_recompute_placement="last")) == {4, 5}
+    assert acceleration.evenly_spaced(48, 26)[:4] == [0, 2, 4, 6] and len(acceleration.evenly_spaced(48, 26)) == 26
 
 
 def test_spread_blocks_keeps_first_and_last_resident():

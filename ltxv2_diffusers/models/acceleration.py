@@ -229,12 +229,19 @@ def quantize_base_weights(transformer: nn.Module, min_features: int = 256) -> in
 # ---- block swapping ----------------------------------------------------------------------------------
 
 
+def evenly_spaced(num_blocks: int, count: int) -> list[int]:
+    """`count` of the indices 0..num_blocks-1, spread evenly."""
+    if not 0 < count <= num_blocks:
+        raise ValueError(f"can spread between 1 and {num_blocks} of {num_blocks} blocks (got {count})")
+    return sorted({int((k + 0.5) * num_blocks / count) for k in range(count)})
+
+
 def spread_blocks(num_blocks: int, count: int) -> list[int]:
     """`count` block indices spread evenly over blocks 1..num_blocks-2 (first and last stay resident)."""
     inner = num_blocks - 2
     if not 0 < count <= inner:
         raise ValueError(f"can spread between 1 and {inner} of {num_blocks} blocks (got {count})")
-    return sorted({1 + int((k + 0.5) * inner / count) for k in range(count)})
+    return [1 + i for i in evenly_spaced(inner, count)]
 
 
 class _HostCopy:

@@ -33,10 +33,12 @@ class SpeedOptions:
     int8_base: bool = False
     blocks_to_swap: int = 0
     activation_memory_budget: float | None = None
-    # With compiled recompute: how many blocks (the last ones) recompute nothing and keep every
-    # activation instead (~1 GiB each at 768x512x121, -6 ms/step each on an H100), e.g. paid for
-    # with memory that block swapping freed.
+    # With compiled recompute: how many blocks recompute nothing and keep every activation instead
+    # (~1 GiB each at 768x512x121, -6 ms/step each on an H100), e.g. paid for with memory that block
+    # swapping freed. "spread": spread evenly, so fast (exempt) and slow backward blocks alternate
+    # and swapped blocks' copies keep pace; "last": the last blocks (what session 3 measured).
     blocks_without_recompute: int = 0
+    without_recompute_placement: str = "spread"
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     compute_dtype: torch.dtype = torch.bfloat16
@@ -154,6 +156,16 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                       device_type=device.type, recompute=recompute)
 
 
+def blocks_without_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> set[int]:
+    """Indices of the blocks `options` exempt from recomputation."""
+    k, n = options.blocks_without_recompute, len(transformer.transformer_blocks)
+    if not k:
+        return set()
+    if options.without_recompute_placement == "last":
+        return set(range(n - k, n))
+    return set(acceleration.evenly_spaced(n, k))
+
+
 def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
                  device: str | torch.device = "cuda") -> acceleration.BlockSwapper | None:
     """The block swapper `options` ask for (None without `blocks_to_swap`); call before
@@ -189,6 +201,9 @@ def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bo
         if not 0 < options.blocks_without_recompute <= blocks:
             raise ValueError(f"--blocks_without_recompute must be between 1 and {blocks} "
                              f"(got {options.blocks_without_recompute})")
+        if options.without_recompute_placement not in ("spread", "last"):
+            raise ValueError(f"without_recompute_placement must be 'spread' or 'last', "
+                             f"got {options.without_recompute_placement!r}")
     return inside
 
 
@@ -197,6 +212,7 @@ def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> 
     gradient checkpointing as the user set it. Again after `torch._dynamo.reset()` to switch.
     Returns who recomputes activations in backward, in words."""
     inside = _recompute_inside(transformer, options)
+    exempt = blocks_without_recompute(transformer, options)
     checkpointing = transformer.is_gradient_checkpointing
     budget = options.activation_memory_budget
     if inside:
@@ -204,15 +220,14 @@ def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> 
     if options.compile:
         policy = acceleration.keep_attention_policy() if inside and budget is None else None
         if policy is not None and options.blocks_without_recompute:
-            k = options.blocks_without_recompute
-            # The last blocks: block swapping has released most weights by the time their activations pile up.
-            policy = [policy] * (len(transformer.transformer_blocks) - k) + [None] * k
+            policy = [None if i in exempt else policy for i in range(len(transformer.transformer_blocks))]
         acceleration.compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
                                     activation_memory_budget=budget, backend=options.compile_backend)
     if inside:
         if budget is not None:
             return f"inside compiled blocks, activation memory budget {budget}"
         k = options.blocks_without_recompute
-        more = f" (the last {k} blocks recompute nothing)" if k else ""
+        where = "the last" if options.without_recompute_placement == "last" else "spread over the model:"
+        more = f" ({where} {k} block{'s' if k > 1 else ''} recompute nothing)" if k else ""
         return "inside compiled blocks, keeping large self-attention outputs" + more
     return "whole blocks (torch.utils.checkpoint)" if checkpointing else "none"
