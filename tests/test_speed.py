@@ -352,6 +352,13 @@ def test_blocks_without_recompute_are_spread_or_last():
     assert acceleration.evenly_spaced(48, 26)[:4] == [0, 2, 4, 6] and len(acceleration.evenly_spaced(48, 26)) == 26
 
 
+def test_block_swap_refuses_more_than_the_host_memory():
+    with pytest.raises(ValueError, match=r"--blocks_to_swap 40 keeps 29.8 GiB .* only 16.0 GiB is available"):
+        acceleration.check_host_memory(int(29.8 * 2**30), 40, available=16 * 2**30)
+    acceleration.check_host_memory(2**30, 1, available=16 * 2**30)
+    assert (acceleration.available_host_memory() or 1) > 0
+
+
 def test_spread_blocks_keeps_first_and_last_resident():
     assert acceleration.spread_blocks(5, 2) == [1, 3]
     for n, k in ((48, 1), (48, 20), (48, 46), (5, 2)):

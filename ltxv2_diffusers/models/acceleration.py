@@ -244,6 +244,26 @@ def spread_blocks(num_blocks: int, count: int) -> list[int]:
     return [1 + i for i in evenly_spaced(inner, count)]
 
 
+def available_host_memory() -> int | None:
+    """Bytes of host memory available now (Linux), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_host_memory(needed: int, num_blocks: int, available: int | None = None) -> None:
+    """Refuse to swap when the host copies would not fit in the memory the host has free."""
+    available = available_host_memory() if available is None else available
+    if available is not None and needed > 0.9 * available:
+        raise ValueError(f"--blocks_to_swap {num_blocks} keeps {needed / 2**30:.1f} GiB of weights in host memory, but "
+                         f"only {available / 2**30:.1f} GiB is available; swap fewer blocks or free host memory")
+
+
 class _HostCopy:
     """The frozen tensors (parameters without grad, buffers) of one block, in one host buffer.
 
@@ -255,6 +275,10 @@ class _HostCopy:
     """
 
     _ALIGN = 64
+
+    @classmethod
+    def bytes_needed(cls, block: nn.Module) -> int:
+        return sum(-(-t.numel() * t.element_size() // cls._ALIGN) * cls._ALIGN for _, _, t in cls._frozen_tensors(block))
 
     def __init__(self, block: nn.Module, device: torch.device):
         self.device = device
@@ -347,6 +371,7 @@ class BlockSwapper:
         self.swapped = sorted(swapped)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        check_host_memory(sum(_HostCopy.bytes_needed(blocks[i]) for i in self.swapped), num_blocks)
         self.stores = {i: _HostCopy(blocks[i], self.device) for i in self.swapped}
         self.events: dict[int, torch.cuda.Event] = {}
         self.resident: set[int] = set()
