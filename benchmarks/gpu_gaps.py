@@ -49,6 +49,30 @@ def _outermost(events: list[dict], starts: list[float], ts: float) -> dict | Non
     return best
 
 
+_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_mm")
+
+
+def _innermost(events: list[dict], starts: list[float], ts: float) -> dict | None:
+    """The shortest host event that contains `ts` (events sorted by start)."""
+    best = None
+    for i in range(bisect.bisect_right(starts, ts) - 1, -1, -1):
+        e = events[i]
+        if e["ts"] + e["dur"] >= ts and (best is None or e["dur"] < best["dur"]):
+            best = e
+        if ts - e["ts"] > 1e6:  # no matmul op runs a second on the host
+            break
+    return best
+
+
+def _shape_key(op: dict | None) -> str:
+    if op is None:
+        return "(launched outside an aten matmul op)"
+    dims = op.get("args", {}).get("Input Dims")
+    if not dims:
+        return f"{op['name']} (no shapes recorded)"
+    return f"{op['name']} " + " x ".join(str(d) for d in dims if d)
+
+
 def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
     """Idle-GPU summary of a chrome trace: totals, per phase, per host op and the largest gaps."""
     with open(trace_path) as f:
@@ -92,8 +116,18 @@ def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
             table[key][1] += 1
         largest.append((idle, pname, oname, nxt["name"][:60], launch["name"] if launch else ""))
     kinds = collections.Counter()
+    matmul_ops = [e for e in ops if e["name"].startswith(_MATMUL_OPS)]
+    matmul_starts = [e["ts"] for e in matmul_ops]
+    by_shape: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
     for e in gpu:
-        kinds[kernel_kind(e["name"])] += e["dur"]
+        kind = kernel_kind(e["name"])
+        kinds[kind] += e["dur"]
+        if kind == "matmul":  # which matmul shapes the GPU time goes to (needs record_shapes=True)
+            launch = launches.get(e.get("args", {}).get("correlation"))
+            op = _innermost(matmul_ops, matmul_starts, launch["ts"]) if launch else None
+            row = by_shape[_shape_key(op)]
+            row[0] += e["dur"]
+            row[1] += 1
     syncs = collections.Counter()
     for e in events:
         if e.get("cat") == "cuda_runtime" and e.get("name", "").startswith(SYNC_CALLS):
@@ -115,6 +149,8 @@ def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
         "largest_gaps": [{"idle_ms": round(i / 1e3, 2), "phase": p, "host_op": o, "next_kernel": k, "launch": l}
                          for i, p, o, k, l in largest[:top]],
         "sync_calls_ms": {k: round(v / 1e3, 2) for k, v in syncs.most_common(8)},
+        "matmul_by_shape": [{"shape": k, "gpu_ms": round(v[0] / 1e3, 2), "kernels": v[1]}
+                            for k, v in sorted(by_shape.items(), key=lambda kv: -kv[1][0])][:top],
     }
 
 
@@ -129,6 +165,9 @@ def print_report(report: dict) -> None:
         print(f"  {key}:")
         for row in report[key]:
             print(f"    {row['idle_ms']:9.2f} ms  {row['gaps']:6d}  {row['name'][:90]}")
+    print("  matmul GPU time by shape:")
+    for row in report["matmul_by_shape"]:
+        print(f"    {row['gpu_ms']:9.2f} ms  {row['kernels']:6d}  {row['shape'][:100]}")
     print("  largest gaps:")
     for row in report["largest_gaps"]:
         print(f"    {row['idle_ms']:9.2f} ms  {row['phase'][:30]:30s}  {row['host_op'][:50]:50s}  {row['next_kernel']}")

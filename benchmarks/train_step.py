@@ -129,7 +129,7 @@ def profile_step(step, sync, tag: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from gpu_gaps import gap_report, print_report
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         step(10_000)
         sync()
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))

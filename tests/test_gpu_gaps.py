@@ -27,6 +27,8 @@ def _trace(tmp_path):
         {"ph": "X", "cat": "user_annotation", "name": "step/backward", "ts": 1000, "dur": 1000},
         {"ph": "X", "cat": "cpu_op", "name": "aten::to", "ts": 0, "dur": 400},
         {"ph": "X", "cat": "cpu_op", "name": "Torch-Compiled Region: 0/0", "ts": 400, "dur": 600},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 385, "dur": 10,
+         "args": {"Input Dims": [[6144, 4096], [4096, 32]]}},
         {"ph": "X", "cat": "cpu_op", "name": "autograd::engine::evaluate_function: CompiledFunctionBackward",
          "ts": 1000, "dur": 900},
         launch(10, 1), kernel("Memcpy HtoD (Pageable -> Device)", 20, 30, 1),
@@ -55,6 +57,8 @@ def test_gap_report_attributes_idle_time_to_phase_and_host_op(tmp_path):
     assert report["gpu_ms_by_kind"] == {"attention": 6.0, "matmul": 5.0, "triton (fused elementwise/norms)": 1.0,
                                         "copies": 0.3}
     assert report["sync_calls_ms"] == {"cudaStreamSynchronize": 0.05}
+    # the one matmul kernel was launched inside aten::mm, whose recorded shapes name it
+    assert report["matmul_by_shape"] == [{"shape": "aten::mm [6144, 4096] x [4096, 32]", "gpu_ms": 5.0, "kernels": 1}]
 
 
 def test_gap_report_without_gpu_events(tmp_path):
