@@ -352,6 +352,38 @@ def test_blocks_without_recompute_are_spread_or_last():
     assert acceleration.evenly_spaced(48, 26)[:4] == [0, 2, 4, 6] and len(acceleration.evenly_spaced(48, 26)) == 26
 
 
+def test_block_swap_keeps_the_compute_dtype_of_the_fast_path():
+    """The frozen base is cast to the compute dtype before blocks are swapped out, so the copies that
+    come back are bf16 like the rest (an fp32 checkpoint must not return fp32 blocks)."""
+    model = _lora_model(torch.float32, num_layers=5)
+    model.enable_gradient_checkpointing()
+    options = SpeedOptions(blocks_to_swap=2, compute_dtype=torch.bfloat16, compile=False, recompute="checkpoint")
+    setup = apply_speed_options(model, options, device="cpu")
+    assert setup.swapper.rerun_in_backward
+    loss = _loss(LTXAVModelAdapter.from_components(model), {k: v for k, v in _batch().items()})
+    loss.backward()
+    setup.before_optimizer_step()
+    for i in setup.swapper.swapped:
+        setup.swapper._ensure(i)
+    dtypes = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
+    assert dtypes == {torch.bfloat16} and torch.isfinite(loss)
+    assert all(m.grad is not None and m.grad.dtype == torch.float32 for m in setup.master.master_params)
+
+
+def test_streaming_set_up_leaves_the_blocks_where_they_are():
+    """With swapping the trainer moves everything but the blocks (the swapper moves or streams those),
+    keeping parameter identities; a dtype change stands in for the move to the GPU."""
+    from ltxv2_diffusers.training.model import _apply_except
+
+    model = _lora_model(torch.float32)
+    before = {n: p for n, p in model.named_parameters()}
+    _apply_except(model, lambda t: t.to(torch.float64), model.transformer_blocks)
+    for name, p in model.named_parameters():
+        assert p is before[name]
+        assert p.dtype == (torch.float32 if name.startswith("transformer_blocks.") else torch.float64), name
+    assert any(not n.startswith("transformer_blocks.") for n in before)
+
+
 def test_block_swap_refuses_more_than_the_host_memory():
     with pytest.raises(ValueError, match=r"--blocks_to_swap 40 keeps 29.8 GiB .* only 16.0 GiB is available"):
         acceleration.check_host_memory(int(29.8 * 2**30), 40, available=16 * 2**30)

@@ -42,6 +42,21 @@ def _vae_source(args) -> str:
     return args.vae or args.ltxv2_model
 
 
+def _apply_except(module: torch.nn.Module, fn, keep: torch.nn.Module) -> None:
+    """Replace `module`'s parameters and buffers by `fn(tensor)` (e.g. a device move), except those inside
+    `keep`; parameter identities are kept."""
+    kept = {id(m) for m in keep.modules()}
+    for m in module.modules():
+        if id(m) in kept:
+            continue
+        for p in m._parameters.values():
+            if p is not None:
+                p.data = fn(p.data)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = fn(b)
+
+
 def build_training_model(args, device: torch.device | str = "cpu", keep_preview_parts: bool = False) -> TrainingBundle:
     """Load the transformer (+ VAE statistics), add the LoRA for `args.mode`, wrap in the adapter."""
     from ltxv2_diffusers.lora import add_lora, target_options_from_network_args
@@ -65,7 +80,12 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     adapter = adapter_class_for_mode(mode).from_components(transformer, vae=parts["vae"], audio_vae=parts["audio_vae"])
-    adapter.to(device)
+    if getattr(args, "low_memory", False) or getattr(args, "blocks_to_swap", None):
+        # The blocks stay on the CPU: the block swapper (training/speed.py) sends the swapped ones to
+        # pinned host memory and moves the rest, so the GPU never holds every weight at once.
+        _apply_except(adapter, lambda t: t.to(device), transformer.transformer_blocks)
+    else:
+        adapter.to(device)
     # LoRA weights train in fp32 even when the base runs in bf16 (mixed precision autocasts matmuls).
     for p in adapter.parameters():
         if p.requires_grad and p.dtype != torch.float32:

@@ -132,21 +132,29 @@ class SpeedSetup:
 
 def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
-    """Apply `options` to a transformer that already carries its trainable LoRA."""
+    """Apply `options` to a transformer that already carries its trainable LoRA, and move it to `device`.
+
+    With block swapping the transformer may still be on the CPU: swapped blocks' weights then go
+    straight to pinned host memory and only the rest is moved, so the GPU never holds all of them.
+    """
     device = torch.device(device)
     _recompute_inside(transformer, options)  # checks the options before the model changes
     if options.int8_base:
         acceleration.quantize_base_weights(transformer)
+    fast = not options.naive and options.compute_dtype != torch.float32
+    if fast:
+        # The fast path runs natively in the compute dtype (no autocast), so the frozen base must be in it
+        # (before swapping, so the host copies are in it too).
+        for p in transformer.parameters():
+            if not p.requires_grad and p.is_floating_point() and p.dtype != options.compute_dtype:
+                p.data = p.data.to(options.compute_dtype)
     swapper = make_swapper(transformer, options, device)
+    transformer.to(device)
     if options.attention_backend:
         transformer.set_attention_backend(options.attention_backend)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     master = None
-    if not options.naive and options.compute_dtype != torch.float32:
-        # The fast path runs natively in the compute dtype (no autocast), so the frozen base must be in it.
-        for p in transformer.parameters():
-            if not p.requires_grad and p.is_floating_point() and p.dtype != options.compute_dtype:
-                p.data = p.data.to(options.compute_dtype)
+    if fast:
         master = acceleration.MasterWeights(trainable, options.compute_dtype)
     else:
         for p in trainable:
