@@ -1,4 +1,4 @@
-"""How a training run uses the speed and memory levers of `models/acceleration.py`.
+"""How a training run uses the speed and memory levers of `models/acceleration/`.
 
 `SpeedOptions` is what the flags ask for; `apply_speed_options` changes the LoRA'd transformer
 accordingly and returns a `SpeedSetup` that the trainer and `benchmarks/train_step.py` use the same

@@ -1,0 +1,31 @@
+"""Speed and memory levers for training the LTX-2 transformer on a GPU.
+
+Each lever is a function that changes a diffusers `LTX2VideoTransformer3DModel` in place (or wraps
+its trainable parameters) without touching diffusers' code, so the model stays the stock class
+that saves, loads and samples like any other. Figures for each lever are in benchmarks/RESULTS.md.
+
+- `compile_blocks`: `torch.compile` each transformer block (regional compilation: one graph reused
+  by all 48 blocks, so it compiles once). Fuses RoPE, RMSNorm, modulation and gates and removes
+  most of the per-op launch overhead that dominates the eager step. With a recompute policy or
+  an activation memory budget the compiled block also does its own activation checkpointing:
+  its backward graph recomputes only what backward needs, fused with the backward kernels, and
+  keeps what the policy says (`keep_attention_policy`).
+- `MasterWeights`: LoRA parameters compute in bf16 (no autocast casts, no fp32 copies of
+  activations in peft) while the optimizer updates fp32 master copies.
+- `quantize_base_weights`: frozen base `nn.Linear` weights stored as int8 with one scale per
+  output row and dequantized to bf16 on use (forward, recompute and input-gradient), halving the
+  weights' memory at bf16 matmul speed.
+- `BlockSwapper`: the frozen weights of N blocks live in pinned CPU memory and are copied to the GPU
+  on a side stream ahead of use (with whole-block re-runs, or fetched back by a gradient hook
+  before each block's backward).
+
+One module per lever: `compile`, `master_weights`, `int8`, `block_swap`; this package re-exports them.
+"""
+
+from .block_swap import BlockSwapper, available_host_memory, check_host_memory, evenly_spaced, spread_blocks
+from .compile import compile_blocks, keep_attention_policy
+from .int8 import Int8WeightLinear, quantize_base_weights
+from .master_weights import MasterWeights
+
+__all__ = ["BlockSwapper", "Int8WeightLinear", "MasterWeights", "available_host_memory", "check_host_memory",
+           "compile_blocks", "evenly_spaced", "keep_attention_policy", "quantize_base_weights", "spread_blocks"]

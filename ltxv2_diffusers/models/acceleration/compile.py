@@ -1,0 +1,88 @@
+"""Regional `torch.compile` of the transformer blocks, with activation checkpointing inside the compiled
+region (what each block keeps for backward instead of recomputing)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_ATTENTION_OPS = tuple(
+    getattr(torch.ops.aten, name).default
+    for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    if hasattr(torch.ops.aten, name)
+)
+
+
+def keep_attention_policy(min_attention_pairs: int = 1 << 24):
+    """Selective-recompute policy: what a compiled block keeps for backward instead of recomputing.
+
+    Keeps the outputs of attentions with at least `min_attention_pairs` query-key pairs; at
+    768x512x121 that is only the video self-attention, one video-sized tensor per block (2.3 GiB
+    over 48 blocks) that spares its forward recomputation, the most expensive op per byte kept
+    (-40 ms/step on an H100, benchmarks/RESULTS.md). Everything else is recomputed inside the
+    block's compiled backward.
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    def policy(ctx, op, *args, **kwargs):
+        if op in _ATTENTION_OPS and args[0].shape[-2] * args[1].shape[-2] >= min_attention_pairs:
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | None = None, *,
+                   recompute_policy=None, activation_memory_budget: float | None = None,
+                   backend: str = "inductor") -> int:
+    """`torch.compile` every transformer block's `forward` in place; returns how many were compiled.
+
+    Only `forward` is compiled, not the module call, so module hooks (the block swapper's weight
+    prefetch) run eagerly around the compiled code instead of being traced into it. Calling it
+    again recompiles from the eager `forward` (after `torch._dynamo.reset()`).
+
+    Activation checkpointing inside the compiled block (use with diffusers' own gradient
+    checkpointing off): the block's backward graph recomputes what it needs, fused with the backward
+    kernels, instead of re-running the whole forward. `recompute_policy` (a selective-checkpoint
+    policy such as `keep_attention_policy()`, or one per block, None for a block that keeps
+    everything) says what to keep; or `activation_memory_budget` (0..1) lets the partitioner choose
+    (0: keep only the block's inputs; 1: keep all it would). Blocks sharing a policy share one graph.
+    """
+    blocks = getattr(transformer, "transformer_blocks", None)
+    if blocks is None:
+        raise TypeError(f"{type(transformer).__name__} has no transformer_blocks to compile")
+    if activation_memory_budget is not None and not 0.0 <= activation_memory_budget <= 1.0:
+        raise ValueError(f"activation_memory_budget must lie in [0, 1], got {activation_memory_budget}")
+    if recompute_policy is not None and activation_memory_budget is not None:
+        raise ValueError("give either a recompute policy or an activation memory budget, not both")
+    policies = recompute_policy if isinstance(recompute_policy, (list, tuple)) else [recompute_policy] * len(blocks)
+    if len(policies) != len(blocks):
+        raise ValueError(f"got {len(policies)} recompute policies for {len(blocks)} blocks")
+    for block, policy in zip(blocks, policies):
+        eager = vars(block).setdefault("_ltx_eager_forward", block.forward)
+        target = eager if policy is None else _selectively_checkpointed(eager, policy)
+        compiled = torch.compile(target, dynamic=dynamic, mode=mode, backend=backend)
+        block.forward = compiled if activation_memory_budget is None else _with_budget(compiled, activation_memory_budget)
+    return len(blocks)
+
+
+def _selectively_checkpointed(forward, policy):
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    def context():
+        return create_selective_checkpoint_contexts(policy)
+
+    def checkpointed(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, context_fn=context, **kwargs)
+
+    return checkpointed
+
+
+def _with_budget(compiled, budget: float):
+    # The partitioner reads the budget when a graph is (re)compiled, which happens inside the call.
+    def forward(*args, **kwargs):
+        with torch._functorch.config.patch(activation_memory_budget=budget):
+            return compiled(*args, **kwargs)
+
+    return forward
