@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -32,12 +34,16 @@ def available_host_memory() -> int | None:
     return None
 
 
-def check_host_memory(needed: int, num_blocks: int, available: int | None = None) -> None:
-    """Refuse to swap when the host copies would not fit in the memory the host has free."""
+def check_host_memory(needed: int, num_blocks: int, available: int | None = None, processes: int | None = None) -> None:
+    """Refuse to swap when the host copies of every training process on this host (`LOCAL_WORLD_SIZE`,
+    set by accelerate/torchrun) would not fit in the memory the host has free."""
     available = available_host_memory() if available is None else available
-    if available is not None and needed > 0.9 * available:
-        raise ValueError(f"--blocks_to_swap {num_blocks} keeps {needed / 2**30:.1f} GiB of weights in host memory, but "
-                         f"only {available / 2**30:.1f} GiB is available; swap fewer blocks or free host memory")
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if processes is None else processes
+    total = needed * processes
+    if available is not None and total > 0.9 * available:
+        each = f" ({processes} processes on this host, {needed / 2**30:.1f} GiB each)" if processes > 1 else ""
+        raise ValueError(f"--blocks_to_swap {num_blocks} keeps {total / 2**30:.1f} GiB of weights in host memory{each}, "
+                         f"but only {available / 2**30:.1f} GiB is available; swap fewer blocks or free host memory")
 
 
 class _HostCopy:
