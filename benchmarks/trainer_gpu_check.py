@@ -1,6 +1,7 @@
 """The trainer itself on a GPU: the tiny `ltxv2-demo` workspace trained for 6 steps through the
-trainer's CLI, fast path without checkpointing, with compiled recompute, with whole-block
-checkpointing and with an activation memory budget; prints one `TRAINER {json}` line per run
+trainer's CLI (five blocks, so that blocks can be swapped), fast path without checkpointing, with
+compiled recompute, with whole-block checkpointing, with an activation memory budget, with swapped
+blocks and blocks without recompute, and the low-memory path; prints one `TRAINER {json}` line per run
 (exit code, seconds, per-step losses, previews written; the compiled-recompute run also samples
 previews through LTX2Pipeline). On a CPU the budget run is refused (it needs CUDA).
 
@@ -13,12 +14,15 @@ from ltxv2_diffusers.cli.demo import run_cache_jobs, write_workspace
 from ltxv2_diffusers.cli.train import main as train_main
 
 root = Path(tempfile.mkdtemp())
-ws = write_workspace(root, num_clips=2)
+ws = write_workspace(root, num_clips=2, num_layers=5)
 run_cache_jobs(ws)
 previews = ["--sample_prompts", str(ws.prompts), "--sample_every_n_steps", "6"]
 runs = {"fast": [], "ckpt_compiled": ["--gradient_checkpointing", *previews],
         "ckpt_checkpoint": ["--gradient_checkpointing", "--recompute", "checkpoint"],
-        "ckpt_budget0": ["--gradient_checkpointing", "--activation_memory_budget", "0"]}
+        "ckpt_budget0": ["--gradient_checkpointing", "--activation_memory_budget", "0"],
+        "swap_norecompute": ["--gradient_checkpointing", "--blocks_to_swap", "2", "--blocks_without_recompute", "2",
+                             *previews],
+        "low_memory": ["--gradient_checkpointing", "--low_memory", "--blocks_to_swap", "2"]}
 only = sys.argv[1:]  # run names to run; all when none are given
 for name, extra in runs.items():
     if only and name not in only:

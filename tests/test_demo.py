@@ -24,3 +24,13 @@ def test_demo_runs_offline_end_to_end(tmp_path, capsys):
                  "output/loss.png"):
         assert (tmp_path / path).exists(), path
     assert "ltxv2-cache-latents" in out and "ltxv2-cache-audio-latents" in out and "ltxv2-cache-text-encoder-outputs" in out
+
+
+def test_demo_workspace_can_have_more_blocks(tmp_path):
+    """`benchmarks/trainer_gpu_check.py` trains a five-block demo model so that blocks can be swapped."""
+    from ltxv2_diffusers.cli.demo import write_workspace
+    from ltxv2_diffusers.models.loading import load_components
+
+    ws = write_workspace(tmp_path, num_clips=1, num_layers=5)
+    transformer = load_components(str(ws.model), components=["transformer"])["transformer"]
+    assert len(transformer.transformer_blocks) == 5

@@ -41,8 +41,10 @@ class DemoWorkspace:
         ]
 
 
-def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_size: int = 1) -> DemoWorkspace:
-    """Write model, text encoder, clips, dataset.toml and prompts under `root` (no caches yet)."""
+def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_size: int = 1,
+                    num_layers: int | None = None) -> DemoWorkspace:
+    """Write model, text encoder, clips, dataset.toml and prompts under `root` (no caches yet).
+    `num_layers` overrides the tiny transformer's depth (block swapping needs at least three)."""
     from ltxv2_diffusers.data.synthetic import make_dataset
     from ltxv2_diffusers.models.loading import save_official_checkpoint
     from ltxv2_diffusers.models.presets import build_components
@@ -53,7 +55,8 @@ def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_s
     model = root / "model" / "ltx-2-tiny.safetensors"
     if not model.is_file():
         model.parent.mkdir(parents=True, exist_ok=True)
-        save_official_checkpoint(model, **build_components("tiny", seed=seed))
+        overrides = {"transformer": {"num_layers": num_layers}} if num_layers else None
+        save_official_checkpoint(model, **build_components("tiny", seed=seed, overrides=overrides))
     text_encoder = root / "gemma-3-tiny"
     if not (text_encoder / "config.json").is_file():
         write_tiny_gemma(text_encoder, seed=seed)
