@@ -283,6 +283,7 @@ def test_block_swap_without_rerun_matches_resident_model(device, checkpointing):
         assert (setup.swapper is not None) == bool(swap)
         if swap:
             assert not setup.swapper.rerun_in_backward and setup.swapper.swapped == [1, 3]
+            assert "2 blocks swapped to CPU (spread, fetched back before their backward)" in setup.summary()
         runs = []
         for _ in range(2):
             loss = _loss(LTXAVModelAdapter.from_components(model), batch)
@@ -359,7 +360,7 @@ def test_block_swap_keeps_the_compute_dtype_of_the_fast_path():
     model.enable_gradient_checkpointing()
     options = SpeedOptions(blocks_to_swap=2, compute_dtype=torch.bfloat16, compile=False, recompute="checkpoint")
     setup = apply_speed_options(model, options, device="cpu")
-    assert setup.swapper.rerun_in_backward
+    assert setup.swapper.rerun_in_backward and "(re-fetched by the backward re-run)" in setup.summary()
     loss = _loss(LTXAVModelAdapter.from_components(model), {k: v for k, v in _batch().items()})
     loss.backward()
     setup.before_optimizer_step()

@@ -89,7 +89,9 @@ class SpeedSetup:
         if o.int8_base:
             parts.append("int8 base weights")
         if self.swapper is not None:
-            parts.append(f"{o.blocks_to_swap} blocks swapped to CPU")
+            how = ("re-fetched by the backward re-run" if self.swapper.rerun_in_backward
+                   else "spread, fetched back before their backward")
+            parts.append(f"{o.blocks_to_swap} blocks swapped to CPU ({how})")
         if o.attention_backend:
             parts.append(f"attention backend {o.attention_backend}")
         return "speed: " + ", ".join(parts)
