@@ -7,6 +7,7 @@ import os
 import torch
 from torch import nn
 
+
 def evenly_spaced(num_blocks: int, count: int) -> list[int]:
     """`count` of the indices 0..num_blocks-1, spread evenly."""
     if not 0 < count <= num_blocks:
@@ -56,11 +57,15 @@ class _HostCopy:
     hooks and tensors autograd saved for backward keep working.
     """
 
-    _ALIGN = 64
+    _ALIGN = 64  # byte offset of every tensor in the buffer (kernels want aligned inputs)
+
+    @classmethod
+    def _padded(cls, t: torch.Tensor) -> int:
+        return -(-t.numel() * t.element_size() // cls._ALIGN) * cls._ALIGN
 
     @classmethod
     def bytes_needed(cls, block: nn.Module) -> int:
-        return sum(-(-t.numel() * t.element_size() // cls._ALIGN) * cls._ALIGN for _, _, t in cls._frozen_tensors(block))
+        return sum(cls._padded(t) for _, _, t in cls._frozen_tensors(block))
 
     def __init__(self, block: nn.Module, device: torch.device):
         self.device = device
@@ -71,7 +76,7 @@ class _HostCopy:
             nbytes = t.numel() * t.element_size()
             self.entries.append((module, name, t.dtype, t.shape, offset, nbytes))
             tensors.append(t)
-            offset += -(-nbytes // self._ALIGN) * self._ALIGN
+            offset += self._padded(t)
         self.nbytes = offset
         self.host = torch.empty(offset, dtype=torch.uint8)
         if device.type == "cuda":
@@ -121,7 +126,8 @@ class BlockSwapper:
 
     A swapped block's tensors are copied to the GPU in one transfer on a side stream while earlier
     blocks compute and dropped again once the pass moved past it; trainable (LoRA) parameters always
-    stay on the GPU. (On a CPU device the same logic runs with synchronous copies, for tests.) Two ways to learn that backward needs a block again:
+    stay on the GPU. (On a CPU device the same logic runs with synchronous copies, for tests.)
+    Two ways to learn that backward needs a block again:
 
     - `rerun_in_backward=True` (whole-block gradient checkpointing re-runs each block's forward
       right before its backward): the last `num_blocks` blocks are swapped and the forward pre-hook
@@ -129,11 +135,12 @@ class BlockSwapper:
     - `rerun_in_backward=False` (compiled blocks recompute inside their own backward, or nothing is
       recomputed): `num_blocks` blocks spread over the model are swapped (`spread_blocks`). A block
       is dropped right after its forward, and a gradient hook on its output fetches it back before
-      its backward runs (prefetching the next `backward_prefetch` swapped blocks down); it then stays on the GPU into the
-      next step's forward. So memory is freed where it peaks, between forward and backward, and each
+      its backward runs (prefetching the next `backward_prefetch` swapped blocks down); it then
+      stays on the GPU into the next step's forward. So memory is freed where it peaks, between forward and backward, and each
       swapped block crosses the host link once per step, during backward, which is twice as long as
-      forward. Autograd saved the parameters themselves, whose storage the swapper replaces in
-      place, so backward reads the fetched copy.
+      forward. Compiled blocks save the parameters themselves for backward, whose storage the
+      swapper replaces in place, so backward reads the fetched copy. (Eager linear layers save a
+      transposed view instead, which stays correct but holds the weights until backward.)
     """
 
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
