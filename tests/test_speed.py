@@ -165,7 +165,7 @@ def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
         model.enable_gradient_checkpointing()
         setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, blocks_without_recompute=1,
                                                         compile_backend="aot_eager_decomp_partition"), device="cpu")
-        assert "spread over the model: 1 block recompute nothing" in setup.summary()
+        assert "the last 1 block recompute nothing" in setup.summary()
     else:
         acceleration.compile_blocks(model, activation_memory_budget=0.0, backend="aot_eager_decomp_partition")
     _loss(LTXAVModelAdapter.from_components(model), batch).backward()
@@ -347,9 +347,9 @@ def test_blocks_without_recompute_are_spread_or_last():
 
     model = _lora_model(torch.float32, num_layers=6)
     assert blocks_without_recompute(model, SpeedOptions()) == set()
-    assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=3)) == {1, 3, 5}
-    assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=2,
-                                                        without_recompute_placement="last")) == {4, 5}
+    assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=2)) == {4, 5}  # the last
+    assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=3,
+                                                        without_recompute_placement="spread")) == {1, 3, 5}
     assert acceleration.evenly_spaced(48, 26)[:4] == [0, 2, 4, 6] and len(acceleration.evenly_spaced(48, 26)) == 26
 
 

@@ -149,7 +149,7 @@ FLAGS: tuple[Flag, ...] = (
       "of use (about 0.73 GiB each for LTX-2 19B); with compiled recompute they are spread over the model and "
       "cross the host link once per step, during backward", group="speed"),
     F("--blocks_without_recompute", int, 0, "with --gradient_checkpointing and compiled recompute: N blocks "
-      "(spread over the model) keep every activation instead of recomputing (about 1 GiB each at 768x512x121, ~3.5 ms/step faster "
+      "(the last ones) keep every activation instead of recomputing (about 1 GiB each at 768x512x121, ~3.5 ms/step faster "
       "each on an H100); pay for them with --blocks_to_swap, e.g. --blocks_to_swap 40 "
       "--blocks_without_recompute 26 fits 45 GiB", group="speed"),
     F("--recompute", str, "compiled", "how --gradient_checkpointing recomputes: compiled (each compiled block "
