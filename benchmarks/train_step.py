@@ -180,8 +180,9 @@ def main(argv=None) -> dict:
     variants = [v.strip() for v in (a.recompute or ("ckpt" if a.low_memory else "keep")).split(",")]
 
     def recompute_options(v: str) -> dict:
-        """'keep' | 'ckpt' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo kernels),
-        then optionally '@S/K[/D]' (blocks swapped / without recompute / backward prefetch)."""
+        """'keep' | 'ckpt' | 'none' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo
+        kernels), then optionally '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward
+        prefetch / where the blocks without recompute are)."""
         v, _, swap = v.partition("@")
         fields = swap.split("/") if swap else []
         placement = fields.pop() if fields and fields[-1] in ("last", "spread") else "last"
@@ -192,13 +193,14 @@ def main(argv=None) -> dict:
         base, *extras = v.split("+")
         torch._inductor.config.combo_kernels = "combo" in extras
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode
+        keep = dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, **swapping)
         if base == "none":  # no recomputation at all (needs the memory for every activation)
-            return dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, checkpointing=False,
-                        **swapping)
-        if base in ("keep", "ckpt"):
-            return dict(recompute="compiled" if base == "keep" else "checkpoint", activation_memory_budget=None,
-                        compile_mode=mode, **swapping)
-        return dict(recompute="compiled", activation_memory_budget=float(base), compile_mode=mode, **swapping)
+            return {**keep, "checkpointing": False}
+        if base == "ckpt":
+            return {**keep, "recompute": "checkpoint"}
+        if base == "keep":
+            return keep
+        return {**keep, "activation_memory_budget": float(base)}
 
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,

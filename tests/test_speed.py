@@ -361,7 +361,7 @@ def test_block_swap_keeps_the_compute_dtype_of_the_fast_path():
     options = SpeedOptions(blocks_to_swap=2, compute_dtype=torch.bfloat16, compile=False, recompute="checkpoint")
     setup = apply_speed_options(model, options, device="cpu")
     assert setup.swapper.rerun_in_backward and "(re-fetched by the backward re-run)" in setup.summary()
-    loss = _loss(LTXAVModelAdapter.from_components(model), {k: v for k, v in _batch().items()})
+    loss = _loss(LTXAVModelAdapter.from_components(model), _batch())
     loss.backward()
     setup.before_optimizer_step()
     for i in setup.swapper.swapped:

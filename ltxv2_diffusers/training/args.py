@@ -392,21 +392,21 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(args.blocks_to_swap > 0, "--blocks_to_swap must be > 0")
     if args.low_memory:
         need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
-    if args.activation_memory_budget is not None:
-        need(0.0 <= args.activation_memory_budget <= 1.0, "--activation_memory_budget must lie in [0, 1]")
+    inside = False
+    if args.activation_memory_budget is not None or args.blocks_without_recompute:
         from ltxv2_diffusers.training.speed import compiled_recompute
 
-        need(compiled_recompute(compile=not args.no_compile, recompute=args.recompute,
-                                checkpointing=args.gradient_checkpointing) and not args.low_memory,
+        # Whether the compiled blocks will do the recomputation (--low_memory always re-runs whole blocks).
+        inside = compiled_recompute(compile=not args.no_compile, recompute=args.recompute,
+                                    checkpointing=args.gradient_checkpointing) and not args.low_memory
+    if args.activation_memory_budget is not None:
+        need(0.0 <= args.activation_memory_budget <= 1.0, "--activation_memory_budget must lie in [0, 1]")
+        need(inside,
              "--activation_memory_budget sets what compiled blocks keep when they recompute: it needs "
              "--gradient_checkpointing and --recompute compiled, without --no_compile or --low_memory")
     if args.blocks_without_recompute:
-        from ltxv2_diffusers.training.speed import compiled_recompute
-
         need(args.blocks_without_recompute > 0, "--blocks_without_recompute must be > 0")
-        need(compiled_recompute(compile=not args.no_compile, recompute=args.recompute,
-                                checkpointing=args.gradient_checkpointing)
-             and not args.low_memory and args.activation_memory_budget is None,
+        need(inside and args.activation_memory_budget is None,
              "--blocks_without_recompute exempts blocks from the compiled blocks' recomputation: it needs "
              "--gradient_checkpointing and --recompute compiled, without --no_compile, --low_memory or "
              "--activation_memory_budget")

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class _Int8Linear(torch.autograd.Function):
     """y = x @ dequant(q)^T + b, saving the int8 weight (not a bf16 copy) for the input gradient."""
 

@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+
 class MasterWeights:
     """Trainable parameters compute in `compute_dtype`; the optimizer steps fp32 master copies.
 
