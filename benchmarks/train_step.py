@@ -93,8 +93,45 @@ def make_batch(adapter, a, device):
     }
 
 
-def measure(a, step, sync, cuda: bool) -> dict:
-    """Warm up, then time `a.steps` steps; s/step is the median."""
+class PhaseClock:
+    """CUDA events and host clocks at the step's phase boundaries.
+
+    No profiler: its per-kernel overhead slows the host and invents idle GPU time. A phase whose host
+    time reaches its GPU time is host-bound; GPU time above the kernels' own time is waiting (for the
+    host or for a copy)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.active, self.steps, self.current = cuda, False, [], []
+
+    def mark(self, name: str) -> None:
+        if not self.active:
+            return
+        event = None
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        self.current.append((name, event, time.perf_counter()))
+
+    def end_step(self) -> None:
+        if self.active and self.current:
+            self.steps.append(self.current)
+        self.current = []
+
+    def summary(self) -> dict:
+        """Median GPU and host milliseconds per phase (call after a synchronize)."""
+        out = {}
+        for i, (name, _, _) in enumerate(self.steps[0][1:], start=1):
+            host = [(s[i][2] - s[i - 1][2]) * 1e3 for s in self.steps]
+            row = {"host_ms": round(statistics.median(host), 1)}
+            if self.cuda:
+                row["gpu_ms"] = round(statistics.median(s[i - 1][1].elapsed_time(s[i][1]) for s in self.steps), 1)
+            out[name] = row
+        return out
+
+
+def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
+    """Warm up, then time `a.steps` steps; s/step is the median. Then `a.steps` more steps without a
+    synchronize between them (s_per_step_pipelined): a loop that never waits on the GPU mid-run."""
     losses = []
     t = time.perf_counter()
     for i in range(a.warmup):
@@ -102,8 +139,11 @@ def measure(a, step, sync, cuda: bool) -> dict:
     sync()
     warmup_s = time.perf_counter() - t
     if cuda:
+        torch.cuda.empty_cache()  # the previous variant's cached blocks
         torch.cuda.reset_peak_memory_stats()
     times = []
+    if clock is not None:
+        clock.active, clock.steps = True, []
     for i in range(a.steps):
         sync()
         t = time.perf_counter()
@@ -111,10 +151,23 @@ def measure(a, step, sync, cuda: bool) -> dict:
         sync()
         losses.append(float(loss.detach()))
         times.append(time.perf_counter() - t)
+    phases = None
+    if clock is not None:
+        clock.active = False
+        phases = clock.summary()
+    t = time.perf_counter()
+    pipelined = [step(a.warmup + a.steps + i) for i in range(a.steps)]
+    sync()
+    pipelined_s = (time.perf_counter() - t) / a.steps
+    losses += [float(v.detach()) for v in pipelined]
     res = dict(s_per_step=round(statistics.median(times), 3), min_s=round(min(times), 3),
+               s_per_step_pipelined=round(pipelined_s, 3),
                loss=round(losses[-1], 4), warmup_s=round(warmup_s, 1), losses=[round(v, 4) for v in losses])
+    if phases:
+        res["phases"] = phases
     if cuda:
         res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        res["reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 1)  # what the card must hold
     return res
 
 
@@ -232,21 +285,30 @@ def main(argv=None) -> dict:
     tokens = adapter.token_counts(batch)
     from torch.profiler import record_function
 
+    clock = PhaseClock(cuda)
+
     def step(i: int):
         if opts.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         g = torch.Generator("cpu").manual_seed(i)
+        clock.mark("start")
         with record_function("step/forward+loss"), speed.autocast():
             loss, logs = step_fn(batch, generator=g)
+        clock.mark("forward+loss")
         with record_function("step/backward"):
             loss.backward()
+        clock.mark("backward")
         with record_function("step/grads_to_master"):
             speed.before_optimizer_step()
+        clock.mark("grads_to_master")
         with record_function("step/optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        clock.mark("optimizer")
         with record_function("step/master_to_model"):
             speed.after_optimizer_step()
+        clock.mark("master_to_model")
+        clock.end_step()
         return loss
 
     def sync():
@@ -266,7 +328,7 @@ def main(argv=None) -> dict:
             set_prefetch(speed.swapper)
             recomputed_by = configure_recompute(transformer, opts)
         try:
-            res = measure(a, step, sync, cuda)
+            res = measure(a, step, sync, cuda, clock)
         except torch.OutOfMemoryError as e:
             print(f"RESULT {json.dumps(dict(tag=a.tag, recompute=variant, error='out of memory'))}",
                   flush=True)

@@ -89,7 +89,7 @@ def test_master_weights_update_like_fp32_adamw():
     p16 = torch.nn.Parameter(p32.detach().clone())
     master = acceleration.MasterWeights([p16], torch.bfloat16)
     opt_ref = torch.optim.AdamW([p32], lr=1e-2)
-    opt = torch.optim.AdamW(master.master_params, lr=1e-2)
+    opt = torch.optim.AdamW([master.flat], lr=1e-2)
     for i in range(3):
         grad = torch.randn(64, 8, generator=torch.Generator().manual_seed(i))
         p32.grad = grad.clone()
@@ -229,10 +229,46 @@ def test_grads_to_master_accumulates_in_fp32():
             p.grad = g.to(torch.bfloat16)
         master.grads_to_master(accumulate=i > 0)
         assert all(p.grad is None for p in params)
-    for k, m in enumerate(master.master_params):
-        assert m.grad.dtype == torch.float32
+    assert master.flat.grad.dtype == torch.float32
+    grads = master.flat.grad.split(master.sizes)
+    for k, p in enumerate(params):
         expect = sum(step[k].to(torch.bfloat16).float() for step in steps)
-        torch.testing.assert_close(m.grad, expect)
+        torch.testing.assert_close(grads[k].view(p.shape), expect)
+
+
+def test_master_weights_are_one_flat_buffer_each():
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5)),
+              torch.nn.Parameter(torch.randn(2, 2), requires_grad=False)]
+    values = [p.detach().clone() for p in params[:2]]
+    master = acceleration.MasterWeights(params, torch.bfloat16)
+    assert master.flat.shape == (17,) and master.flat.dtype == torch.float32
+    for p, v in zip(params[:2], values):  # views of one bf16 buffer, same values
+        assert p.dtype == torch.bfloat16 and p.untyped_storage().data_ptr() == master.flat_model.data_ptr()
+        torch.testing.assert_close(p.float(), v.to(torch.bfloat16).float())
+    params[0].grad = torch.ones(3, 4, dtype=torch.bfloat16)  # the second parameter got no gradient
+    master.grads_to_master()
+    assert master.flat.grad.tolist() == [1.0] * 12 + [0.0] * 5
+    with torch.no_grad():
+        master.flat.add_(1.0)
+    master.master_to_model()
+    torch.testing.assert_close(params[1].float(), (values[1] + 1).to(torch.bfloat16).float())
+
+
+def test_per_parameter_optimizer_state_is_flattened_for_the_flat_master():
+    """Checkpoints written before the masters were flat still resume."""
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    old = torch.optim.AdamW([p.detach().clone().requires_grad_() for p in params], lr=1e-3)
+    for p in old.param_groups[0]["params"]:
+        p.grad = torch.randn(p.shape)
+    old.step()
+    master = acceleration.MasterWeights(params, torch.bfloat16)
+    new = torch.optim.AdamW([master.flat], lr=1e-3)
+    new.load_state_dict(master.optimizer_state_from_per_parameter(old.state_dict()))
+    state = new.state[master.flat]
+    expect = torch.cat([old.state[p]["exp_avg_sq"].reshape(-1) for p in old.param_groups[0]["params"]])
+    torch.testing.assert_close(state["exp_avg_sq"], expect)
+    assert float(state["step"]) == 1.0
+    assert master.optimizer_state_from_per_parameter(new.state_dict())["state"][0]["exp_avg"].shape == (17,)
 
 
 # The swapper's logic runs on a CPU too (synchronous copies), so CI covers it; on a GPU the same tests
@@ -368,7 +404,7 @@ def test_block_swap_keeps_the_compute_dtype_of_the_fast_path():
         setup.swapper._ensure(i)
     dtypes = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
     assert dtypes == {torch.bfloat16} and torch.isfinite(loss)
-    assert all(m.grad is not None and m.grad.dtype == torch.float32 for m in setup.master.master_params)
+    assert setup.master.flat.grad is not None and setup.master.flat.grad.dtype == torch.float32
 
 
 def test_streaming_set_up_leaves_the_blocks_where_they_are():

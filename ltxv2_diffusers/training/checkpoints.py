@@ -143,7 +143,8 @@ def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train (the LoRA), by their names in `model`."""
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    # copies: with fp32 masters the LoRA tensors are views of one buffer, which safetensors refuses
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_states() -> dict[str, Any]:
@@ -207,7 +208,10 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_s
                 for m, p in zip(master.master_params, master.model_params):
                     m.copy_(p.float())
     blob = torch.load(directory / "optimizer_and_rng.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    state = blob["optimizer"]
+    if master is not None:  # checkpoints from before the masters were one flat tensor
+        state = master.optimizer_state_from_per_parameter(state)
+    optimizer.load_state_dict(state)
     lr_scheduler.load_state_dict(blob["lr_scheduler"])
     set_rng_states(blob["rng"])
     payload = json.loads((directory / STATE_FILE).read_text())

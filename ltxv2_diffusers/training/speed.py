@@ -99,8 +99,8 @@ class SpeedSetup:
 
     @property
     def optimizer_params(self) -> list[torch.nn.Parameter]:
-        """The parameters the optimizer updates (fp32 masters on the fast path)."""
-        return self.master.master_params if self.master is not None else self.trainable_params
+        """The parameters the optimizer updates (one flat fp32 master on the fast path)."""
+        return [self.master.flat] if self.master is not None else self.trainable_params
 
     def make_optimizer(self, cls=torch.optim.AdamW, **kwargs) -> torch.optim.Optimizer:
         """Build `cls` over `optimizer_params`; torch AdamW gets `fused=True` on CUDA."""
@@ -124,8 +124,7 @@ class SpeedSetup:
     def after_optimizer_step(self) -> None:
         if self.master is not None:
             self.master.master_to_model()
-            for m in self.master.master_params:
-                m.grad = None
+            self.master.zero_grad()
         self.reset()
 
     def reset(self) -> None:

@@ -84,7 +84,7 @@ class _HostCopy:
         for (module, name, dtype, shape, start, nbytes), t in zip(self.entries, tensors):
             self.host[start:start + nbytes].view(dtype).view(shape).copy_(t.detach().to("cpu"))
         self.device_copy: torch.Tensor | None = None
-        self.drop(None)
+        self.drop()
 
     @staticmethod
     def _frozen_tensors(block: nn.Module):
@@ -100,19 +100,23 @@ class _HostCopy:
     def _tensor(module: nn.Module, name: str) -> torch.Tensor:
         return module._parameters[name] if name in module._parameters else module._buffers[name]
 
-    def fetch(self) -> None:
+    def fetch(self, stream=None) -> None:
+        """Point the block at a fresh device copy. On CUDA the buffer comes from the current stream's
+        pool (the one activations use, so memory they free can hold blocks and the reverse) and the
+        copy runs on `stream`, which must already wait for the current stream."""
         if self.device.type == "cuda":
             flat = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
-            flat.copy_(self.host, non_blocking=True)
+            with torch.cuda.stream(stream or torch.cuda.current_stream(self.device)):
+                flat.copy_(self.host, non_blocking=True)
         else:
             flat = self.host.clone()  # a separate storage, freed on drop like a device copy
         for module, name, dtype, shape, start, nbytes in self.entries:
             self._tensor(module, name).data = flat[start:start + nbytes].view(dtype).view(shape)
         self.device_copy = flat
 
-    def drop(self, stream) -> None:
-        if self.device_copy is not None and stream is not None:
-            self.device_copy.record_stream(stream)
+    def drop(self) -> None:
+        """Point the block at empty tensors; the device copy returns to its stream's pool once the work
+        queued on that stream so far is done (stream-ordered, like any freed activation)."""
         self.device_copy = None
         empty: dict[torch.dtype, torch.Tensor] = {}
         for module, name, dtype, _, _, _ in self.entries:
@@ -177,11 +181,11 @@ class BlockSwapper:
         if i not in self.stores or i in self.resident:
             return
         if self.cuda:
+            # The buffer may reuse memory that work queued so far on the compute stream still reads.
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self.stream):
-                self.stores[i].fetch()
-                event = torch.cuda.Event()
-                event.record(self.stream)
+            self.stores[i].fetch(self.stream)
+            event = torch.cuda.Event()
+            event.record(self.stream)
             self.events[i] = event
         else:
             self.stores[i].fetch()
@@ -197,10 +201,12 @@ class BlockSwapper:
     def _release(self, i: int) -> None:
         if i not in self.stores or i not in self.resident:
             return
-        # The compute stream may still read it; tell the allocator before dropping the storage.
-        self.stores[i].drop(torch.cuda.current_stream(self.device) if self.cuda else None)
+        # A copy nobody waited for yet must land before the compute stream may reuse its memory.
+        event = self.events.pop(i, None)
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+        self.stores[i].drop()
         self.resident.discard(i)
-        self.events.pop(i, None)
 
     def _next_swapped(self, i: int, step: int, count: int = 1) -> list[int]:
         later = sorted((j for j in self.swapped if (j - i) * step > 0), key=lambda j: abs(j - i))
