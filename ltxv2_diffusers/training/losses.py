@@ -19,10 +19,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | No
         return err.mean()
     mask = mask.to(err.device, torch.bool)
     valid = mask.sum() * err.shape[-1]
-    if int(valid) == 0:
-        # All tokens padded: contributes nothing but keeps the graph connected for DDP.
-        return (err * 0.0).sum()
-    return (err * mask.unsqueeze(-1)).sum() / valid
+    # All tokens padded: 0, still connected to the graph for DDP. No host check of `valid`: reading it
+    # would make the CPU wait for the whole forward before it may queue the backward.
+    return (err * mask.unsqueeze(-1)).sum() / valid.clamp(min=1)
 
 
 def apply_sqrt_weight(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | float):

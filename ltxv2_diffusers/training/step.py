@@ -19,6 +19,15 @@ from ltxv2_diffusers.training.losses import compute_losses
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU-drawn randomness to `device`. To a GPU through pinned memory without blocking: a copy from
+    pageable memory waits for the GPU to finish all queued work, so the next step could not be queued
+    while this one still runs."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def video_token_count(latents: torch.Tensor) -> int:
     """Packed video tokens of a `[B,C,F,H,W]` latent (patch size 1)."""
     return int(latents.shape[2] * latents.shape[3] * latents.shape[4])
@@ -62,7 +71,7 @@ class TrainStep:
             sigmas = draw(batch_size, generator)
         else:
             sigmas = torch.cat([draw(1, g) for g in gens], dim=0)
-        return sigmas.to(device)
+        return _to_device(sigmas, device)
 
     def _noise(self, like: torch.Tensor, generator: Generators) -> torch.Tensor:
         gens = self._per_item(generator, like.shape[0])
@@ -70,7 +79,7 @@ class TrainStep:
             noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
         else:
             noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in gens])
-        return noise.to(like.device)
+        return _to_device(noise, like.device)
 
     def draw(self, batch: Mapping[str, Any], generator: Generators = None):
         """Sigmas and noise (unpacked, shaped like the latents) of the trained modalities.

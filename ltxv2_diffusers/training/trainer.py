@@ -232,11 +232,11 @@ class Trainer:
             with ctx:
                 with acc.autocast(), self.speed.autocast():
                     loss, logs = self.step_fn(local, gens)
-                ok = self._all_finite(loss)  # every rank takes the same decision
-                if ok:
-                    acc.backward(loss / accum)
-                    self.speed.accumulate_grads()
-            finite = finite and ok
+                # Backward runs before the finiteness check, so the CPU never waits for the forward to
+                # finish before queueing it; a non-finite loss only leaves gradients the step discards.
+                acc.backward(loss / accum)
+                self.speed.accumulate_grads()
+            finite = self._all_finite(loss) and finite  # every rank takes the same decision
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + float(value) / accum
         # logs are this process's; average them so every rank reports the global value
