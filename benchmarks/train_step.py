@@ -51,7 +51,7 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '@S/K[/D][/spread]' swaps S blocks, "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (the last K, or spread) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
@@ -245,6 +245,7 @@ def main(argv=None) -> dict:
                         without_recompute_placement=placement)
         base, *extras = v.split("+")
         torch._inductor.config.combo_kernels = "combo" in extras
+        torch._inductor.config.cpp_wrapper = "cpp" in extras  # C++ instead of Python launching the kernels
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode
         keep = dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, **swapping)
         if base == "none":  # no recomputation at all (needs the memory for every activation)
