@@ -52,7 +52,7 @@ def parse(argv=None):
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
                         "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '@S/K[/D][/spread]' swaps S blocks, "
-                        "exempts K blocks from recomputation (the last K, or spread) and prefetches D blocks in "
+                        "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
@@ -238,7 +238,7 @@ def main(argv=None) -> dict:
         prefetch / where the blocks without recompute are)."""
         v, _, swap = v.partition("@")
         fields = swap.split("/") if swap else []
-        placement = fields.pop() if fields and fields[-1] in ("last", "spread") else "last"
+        placement = fields.pop() if fields and fields[-1] in ("last", "spread") else SpeedOptions.without_recompute_placement
         s, k, d = ([int(x) for x in fields] + [None])[:3] if fields else (swap_default, a.blocks_without_recompute,
                                                                            a.backward_prefetch)
         swapping = dict(blocks_to_swap=s, blocks_without_recompute=k, backward_prefetch=d,

@@ -149,9 +149,9 @@ FLAGS: tuple[Flag, ...] = (
       "of use (about 0.73 GiB each for LTX-2 19B); with compiled recompute they are spread over the model and "
       "cross the host link once per step, during backward", group="speed"),
     F("--blocks_without_recompute", int, 0, "with --gradient_checkpointing and compiled recompute: N blocks "
-      "(the last ones) keep every activation instead of recomputing (about 1 GiB each at 768x512x121, ~3.5 ms/step faster "
-      "each on an H100); pay for them with --blocks_to_swap, e.g. --blocks_to_swap 40 "
-      "--blocks_without_recompute 26 fits 45 GiB", group="speed"),
+      "(spread over the model) keep every activation instead of recomputing (about 1 GiB each at 768x512x121, ~5 ms/step "
+      "faster each on an H100); pay for them with --blocks_to_swap, e.g. --blocks_to_swap 44 "
+      "--blocks_without_recompute 28 fits 45 GiB", group="speed"),
     F("--recompute", str, "compiled", "how --gradient_checkpointing recomputes: compiled (each compiled block "
       "recomputes inside its backward and keeps its large self-attention outputs; fastest) or checkpoint (re-run "
       "whole blocks, least memory; always used with --no_compile and --low_memory)",

@@ -34,12 +34,12 @@ class SpeedOptions:
     blocks_to_swap: int = 0
     activation_memory_budget: float | None = None
     # With compiled recompute: how many blocks recompute nothing and keep every activation instead
-    # (~1 GiB each at 768x512x121, -6 ms/step each on an H100), e.g. paid for with memory that block
-    # swapping freed. "last": the last blocks (measured, benchmarks/RESULTS.md); "spread": spread
-    # evenly, so fast (exempt) and slow backward blocks alternate and swapped blocks' copies may keep
-    # pace better (not measured yet: the default changes once a GPU run shows it is faster).
+    # (~1 GiB each at 768x512x121, -5 to -6 ms/step each on an H100), e.g. paid for with memory that
+    # block swapping freed. "spread" (default): spread evenly, so fast (exempt) and slow backward
+    # blocks alternate and the swapped blocks' copies keep pace (measured 12 ms/step faster than
+    # "last" at 40/26, benchmarks/RESULTS.md); "last": the last blocks (slightly less memory).
     blocks_without_recompute: int = 0
-    without_recompute_placement: str = "last"
+    without_recompute_placement: str = "spread"
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     compute_dtype: torch.dtype = torch.bfloat16
