@@ -455,3 +455,17 @@ def test_benchmark_smoke_on_cpu():
                       "--recompute", "ckpt,ckpt@2/0"])
     assert res["recompute"] == "ckpt@2/0" and res["options"]["blocks_to_swap"] == 2
     assert torch.isfinite(torch.tensor(res["loss"]))
+
+
+def test_block_counts_are_checked_against_the_models_depth():
+    """What the trainer checks from the model's config before a 19B load."""
+    from ltxv2_diffusers.training.speed import check_options
+
+    with pytest.raises(ValueError, match=r"--blocks_to_swap must be between 1 and 46 for this 48-block model \(got 47\)"):
+        check_options(SpeedOptions(blocks_to_swap=47), 48, checkpointing=True)  # fetched by gradient hooks
+    assert check_options(SpeedOptions(blocks_to_swap=46, blocks_without_recompute=28), 48, checkpointing=True)
+    assert not check_options(SpeedOptions(blocks_to_swap=47, recompute="checkpoint"), 48, checkpointing=True)
+    with pytest.raises(ValueError, match="between 1 and 47"):  # whole-block re-runs: all but the first
+        check_options(SpeedOptions(blocks_to_swap=48, recompute="checkpoint"), 48, checkpointing=True)
+    with pytest.raises(ValueError, match="--blocks_without_recompute must be between 1 and 48"):
+        check_options(SpeedOptions(blocks_without_recompute=49), 48, checkpointing=True)

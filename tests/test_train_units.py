@@ -55,6 +55,14 @@ def test_masked_mse_ignores_masked_tokens():
     assert masked_mse(pred, target, mask).item() == pytest.approx(4.0 / (5 * 4))
 
 
+def test_masked_mse_of_an_all_padded_batch_is_zero_and_keeps_the_graph():
+    pred = torch.randn(1, 3, 4, requires_grad=True)
+    loss = masked_mse(pred, torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.bool))
+    assert loss.item() == 0.0
+    loss.backward()  # DDP needs every rank's graph to reach the parameters
+    assert torch.equal(pred.grad, torch.zeros_like(pred))
+
+
 def test_sqrt_weight_scales_loss_exactly():
     g = torch.Generator().manual_seed(1)
     pred, target = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g)

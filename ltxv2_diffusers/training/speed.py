@@ -193,28 +193,35 @@ def compiled_recompute(*, compile: bool, recompute: str, checkpointing: bool) ->
     return compile and recompute == "compiled" and checkpointing
 
 
-def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bool:
-    """`compiled_recompute` for this model and these options, validating the options."""
+def check_options(options: SpeedOptions, num_blocks: int, checkpointing: bool) -> bool:
+    """Validate `options` for a model of `num_blocks` transformer blocks with diffusers' gradient
+    checkpointing as the user set it; needs only the model's config, so the trainer calls it before
+    any weight loads. Returns whether the compiled blocks recompute (`compiled_recompute`)."""
     if options.recompute not in ("compiled", "checkpoint"):
         raise ValueError(f"--recompute must be 'compiled' or 'checkpoint', got {options.recompute!r}")
-    inside = compiled_recompute(compile=options.compile, recompute=options.recompute,
-                                checkpointing=transformer.is_gradient_checkpointing)
+    inside = compiled_recompute(compile=options.compile, recompute=options.recompute, checkpointing=checkpointing)
     if options.activation_memory_budget is not None and not inside:
         raise ValueError("--activation_memory_budget tells the compiled blocks what to keep when they recompute; it "
                          "needs --gradient_checkpointing, compiled blocks and --recompute compiled")
     if options.blocks_without_recompute:
-        blocks = len(transformer.transformer_blocks)
         if not inside or options.activation_memory_budget is not None:
             raise ValueError("--blocks_without_recompute exempts blocks from the compiled blocks' recomputation; it "
                              "needs --gradient_checkpointing, compiled blocks and --recompute compiled, without "
                              "--activation_memory_budget")
-        if not 0 < options.blocks_without_recompute <= blocks:
-            raise ValueError(f"--blocks_without_recompute must be between 1 and {blocks} "
-                             f"(got {options.blocks_without_recompute})")
+        if not 0 < options.blocks_without_recompute <= num_blocks:
+            raise ValueError(f"--blocks_without_recompute must be between 1 and {num_blocks} for this "
+                             f"{num_blocks}-block model (got {options.blocks_without_recompute})")
         if options.without_recompute_placement not in ("spread", "last"):
             raise ValueError(f"without_recompute_placement must be 'spread' or 'last', "
                              f"got {options.without_recompute_placement!r}")
+    if options.blocks_to_swap:
+        acceleration.check_swap_count(options.blocks_to_swap, num_blocks, rerun_in_backward=checkpointing and not inside)
     return inside
+
+
+def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bool:
+    """`check_options` for this model."""
+    return check_options(options, len(transformer.transformer_blocks), transformer.is_gradient_checkpointing)
 
 
 def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> str:

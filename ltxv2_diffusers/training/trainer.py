@@ -114,17 +114,39 @@ class Trainer:
         else:
             self.max_steps = int(self.args.max_train_steps)
 
+    def _check_block_counts(self, options) -> None:
+        """Block counts in the speed flags against the model's depth, from its config, before the weights
+        load (a 19B load takes minutes); models whose config cannot be read are checked after loading."""
+        from safetensors import SafetensorError
+
+        from ltxv2_diffusers.models.loading import read_transformer_config
+        from ltxv2_diffusers.training.speed import check_options
+
+        if not (options.blocks_to_swap or options.blocks_without_recompute):
+            return
+        try:
+            config = read_transformer_config(self.args.ltxv2_model, getattr(self.args, "ltxv2_backend", None))
+        except (OSError, ValueError, KeyError, SafetensorError):
+            return
+        if config is None or "num_layers" not in config:
+            return
+        try:
+            check_options(options, int(config["num_layers"]), self.args.gradient_checkpointing)
+        except ValueError as exc:
+            raise TrainingFailed(f"{exc} (--ltxv2_model {self.args.ltxv2_model})") from None
+
     def _setup_model(self):
         from ltxv2_diffusers.training.model import build_training_model
         from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
 
         args, device = self.args, self.accelerator.device
-        self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
         options = SpeedOptions.for_device(device, naive=args.speed == "naive", compile=not args.no_compile,
                                           attention_backend=args.attention_backend, low_memory=args.low_memory,
                                           blocks_to_swap=args.blocks_to_swap, recompute=args.recompute,
                                           activation_memory_budget=args.activation_memory_budget,
                                           blocks_without_recompute=args.blocks_without_recompute)
+        self._check_block_counts(options)
+        self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
         self.accelerator.print(self.speed.summary())
         if not self.speed.trainable_params:

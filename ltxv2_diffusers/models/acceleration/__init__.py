@@ -22,10 +22,11 @@ that saves, loads and samples like any other. Figures for each lever are in benc
 One module per lever: `compile`, `master_weights`, `int8`, `block_swap`; this package re-exports them.
 """
 
-from .block_swap import BlockSwapper, available_host_memory, check_host_memory, evenly_spaced, spread_blocks
+from .block_swap import (BlockSwapper, available_host_memory, check_host_memory, check_swap_count, evenly_spaced,
+                         spread_blocks)
 from .compile import compile_blocks, keep_attention_policy
 from .int8 import Int8WeightLinear, quantize_base_weights
 from .master_weights import MasterWeights
 
 __all__ = ["BlockSwapper", "Int8WeightLinear", "MasterWeights", "available_host_memory", "check_host_memory",
-           "compile_blocks", "evenly_spaced", "keep_attention_policy", "quantize_base_weights", "spread_blocks"]
+           "check_swap_count", "compile_blocks", "evenly_spaced", "keep_attention_policy", "quantize_base_weights", "spread_blocks"]

@@ -23,6 +23,18 @@ def spread_blocks(num_blocks: int, count: int) -> list[int]:
     return [1 + i for i in evenly_spaced(inner, count)]
 
 
+def check_swap_count(count: int, num_blocks: int, rerun_in_backward: bool) -> None:
+    """Raise unless `count` blocks of `num_blocks` can be swapped: with whole-block re-runs all but the
+    first; with gradient-hook fetching all but the first and the last (the last one's backward starts
+    the moment forward ends, with no time to fetch it)."""
+    limit = num_blocks - (1 if rerun_in_backward else 2)
+    if limit < 1:
+        raise ValueError(f"--blocks_to_swap: this {num_blocks}-block model has no block to swap; drop the flag")
+    if not 0 < count <= limit:
+        raise ValueError(f"--blocks_to_swap must be between 1 and {limit} for this {num_blocks}-block model "
+                         f"(got {count})")
+
+
 def available_host_memory() -> int | None:
     """Bytes of host memory available now (Linux), or None where unknown."""
     try:
@@ -150,9 +162,7 @@ class BlockSwapper:
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
                  rerun_in_backward: bool = True, backward_prefetch: int = 2):
         blocks = list(transformer.transformer_blocks)
-        if not 0 < num_blocks < len(blocks) - (0 if rerun_in_backward else 1):
-            limit = len(blocks) - (1 if rerun_in_backward else 2)
-            raise ValueError(f"--blocks_to_swap must be between 1 and {limit} (got {num_blocks})")
+        check_swap_count(num_blocks, len(blocks), rerun_in_backward)
         self.device = torch.device(device)
         self.blocks = blocks
         self.rerun_in_backward = rerun_in_backward
