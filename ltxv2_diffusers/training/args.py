@@ -79,6 +79,8 @@ F = Flag
 FLAGS: tuple[Flag, ...] = (
     # --- old musubi command (DESIGN.md §1): same names, same meaning ---
     F("--dataset_config", Path, None, "dataset.toml (musubi schema)", group="data"),
+    F("--prefetch_batches", int, 2, "batches read from the caches ahead of the step, in a background thread, "
+      "so disk reads and collation overlap the GPU (0: read each batch when the step needs it)", group="data"),
     F("--ltx_mode", str, None, "what to train: video (LTXV), av (LTXAV, audio+video) or audio",
       choices=MODE_CHOICES, group="model"),
     F("--ltxv2_audio_video", bool, False, "old spelling of --ltx_mode av", group="model"),
@@ -340,6 +342,7 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         args.network_module = resolve_network_module(args.network_module)
     except ValueError as exc:
         problems.append(str(exc))
+    need(args.prefetch_batches >= 0, f"--prefetch_batches must be >= 0 (got {args.prefetch_batches})")
     need(args.network_dim > 0, f"--network_dim must be > 0 (got {args.network_dim})")
     if args.network_alpha is None:
         args.network_alpha = float(args.network_dim)

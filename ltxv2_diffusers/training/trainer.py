@@ -22,6 +22,7 @@ import torch
 from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict
 from ltxv2_diffusers.training.logging import MetricsLog
+from ltxv2_diffusers.training.prefetch import Prefetcher
 from ltxv2_diffusers.training.step import TrainStep
 
 logger = logging.getLogger("ltxv2_diffusers.training")
@@ -202,6 +203,14 @@ class Trainer:
                 yield epoch, index, batch
             epoch, start = epoch + 1, 0
 
+    def _pinned(self, entry):
+        """Prefetch step (background thread): page-locked batch tensors, so their copy to the GPU does not
+        block the CPU from queueing work."""
+        epoch, index, batch = entry
+        if self.accelerator.device.type == "cuda":
+            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return epoch, index, batch
+
     def _local(self, batch: dict[str, Any]) -> dict[str, Any]:
         """This process's slice of a global batch, moved to its device."""
         size = len(batch["keys"])
@@ -214,7 +223,7 @@ class Trainer:
         for key, value in batch.items():
             value = value[lo:hi]
             if isinstance(value, torch.Tensor):
-                value = value.to(self.accelerator.device)
+                value = value.to(self.accelerator.device, non_blocking=value.is_pinned())
             out[key] = value
         out["_global_offset"] = lo
         return out
@@ -375,42 +384,48 @@ class Trainer:
             self.sample()
         self.adapter.train()
         stream = self._batch_stream()
+        if args.prefetch_batches:
+            stream = Prefetcher(stream, depth=args.prefetch_batches, prepare=self._pinned)
         bar = tqdm(total=self.max_steps, initial=self.progress.global_step, disable=not acc.is_local_main_process,
                    desc="train", unit="step", dynamic_ncols=True)
         start = time.perf_counter()
         done_at_start = self.progress.global_step
-        while self.progress.global_step < self.max_steps:
-            try:
-                logs = self._optimizer_step(stream)
-            except Exception as exc:
-                if not _is_out_of_memory(exc):
-                    raise
-                bar.close()
-                acc.end_training()
-                raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
-            step = self.progress.global_step
-            elapsed = time.perf_counter() - start
-            s_per_step = elapsed / max(step - done_at_start, 1)
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
-            plugins.on_step_end(step=step, logs=logs)  # plugins may add entries before they are logged
-            if args.log_with != "none":
-                acc.log(logs, step=step)
-            if acc.is_main_process:
-                self.metrics.write(step, logs)
-            if self.progress.nonfinite_in_a_row >= args.max_nonfinite_steps:
-                bar.close()
-                acc.end_training()
-                keep = self.last_good_checkpoint or "none saved yet"
-                raise TrainingDiverged(
-                    f"{self.progress.nonfinite_in_a_row} non-finite losses in a row (steps "
-                    f"{self.progress.skipped_steps[-self.progress.nonfinite_in_a_row:]}); stopping. Last good "
-                    f"checkpoint: {keep}. Lower --learning_rate or check the caches.")
-            epochs = self._finished_epochs
-            if _due(step, epochs, args.save_every_n_steps, args.save_every_n_epochs) and step < self.max_steps:
-                self.save_checkpoint()  # the last step's save happens in finish()
-            if _due(step, epochs, args.sample_every_n_steps, args.sample_every_n_epochs) and self._previews_enabled():
-                self.sample()
+        try:
+            while self.progress.global_step < self.max_steps:
+                try:
+                    logs = self._optimizer_step(stream)
+                except Exception as exc:
+                    if not _is_out_of_memory(exc):
+                        raise
+                    bar.close()
+                    acc.end_training()
+                    raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
+                step = self.progress.global_step
+                elapsed = time.perf_counter() - start
+                s_per_step = elapsed / max(step - done_at_start, 1)
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
+                plugins.on_step_end(step=step, logs=logs)  # plugins may add entries before they are logged
+                if args.log_with != "none":
+                    acc.log(logs, step=step)
+                if acc.is_main_process:
+                    self.metrics.write(step, logs)
+                if self.progress.nonfinite_in_a_row >= args.max_nonfinite_steps:
+                    bar.close()
+                    acc.end_training()
+                    keep = self.last_good_checkpoint or "none saved yet"
+                    raise TrainingDiverged(
+                        f"{self.progress.nonfinite_in_a_row} non-finite losses in a row (steps "
+                        f"{self.progress.skipped_steps[-self.progress.nonfinite_in_a_row:]}); stopping. Last good "
+                        f"checkpoint: {keep}. Lower --learning_rate or check the caches.")
+                epochs = self._finished_epochs
+                if _due(step, epochs, args.save_every_n_steps, args.save_every_n_epochs) and step < self.max_steps:
+                    self.save_checkpoint()  # the last step's save happens in finish()
+                if _due(step, epochs, args.sample_every_n_steps, args.sample_every_n_epochs) and self._previews_enabled():
+                    self.sample()
+        finally:
+            if isinstance(stream, Prefetcher):
+                stream.close()
         bar.close()
         final = self.finish()
         return final
