@@ -448,7 +448,9 @@ def test_benchmark_smoke_on_cpu():
     res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
                       "--height", "64", "--width", "64", "--text_len", "8"])
     assert res["s_per_step"] > 0 and res["video_tokens"] == 2 * 2 * 2 and res["lora_params_m"] > 0
-    assert torch.isfinite(torch.tensor(res["loss"]))
+    assert torch.isfinite(torch.tensor(res["loss"])) and res["s_per_step_pipelined"] > 0
+    assert list(res["phases"]) == ["forward+loss", "backward", "grads_to_master", "optimizer", "master_to_model"]
+    assert all(p["host_ms"] >= 0 for p in res["phases"].values())
     # several variants in one process, the second one swapping blocks (re-run mode on a CPU)
     res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
                       "--height", "64", "--width", "64", "--text_len", "8", "--num_layers", "5",
