@@ -291,7 +291,8 @@ class Trainer:
             if grad_norm is not None:
                 sums["grad_norm"] = float(grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)  # grads a skipped step left
+        if self.speed.master is None:  # fp32 masters already took the model's grads; this walks every parameter
+            self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)  # grads a skipped step left
         self.speed.reset()
         self.progress.global_step += 1
         if finite:
