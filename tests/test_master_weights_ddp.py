@@ -1,0 +1,61 @@
+"""fp32 master weights under DistributedDataParallel: the LoRA tensors are views of one flat buffer,
+and DDP's initial broadcast and gradient all-reduce must work on them as on ordinary parameters.
+Two real gloo processes on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from ltxv2_diffusers.models.acceleration import MasterWeights
+
+
+def _model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _batch():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(4, 6, generator=g).double(), torch.randn(4, 3, generator=g).double()
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _model(seed=rank)  # rank 1 starts different: DDP must broadcast rank 0's weights into the views
+    master = MasterWeights(model.parameters(), torch.float64)  # a wider compute dtype keeps the check exact
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, y = _batch()
+    half = slice(rank * 2, rank * 2 + 2)
+    nn.functional.mse_loss(ddp(x[half]), y[half]).backward()
+    master.grads_to_master()
+    views_kept = all(p.untyped_storage().data_ptr() == master.flat_model.data_ptr() for p in model.parameters())
+    torch.save({"grad": master.flat.grad, "weights": master.flat_model.clone(), "views": views_kept},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_master_weights_under_ddp_match_one_process(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    model = _model(seed=0)
+    master = MasterWeights(model.parameters(), torch.float64)
+    x, y = _batch()
+    nn.functional.mse_loss(model(x), y).backward()
+    master.grads_to_master()
+
+    for r in ranks:
+        assert r["views"]  # DDP kept the parameters as views of the flat buffer
+        torch.testing.assert_close(r["weights"], master.flat_model)  # rank 0's weights everywhere
+        torch.testing.assert_close(r["grad"], master.flat.grad)  # all-reduced = the full batch's gradient
