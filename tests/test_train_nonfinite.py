@@ -62,6 +62,18 @@ def test_single_nonfinite_step_is_skipped(tmp_path_factory, tmp_path, poison, ca
     assert math.isfinite(metrics[-1]["loss"])
 
 
+def test_a_nonfinite_micro_batch_skips_its_whole_accumulated_step(tmp_path_factory, tmp_path, poison):
+    """With two micro-batches a step, a NaN in the second micro-batch of step 2 (call 4) skips step 2 only;
+    the finiteness of all micro-batches is read once per step."""
+    ws = workspace(tmp_path_factory)
+    args = parse_args(baseline_argv(ws, tmp_path, steps=3, extra=["--gradient_accumulation_steps", "2"]))
+    poison({4})
+    Trainer(args).run()
+    metrics = list(read_metrics(tmp_path / "logs" / "metrics.jsonl"))
+    assert [m["skipped"] for m in metrics] == [0.0, 1.0, 0.0]
+    assert math.isnan(float(metrics[1]["loss"])) and math.isfinite(metrics[2]["loss"])
+
+
 def test_repeated_nonfinite_steps_stop_and_keep_last_good_checkpoint(tmp_path_factory, tmp_path, poison):
     ws = workspace(tmp_path_factory)
     args = parse_args(baseline_argv(ws, tmp_path, steps=6, extra=["--max_nonfinite_steps", "2", "--gradient_accumulation_steps", "1"]))

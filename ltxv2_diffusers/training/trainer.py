@@ -231,18 +231,19 @@ class Trainer:
     def _generators(self, step: int, micro: int, offset: int, n: int) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(item_seed(self.args.seed, step, micro, offset + i)) for i in range(n)]
 
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
-        flag = self.accelerator.reduce(flag, reduction="sum") if self.world_size > 1 else flag
-        return float(flag.item()) == 0.0
+    def _all_finite(self, values: list[torch.Tensor]) -> bool:
+        """Whether every value is finite on every rank: one wait for the GPU, however many values."""
+        bad = torch.stack([~torch.isfinite(v.detach()).all() for v in values]).any().float().reshape(1)
+        bad = self.accelerator.reduce(bad, reduction="sum") if self.world_size > 1 else bad
+        return float(bad.item()) == 0.0
 
     def _optimizer_step(self, stream) -> dict[str, float]:
         """One optimizer step over `gradient_accumulation_steps` global batches; returns logs."""
         args, acc = self.args, self.accelerator
         accum = args.gradient_accumulation_steps
         step = self.progress.global_step
-        sums: dict[str, float] = {}
-        finite = True
+        sums: dict[str, Any] = {}
+        losses: list[torch.Tensor] = []
         finished_epochs: list[int] = []
         per_epoch = self.data.batches_per_epoch()
         for micro in range(accum):
@@ -267,9 +268,11 @@ class Trainer:
                 # finish before queueing it; a non-finite loss only leaves gradients the step discards.
                 acc.backward(loss / accum)
                 self.speed.accumulate_grads()
-            finite = self._all_finite(loss) and finite  # every rank takes the same decision
-            for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / accum
+            losses.append(loss)
+            for key, value in logs.items():  # summed on the device: read once, after the check below
+                sums[key] = sums.get(key, 0.0) + torch.as_tensor(value).detach().double() / accum
+        finite = self._all_finite(losses)  # every rank takes the same decision; the step's one wait
+        sums = {key: float(value) for key, value in sums.items()}
         # logs are this process's; average them so every rank reports the global value
         if self.world_size > 1:
             keys = sorted(sums)
