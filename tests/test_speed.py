@@ -271,6 +271,11 @@ def test_per_parameter_optimizer_state_is_flattened_for_the_flat_master():
     torch.testing.assert_close(state["exp_avg_sq"], expect)
     assert float(state["step"]) == 1.0
     assert master.optimizer_state_from_per_parameter(new.state_dict())["state"][0]["exp_avg"].shape == (17,)
+    blockwise = old.state_dict()
+    for i in blockwise["param_groups"][0]["params"]:  # a quantized optimizer's per-block scales
+        blockwise["state"][i]["absmax1"] = torch.ones(1)
+    with pytest.raises(ValueError, match="'absmax1'.* cannot be merged into one flat fp32 master"):
+        master.optimizer_state_from_per_parameter(blockwise)
 
 
 # The swapper's logic runs on a CPU too (synchronous copies), so CI covers it; on a GPU the same tests

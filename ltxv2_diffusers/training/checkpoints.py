@@ -210,7 +210,10 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_s
     blob = torch.load(directory / "optimizer_and_rng.pt", map_location="cpu", weights_only=False)
     state = blob["optimizer"]
     if master is not None:  # checkpoints from before the masters were one flat tensor
-        state = master.optimizer_state_from_per_parameter(state)
+        try:
+            state = master.optimizer_state_from_per_parameter(state)
+        except ValueError as exc:
+            raise ValueError(f"--resume {directory}: {exc}") from None
     optimizer.load_state_dict(state)
     lr_scheduler.load_state_dict(blob["lr_scheduler"])
     set_rng_states(blob["rng"])

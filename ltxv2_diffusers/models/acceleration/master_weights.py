@@ -85,8 +85,12 @@ class MasterWeights:
         per_param = [state["state"].get(i, {}) for i in ids]
         merged: dict[str, Any] = {}
         for key, first in per_param[0].items():
-            if torch.is_tensor(first) and first.numel() == self.sizes[0] and first.dim() > 0:
-                merged[key] = torch.cat([s[key].reshape(-1) for s in per_param])
-            else:  # step counts: the same for every parameter
+            values = [s.get(key) for s in per_param]
+            if all(torch.is_tensor(v) and v.numel() == n and v.dim() > 0 for v, n in zip(values, self.sizes)):
+                merged[key] = torch.cat([v.reshape(-1) for v in values])  # elementwise state (Adam moments)
+            elif key == "step" and all(v is not None and float(v) == float(first) for v in values):
                 merged[key] = first
+            else:  # e.g. blockwise-quantized states: their blocks do not concatenate
+                raise ValueError(f"its optimizer state ({key!r}) was saved per LoRA tensor and cannot be merged "
+                                 "into one flat fp32 master; resume it with the version that wrote it, or start over")
         return {"state": {0: merged} if merged else {}, "param_groups": [{**groups[0], "params": [0]}]}
