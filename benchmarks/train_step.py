@@ -60,6 +60,29 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
+    """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
+    (inductor combo kernels) or '+cpp' (inductor's C++ wrapper) extras anywhere, and optionally
+    '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
+    blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
+    head, _, swap = v.partition("@")
+    base, *extras = head.split("+")
+    swap, *more = swap.split("+") if swap else ("",)
+    fields = swap.split("/") if swap else []
+    placement = fields.pop() if fields and fields[-1] in ("last", "spread") else None
+    try:
+        numbers = [int(x) for x in fields]
+    except ValueError:
+        numbers = []
+    if fields and not 2 <= len(numbers) <= 3:
+        raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
+    unknown = set(extras + more) - {"cg", "combo", "cpp"}
+    if unknown:
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp)")
+    counts = (numbers + [None])[:3] if numbers else None
+    return base, extras + more, counts, placement
+
+
 def matmul_ceiling(device: str) -> float | None:
     """Measured bf16 matmul TFLOP/s on this GPU (None on CPU)."""
     if not device.startswith("cuda"):
@@ -233,17 +256,11 @@ def main(argv=None) -> dict:
     variants = [v.strip() for v in (a.recompute or ("ckpt" if a.low_memory else "keep")).split(",")]
 
     def recompute_options(v: str) -> dict:
-        """'keep' | 'ckpt' | 'none' | budget, optionally '+cg' (CUDA graphs) and/or '+combo' (inductor combo
-        kernels), then optionally '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward
-        prefetch / where the blocks without recompute are)."""
-        v, _, swap = v.partition("@")
-        fields = swap.split("/") if swap else []
-        placement = fields.pop() if fields and fields[-1] in ("last", "spread") else SpeedOptions.without_recompute_placement
-        s, k, d = ([int(x) for x in fields] + [None])[:3] if fields else (swap_default, a.blocks_without_recompute,
-                                                                           a.backward_prefetch)
+        """See `parse_variant`; returns the SpeedOptions fields (and checkpointing/prefetch) it asks for."""
+        base, extras, counts, placement = parse_variant(v)
+        s, k, d = counts if counts else (swap_default, a.blocks_without_recompute, a.backward_prefetch)
         swapping = dict(blocks_to_swap=s, blocks_without_recompute=k, backward_prefetch=d,
-                        without_recompute_placement=placement)
-        base, *extras = v.split("+")
+                        without_recompute_placement=placement or SpeedOptions.without_recompute_placement)
         torch._inductor.config.combo_kernels = "combo" in extras
         torch._inductor.config.cpp_wrapper = "cpp" in extras  # C++ instead of Python launching the kernels
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode

@@ -462,6 +462,15 @@ def test_benchmark_smoke_on_cpu():
                       "--recompute", "ckpt,ckpt@2/0"])
     assert res["recompute"] == "ckpt@2/0" and res["options"]["blocks_to_swap"] == 2
     assert torch.isfinite(torch.tensor(res["loss"]))
+    # extras may come before or after the swap counts
+    assert bench.parse_variant("keep+cpp@44/28/2/spread") == ("keep", ["cpp"], [44, 28, 2], "spread")
+    assert bench.parse_variant("keep@44/28/2/spread+cpp") == ("keep", ["cpp"], [44, 28, 2], "spread")
+    assert bench.parse_variant("0.05+cg") == ("0.05", ["cg"], None, None)
+    assert bench.parse_variant("keep@40/26") == ("keep", [], [40, 26, None], None)
+    with pytest.raises(ValueError, match="after '@' give S/K"):
+        bench.parse_variant("keep@40")
+    with pytest.raises(ValueError, match="unknown extras"):
+        bench.parse_variant("keep+fast@40/26")
 
 
 def test_block_counts_are_checked_against_the_models_depth():
