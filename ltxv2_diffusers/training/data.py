@@ -14,15 +14,10 @@ def model_text_widths(args) -> tuple[int, int] | None:
     """(video, audio) text-context widths of `--ltxv2_model`, read from its config alone, so a text cache
     made for another backend or layout fails before the model loads. None when unknown (a Hub id, or a
     file the model loader will report on)."""
-    from safetensors import SafetensorError
-
     from ltxv2_diffusers.models.adapter import context_widths
-    from ltxv2_diffusers.models.loading import read_transformer_config
+    from ltxv2_diffusers.training.model import model_config
 
-    try:
-        config = read_transformer_config(args.ltxv2_model, getattr(args, "ltxv2_backend", None))
-    except (OSError, ValueError, KeyError, SafetensorError):
-        return None
+    config = model_config(args)
     return None if config is None else context_widths(config)
 
 

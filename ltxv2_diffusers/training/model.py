@@ -42,6 +42,20 @@ def _vae_source(args) -> str:
     return args.vae or args.ltxv2_model
 
 
+def model_config(args) -> dict[str, Any] | None:
+    """The transformer config of `--ltxv2_model`, read from its header or config file alone (no weights), for
+    checks that should fail before a long load. None when it cannot be read here (a Hub id, or a file the
+    model loader will report on)."""
+    from safetensors import SafetensorError
+
+    from ltxv2_diffusers.models.loading import read_transformer_config
+
+    try:
+        return read_transformer_config(args.ltxv2_model, getattr(args, "ltxv2_backend", None))
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None
+
+
 def _apply_except(module: torch.nn.Module, fn, keep: torch.nn.Module) -> None:
     """Replace `module`'s parameters and buffers by `fn(tensor)` (e.g. a device move), except those inside
     `keep`; parameter identities are kept."""

@@ -118,17 +118,12 @@ class Trainer:
     def _check_block_counts(self, options) -> None:
         """Block counts in the speed flags against the model's depth, from its config, before the weights
         load (a 19B load takes minutes); models whose config cannot be read are checked after loading."""
-        from safetensors import SafetensorError
-
-        from ltxv2_diffusers.models.loading import read_transformer_config
+        from ltxv2_diffusers.training.model import model_config
         from ltxv2_diffusers.training.speed import check_options
 
         if not (options.blocks_to_swap or options.blocks_without_recompute):
             return
-        try:
-            config = read_transformer_config(self.args.ltxv2_model, getattr(self.args, "ltxv2_backend", None))
-        except (OSError, ValueError, KeyError, SafetensorError):
-            return
+        config = model_config(self.args)
         if config is None or "num_layers" not in config:
             return
         try:
@@ -428,8 +423,7 @@ class Trainer:
                 if _due(step, epochs, args.sample_every_n_steps, args.sample_every_n_epochs) and self._previews_enabled():
                     self.sample()
         finally:
-            if isinstance(stream, Prefetcher):
-                stream.close()
+            stream.close()  # the prefetch thread, or the plain generator
         bar.close()
         final = self.finish()
         return final
