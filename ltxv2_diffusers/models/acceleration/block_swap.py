@@ -63,7 +63,7 @@ class _HostCopy:
     """The frozen tensors (parameters without grad, buffers) of one block, in one host buffer.
 
     `fetch()` copies the whole block to `device` in one transfer (pinned memory, asynchronous on the
-    current stream when the device is CUDA) and points every tensor at its slice of the device copy;
+    given side stream when the device is CUDA) and points every tensor at its slice of the device copy;
     `drop()` points them at empty tensors again, which frees the device copy once the stream that
     used it is done. The module objects and parameter identities never change, so optimizers,
     hooks and tensors autograd saved for backward keep working.
@@ -201,20 +201,21 @@ class BlockSwapper:
             self.stores[i].fetch()
         self.resident.add(i)
 
-    def _ensure(self, i: int) -> None:
-        """Make block i's tensors usable by the work queued next on the compute stream."""
-        self._prefetch(i)
+    def _wait_for_copy(self, i: int) -> None:
+        """Order the compute stream's next work after block i's pending copy, if any."""
         event = self.events.pop(i, None)
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
 
+    def _ensure(self, i: int) -> None:
+        """Make block i's tensors usable by the work queued next on the compute stream."""
+        self._prefetch(i)
+        self._wait_for_copy(i)
+
     def _release(self, i: int) -> None:
         if i not in self.stores or i not in self.resident:
             return
-        # A copy nobody waited for yet must land before the compute stream may reuse its memory.
-        event = self.events.pop(i, None)
-        if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
+        self._wait_for_copy(i)  # a copy nobody waited for must land before the compute stream reuses its memory
         self.stores[i].drop()
         self.resident.discard(i)
 
