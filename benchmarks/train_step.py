@@ -43,6 +43,8 @@ def parse(argv=None):
     p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
     p.add_argument("--blocks_to_swap", type=int, default=None)
     p.add_argument("--no_compile", action="store_true")
+    p.add_argument("--offload_optimizer", action="store_true",
+                   help="fp32 masters and AdamW moments in pinned CPU memory, applied during the next forward")
     p.add_argument("--backward_prefetch", type=int, default=None, help="swapped blocks fetched ahead in backward")
     p.add_argument("--blocks_without_recompute", type=int, default=0,
                    help="with compiled recompute: the last N blocks keep every activation instead")
@@ -51,18 +53,21 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '@S/K[/D][/spread]' swaps S blocks, "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
+    p.add_argument("--memory_trace", action="store_true",
+                   help="print allocated GiB at every block's forward and backward in one step (where the peak is)")
     p.add_argument("--tag", default="")
     return p.parse_args(argv)
 
 
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
-    (inductor combo kernels) or '+cpp' (inductor's C++ wrapper) extras anywhere, and optionally
+    (inductor combo kernels), '+cpp' (inductor's C++ wrapper) or '+burst' (no ramp of the backward
+    prefetch) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
     head, _, swap = v.partition("@")
@@ -76,9 +81,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = set(extras + more) - {"cg", "combo", "cpp"}
+    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst"}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -217,6 +222,36 @@ def profile_step(step, sync, tag: str) -> None:
         os.remove(path)
 
 
+def memory_trace(blocks, step, sync) -> list[tuple[str, int, float]]:
+    """Allocated GiB when each block's forward starts ('f') and when its output's gradient arrives
+    ('b', after the block swapper's hooks ran), over one step. Host-side allocator counters: no sync."""
+    points = []
+
+    def note(kind, i):
+        points.append((kind, i, round(torch.cuda.memory_allocated() / 2**30, 2)))
+
+    def pre(i):
+        return lambda module, args: note("f", i)
+
+    def post(i):
+        def hook(module, args, output):
+            t = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                t.register_hook(lambda grad: note("b", i))
+
+        return hook
+
+    handles = [h for i, b in enumerate(blocks) for h in (b.register_forward_pre_hook(pre(i)),
+                                                          b.register_forward_hook(post(i)))]
+    try:
+        step(20_000)
+        sync()
+    finally:
+        for h in handles:
+            h.remove()
+    return points
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
     from ltxv2_diffusers.lora import add_lora
@@ -275,12 +310,15 @@ def main(argv=None) -> dict:
 
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
-                                   blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute)
+                                   blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute,
+                                   offload_optimizer=a.offload_optimizer)
     swap_default = opts.blocks_to_swap
     prefetch = None
+    burst = False
 
     def set_options(v: str) -> None:
-        nonlocal prefetch
+        nonlocal prefetch, burst
+        burst = "burst" in parse_variant(v)[1]
         kwargs = recompute_options(v)
         if kwargs.pop("checkpointing", True):
             transformer.enable_gradient_checkpointing()
@@ -291,8 +329,12 @@ def main(argv=None) -> dict:
             setattr(opts, key, value)
 
     def set_prefetch(swapper) -> None:
-        if prefetch is not None and swapper is not None:
+        if swapper is None:
+            return
+        if prefetch is not None:
             swapper.backward_prefetch = prefetch
+        if burst:
+            swapper.start_prefetch = swapper.backward_prefetch
 
     set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)
@@ -364,6 +406,10 @@ def main(argv=None) -> dict:
                        gpu=torch.cuda.get_device_name())
         print("RESULT " + json.dumps(res), flush=True)
         results.append(res)
+        if a.memory_trace and cuda:
+            points = memory_trace(list(transformer.transformer_blocks), step, sync)
+            top = max(points, key=lambda p: p[2])
+            print("MEMTRACE " + json.dumps(dict(tag=a.tag, recompute=variant, peak_at=top, points=points)), flush=True)
         if a.profile and cuda:
             profile_step(step, sync, a.tag)
     res = results[-1] if results else {}

@@ -1,7 +1,7 @@
 """The trainer itself on a GPU: the tiny `ltxv2-demo` workspace trained for 6 steps through the
 trainer's CLI (five blocks, so that blocks can be swapped), fast path without checkpointing, with
 compiled recompute, with whole-block checkpointing, with an activation memory budget, with swapped
-blocks and blocks without recompute, and the low-memory path; prints one `TRAINER {json}` line per run
+blocks and blocks without recompute (also with --offload_optimizer), and the low-memory path; prints one `TRAINER {json}` line per run
 (exit code, seconds, per-step losses, previews written; the compiled-recompute run also samples
 previews through LTX2Pipeline). On a CPU the budget run is refused (it needs CUDA).
 
@@ -22,6 +22,9 @@ runs = {"fast": [], "ckpt_compiled": ["--gradient_checkpointing", *previews],
         "ckpt_budget0": ["--gradient_checkpointing", "--activation_memory_budget", "0"],
         "swap_norecompute": ["--gradient_checkpointing", "--blocks_to_swap", "2", "--blocks_without_recompute", "2",
                              *previews],
+        # same as swap_norecompute with the optimizer in host memory (its losses should match), saving mid-run
+        "offload": ["--gradient_checkpointing", "--blocks_to_swap", "2", "--blocks_without_recompute", "2",
+                    "--offload_optimizer", "--save_every_n_steps", "3", *previews],
         "low_memory": ["--gradient_checkpointing", "--low_memory", "--blocks_to_swap", "2"]}
 only = sys.argv[1:]  # run names to run; all when none are given
 for name, extra in runs.items():

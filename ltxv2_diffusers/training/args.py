@@ -154,6 +154,9 @@ FLAGS: tuple[Flag, ...] = (
       "(spread over the model) keep every activation instead of recomputing (about 1 GiB each at 768x512x121, ~5 ms/step "
       "faster each on an H100); pay for them with --blocks_to_swap, e.g. --blocks_to_swap 44 "
       "--blocks_without_recompute 28 fits 45 GiB", group="speed"),
+    F("--offload_optimizer", bool, False, "keep the fp32 master weights and AdamW moments (12 bytes per LoRA "
+      "parameter, 2.4 GiB for a rank-32 AV LoRA) in pinned CPU memory; each step's update is applied block by "
+      "block during the next forward (fast path, AdamW, CUDA)", group="speed"),
     F("--recompute", str, "compiled", "how --gradient_checkpointing recomputes: compiled (each compiled block "
       "recomputes inside its backward and keeps its large self-attention outputs; fastest) or checkpoint (re-run "
       "whole blocks, least memory; always used with --no_compile and --low_memory)",
@@ -393,6 +396,11 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
     if args.blocks_to_swap:
         need(args.blocks_to_swap > 0, "--blocks_to_swap must be > 0")
+    if args.offload_optimizer:
+        need(args.speed == "fast", "--offload_optimizer offloads the fast path's fp32 master weights; drop --speed naive")
+        need(args.optimizer_type == "AdamW", f"--offload_optimizer implements AdamW; drop it or use --optimizer_type "
+             f"AdamW (got {args.optimizer_type})")
+        need(args.mixed_precision != "fp16", "--offload_optimizer has no fp16 gradient scaling; use bf16")
     if args.low_memory:
         need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
     inside = False
@@ -414,12 +422,12 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "--gradient_checkpointing and --recompute compiled, without --no_compile, --low_memory or "
              "--activation_memory_budget")
     if (args.low_memory or args.blocks_to_swap or args.activation_memory_budget is not None
-            or args.blocks_without_recompute):
+            or args.blocks_without_recompute or args.offload_optimizer):
         import torch
 
         need(torch.cuda.is_available(), "--low_memory / --blocks_to_swap / --activation_memory_budget / "
-             "--blocks_without_recompute need a CUDA device and none is available; drop them to train on this "
-             "machine")
+             "--blocks_without_recompute / --offload_optimizer need a CUDA device and none is available; drop them "
+             "to train on this machine")
     if args.save_last_n_steps is not None:
         need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
              "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")

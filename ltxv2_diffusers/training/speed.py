@@ -40,6 +40,9 @@ class SpeedOptions:
     # "last" at 40/26, benchmarks/RESULTS.md); "last": the last blocks (slightly less memory).
     blocks_without_recompute: int = 0
     without_recompute_placement: str = "spread"
+    # fp32 masters and AdamW moments in pinned host memory, updated during the next forward (-2.4 GiB at
+    # full size, rank 32); see models/acceleration/optimizer_offload.py
+    offload_optimizer: bool = False
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     compute_dtype: torch.dtype = torch.bfloat16
@@ -48,13 +51,17 @@ class SpeedOptions:
     def for_device(cls, device: str | torch.device, *, naive: bool = False, compile: bool = True,
                    attention_backend: str | None = None, low_memory: bool = False,
                    blocks_to_swap: int | None = None, recompute: str = "compiled",
-                   activation_memory_budget: float | None = None, blocks_without_recompute: int = 0) -> "SpeedOptions":
+                   activation_memory_budget: float | None = None, blocks_without_recompute: int = 0,
+                   offload_optimizer: bool = False) -> "SpeedOptions":
         """Defaults per device: the fast path needs CUDA; on CPU the step stays eager in fp32."""
         cuda = torch.device(device).type == "cuda"
         if not cuda:
             if low_memory or blocks_to_swap:
                 raise ValueError(f"--low_memory and --blocks_to_swap stream weights to a CUDA device; this run is on "
                                  f"{device}. Drop them, or run on a GPU.")
+            if offload_optimizer:
+                raise ValueError(f"--offload_optimizer offloads the CUDA fast path's fp32 master weights; this run "
+                                 f"is on {device}, which trains in fp32 without them. Drop it, or run on a GPU.")
             if activation_memory_budget is not None:
                 raise ValueError(f"--activation_memory_budget steers compiled CUDA blocks; this run is on {device}, "
                                  f"where blocks run eager. Drop it, or run on a GPU.")
@@ -63,7 +70,8 @@ class SpeedOptions:
         # The 24 GiB mode re-runs whole blocks: keeping attention outputs would cost 2.3 GiB.
         return cls(naive=naive, compile=compile and not naive, attention_backend=attention_backend,
                    int8_base=low_memory, blocks_to_swap=swap, recompute="checkpoint" if low_memory else recompute,
-                   activation_memory_budget=activation_memory_budget, blocks_without_recompute=blocks_without_recompute)
+                   activation_memory_budget=activation_memory_budget, blocks_without_recompute=blocks_without_recompute,
+                   offload_optimizer=offload_optimizer)
 
     def describe(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -79,6 +87,7 @@ class SpeedSetup:
     swapper: acceleration.BlockSwapper | None = None
     device_type: str = "cpu"
     recompute: str = "none"  # who recomputes activations in backward, in words
+    optimizer: torch.optim.Optimizer | None = None  # the one `make_optimizer` built
 
     def summary(self) -> str:
         """One line for the run's log: compute dtype, compilation, recomputation, memory levers."""
@@ -95,7 +104,13 @@ class SpeedSetup:
             parts.append(f"{o.blocks_to_swap} blocks swapped to CPU ({how})")
         if o.attention_backend:
             parts.append(f"attention backend {o.attention_backend}")
+        if self.offloaded:
+            parts.append("fp32 masters and AdamW moments in CPU memory, applied during the next forward")
         return "speed: " + ", ".join(parts)
+
+    @property
+    def offloaded(self) -> bool:
+        return isinstance(self.master, acceleration.HostMasterWeights)
 
     @property
     def optimizer_params(self) -> list[torch.nn.Parameter]:
@@ -103,10 +118,31 @@ class SpeedSetup:
         return [self.master.flat] if self.master is not None else self.trainable_params
 
     def make_optimizer(self, cls=torch.optim.AdamW, **kwargs) -> torch.optim.Optimizer:
-        """Build `cls` over `optimizer_params`; torch AdamW gets `fused=True` on CUDA."""
+        """Build `cls` over `optimizer_params`; torch AdamW gets `fused=True` on CUDA, or becomes
+        `OffloadedAdamW` (same kernel, state in host memory) with `offload_optimizer`."""
+        if self.offloaded:
+            if cls is not torch.optim.AdamW:
+                raise ValueError(f"--offload_optimizer implements AdamW, not {cls.__name__}; drop one of them")
+            self.optimizer = acceleration.OffloadedAdamW(self.master, **kwargs)
+            return self.optimizer
         if cls is torch.optim.AdamW and self.device_type == "cuda":
             kwargs.setdefault("fused", True)
-        return cls(self.optimizer_params, **kwargs)
+        self.optimizer = cls(self.optimizer_params, **kwargs)
+        return self.optimizer
+
+    def clip_grad_norm(self, max_norm: float, accelerator=None) -> torch.Tensor:
+        """Clip the gradients the optimizer will step to a total norm of `max_norm`; returns the norm."""
+        if self.offloaded:
+            return self.master.clip_grad_norm_(max_norm)
+        if accelerator is not None:  # unscales fp16 gradients first
+            return accelerator.clip_grad_norm_(self.optimizer_params, max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.optimizer_params, max_norm)
+
+    def flush(self) -> None:
+        """Make the model's LoRA tensors current (an offloaded optimizer applies updates lazily);
+        call before saving or sampling."""
+        if isinstance(self.optimizer, acceleration.OffloadedAdamW):
+            self.optimizer.flush()
 
     def autocast(self):
         if self.options.naive and self.device_type == "cuda":
@@ -123,7 +159,8 @@ class SpeedSetup:
 
     def after_optimizer_step(self) -> None:
         if self.master is not None:
-            self.master.master_to_model()
+            if not self.offloaded:  # an offloaded optimizer refreshes the model itself, block by block
+                self.master.master_to_model()
             self.master.zero_grad()
         self.reset()
 
@@ -156,7 +193,9 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
         transformer.set_attention_backend(options.attention_backend)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     master = None
-    if fast:
+    if fast and options.offload_optimizer:
+        master = acceleration.HostMasterWeights(trainable, list(transformer.transformer_blocks), options.compute_dtype)
+    elif fast:
         master = acceleration.MasterWeights(trainable, options.compute_dtype)
     else:
         for p in trainable:
@@ -197,6 +236,9 @@ def check_options(options: SpeedOptions, num_blocks: int, checkpointing: bool) -
     """Validate `options` for a model of `num_blocks` transformer blocks with diffusers' gradient
     checkpointing as the user set it; needs only the model's config, so the trainer calls it before
     any weight loads. Returns whether the compiled blocks recompute (`compiled_recompute`)."""
+    if options.offload_optimizer and (options.naive or options.compute_dtype == torch.float32):
+        raise ValueError("--offload_optimizer offloads the fast path's fp32 master weights; it needs bf16 compute "
+                         "(drop --speed naive)")
     if options.recompute not in ("compiled", "checkpoint"):
         raise ValueError(f"--recompute must be 'compiled' or 'checkpoint', got {options.recompute!r}")
     inside = compiled_recompute(compile=options.compile, recompute=options.recompute, checkpointing=checkpointing)

@@ -140,14 +140,14 @@ class Trainer:
                                           attention_backend=args.attention_backend, low_memory=args.low_memory,
                                           blocks_to_swap=args.blocks_to_swap, recompute=args.recompute,
                                           activation_memory_budget=args.activation_memory_budget,
-                                          blocks_without_recompute=args.blocks_without_recompute)
+                                          blocks_without_recompute=args.blocks_without_recompute,
+                                          offload_optimizer=args.offload_optimizer)
         self._check_block_counts(options)
         self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
         self.accelerator.print(self.speed.summary())
         if not self.speed.trainable_params:
             raise RuntimeError("the LoRA added no trainable parameters")
-        self.trainable = self.speed.optimizer_params  # fp32 masters on the fast path: clip and step these
         self.optimizer = self._make_optimizer()
         from diffusers.optimization import get_scheduler
 
@@ -278,7 +278,7 @@ class Trainer:
             self.speed.before_optimizer_step()
             grad_norm = None
             if args.max_grad_norm > 0:
-                grad_norm = acc.clip_grad_norm_(self.trainable, args.max_grad_norm)
+                grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc)
             overflow = grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all()
             if overflow and acc.scaler is None:
                 finite = False
@@ -320,6 +320,7 @@ class Trainer:
 
         acc, step = self.accelerator, self.progress.global_step
         path = None
+        self.speed.flush()  # an offloaded optimizer's last update, into the LoRA about to be saved
         if acc.is_main_process:
             adapter = acc.unwrap_model(self.adapter)
 
@@ -347,6 +348,7 @@ class Trainer:
 
         acc = self.accelerator
         written: list[Path] = []
+        self.speed.flush()
         if acc.is_main_process:
             adapter = acc.unwrap_model(self.adapter)
             was_training = adapter.training
@@ -457,6 +459,7 @@ class Trainer:
         if (args.save_every_n_steps or args.save_every_n_epochs) and self._checkpoint_step != self.progress.global_step:
             self.save_checkpoint()
         final = self.output_dir / f"{args.output_name}.safetensors"
+        self.speed.flush()
         if acc.is_main_process:
             final = save_lora_files(self.bundle, args, self.output_dir, args.output_name, self.progress.global_step)
             plot_loss_curve(self.progress.loss_history, self.output_dir / "loss.png",

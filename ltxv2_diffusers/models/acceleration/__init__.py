@@ -15,11 +15,14 @@ that saves, loads and samples like any other. Figures for each lever are in benc
 - `quantize_base_weights`: frozen base `nn.Linear` weights stored as int8 with one scale per
   output row and dequantized to bf16 on use (forward, recompute and input-gradient), halving the
   weights' memory at bf16 matmul speed.
+- `OffloadedAdamW` over `HostMasterWeights`: the fp32 masters and AdamW moments live in pinned CPU
+  memory; each step's update is applied block by block on the GPU during the next forward.
 - `BlockSwapper`: the frozen weights of N blocks live in pinned CPU memory and are copied to the GPU
   on a side stream ahead of use (with whole-block re-runs, or fetched back by a gradient hook
   before each block's backward).
 
-One module per lever: `compile`, `master_weights`, `int8`, `block_swap`; this package re-exports them.
+One module per lever: `compile`, `master_weights`, `optimizer_offload`, `int8`, `block_swap`; this package
+re-exports them.
 """
 
 from .block_swap import (BlockSwapper, available_host_memory, check_host_memory, check_swap_count, evenly_spaced,
@@ -27,6 +30,7 @@ from .block_swap import (BlockSwapper, available_host_memory, check_host_memory,
 from .compile import compile_blocks, keep_attention_policy
 from .int8 import Int8WeightLinear, quantize_base_weights
 from .master_weights import MasterWeights
+from .optimizer_offload import HostMasterWeights, OffloadedAdamW, block_runs
 
-__all__ = ["BlockSwapper", "Int8WeightLinear", "MasterWeights", "available_host_memory", "check_host_memory",
+__all__ = ["BlockSwapper", "HostMasterWeights", "Int8WeightLinear", "MasterWeights", "OffloadedAdamW", "block_runs", "available_host_memory", "check_host_memory",
            "check_swap_count", "compile_blocks", "evenly_spaced", "keep_attention_policy", "quantize_base_weights", "spread_blocks"]

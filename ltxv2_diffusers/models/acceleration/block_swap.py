@@ -151,7 +151,8 @@ class BlockSwapper:
     - `rerun_in_backward=False` (compiled blocks recompute inside their own backward, or nothing is
       recomputed): `num_blocks` blocks spread over the model are swapped (`spread_blocks`). A block
       is dropped right after its forward, and a gradient hook on its output fetches it back before
-      its backward runs (prefetching the next `backward_prefetch` swapped blocks down); it then
+      its backward runs (prefetching the next `backward_prefetch` swapped blocks down, only
+      `start_prefetch` of them at the start of backward, before any activation has been freed); it then
       stays on the GPU into the next step's forward. So memory is freed where it peaks, between forward and backward, and each
       swapped block crosses the host link once per step, during backward, which is twice as long as
       forward. Compiled blocks save the parameters themselves for backward, whose storage the
@@ -160,7 +161,7 @@ class BlockSwapper:
     """
 
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
-                 rerun_in_backward: bool = True, backward_prefetch: int = 2):
+                 rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1):
         blocks = list(transformer.transformer_blocks)
         check_swap_count(num_blocks, len(blocks), rerun_in_backward)
         self.device = torch.device(device)
@@ -169,6 +170,11 @@ class BlockSwapper:
         # Swapped blocks fetched ahead in backward: one copy (~15 ms for a full-size block) may take
         # longer than one block's backward, so two in flight keep the link busy without stalls.
         self.backward_prefetch = backward_prefetch
+        # Memory peaks where backward starts: every activation is still alive, so each block fetched
+        # ahead there adds to the peak (0.73 GiB at full size). Once the first block's backward has
+        # been queued, its freed activations hold the further fetches.
+        self.start_prefetch = start_prefetch
+        self._backward_started = False
         swapped = (range(len(blocks) - num_blocks, len(blocks)) if rerun_in_backward
                    else spread_blocks(len(blocks), num_blocks))
         self.swapped = sorted(swapped)
@@ -237,6 +243,7 @@ class BlockSwapper:
 
     def _make_forward_hook(self, i: int):
         def hook(module, args):
+            self._backward_started = False
             self._ensure(i)
             for j in [j for j in self.resident if j < i]:
                 self._release(j)
@@ -249,7 +256,9 @@ class BlockSwapper:
     def _make_backward_trigger(self, i: int):
         def on_grad(grad):
             self._ensure(i)
-            for j in self._next_swapped(i, -1, self.backward_prefetch):  # blocks above stay for the next forward
+            ahead = self.backward_prefetch if self._backward_started else min(self.start_prefetch, self.backward_prefetch)
+            self._backward_started = True
+            for j in self._next_swapped(i, -1, ahead):  # blocks above stay for the next forward
                 self._prefetch(j)
             return None
 

@@ -1,0 +1,258 @@
+"""AdamW whose fp32 master weights and moments live in pinned host memory, applied during the next forward.
+
+On the fast path every LoRA parameter carries 12 bytes of optimizer-side state (fp32 master, two
+AdamW moments): 2.4 GiB for the full-size AV model's rank-32 LoRA, idle on the GPU while
+activations peak at the end of the forward. Here that state stays in host memory. `step()` only
+records the update; each block's slice is updated on the GPU right before that block's next
+forward: copied in on a side stream while earlier blocks compute, stepped by the same fused AdamW
+kernel torch's `AdamW(fused=True)` uses (elementwise, so slices give the whole tensor's result bit
+for bit), its bf16 compute copy refreshed, and copied back while later blocks compute. The host
+link is otherwise idle during the forward (block swapping fetches in backward), so the update costs
+the step almost nothing and frees the state's memory where it matters.
+
+The model's LoRA tensors are stale between `step()` and the next forward: call `flush()` before
+reading them anywhere else (saving, sampling). `state_dict()` flushes by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .master_weights import MasterWeights
+
+
+def block_runs(blocks: list[nn.Module], params: list[nn.Parameter]) -> list[tuple[int | None, int, int]]:
+    """Contiguous runs of `params` (as indices) by the block that owns them: (block index or None, start, end)."""
+    owner = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    runs: list[tuple[int | None, int, int]] = []
+    for k, p in enumerate(params):
+        b = owner.get(id(p))
+        if runs and runs[-1][0] == b:
+            runs[-1] = (b, runs[-1][1], k + 1)
+        else:
+            runs.append((b, k, k + 1))
+    return runs
+
+
+class HostMasterWeights(MasterWeights):
+    """`MasterWeights` with the flat fp32 master in (pinned) host memory and the gradients kept on the
+    device per run of parameters (`block_runs`), so that each run's gradient is freed as soon as the
+    optimizer applied it."""
+
+    def __init__(self, params: Iterable[nn.Parameter], blocks: list[nn.Module],
+                 compute_dtype: torch.dtype = torch.bfloat16):
+        super().__init__(params, compute_dtype)
+        self.blocks = blocks
+        self.device = self.flat_model.device
+        host = self.flat.detach().to("cpu")
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        self.flat = nn.Parameter(host)
+        self.master_params = self._views(self.flat.detach())
+        self.runs = block_runs(blocks, self.model_params)
+        offsets = [0]
+        for n in self.sizes:
+            offsets.append(offsets[-1] + n)
+        self.ranges = [(offsets[a], offsets[b]) for _, a, b in self.runs]  # element range of each run
+        self.grads: list[torch.Tensor | None] = [None] * len(self.runs)
+        self.flush_updates = lambda: None  # set by the optimizer that applies updates lazily
+
+    def state_dict(self) -> list[torch.Tensor]:
+        self.flush_updates()
+        return super().state_dict()
+
+    @torch.no_grad()
+    def grads_to_master(self, accumulate: bool = False) -> None:
+        """Move the model gradients into per-run fp32 device tensors (summing when accumulating)."""
+        if all(p.grad is None for p in self.model_params):
+            return
+        for r, (_, a, b) in enumerate(self.runs):
+            params = self.model_params[a:b]
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            if accumulate and self.grads[r] is not None:
+                self.grads[r].add_(flat)
+            else:
+                self.grads[r] = flat.float()
+        for p in self.model_params:
+            p.grad = None
+
+    def take_grads(self) -> list[torch.Tensor | None]:
+        """The accumulated gradients, handed over to the optimizer (none are left here)."""
+        grads, self.grads = self.grads, [None] * len(self.runs)
+        return grads
+
+    def zero_grad(self) -> None:
+        self.grads = [None] * len(self.runs)
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale the accumulated gradients to a total L2 norm of at most `max_norm`, like
+        `torch.nn.utils.clip_grad_norm_` over the flat fp32 gradient; returns the norm before clipping."""
+        grads = [g for g in self.grads if g is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef)
+        return norm
+
+
+class OffloadedAdamW(torch.optim.Optimizer):
+    """AdamW over a `HostMasterWeights`, its moments in host memory too; see the module docstring.
+
+    The state has torch `AdamW`'s layout (`step`, `exp_avg`, `exp_avg_sq` for the one flat master),
+    so checkpoints move between this optimizer and `AdamW` over a device `MasterWeights`.
+    """
+
+    def __init__(self, master: HostMasterWeights, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 prefetch: int = 2):
+        super().__init__([master.flat], dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.master = master
+        master.flush_updates = self.flush
+        self.device = master.device
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.prefetch = prefetch
+        self.pending: dict[int, tuple[torch.Tensor, dict]] = {}  # run -> (gradient, hyperparameters of its step)
+        self.fetched: dict[int, tuple[list[torch.Tensor], torch.cuda.Event | None]] = {}
+        self.order = [r for r, (b, _, _) in enumerate(master.runs) if b is not None]
+        self.by_block: dict[int, list[int]] = {}
+        for r, (b, _, _) in enumerate(master.runs):
+            if b is not None:
+                self.by_block.setdefault(b, []).append(r)
+        self._handles = [block.register_forward_pre_hook(self._make_hook(i))
+                         for i, block in enumerate(master.blocks) if i in self.by_block]
+
+    def _host_state(self) -> dict:
+        flat = self.master.flat
+        state = self.state[flat]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = self._host_zeros(flat)
+            state["exp_avg_sq"] = self._host_zeros(flat)
+        return state
+
+    def _host_zeros(self, like: torch.Tensor) -> torch.Tensor:
+        t = torch.zeros(like.shape, dtype=torch.float32)
+        return t.pin_memory() if self.cuda else t
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Record this step's update; it is applied block by block in the next forward (or by `flush`)."""
+        loss = closure() if closure is not None else None
+        grads = self.master.take_grads()
+        if all(g is None for g in grads):
+            return loss
+        self.flush()  # an update still pending from the previous step comes first
+        state = self._host_state()
+        state["step"] += 1
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        hyper = dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                     eps=group["eps"], step=torch.full((), float(state["step"]), dtype=torch.float32,
+                                                       device=self.device))
+        for r, g in enumerate(grads):
+            if g is not None:
+                self.pending[r] = (g, hyper)
+        for r in [r for r in self.pending if self.master.runs[r][0] is None]:
+            self._apply(r)  # parameters outside the blocks run before any block hook fires
+        for r in self.order[:self.prefetch]:
+            self._fetch(r)
+        return loss
+
+    def _make_hook(self, i: int):
+        def hook(module, args):
+            if not self.pending:
+                return None
+            for r in self.by_block[i]:
+                self._apply(r)
+            later = [r for r in self.order if r in self.pending and r not in self.fetched]
+            for r in later[:self.prefetch]:
+                self._fetch(r)
+            return None
+
+        return hook
+
+    def _host_slices(self, r: int) -> list[torch.Tensor]:
+        lo, hi = self.master.ranges[r]
+        state = self._host_state()
+        return [self.master.flat.detach()[lo:hi], state["exp_avg"][lo:hi], state["exp_avg_sq"][lo:hi]]
+
+    def _fetch(self, r: int) -> None:
+        """Start copying run r's master and moments to the device (side stream on CUDA)."""
+        if r in self.fetched or r not in self.pending:
+            return
+        host = self._host_slices(r)
+        if not self.cuda:
+            self.fetched[r] = ([t.clone() for t in host], None)
+            return
+        current = torch.cuda.current_stream(self.device)
+        device = [torch.empty_like(t, device=self.device) for t in host]  # from the compute stream's pool
+        self.stream.wait_stream(current)  # the memory may be what queued compute work still reads
+        with torch.cuda.stream(self.stream):
+            for d, h in zip(device, host):
+                d.copy_(h, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        self.fetched[r] = (device, event)
+
+    def _apply(self, r: int) -> None:
+        """Run r's AdamW update on the device, refresh its compute-dtype copy, copy the state back."""
+        self._fetch(r)
+        grad, h = self.pending.pop(r)
+        (master, exp_avg, exp_avg_sq), event = self.fetched.pop(r)
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+        torch._fused_adamw_([master], [grad], [exp_avg], [exp_avg_sq], [], [h["step"]], lr=h["lr"],
+                            beta1=h["beta1"], beta2=h["beta2"], weight_decay=h["weight_decay"], eps=h["eps"],
+                            amsgrad=False, maximize=False)
+        lo, hi = self.master.ranges[r]
+        self.master.flat_model[lo:hi].copy_(master)
+        host = self._host_slices(r)
+        if not self.cuda:
+            for d, t in zip(host, (master, exp_avg, exp_avg_sq)):
+                d.copy_(t)
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for d, t in zip(host, (master, exp_avg, exp_avg_sq)):
+                d.copy_(t, non_blocking=True)
+        for t in (master, exp_avg, exp_avg_sq):
+            t.record_stream(self.stream)  # not reused before the copy back has read them
+
+    def flush(self) -> None:
+        """Apply every pending update now and wait until the host copies are current."""
+        for r in list(self.pending):
+            self._apply(r)
+        if self.cuda:
+            self.stream.synchronize()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop gradients accumulated since the last `step()` (a skipped step's)."""
+        self.master.zero_grad()
+
+    def state_dict(self):
+        self.flush()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.pending.clear()
+        self.fetched.clear()
+        super().load_state_dict(state_dict)
+        state = self.state[self.master.flat]
+        if state:  # torch moved it next to the (host) master; pin it and keep `step` a host scalar
+            state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)  # its own, stepped in place
+            for key in ("exp_avg", "exp_avg_sq"):
+                t = state[key].detach().to("cpu", torch.float32)
+                state[key] = t.pin_memory() if self.cuda else t.clone()
+
+    def remove(self) -> None:
+        """Apply what is pending and remove the forward hooks."""
+        self.flush()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
