@@ -53,7 +53,7 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '@S/K[/D][/spread]' swaps S blocks, "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+freeze' runs the timed steps after gc.freeze() (no full garbage collections over the model's objects), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
@@ -66,8 +66,8 @@ def parse(argv=None):
 
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
-    (inductor combo kernels), '+cpp' (inductor's C++ wrapper) or '+burst' (no ramp of the backward
-    prefetch) extras anywhere, and optionally
+    (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
+    prefetch) or '+freeze' (gc.freeze() before the timed steps) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
     head, _, swap = v.partition("@")
@@ -81,9 +81,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst"}
+    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst", "freeze"}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, freeze)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -189,6 +189,7 @@ def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
     pipelined_s = (time.perf_counter() - t) / a.steps
     losses += [float(v.detach()) for v in pipelined]
     res = dict(s_per_step=round(statistics.median(times), 3), min_s=round(min(times), 3),
+               times=[round(t, 3) for t in times],
                s_per_step_pipelined=round(pipelined_s, 3),
                loss=round(losses[-1], 4), warmup_s=round(warmup_s, 1), losses=[round(v, 4) for v in losses])
     if phases:
@@ -387,13 +388,22 @@ def main(argv=None) -> dict:
             speed.swapper = make_swapper(transformer, opts, a.device)
             set_prefetch(speed.swapper)
             recomputed_by = configure_recompute(transformer, opts)
+        freeze = "freeze" in parse_variant(variant)[1]
         try:
+            if freeze:
+                import gc
+
+                gc.collect()
+                gc.freeze()
             res = measure(a, step, sync, cuda, clock)
         except torch.OutOfMemoryError as e:
             print(f"RESULT {json.dumps(dict(tag=a.tag, recompute=variant, error='out of memory'))}",
                   flush=True)
             print(str(e)[:300])
             continue
+        finally:
+            if freeze:
+                gc.unfreeze()
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),
