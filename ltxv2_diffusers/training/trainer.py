@@ -23,6 +23,7 @@ from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict
 from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.prefetch import Prefetcher
+from ltxv2_diffusers.training.speed import freeze_host_objects
 from ltxv2_diffusers.training.step import TrainStep
 
 logger = logging.getLogger("ltxv2_diffusers.training")
@@ -228,7 +229,9 @@ class Trainer:
 
     def _all_finite(self, values: list[torch.Tensor]) -> bool:
         """Whether every value is finite on every rank: one wait for the GPU, however many values."""
-        bad = torch.stack([~torch.isfinite(v.detach()).all() for v in values]).any().float().reshape(1)
+        device = self.accelerator.device
+        bad = torch.stack([~torch.isfinite(torch.as_tensor(v, device=device).detach()).all()
+                           for v in values]).any().float().reshape(1)
         bad = self.accelerator.reduce(bad, reduction="sum") if self.world_size > 1 else bad
         return float(bad.item()) == 0.0
 
@@ -266,7 +269,13 @@ class Trainer:
             losses.append(loss)
             for key, value in logs.items():  # summed on the device: read once, after the check below
                 sums[key] = sums.get(key, 0.0) + torch.as_tensor(value).detach().double() / accum
-        finite = self._all_finite(losses)  # every rank takes the same decision; the step's one wait
+        # Gradients into the fp32 masters and clipped before the step's one wait, so the GPU has that
+        # work queued instead of idling while the host decides; a skipped step discards them.
+        self.speed.before_optimizer_step()
+        grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc) if args.max_grad_norm > 0 else None
+        # With fp16 the grad scaler skips overflowing steps itself (and lowers its scale): only losses decide.
+        checks = losses + ([grad_norm] if grad_norm is not None and acc.scaler is None else [])
+        finite = self._all_finite(checks)  # every rank takes the same decision; the step's one wait
         sums = {key: float(value) for key, value in sums.items()}
         # logs are this process's; average them so every rank reports the global value
         if self.world_size > 1:
@@ -275,17 +284,9 @@ class Trainer:
             vec = acc.reduce(vec, reduction="mean")
             sums = dict(zip(keys, vec.tolist()))
         if finite:
-            self.speed.before_optimizer_step()
-            grad_norm = None
-            if args.max_grad_norm > 0:
-                grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc)
-            overflow = grad_norm is not None and not torch.isfinite(torch.as_tensor(grad_norm)).all()
-            if overflow and acc.scaler is None:
-                finite = False
-            else:  # with fp16 the grad scaler skips overflowing steps itself and lowers its scale
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA
             if grad_norm is not None:
                 sums["grad_norm"] = float(grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
@@ -402,6 +403,8 @@ class Trainer:
                     acc.end_training()
                     raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
                 step = self.progress.global_step
+                if step == done_at_start + 1:
+                    freeze_host_objects()  # compiled and allocated by now: keep full collections off them
                 elapsed = time.perf_counter() - start
                 s_per_step = elapsed / max(step - done_at_start, 1)
                 bar.update(1)
