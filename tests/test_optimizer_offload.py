@@ -21,7 +21,9 @@ def _setup(device, offload):
     model = _lora_model(torch.float32, num_layers=3)
     setup = apply_speed_options(model, SpeedOptions(naive=False, compile=False, offload_optimizer=offload),
                                 device=device)
-    optimizer = setup.make_optimizer(torch.optim.AdamW, **ADAMW, **({} if offload else {"fused": True}))
+    # two chunks of the three blocks: the hooks of both, the prefetch and the copies back all run
+    optimizer = setup.make_optimizer(torch.optim.AdamW, **ADAMW,
+                                     **({"blocks_per_chunk": 2} if offload else {"fused": True}))
     return model, setup, optimizer
 
 
@@ -51,6 +53,7 @@ def test_offloaded_adamw_trains_like_fused_adamw(device):
     model, off, opt = _setup(device, offload=True)
     assert off.offloaded and off.master.flat.device.type == "cpu" and len(off.master.runs) >= 3
     assert isinstance(opt, acceleration.OffloadedAdamW)
+    assert [opt.first_block[c] for c in opt.order] == [0, 2] and len(opt._handles) == 2
     for step in range(3):
         ref_losses, ref_norm = _step(ref_model, ref, ref_opt, step, device, max_norm=0.05)
         losses, norm = _step(model, off, opt, step, device, max_norm=0.05)
