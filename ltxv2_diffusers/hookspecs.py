@@ -121,6 +121,8 @@ def ltxv2_on_step_end(step, logs):
 
     Arguments: ``step`` — the global step just finished (int, from 1); ``logs`` — dict of the
     values logged for this step (``loss``, ``loss/<name>``, ``lr``, ...). Plugins may add keys.
+    The model's LoRA tensors already hold this step's update when it is called (with
+    ``--offload_optimizer`` the trainer applies it up front whenever a plugin implements this hook).
     Returns: nothing. Every plugin is called.
     """
 

@@ -578,6 +578,11 @@ def on_train_start(args, model) -> None:
     get_plugin_manager().hook.ltxv2_on_train_start(args=args, model=model)
 
 
+def implemented(hook: str) -> bool:
+    """Whether any registered plugin implements `hook` (e.g. ``"ltxv2_on_step_end"``)."""
+    return bool(getattr(get_plugin_manager().hook, hook).get_hookimpls())
+
+
 def on_step_end(step: int, logs: dict) -> None:
     """Tell plugins an optimizer step finished (they may add entries to ``logs``)."""
     get_plugin_manager().hook.ltxv2_on_step_end(step=step, logs=logs)

@@ -246,6 +246,7 @@ def test_extra_losses_are_collected_and_names_must_be_unique(pm):
 
 def test_lifecycle_hooks_reach_plugins(pm, tmp_path):
     calls = []
+    assert not plugins.implemented("ltxv2_on_step_end")  # the trainer then skips flushing lazy LoRA updates
     plugins.register_plugin(make_plugin(
         "recorder",
         ltxv2_on_train_start=hookimpl(lambda args, model: calls.append(("start", args.lr, model))),
@@ -253,6 +254,7 @@ def test_lifecycle_hooks_reach_plugins(pm, tmp_path):
         ltxv2_on_save=hookimpl(lambda path, step: calls.append(("save", path, step))),
         ltxv2_on_train_end=hookimpl(lambda output_dir: calls.append(("end", output_dir))),
     ), name="recorder")
+    assert plugins.implemented("ltxv2_on_step_end")
     logs = {"loss": 1.0}
     plugins.on_train_start(argparse.Namespace(lr=1e-4), "model")
     plugins.on_step_end(3, logs)

@@ -409,7 +409,9 @@ class Trainer:
                 s_per_step = elapsed / max(step - done_at_start, 1)
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
-                plugins.on_step_end(step=step, logs=logs)  # plugins may add entries before they are logged
+                if plugins.implemented("ltxv2_on_step_end"):
+                    self.speed.flush()  # a plugin may read the LoRA: an offloaded optimizer's update goes in first
+                    plugins.on_step_end(step=step, logs=logs)  # plugins may add entries before they are logged
                 if args.log_with != "none":
                     acc.log(logs, step=step)
                 if acc.is_main_process:
@@ -445,6 +447,8 @@ class Trainer:
         if args.blocks_without_recompute:
             levers.append(f"fewer --blocks_without_recompute (now {args.blocks_without_recompute})")
         levers.append("more --blocks_to_swap" if args.blocks_to_swap else "--blocks_to_swap N")
+        if not args.offload_optimizer and args.speed == "fast" and args.optimizer_type == "AdamW":
+            levers.append("--offload_optimizer")
         if not args.low_memory:
             levers.append("--low_memory")
         levers.append("smaller buckets or --batch_size in the dataset config")
