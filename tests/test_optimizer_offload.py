@@ -17,10 +17,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ADAMW = dict(lr=3e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
 
 
-def _setup(device, offload):
+def _setup(device, offload, checkpointing=False):
     model = _lora_model(torch.float32, num_layers=3)
-    setup = apply_speed_options(model, SpeedOptions(naive=False, compile=False, offload_optimizer=offload),
-                                device=device)
+    if checkpointing:  # diffusers re-runs each block's forward in backward: its pre-hooks fire again
+        model.enable_gradient_checkpointing()
+    setup = apply_speed_options(model, SpeedOptions(naive=False, compile=False, recompute="checkpoint",
+                                                    offload_optimizer=offload), device=device)
     # two chunks of the three blocks: the hooks of both, the prefetch and the copies back all run
     optimizer = setup.make_optimizer(torch.optim.AdamW, **ADAMW,
                                      **({"blocks_per_chunk": 2} if offload else {"fused": True}))
@@ -47,10 +49,11 @@ def _step(model, setup, optimizer, step, device, max_norm=None, micro_batches=2)
     return losses, norm
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
-def test_offloaded_adamw_trains_like_fused_adamw(device):
-    ref_model, ref, ref_opt = _setup(device, offload=False)
-    model, off, opt = _setup(device, offload=True)
+def test_offloaded_adamw_trains_like_fused_adamw(device, checkpointing):
+    ref_model, ref, ref_opt = _setup(device, offload=False, checkpointing=checkpointing)
+    model, off, opt = _setup(device, offload=True, checkpointing=checkpointing)
     assert off.offloaded and off.master.flat.device.type == "cpu" and len(off.master.runs) >= 3
     assert isinstance(opt, acceleration.OffloadedAdamW)
     assert [opt.first_block[c] for c in opt.order] == [0, 2] and len(opt._handles) == 2
