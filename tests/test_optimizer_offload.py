@@ -151,3 +151,12 @@ def test_offload_optimizer_flag_errors(tmp_path):
     _, setup, _ = _setup("cpu", offload=True)
     with pytest.raises(ValueError, match="implements AdamW, not SGD"):
         setup.make_optimizer(torch.optim.SGD, lr=1.0)
+
+
+def test_offload_refuses_more_than_the_host_memory(monkeypatch):
+    from ltxv2_diffusers.models.acceleration import block_swap
+
+    monkeypatch.setattr(block_swap, "available_host_memory", lambda: 2**10)  # 1 KiB free
+    with pytest.raises(ValueError, match=r"--offload_optimizer keeps .* of optimizer state in host memory, but only "
+                                         r"0.0 GiB is available; drop the flag"):
+        _setup("cpu", offload=True)

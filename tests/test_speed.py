@@ -430,10 +430,10 @@ def test_streaming_set_up_leaves_the_blocks_where_they_are():
 
 def test_block_swap_refuses_more_than_the_host_memory():
     with pytest.raises(ValueError, match=r"--blocks_to_swap 40 keeps 29.8 GiB .* only 16.0 GiB is available"):
-        acceleration.check_host_memory(int(29.8 * 2**30), 40, available=16 * 2**30, processes=1)
-    acceleration.check_host_memory(2**30, 1, available=16 * 2**30, processes=1)
+        acceleration.check_host_memory(int(29.8 * 2**30), "--blocks_to_swap 40", available=16 * 2**30, processes=1)
+    acceleration.check_host_memory(2**30, "--blocks_to_swap 1", available=16 * 2**30, processes=1)
     with pytest.raises(ValueError, match=r"keeps 16.0 GiB .* \(8 processes on this host, 2.0 GiB each\)"):
-        acceleration.check_host_memory(2 * 2**30, 2, available=16 * 2**30, processes=8)
+        acceleration.check_host_memory(2 * 2**30, "--blocks_to_swap 2", available=16 * 2**30, processes=8)
     assert (acceleration.available_host_memory() or 1) > 0
 
 

@@ -47,16 +47,17 @@ def available_host_memory() -> int | None:
     return None
 
 
-def check_host_memory(needed: int, num_blocks: int, available: int | None = None, processes: int | None = None) -> None:
-    """Refuse to swap when the host copies of every training process on this host (`LOCAL_WORLD_SIZE`,
-    set by accelerate/torchrun) would not fit in the memory the host has free."""
+def check_host_memory(needed: int, flag: str, available: int | None = None, processes: int | None = None, *,
+                      what: str = "weights", advice: str = "swap fewer blocks or free host memory") -> None:
+    """Refuse when what `flag` keeps in host memory, for every training process on this host
+    (`LOCAL_WORLD_SIZE`, set by accelerate/torchrun), would not fit in the memory the host has free."""
     available = available_host_memory() if available is None else available
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if processes is None else processes
     total = needed * processes
     if available is not None and total > 0.9 * available:
         each = f" ({processes} processes on this host, {needed / 2**30:.1f} GiB each)" if processes > 1 else ""
-        raise ValueError(f"--blocks_to_swap {num_blocks} keeps {total / 2**30:.1f} GiB of weights in host memory{each}, "
-                         f"but only {available / 2**30:.1f} GiB is available; swap fewer blocks or free host memory")
+        raise ValueError(f"{flag} keeps {total / 2**30:.1f} GiB of {what} in host memory{each}, "
+                         f"but only {available / 2**30:.1f} GiB is available; {advice}")
 
 
 class _HostCopy:
@@ -180,7 +181,7 @@ class BlockSwapper:
         self.swapped = sorted(swapped)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        check_host_memory(sum(_HostCopy.bytes_needed(blocks[i]) for i in self.swapped), num_blocks)
+        check_host_memory(sum(_HostCopy.bytes_needed(blocks[i]) for i in self.swapped), f"--blocks_to_swap {num_blocks}")
         self.stores = {i: _HostCopy(blocks[i], self.device) for i in self.swapped}
         self.events: dict[int, torch.cuda.Event] = {}
         self.resident: set[int] = set()

@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .block_swap import check_host_memory
 from .master_weights import MasterWeights
 
 
@@ -47,6 +48,9 @@ class HostMasterWeights(MasterWeights):
         super().__init__(params, compute_dtype)
         self.blocks = blocks
         self.device = self.flat_model.device
+        # the master here, the two AdamW moments with the optimizer
+        check_host_memory(3 * self.flat.numel() * 4, "--offload_optimizer", what="optimizer state",
+                          advice="drop the flag, train fewer LoRA parameters or free host memory")
         host = self.flat.detach().to("cpu")
         if self.device.type == "cuda":
             host = host.pin_memory()
