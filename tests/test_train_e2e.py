@@ -32,6 +32,7 @@ def test_single_process_run_writes_everything(tmp_path_factory):
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
     for m in metrics:
         assert m["loss"] == pytest.approx(m["loss/video"] + m["loss/audio"], rel=1e-5)
+        assert 0 < m["step_time"] < 600
     assert metrics[0]["lr"] < metrics[2]["lr"]  # linear warm-up over 2 steps
     assert (out / "loss.png").stat().st_size > 0
 

@@ -139,10 +139,10 @@ class SpeedSetup:
         return torch.nn.utils.clip_grad_norm_(self.optimizer_params, max_norm)
 
     def flush(self) -> None:
-        """Make the model's LoRA tensors current (an offloaded optimizer applies updates lazily);
-        call before saving or sampling."""
+        """Make the model's LoRA tensors current for what the device runs next (an offloaded optimizer
+        applies updates lazily, during the next forward); call before saving or sampling."""
         if isinstance(self.optimizer, acceleration.OffloadedAdamW):
-            self.optimizer.flush()
+            self.optimizer.apply_pending()
 
     def autocast(self):
         if self.options.naive and self.device_type == "cuda":

@@ -390,8 +390,9 @@ class Trainer:
             stream = Prefetcher(stream, depth=args.prefetch_batches, prepare=self._pinned)
         bar = tqdm(total=self.max_steps, initial=self.progress.global_step, disable=not acc.is_local_main_process,
                    desc="train", unit="step", dynamic_ncols=True)
-        start = time.perf_counter()
+        last = time.perf_counter()
         done_at_start = self.progress.global_step
+        after_first = None  # when this process's first step (compilation, warm-up) ended
         try:
             while self.progress.global_step < self.max_steps:
                 try:
@@ -403,10 +404,15 @@ class Trainer:
                     acc.end_training()
                     raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
                 step = self.progress.global_step
+                now = time.perf_counter()
+                logs["step_time"] = now - last  # wall seconds since the previous step ended (saves included)
+                last = now
                 if step == done_at_start + 1:
                     freeze_host_objects()  # compiled and allocated by now: keep full collections off them
-                elapsed = time.perf_counter() - start
-                s_per_step = elapsed / max(step - done_at_start, 1)
+                    after_first = now
+                    s_per_step = logs["step_time"]
+                else:  # the average leaves out the first step, which compiled the blocks
+                    s_per_step = (now - after_first) / (step - done_at_start - 1)
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
                 if plugins.implemented("ltxv2_on_step_end"):
