@@ -409,7 +409,7 @@ class Trainer:
                 last = now
                 if step == done_at_start + 1:
                     freeze_host_objects()  # compiled and allocated by now: keep full collections off them
-                    after_first = now
+                    last = after_first = time.perf_counter()  # the one-off collection counts in no step
                     s_per_step = logs["step_time"]
                 else:  # the average leaves out the first step, which compiled the blocks
                     s_per_step = (now - after_first) / (step - done_at_start - 1)
