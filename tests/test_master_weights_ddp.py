@@ -1,4 +1,4 @@
-"""fp32 master weights under DistributedDataParallel: the LoRA tensors are views of one flat buffer,
+"""fp32 master weights under DistributedDataParallel (on the GPU and offloaded): the LoRA tensors are views of one flat buffer,
 and DDP's initial broadcast and gradient all-reduce must work on them as on ordinary parameters.
 Two real gloo processes on the CPU."""
 
@@ -59,3 +59,47 @@ def test_master_weights_under_ddp_match_one_process(tmp_path):
         assert r["views"]  # DDP kept the parameters as views of the flat buffer
         torch.testing.assert_close(r["weights"], master.flat_model)  # rank 0's weights everywhere
         torch.testing.assert_close(r["grad"], master.flat.grad)  # all-reduced = the full batch's gradient
+
+
+def _offload_worker(rank: int, world: int, port: int, out: str) -> None:
+    from ltxv2_diffusers.models.acceleration import HostMasterWeights, OffloadedAdamW
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _model(seed=0)  # as the trainer seeds it: the same LoRA init on every rank
+    master = HostMasterWeights(model.parameters(), [model[0], model[2]], torch.float64)
+    optimizer = OffloadedAdamW(master, lr=0.1, blocks_per_chunk=1)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, y = _batch()
+    half = slice(rank * 2, rank * 2 + 2)
+    nn.functional.mse_loss(ddp(x[half]), y[half]).backward()
+    master.grads_to_master()
+    optimizer.step()
+    with torch.no_grad():
+        ddp(x[half])  # the next forward: each block's pre-hook applies its slice of the update
+    torch.save({"weights": master.flat_model.clone(), "pending": len(optimizer.pending)}, f"{out}/offload{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_offloaded_optimizer_under_ddp_matches_one_process(tmp_path):
+    """Two gloo processes, each half the batch: the all-reduced gradients, stepped by the offloaded AdamW and
+    applied by the blocks' forward pre-hooks under DDP, give the one-process AdamW weights on every rank."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_offload_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"offload{r}.pt") for r in range(2)]
+
+    model = _model(seed=0)
+    master = MasterWeights(model.parameters(), torch.float64)
+    optimizer = torch.optim.AdamW([master.flat], lr=0.1, fused=True)
+    x, y = _batch()
+    nn.functional.mse_loss(model(x), y).backward()
+    master.grads_to_master()
+    optimizer.step()
+    master.master_to_model()
+    for r in ranks:
+        assert r["pending"] == 0
+        torch.testing.assert_close(r["weights"], master.flat_model, rtol=1e-6, atol=1e-7)
