@@ -1,6 +1,6 @@
-"""fp32 master weights under DistributedDataParallel (on the GPU and offloaded): the LoRA tensors are views of one flat buffer,
-and DDP's initial broadcast and gradient all-reduce must work on them as on ordinary parameters.
-Two real gloo processes on the CPU."""
+"""fp32 master weights under DistributedDataParallel, on the device and offloaded to the host: the LoRA
+tensors are views of one flat buffer, and DDP's initial broadcast and gradient all-reduce must work on
+them as on ordinary parameters. Two real gloo processes on the CPU."""
 
 from __future__ import annotations
 
