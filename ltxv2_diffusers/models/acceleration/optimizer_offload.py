@@ -3,10 +3,11 @@
 On the fast path every LoRA parameter carries 12 bytes of optimizer-side state (fp32 master, two
 AdamW moments): 2.4 GiB for the full-size AV model's rank-32 LoRA, idle on the GPU while
 activations peak at the end of the forward. Here that state stays in host memory. `step()` only
-records the update; each block's slice is updated on the GPU right before that block's next
-forward: copied in on a side stream while earlier blocks compute, stepped by the same fused AdamW
-kernel torch's `AdamW(fused=True)` uses (elementwise, so slices give the whole tensor's result bit
-for bit), its bf16 compute copy refreshed, and copied back while later blocks compute. The host
+records the update; the slice of each chunk of consecutive blocks is updated on the GPU right
+before the chunk's next forward: copied in on a side stream while earlier blocks compute, stepped by
+the same fused AdamW kernel torch's `AdamW(fused=True)` uses (elementwise, so slices give the whole
+tensor's result bit for bit), its bf16 compute copy refreshed, and copied back while later blocks
+compute. The host
 link is otherwise idle during the forward (block swapping fetches in backward), so the update costs
 the step almost nothing and frees the state's memory where it matters.
 
