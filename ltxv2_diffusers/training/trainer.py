@@ -272,9 +272,12 @@ class Trainer:
         # Gradients into the fp32 masters and clipped before the step's one wait, so the GPU has that
         # work queued instead of idling while the host decides; a skipped step discards them.
         self.speed.before_optimizer_step()
-        grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc) if args.max_grad_norm > 0 else None
-        # With fp16 the grad scaler skips overflowing steps itself (and lowers its scale): only losses decide.
-        checks = losses + ([grad_norm] if grad_norm is not None and acc.scaler is None else [])
+        # With fp16 the grad scaler unscales in the clip and must then step, and it skips overflowing
+        # steps itself (lowering its scale): there the clip waits for the losses' verdict.
+        scaled = acc.scaler is not None
+        clip = args.max_grad_norm > 0
+        grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc) if clip and not scaled else None
+        checks = losses + ([grad_norm] if grad_norm is not None else [])
         finite = self._all_finite(checks)  # every rank takes the same decision; the step's one wait
         sums = {key: float(value) for key, value in sums.items()}
         # logs are this process's; average them so every rank reports the global value
@@ -284,6 +287,8 @@ class Trainer:
             vec = acc.reduce(vec, reduction="mean")
             sums = dict(zip(keys, vec.tolist()))
         if finite:
+            if clip and scaled:
+                grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc)
             self.optimizer.step()
             self.lr_scheduler.step()
             self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA
