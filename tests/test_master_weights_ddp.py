@@ -40,20 +40,30 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_master_weights_under_ddp_match_one_process(tmp_path):
+def _two_processes(worker, out, name: str) -> list[dict]:
+    """Run `worker` in two gloo processes; what each saved as `{name}{rank}.pt`."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    mp.spawn(worker, args=(2, port, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"{name}{r}.pt") for r in range(2)]
 
+
+def _one_process_master() -> MasterWeights:
+    """The full batch's gradient in fp32 masters, in this process."""
     model = _model(seed=0)
     master = MasterWeights(model.parameters(), torch.float64)
     x, y = _batch()
     nn.functional.mse_loss(model(x), y).backward()
     master.grads_to_master()
+    return master
+
+
+def test_master_weights_under_ddp_match_one_process(tmp_path):
+    ranks = _two_processes(_worker, tmp_path, "rank")
+    master = _one_process_master()
 
     for r in ranks:
         assert r["views"]  # DDP kept the parameters as views of the flat buffer
@@ -84,20 +94,9 @@ def _offload_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_offloaded_optimizer_under_ddp_matches_one_process(tmp_path):
     """Two gloo processes, each half the batch: the all-reduced gradients, stepped by the offloaded AdamW and
     applied by the blocks' forward pre-hooks under DDP, give the one-process AdamW weights on every rank."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_offload_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"offload{r}.pt") for r in range(2)]
-
-    model = _model(seed=0)
-    master = MasterWeights(model.parameters(), torch.float64)
+    ranks = _two_processes(_offload_worker, tmp_path, "offload")
+    master = _one_process_master()
     optimizer = torch.optim.AdamW([master.flat], lr=0.1, fused=True)
-    x, y = _batch()
-    nn.functional.mse_loss(model(x), y).backward()
-    master.grads_to_master()
     optimizer.step()
     master.master_to_model()
     for r in ranks:
