@@ -17,12 +17,12 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ADAMW = dict(lr=3e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
 
 
-def _setup(device, offload, checkpointing=False):
+def _setup(device, offload, checkpointing=False, int8=False):
     model = _lora_model(torch.float32, num_layers=3)
     if checkpointing:  # diffusers re-runs each block's forward in backward: its pre-hooks fire again
         model.enable_gradient_checkpointing()
     setup = apply_speed_options(model, SpeedOptions(naive=False, compile=False, recompute="checkpoint",
-                                                    offload_optimizer=offload), device=device)
+                                                    int8_base=int8, offload_optimizer=offload), device=device)
     # two chunks of the three blocks: the hooks of both, the prefetch and the copies back all run
     optimizer = setup.make_optimizer(torch.optim.AdamW, **ADAMW,
                                      **({"blocks_per_chunk": 2} if offload else {"fused": True}))
@@ -49,11 +49,12 @@ def _step(model, setup, optimizer, step, device, max_norm=None, micro_batches=2)
     return losses, norm
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("levers", ["plain", "checkpointing", "checkpointing+int8"])  # the last: --low_memory's
 @pytest.mark.parametrize("device", DEVICES)
-def test_offloaded_adamw_trains_like_fused_adamw(device, checkpointing):
-    ref_model, ref, ref_opt = _setup(device, offload=False, checkpointing=checkpointing)
-    model, off, opt = _setup(device, offload=True, checkpointing=checkpointing)
+def test_offloaded_adamw_trains_like_fused_adamw(device, levers):
+    kw = dict(checkpointing="checkpointing" in levers, int8="int8" in levers)
+    ref_model, ref, ref_opt = _setup(device, offload=False, **kw)
+    model, off, opt = _setup(device, offload=True, **kw)
     assert off.offloaded and off.master.flat.device.type == "cpu" and len(off.master.runs) >= 3
     assert isinstance(opt, acceleration.OffloadedAdamW)
     assert [opt.first_block[c] for c in opt.order] == [0, 2] and len(opt._handles) == 2
