@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
     from ltxv2_diffusers.models.adapter import adapter_class_for_mode
     from ltxv2_diffusers.models.presets import build_components
     from ltxv2_diffusers.training.args import parse_args
-    from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options, freeze_host_objects
+    from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options, freeze_host_objects, thaw_host_objects
     from ltxv2_diffusers.training.step import TrainStep
 
     cuda = a.device.startswith("cuda")
@@ -400,9 +400,7 @@ def main(argv=None) -> dict:
             continue
         finally:
             if freeze:
-                import gc
-
-                gc.unfreeze()  # the next variant compiles new objects; it freezes again
+                thaw_host_objects()  # the next variant compiles new objects; it freezes again
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),

@@ -33,3 +33,6 @@ def test_trainer_full_size_benchmark_smoke(tmp_path):
     assert res["exit"] == 0 and res["steps"] == 4 and res["flags"] == ["--learning_rate", "1e-3"]
     assert len(res["times"]) == 2 and res["s_per_step"] > 0 and len(set(res["losses"])) == 4
     assert (tmp_path / "run" / "lora.safetensors").is_file()
+    import gc
+
+    assert gc.get_freeze_count() == 0  # the trainer froze the collector after its first step, then thawed it

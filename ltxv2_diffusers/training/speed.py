@@ -180,6 +180,14 @@ def freeze_host_objects() -> None:
     gc.freeze()
 
 
+def thaw_host_objects() -> None:
+    """Undo `freeze_host_objects` once training is over (objects it froze that became cyclic garbage are
+    collected again)."""
+    import gc
+
+    gc.unfreeze()
+
+
 def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
                         device: str | torch.device = "cuda") -> SpeedSetup:
     """Apply `options` to a transformer that already carries its trainable LoRA, and move it to `device`.

@@ -23,7 +23,7 @@ from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict
 from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.prefetch import Prefetcher
-from ltxv2_diffusers.training.speed import freeze_host_objects
+from ltxv2_diffusers.training.speed import freeze_host_objects, thaw_host_objects
 from ltxv2_diffusers.training.step import TrainStep
 
 logger = logging.getLogger("ltxv2_diffusers.training")
@@ -442,6 +442,8 @@ class Trainer:
                     self.sample()
         finally:
             stream.close()  # the prefetch thread, or the plain generator
+            if after_first is not None:
+                thaw_host_objects()  # a process that trains again (Python API, tests) collects them normally
         bar.close()
         final = self.finish()
         return final
