@@ -27,6 +27,12 @@ from .block_swap import check_host_memory
 from .master_weights import MasterWeights
 
 
+def host_copy(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    """An fp32 copy of `t` in host memory of its own, page-locked when `pin` (for asynchronous copies)."""
+    t = t.detach().to("cpu", torch.float32)
+    return t.pin_memory() if pin else t.clone()
+
+
 def block_runs(blocks: list[nn.Module], params: list[nn.Parameter]) -> list[tuple[int | None, int, int]]:
     """Contiguous runs of `params` (as indices) by the block that owns them: (block index or None, start, end)."""
     owner = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
@@ -53,10 +59,7 @@ class HostMasterWeights(MasterWeights):
         # the master here, the two AdamW moments with the optimizer
         check_host_memory(3 * self.flat.numel() * 4, "--offload_optimizer", what="optimizer state",
                           advice="drop the flag, train fewer LoRA parameters or free host memory")
-        host = self.flat.detach().to("cpu")
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        self.flat = nn.Parameter(host)
+        self.flat = nn.Parameter(host_copy(self.flat, pin=self.device.type == "cuda"))
         self.master_params = self._views(self.flat.detach())
         self.runs = block_runs(blocks, self.model_params)
         offsets = [0]
@@ -152,13 +155,9 @@ class OffloadedAdamW(torch.optim.Optimizer):
         state = self.state[flat]
         if not state:
             state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = self._host_zeros(flat)
-            state["exp_avg_sq"] = self._host_zeros(flat)
+            state["exp_avg"] = torch.zeros(flat.shape, dtype=torch.float32, pin_memory=self.cuda)
+            state["exp_avg_sq"] = torch.zeros(flat.shape, dtype=torch.float32, pin_memory=self.cuda)
         return state
-
-    def _host_zeros(self, like: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros(like.shape, dtype=torch.float32)
-        return t.pin_memory() if self.cuda else t
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -167,7 +166,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
         grads = self.master.take_grads()
         if all(g is None for g in grads):
             return loss
-        self.flush()  # an update still pending from the previous step comes first
+        self.apply_pending()  # an update still pending from the previous step comes first (stream-ordered)
         state = self._host_state()
         state["step"] += 1
         group = self.param_groups[0]
@@ -175,18 +174,13 @@ class OffloadedAdamW(torch.optim.Optimizer):
         hyper = dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                      eps=group["eps"], step=torch.full((), float(state["step"]), dtype=torch.float32,
                                                        device=self.device))
-        for c, runs in enumerate(self.chunks):
-            # a run without any gradient still decays, as in AdamW over the whole flat master
-            self.pending[c] = ([g if g is not None else self._zeros(r) for r, g in ((r, grads[r]) for r in runs)], hyper)
+        for c, runs in enumerate(self.chunks):  # every run has a gradient (zeros where nothing flowed)
+            self.pending[c] = ([grads[r] for r in runs], hyper)
         for c in [c for c, b in enumerate(self.first_block) if b is None]:
             self._apply(c)  # parameters outside the blocks run before any block hook fires
         for c in self.order[:self.prefetch]:
             self._fetch(c)
         return loss
-
-    def _zeros(self, r: int) -> torch.Tensor:
-        lo, hi = self.master.ranges[r]
-        return torch.zeros(hi - lo, dtype=torch.float32, device=self.device)
 
     def _make_hook(self, chunks: list[int]):
         def hook(module, args):
@@ -284,8 +278,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
         if state:  # torch moved it next to the (host) master; pin it and keep `step` a host scalar
             state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)  # its own, stepped in place
             for key in ("exp_avg", "exp_avg_sq"):
-                t = state[key].detach().to("cpu", torch.float32)
-                state[key] = t.pin_memory() if self.cuda else t.clone()
+                state[key] = host_copy(state[key], pin=self.cuda)
 
     def remove(self) -> None:
         """Apply what is pending and remove the forward hooks."""
