@@ -159,7 +159,7 @@ class SpeedSetup:
 
     def after_optimizer_step(self) -> None:
         if self.master is not None:
-            if not self.offloaded:  # an offloaded optimizer refreshes the model itself, block by block
+            if not self.offloaded:  # an offloaded optimizer refreshes the model itself, chunk by chunk
                 self.master.master_to_model()
             self.master.zero_grad()
         self.reset()

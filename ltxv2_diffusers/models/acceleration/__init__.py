@@ -16,7 +16,7 @@ that saves, loads and samples like any other. Figures for each lever are in benc
   output row and dequantized to bf16 on use (forward, recompute and input-gradient), halving the
   weights' memory at bf16 matmul speed.
 - `OffloadedAdamW` over `HostMasterWeights`: the fp32 masters and AdamW moments live in pinned CPU
-  memory; each step's update is applied block by block on the GPU during the next forward.
+  memory; each step's update is applied a few blocks at a time on the GPU during the next forward.
 - `BlockSwapper`: the frozen weights of N blocks live in pinned CPU memory and are copied to the GPU
   on a side stream ahead of use (with whole-block re-runs, or fetched back by a gradient hook
   before each block's backward).
