@@ -127,6 +127,31 @@ def test_train_step_modes_and_determinism(tiny, mode):
         assert torch.equal(s_pair[m][1:], s_one[m])
 
 
+def test_noise_drawn_on_device_is_per_item_and_seeded_by_the_host_generator(tiny):
+    """The CUDA path's noise (a device generator seeded by one draw of the item's generator), run on the
+    CPU: an item's noise and sigma do not depend on its batch, the same seeds repeat it, and it is not
+    the host-drawn noise."""
+    tr = tiny["transformer"]
+    adapter = adapter_class_for_mode("av").from_components(tr, vae=tiny["vae"], audio_vae=tiny["audio_vae"])
+    step = TrainStep(adapter, make_args("av"))
+    assert step.noise_on_device(torch.device("cpu")) is False
+    assert step.noise_on_device(torch.device("cuda")) is True
+    batch = make_batch()
+    single = {k: v[1:] for k, v in batch.items()}
+    gens = lambda: [torch.Generator().manual_seed(10 + i) for i in range(2)]  # noqa: E731
+    host_sigmas, host_noise = step.draw(batch, gens())
+    step.draw_noise_on_device = True
+    sigmas, noise = step.draw(batch, gens())
+    again_sigmas, again = step.draw(batch, gens())
+    one_sigmas, one = step.draw(single, [torch.Generator().manual_seed(11)])
+    for m in ("video", "audio"):
+        assert noise[m].shape == batch["latents" if m == "video" else "audio_latents"].shape
+        assert torch.equal(noise[m], again[m]) and torch.equal(noise[m][1:], one[m])
+        assert torch.equal(sigmas[m], host_sigmas[m]) and torch.equal(sigmas[m][1:], one_sigmas[m])
+        assert not torch.allclose(noise[m], host_noise[m])
+        assert abs(float(noise[m].std()) - 1.0) < 0.2
+
+
 def test_train_step_video_mode_leaves_audio_untouched(tiny):
     """A video-mode step's gradients reach no audio module."""
     from ltxv2_diffusers.lora import add_lora

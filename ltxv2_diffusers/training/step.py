@@ -38,6 +38,16 @@ def audio_token_count(audio_latents: torch.Tensor) -> int:
     return int(audio_latents.shape[2])
 
 
+def _device_randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal fp32 noise drawn on `device` by a generator seeded from one draw of the host
+    `generator` (the device's default generator without one)."""
+    if generator is None:
+        return torch.randn(shape, dtype=torch.float32, device=device)
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    return torch.randn(shape, dtype=torch.float32, device=device,
+                       generator=torch.Generator(device=device).manual_seed(seed))
+
+
 class TrainStep:
     """Callable computing the loss of one batch. `adapter` is an LTX-2 model adapter (models/adapter.py)."""
 
@@ -45,6 +55,7 @@ class TrainStep:
         self.adapter = adapter
         self.args = args
         self.mode: LtxMode = args.mode
+        self.draw_noise_on_device: bool | None = None  # None: on CUDA devices (see `noise_on_device`)
 
     # -- randomness -------------------------------------------------------------------------
     def _per_item(self, generator: Generators, batch_size: int) -> list[torch.Generator | None] | None:
@@ -75,16 +86,32 @@ class TrainStep:
 
     def _noise(self, like: torch.Tensor, generator: Generators) -> torch.Tensor:
         gens = self._per_item(generator, like.shape[0])
+        if not self.noise_on_device(like.device):
+            if gens is None:
+                noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
+            else:
+                noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in gens])
+            return _to_device(noise, like.device)
         if gens is None:
-            noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
-        else:
-            noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in gens])
-        return _to_device(noise, like.device)
+            return _device_randn(like.shape, generator, like.device)
+        return torch.stack([_device_randn(like.shape[1:], g, like.device) for g in gens])
+
+    def noise_on_device(self, device: torch.device) -> bool:
+        """Whether noise is drawn by the latents' device itself (CUDA; or where `draw_noise_on_device` says).
+
+        A CPU draw of a full-size video latent and its copy cost the GPU ~10 ms of idling at each step's
+        start; on the device it is one kernel. The host generator still decides it (one seed drawn from
+        it seeds a device generator), so per-item determinism holds the same way."""
+        if self.draw_noise_on_device is not None:
+            return self.draw_noise_on_device
+        return torch.device(device).type == "cuda"
 
     def draw(self, batch: Mapping[str, Any], generator: Generators = None):
         """Sigmas and noise (unpacked, shaped like the latents) of the trained modalities.
 
-        Sigmas are drawn before noise for each modality, video first, so the stream of draws is fixed.
+        Sigmas are drawn before noise for each modality, video first, so the stream of draws is fixed. On
+        CUDA the noise itself is drawn on the device from a seed the host generator draws (`noise_on_device`),
+        so the same seed gives other noise on a GPU than on a CPU, and the same noise on every GPU.
         """
         sigmas: dict[str, torch.Tensor] = {}
         noise: dict[str, torch.Tensor] = {}
