@@ -60,14 +60,23 @@ def parse(argv=None):
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--memory_trace", action="store_true",
                    help="print allocated GiB at every block's forward and backward in one step (where the peak is)")
+    p.add_argument("--memory_peak", action="store_true",
+                   help="print what is alive at one step's peak, grouped by the code that allocated it "
+                        "(CUDA allocator history, benchmarks/memory_peak.py)")
     p.add_argument("--tag", default="")
     return p.parse_args(argv)
+
+
+def _refetch(extra: str) -> int | None:
+    """'rfN': the swapper refetches its last N swapped blocks in forward (`BlockSwapper.set_refetch`)."""
+    return int(extra[2:]) if extra.startswith("rf") and extra[2:].isdigit() else None
 
 
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
     (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
-    prefetch) or '+gc' (no gc.freeze() before the timed steps, unlike the trainer) extras anywhere, and optionally
+    prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer) or '+rfN' (the last N swapped
+    blocks are dropped after their backward and fetched again in forward) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
     head, _, swap = v.partition("@")
@@ -81,9 +90,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst", "gc"}
+    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc"} and not _refetch(x)}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, rfN)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -316,10 +325,13 @@ def main(argv=None) -> dict:
     swap_default = opts.blocks_to_swap
     prefetch = None
     burst = False
+    refetch = 0
 
     def set_options(v: str) -> None:
-        nonlocal prefetch, burst
-        burst = "burst" in parse_variant(v)[1]
+        nonlocal prefetch, burst, refetch
+        extras = parse_variant(v)[1]
+        burst = "burst" in extras
+        refetch = max([_refetch(x) or 0 for x in extras] + [0])
         kwargs = recompute_options(v)
         if kwargs.pop("checkpointing", True):
             transformer.enable_gradient_checkpointing()
@@ -336,6 +348,7 @@ def main(argv=None) -> dict:
             swapper.backward_prefetch = prefetch
         if burst:
             swapper.start_prefetch = swapper.backward_prefetch
+        swapper.set_refetch(refetch)
 
     set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)
@@ -417,6 +430,15 @@ def main(argv=None) -> dict:
             points = memory_trace(list(transformer.transformer_blocks), step, sync)
             top = max(points, key=lambda p: p[2])
             print("MEMTRACE " + json.dumps(dict(tag=a.tag, recompute=variant, peak_at=top, points=points)), flush=True)
+        if a.memory_peak and cuda:
+            import os
+            import sys
+
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from memory_peak import record
+
+            peak = record(lambda: step(30_000), sync)
+            print("MEMPEAK " + json.dumps(dict(tag=a.tag, recompute=variant, **peak)), flush=True)
         if a.profile and cuda:
             profile_step(step, sync, a.tag)
     res = results[-1] if results else {}

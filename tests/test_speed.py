@@ -385,6 +385,39 @@ def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
     assert all(n > 0 for n in sizes())
 
 
+@pytest.mark.parametrize("device", SWAP_DEVICES)
+def test_block_swap_refetches_the_last_blocks_in_forward(device):
+    """With `refetch_in_forward`, the last swapped blocks are dropped again once their backward is queued
+    and fetched back during the next forward; the others stay for it. Swapping the first block too
+    (all but the last), the LoRA gradients equal the resident model's over two steps of accumulation."""
+    batch = {k: v.to(device) for k, v in _batch().items()}
+    ref = _lora_model(torch.float32, num_layers=5).to(device)
+    model = _lora_model(torch.float32, num_layers=5).to(device)
+    swapper = acceleration.BlockSwapper(model, 4, device=device, rerun_in_backward=False, refetch_in_forward=2,
+                                        forward_lead=2)
+    assert swapper.swapped == [0, 1, 2, 3] and swapper.refetch == [2, 3]
+    fetched = []
+    for i in swapper.swapped:
+        store = swapper.stores[i]
+        store.fetch = (lambda original, i: lambda *a: (fetched.append(i), original(*a)))(store.fetch, i)
+    for step in range(2):
+        fetched.clear()
+        _loss(LTXAVModelAdapter.from_components(model), batch).backward()
+        _loss(LTXAVModelAdapter.from_components(ref), batch).backward()
+        assert swapper.resident == {0, 1}  # kept for the next forward; 2 and 3 dropped after their backward
+        # every block in backward; 2 and 3 in forward too (all four in the first forward)
+        assert sorted(fetched) == ([0, 0, 1, 1, 2, 2, 3, 3] if step == 0 else [0, 1, 2, 2, 3, 3])
+        swapper.reset()
+    expect = _grads(ref)
+    got = _grads(model)
+    assert got.keys() == expect.keys() and got
+    for name in expect:
+        torch.testing.assert_close(got[name], expect[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="between 0 and 4"):
+        swapper.set_refetch(5)
+    swapper.remove()
+
+
 def test_blocks_without_recompute_are_spread_or_last():
     from ltxv2_diffusers.training.speed import blocks_without_recompute
 
@@ -437,13 +470,14 @@ def test_block_swap_refuses_more_than_the_host_memory():
     assert (acceleration.available_host_memory() or 1) > 0
 
 
-def test_spread_blocks_keeps_first_and_last_resident():
+def test_spread_blocks_keeps_the_last_resident():
     assert acceleration.spread_blocks(5, 2) == [1, 3]
+    assert acceleration.spread_blocks(48, 47) == list(range(47))
     for n, k in ((48, 1), (48, 20), (48, 46), (5, 2)):
         got = acceleration.spread_blocks(n, k)
-        assert len(got) == k and got == sorted(set(got)) and got[0] >= 1 and got[-1] <= n - 2
-    with pytest.raises(ValueError, match="between 1 and 46"):
-        acceleration.spread_blocks(48, 47)
+        assert len(got) == k and got == sorted(set(got)) and got[0] >= 0 and got[-1] <= n - 2
+    with pytest.raises(ValueError, match="between 1 and 47"):
+        acceleration.spread_blocks(48, 48)
 
 
 def test_benchmark_smoke_on_cpu():
@@ -473,14 +507,42 @@ def test_benchmark_smoke_on_cpu():
         bench.parse_variant("keep+fast@40/26")
 
 
+def test_memory_peak_breakdown_replays_an_allocator_trace():
+    """`benchmarks/memory_peak.py` on a trace in the CUDA allocator's format: the peak counts what was
+    allocated before the trace, less what the trace freed of it, and groups live blocks by their code."""
+    spec = importlib.util.spec_from_file_location("memory_peak", ROOT / "benchmarks" / "memory_peak.py")
+    mp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mp)
+    swap = [{"filename": "/x/site-packages/ltxv2_diffusers/models/acceleration/block_swap.py", "name": "fetch",
+             "line": 120}]
+    graph = [{"filename": "/usr/lib/python3/site-packages/torch/_inductor/output_code.py", "name": "__call__", "line": 1},
+             {"filename": "/tmp/torchinductor_u/ab/cabcdefghijk.py", "name": "call", "line": 99}]
+    gib = 2**30
+    trace = [
+        {"action": "free_requested", "addr": 1, "size": 2 * gib},  # allocated before the trace
+        {"action": "free_completed", "addr": 1, "size": 2 * gib},
+        {"action": "alloc", "addr": 10, "size": 3 * gib, "frames": graph},
+        {"action": "alloc", "addr": 11, "size": 1 * gib, "frames": swap},
+        {"action": "alloc", "addr": 12, "size": 1 * gib, "frames": graph},  # the peak: 10 - 2 + 5 = 13 GiB
+        {"action": "free_completed", "addr": 10, "size": 3 * gib},
+        {"action": "alloc", "addr": 13, "size": 2 * gib, "frames": []},
+    ]
+    got = mp.peak_breakdown(trace, before=10 * gib)
+    assert got["peak_gib"] == 13.0 and got["event"] == 4
+    assert got["sites"] == [["allocated before the step", 8.0, 0], ["compiled graph cabcdefghi:call", 4.0, 2],
+                            ["models/acceleration/block_swap.py:fetch:120", 1.0, 1]]
+
+
 def test_block_counts_are_checked_against_the_models_depth():
     """What the trainer checks from the model's config before a 19B load."""
     from ltxv2_diffusers.training.speed import check_options
 
-    with pytest.raises(ValueError, match=r"--blocks_to_swap must be between 1 and 46 for this 48-block model \(got 47\)"):
-        check_options(SpeedOptions(blocks_to_swap=47), 48, checkpointing=True)  # fetched by gradient hooks
-    assert check_options(SpeedOptions(blocks_to_swap=46, blocks_without_recompute=28), 48, checkpointing=True)
+    with pytest.raises(ValueError, match=r"--blocks_to_swap must be between 1 and 47 for this 48-block model \(got 48\)"):
+        check_options(SpeedOptions(blocks_to_swap=48), 48, checkpointing=True)  # fetched by gradient hooks
+    assert check_options(SpeedOptions(blocks_to_swap=47, blocks_without_recompute=28), 48, checkpointing=True)
     assert not check_options(SpeedOptions(blocks_to_swap=47, recompute="checkpoint"), 48, checkpointing=True)
+    with pytest.raises(ValueError, match="this 1-block model has no block to swap; drop the flag"):
+        acceleration.check_swap_count(1, 1)
     with pytest.raises(ValueError, match="between 1 and 47"):  # whole-block re-runs: all but the first
         check_options(SpeedOptions(blocks_to_swap=48, recompute="checkpoint"), 48, checkpointing=True)
     with pytest.raises(ValueError, match="--blocks_without_recompute must be between 1 and 48"):

@@ -19,12 +19,11 @@ def test_block_counts_beyond_the_models_depth_stop_before_loading(tmp_path_facto
     depth = read_transformer_config(args.ltxv2_model)["num_layers"]
     run = SimpleNamespace(args=args)  # the check reads only the flags and the checkpoint's header
 
-    assert depth == 2  # the demo model: too shallow to swap with gradient-hook fetching
-    with pytest.raises(TrainingFailed, match=r"--blocks_to_swap: this 2-block model has no block to swap; drop the "
-                                             r"flag \(--ltxv2_model "):
-        Trainer._check_block_counts(run, SpeedOptions(blocks_to_swap=1))
-    with pytest.raises(TrainingFailed, match=r"--blocks_to_swap must be between 1 and 1 for this 2-block model \(got 2\)"):
-        Trainer._check_block_counts(run, SpeedOptions(blocks_to_swap=2, recompute="checkpoint"))
+    assert depth == 2  # the demo model
+    for recompute in ("compiled", "checkpoint"):  # gradient-hook fetching, whole-block re-runs
+        with pytest.raises(TrainingFailed, match=r"--blocks_to_swap must be between 1 and 1 for this 2-block model "
+                                                 r"\(got 2\) \(--ltxv2_model "):
+            Trainer._check_block_counts(run, SpeedOptions(blocks_to_swap=2, recompute=recompute))
+        Trainer._check_block_counts(run, SpeedOptions(blocks_to_swap=1, recompute=recompute))
     with pytest.raises(TrainingFailed, match=rf"--blocks_without_recompute must be between 1 and {depth}"):
         Trainer._check_block_counts(run, SpeedOptions(blocks_without_recompute=depth + 1))
-    Trainer._check_block_counts(run, SpeedOptions(blocks_to_swap=1, recompute="checkpoint"))

@@ -276,7 +276,7 @@ def check_options(options: SpeedOptions, num_blocks: int, checkpointing: bool) -
             raise ValueError(f"without_recompute_placement must be 'spread' or 'last', "
                              f"got {options.without_recompute_placement!r}")
     if options.blocks_to_swap:
-        acceleration.check_swap_count(options.blocks_to_swap, num_blocks, rerun_in_backward=checkpointing and not inside)
+        acceleration.check_swap_count(options.blocks_to_swap, num_blocks)
     return inside
 
 
