@@ -67,16 +67,10 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def _refetch(extra: str) -> int | None:
-    """'rfN': the swapper refetches its last N swapped blocks in forward (`BlockSwapper.set_refetch`)."""
-    return int(extra[2:]) if extra.startswith("rf") and extra[2:].isdigit() else None
-
-
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
     (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
-    prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer) or '+rfN' (the last N swapped
-    blocks are dropped after their backward and fetched again in forward) extras anywhere, and optionally
+    prefetch) or '+gc' (no gc.freeze() before the timed steps, unlike the trainer) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
     head, _, swap = v.partition("@")
@@ -90,9 +84,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc"} and not _refetch(x)}
+    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst", "gc"}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, rfN)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -325,13 +319,10 @@ def main(argv=None) -> dict:
     swap_default = opts.blocks_to_swap
     prefetch = None
     burst = False
-    refetch = 0
 
     def set_options(v: str) -> None:
-        nonlocal prefetch, burst, refetch
-        extras = parse_variant(v)[1]
-        burst = "burst" in extras
-        refetch = max([_refetch(x) or 0 for x in extras] + [0])
+        nonlocal prefetch, burst
+        burst = "burst" in parse_variant(v)[1]
         kwargs = recompute_options(v)
         if kwargs.pop("checkpointing", True):
             transformer.enable_gradient_checkpointing()
@@ -348,7 +339,6 @@ def main(argv=None) -> dict:
             swapper.backward_prefetch = prefetch
         if burst:
             swapper.start_prefetch = swapper.backward_prefetch
-        swapper.set_refetch(refetch)
 
     set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)

@@ -16,12 +16,18 @@ def evenly_spaced(num_blocks: int, count: int) -> list[int]:
 
 
 def spread_blocks(num_blocks: int, count: int) -> list[int]:
-    """`count` block indices spread evenly over blocks 0..num_blocks-2 (the last one stays resident: its
-    backward starts the moment the forward ends, with no time to fetch it)."""
-    inner = num_blocks - 1
-    if not 0 < count <= inner:
-        raise ValueError(f"can spread between 1 and {inner} of {num_blocks} blocks (got {count})")
-    return evenly_spaced(inner, count)
+    """`count` block indices spread evenly over blocks 0..num_blocks-3, or all but the last.
+
+    The last block stays resident: its backward starts the moment forward ends, with no time to fetch
+    it. So does the one before it, unless all but the last are asked for: where memory peaks, as
+    backward starts, that block would be back on the GPU anyway (fetched, and kept for the next
+    forward), so swapping it frees nothing there and costs a copy when the host link is busiest.
+    """
+    if not 0 < count < num_blocks:
+        raise ValueError(f"can spread between 1 and {num_blocks - 1} of {num_blocks} blocks (got {count})")
+    if count == num_blocks - 1:
+        return list(range(count))
+    return evenly_spaced(num_blocks - 2, count)
 
 
 def check_swap_count(count: int, num_blocks: int) -> None:
@@ -157,17 +163,13 @@ class BlockSwapper:
       `start_prefetch` of them at the start of backward, before any activation has been freed); it then
       stays on the GPU into the next step's forward. So memory is freed where it peaks, between forward and backward, and each
       swapped block crosses the host link once per step, during backward, which is twice as long as
-      forward. Except the last `refetch_in_forward` swapped blocks: their backward comes first, while
-      every activation is still alive, so each is dropped again once its backward is queued (two blocks
-      further down) and fetched back in the next forward, `forward_lead` blocks ahead of its use, when
-      the link is otherwise idle. That flattens the memory bump of early backward. Compiled blocks save the parameters themselves for backward, whose storage the
+      forward. Compiled blocks save the parameters themselves for backward, whose storage the
       swapper replaces in place, so backward reads the fetched copy. (Eager linear layers save a
       transposed view instead, which stays correct but holds the weights until backward.)
     """
 
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
-                 rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1,
-                 refetch_in_forward: int = 0, forward_lead: int = 16):
+                 rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1):
         blocks = list(transformer.transformer_blocks)
         check_swap_count(num_blocks, len(blocks))
         self.device = torch.device(device)
@@ -184,8 +186,6 @@ class BlockSwapper:
         swapped = (range(len(blocks) - num_blocks, len(blocks)) if rerun_in_backward
                    else spread_blocks(len(blocks), num_blocks))
         self.swapped = sorted(swapped)
-        self.forward_lead = forward_lead
-        self.set_refetch(refetch_in_forward)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         check_host_memory(sum(_HostCopy.bytes_needed(blocks[i]) for i in self.swapped), f"--blocks_to_swap {num_blocks}")
@@ -200,14 +200,6 @@ class BlockSwapper:
             else:
                 self._handles.append(block.register_forward_pre_hook(self._make_forward_hook(i)))
                 self._handles.append(block.register_forward_hook(self._make_backward_trigger(i)))
-
-    def set_refetch(self, count: int) -> None:
-        """Refetch the last `count` swapped blocks in forward (see the class docstring; gradient-hook mode)."""
-        if not 0 <= count <= len(self.swapped):
-            raise ValueError(f"can refetch between 0 and {len(self.swapped)} swapped blocks in forward (got {count})")
-        if count and self.rerun_in_backward:
-            raise ValueError("refetching in forward applies to gradient-hook mode, not to whole-block re-runs")
-        self.refetch = self.swapped[len(self.swapped) - count:] if count else []
 
     def _prefetch(self, i: int) -> None:
         if i not in self.stores or i in self.resident:
@@ -265,9 +257,6 @@ class BlockSwapper:
                 self._release(j)
             for j in self._next_swapped(i, +1):
                 self._prefetch(j)
-            for j in self.refetch:
-                if i < j <= i + self.forward_lead:
-                    self._prefetch(j)
             return None
 
         return hook
@@ -275,9 +264,6 @@ class BlockSwapper:
     def _make_backward_trigger(self, i: int):
         def on_grad(grad):
             self._ensure(i)
-            for j in self.refetch:  # block i + 1's backward may still be running its nodes; i + 2's is queued
-                if j > i + 1 and j in self.resident:
-                    self._release(j)
             ahead = self.backward_prefetch if self._backward_started else min(self.start_prefetch, self.backward_prefetch)
             self._backward_started = True
             for j in self._next_swapped(i, -1, ahead):  # blocks above stay for the next forward
