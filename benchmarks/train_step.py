@@ -67,10 +67,16 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def _tail(extra: str) -> int | None:
+    """'tailN': the last N blocks stay resident when swapping (`spread_blocks(resident_tail=N)`, default 2)."""
+    return int(extra[4:]) if extra.startswith("tail") and extra[4:].isdigit() else None
+
+
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
     (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
-    prefetch) or '+gc' (no gc.freeze() before the timed steps, unlike the trainer) extras anywhere, and optionally
+    prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer) or '+tailN' (the last N blocks
+    stay resident instead of 2 when blocks are swapped) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
     head, _, swap = v.partition("@")
@@ -84,9 +90,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = set(extras + more) - {"cg", "combo", "cpp", "burst", "gc"}
+    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc"} and _tail(x) is None}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, tailN)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -319,10 +325,13 @@ def main(argv=None) -> dict:
     swap_default = opts.blocks_to_swap
     prefetch = None
     burst = False
+    tail = None
 
     def set_options(v: str) -> None:
-        nonlocal prefetch, burst
-        burst = "burst" in parse_variant(v)[1]
+        nonlocal prefetch, burst, tail
+        extras = parse_variant(v)[1]
+        burst = "burst" in extras
+        tail = next((_tail(x) for x in extras if _tail(x) is not None), None)
         kwargs = recompute_options(v)
         if kwargs.pop("checkpointing", True):
             transformer.enable_gradient_checkpointing()
@@ -332,17 +341,25 @@ def main(argv=None) -> dict:
         for key, value in kwargs.items():
             setattr(opts, key, value)
 
-    def set_prefetch(swapper) -> None:
+    def set_prefetch(swapper):
+        """The variant's swapper: its prefetch settings, rebuilt with another resident tail if asked."""
         if swapper is None:
-            return
+            return None
+        if tail is not None and not swapper.rerun_in_backward:
+            from ltxv2_diffusers.models.acceleration import BlockSwapper
+
+            swapper.remove()
+            swapper = BlockSwapper(transformer, opts.blocks_to_swap, device=a.device, rerun_in_backward=False,
+                                   resident_tail=tail)
         if prefetch is not None:
             swapper.backward_prefetch = prefetch
         if burst:
             swapper.start_prefetch = swapper.backward_prefetch
+        return swapper
 
     set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)
-    set_prefetch(speed.swapper)
+    speed.swapper = set_prefetch(speed.swapper)
     recomputed_by = speed.recompute  # what actually recomputes (block swapping forces whole blocks)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
@@ -388,8 +405,7 @@ def main(argv=None) -> dict:
                 speed.swapper.remove()
             torch._dynamo.reset()
             set_options(variant)
-            speed.swapper = make_swapper(transformer, opts, a.device)
-            set_prefetch(speed.swapper)
+            speed.swapper = set_prefetch(make_swapper(transformer, opts, a.device))
             recomputed_by = configure_recompute(transformer, opts)
         freeze = "gc" not in parse_variant(variant)[1]
         try:

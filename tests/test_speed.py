@@ -443,6 +443,10 @@ def test_spread_blocks_keeps_the_last_two_resident_unless_all_but_one_are_asked_
     assert acceleration.spread_blocks(48, 46) == list(range(46))
     assert acceleration.spread_blocks(48, 47) == list(range(47))
     assert acceleration.spread_blocks(2, 1) == [0]
+    assert acceleration.spread_blocks(48, 45, resident_tail=3) == list(range(45))
+    assert acceleration.spread_blocks(6, 2, resident_tail=1) == [1, 3]  # over blocks 0..4
+    with pytest.raises(ValueError, match="resident_tail must be >= 1"):
+        acceleration.spread_blocks(6, 2, resident_tail=0)
     for n, k in ((48, 1), (48, 20), (48, 45), (5, 2), (5, 3)):
         got = acceleration.spread_blocks(n, k)
         assert len(got) == k and got == sorted(set(got)) and got[0] >= 0 and got[-1] <= n - 3

@@ -15,19 +15,20 @@ def evenly_spaced(num_blocks: int, count: int) -> list[int]:
     return sorted({int((k + 0.5) * num_blocks / count) for k in range(count)})
 
 
-def spread_blocks(num_blocks: int, count: int) -> list[int]:
-    """`count` block indices spread evenly over blocks 0..num_blocks-3, or all but the last.
+def spread_blocks(num_blocks: int, count: int, resident_tail: int = 2) -> list[int]:
+    """`count` block indices spread evenly over all blocks but the last `resident_tail` (fewer where
+    `count` asks for more; the last block always stays).
 
     The last block stays resident: its backward starts the moment forward ends, with no time to fetch
-    it. So does the one before it, unless all but the last are asked for: where memory peaks, as
-    backward starts, that block would be back on the GPU anyway (fetched, and kept for the next
-    forward), so swapping it frees nothing there and costs a copy when the host link is busiest.
+    it. The blocks just before it need not be swapped either: where memory peaks, as backward starts,
+    they are back on the GPU anyway (fetched, and kept for the next forward), so swapping them frees
+    nothing there and costs copies when the host link is busiest.
     """
     if not 0 < count < num_blocks:
         raise ValueError(f"can spread between 1 and {num_blocks - 1} of {num_blocks} blocks (got {count})")
-    if count == num_blocks - 1:
-        return list(range(count))
-    return evenly_spaced(num_blocks - 2, count)
+    if resident_tail < 1:
+        raise ValueError(f"resident_tail must be >= 1 (the last block stays), got {resident_tail}")
+    return evenly_spaced(max(num_blocks - resident_tail, count), count)
 
 
 def check_swap_count(count: int, num_blocks: int) -> None:
@@ -169,7 +170,8 @@ class BlockSwapper:
     """
 
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
-                 rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1):
+                 rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1,
+                 resident_tail: int = 2):
         blocks = list(transformer.transformer_blocks)
         check_swap_count(num_blocks, len(blocks))
         self.device = torch.device(device)
@@ -184,7 +186,7 @@ class BlockSwapper:
         self.start_prefetch = start_prefetch
         self._backward_started = False
         swapped = (range(len(blocks) - num_blocks, len(blocks)) if rerun_in_backward
-                   else spread_blocks(len(blocks), num_blocks))
+                   else spread_blocks(len(blocks), num_blocks, resident_tail))
         self.swapped = sorted(swapped)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
