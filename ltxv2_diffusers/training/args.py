@@ -148,12 +148,12 @@ FLAGS: tuple[Flag, ...] = (
     F("--attention_backend", str, None, "diffusers attention backend (e.g. flash, _native_cudnn)", group="speed"),
     F("--low_memory", bool, False, "int8 frozen base weights and 8 swapped blocks (about 24 GiB)", group="speed"),
     F("--blocks_to_swap", int, None, "keep the frozen weights of N blocks in CPU memory, copied to the GPU ahead "
-      "of use (about 0.73 GiB each for LTX-2 19B); with compiled recompute they are spread over the model and "
-      "cross the host link once per step, during backward", group="speed"),
+      "of use (about 0.73 GiB each for LTX-2 19B); with compiled recompute they are spread over all blocks but the "
+      "last two and cross the host link once per step, during backward", group="speed"),
     F("--blocks_without_recompute", int, 0, "with --gradient_checkpointing and compiled recompute: N blocks "
       "(spread over the model) keep every activation instead of recomputing (about 1 GiB each at 768x512x121, 5-10 ms/step "
       "faster each on an H100); pay for them with --blocks_to_swap and --offload_optimizer, e.g. --blocks_to_swap 46 "
-      "--blocks_without_recompute 32 --offload_optimizer fits 45 GiB", group="speed"),
+      "--blocks_without_recompute 33 --offload_optimizer fits 45 GiB", group="speed"),
     F("--offload_optimizer", bool, False, "keep the fp32 master weights and AdamW moments (12 bytes per LoRA "
       "parameter, 2.4 GiB for a rank-32 AV LoRA) in pinned CPU memory; each step's update is applied four blocks "
       "at a time during the next forward (fast path, AdamW, CUDA)", group="speed"),
