@@ -475,6 +475,7 @@ def test_benchmark_smoke_on_cpu():
     assert bench.parse_variant("keep@44/28/2/spread+cpp") == ("keep", ["cpp"], [44, 28, 2], "spread")
     assert bench.parse_variant("0.05+cg") == ("0.05", ["cg"], None, None)
     assert bench.parse_variant("keep@40/26") == ("keep", [], [40, 26, None], None)
+    assert bench.parse_variant("keep@45/33/2/spread+tail3") == ("keep", ["tail3"], [45, 33, 2], "spread")
     with pytest.raises(ValueError, match="after '@' give S/K"):
         bench.parse_variant("keep@40")
     with pytest.raises(ValueError, match="unknown extras"):
