@@ -63,6 +63,8 @@ def parse(argv=None):
     p.add_argument("--memory_peak", action="store_true",
                    help="print what is alive at one step's peak, grouped by the code that allocated it "
                         "(CUDA allocator history, benchmarks/memory_peak.py)")
+    p.add_argument("--results", default=None,
+                   help="also append every RESULT/MEMTRACE/MEMPEAK line to this file (a log's tail may be cut)")
     p.add_argument("--tag", default="")
     return p.parse_args(argv)
 
@@ -95,6 +97,15 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, tailN)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
+
+
+def report(a, kind: str, record: dict) -> None:
+    """Print one `KIND {json}` line, and append it to `--results` when given."""
+    line = f"{kind} {json.dumps(record)}"
+    print(line, flush=True)
+    if a.results:
+        with open(a.results, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def matmul_ceiling(device: str) -> float | None:
@@ -413,8 +424,7 @@ def main(argv=None) -> dict:
                 freeze_host_objects()
             res = measure(a, step, sync, cuda, clock)
         except torch.OutOfMemoryError as e:
-            print(f"RESULT {json.dumps(dict(tag=a.tag, recompute=variant, error='out of memory'))}",
-                  flush=True)
+            report(a, "RESULT", dict(tag=a.tag, recompute=variant, error="out of memory"))
             print(str(e)[:300])
             continue
         finally:
@@ -430,12 +440,12 @@ def main(argv=None) -> dict:
             res.update(forward_tflop=round(fflops / 1e12, 1), achieved_tflops=round(useful / med / 1e12),
                        matmul_ceiling_tflops=round(ceiling), mfu_vs_ceiling=round(useful / med / (ceiling * 1e12), 3),
                        gpu=torch.cuda.get_device_name())
-        print("RESULT " + json.dumps(res), flush=True)
+        report(a, "RESULT", res)
         results.append(res)
         if a.memory_trace and cuda:
             points = memory_trace(list(transformer.transformer_blocks), step, sync)
             top = max(points, key=lambda p: p[2])
-            print("MEMTRACE " + json.dumps(dict(tag=a.tag, recompute=variant, peak_at=top, points=points)), flush=True)
+            report(a, "MEMTRACE", dict(tag=a.tag, recompute=variant, peak_at=top, points=points))
         if a.memory_peak and cuda:
             import os
             import sys
@@ -444,7 +454,7 @@ def main(argv=None) -> dict:
             from memory_peak import record
 
             peak = record(lambda: step(30_000), sync)
-            print("MEMPEAK " + json.dumps(dict(tag=a.tag, recompute=variant, **peak)), flush=True)
+            report(a, "MEMPEAK", dict(tag=a.tag, recompute=variant, **peak))
         if a.profile and cuda:
             profile_step(step, sync, a.tag)
     res = results[-1] if results else {}

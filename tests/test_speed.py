@@ -3,6 +3,7 @@ fp32 path within bf16 tolerance, int8 base weights stay within quantization erro
 weights update like a plain fp32 optimizer, and the benchmark's CPU smoke mode runs."""
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -454,12 +455,15 @@ def test_spread_blocks_keeps_the_last_two_resident_unless_all_but_one_are_asked_
         acceleration.spread_blocks(48, 48)
 
 
-def test_benchmark_smoke_on_cpu():
+def test_benchmark_smoke_on_cpu(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    results = tmp_path / "results.jsonl"
     res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
-                      "--height", "64", "--width", "64", "--text_len", "8"])
+                      "--height", "64", "--width", "64", "--text_len", "8", "--results", str(results)])
+    kind, _, line = results.read_text().partition(" ")
+    assert kind == "RESULT" and json.loads(line)["s_per_step"] == res["s_per_step"]
     assert res["s_per_step"] > 0 and res["video_tokens"] == 2 * 2 * 2 and res["lora_params_m"] > 0
     assert torch.isfinite(torch.tensor(res["loss"])) and res["s_per_step_pipelined"] > 0
     assert list(res["phases"]) == ["forward+loss", "backward", "grads_to_master", "optimizer", "master_to_model"]
