@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
 import torch._inductor.config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling scripts: gpu_gaps, memory_peak
 
 
 def parse(argv=None):
@@ -222,13 +226,10 @@ def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
 
 def profile_step(step, sync, tag: str) -> None:
     """Kernel-time table and idle-GPU report of one step."""
-    import os
-    import sys
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from gpu_gaps import gap_report, print_report
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
@@ -352,7 +353,7 @@ def main(argv=None) -> dict:
         for key, value in kwargs.items():
             setattr(opts, key, value)
 
-    def set_prefetch(swapper):
+    def variant_swapper(swapper):
         """The variant's swapper: its prefetch settings, rebuilt with another resident tail if asked."""
         if swapper is None:
             return None
@@ -370,7 +371,7 @@ def main(argv=None) -> dict:
 
     set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)
-    speed.swapper = set_prefetch(speed.swapper)
+    speed.swapper = variant_swapper(speed.swapper)
     recomputed_by = speed.recompute  # what actually recomputes (block swapping forces whole blocks)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
@@ -416,7 +417,7 @@ def main(argv=None) -> dict:
                 speed.swapper.remove()
             torch._dynamo.reset()
             set_options(variant)
-            speed.swapper = set_prefetch(make_swapper(transformer, opts, a.device))
+            speed.swapper = variant_swapper(make_swapper(transformer, opts, a.device))
             recomputed_by = configure_recompute(transformer, opts)
         freeze = "gc" not in parse_variant(variant)[1]
         try:
@@ -447,10 +448,6 @@ def main(argv=None) -> dict:
             top = max(points, key=lambda p: p[2])
             report(a, "MEMTRACE", dict(tag=a.tag, recompute=variant, peak_at=top, points=points))
         if a.memory_peak and cuda:
-            import os
-            import sys
-
-            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             from memory_peak import record
 
             peak = record(lambda: step(30_000), sync)
