@@ -8,6 +8,15 @@ import torch
 from torch import nn
 
 
+def flat_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors flattened and concatenated into one 1-D tensor. torch's C++ helper (the one DDP buckets
+    with) instead of a Python reshape per tensor: about half the host time for the ~2k LoRA gradients of
+    a step (measured on a CPU), which the CPU spends while the GPU finishes backward with little slack."""
+    from torch._utils import _flatten_dense_tensors
+
+    return _flatten_dense_tensors(tensors)
+
+
 class MasterWeights:
     """Trainable parameters compute in `compute_dtype`; the optimizer steps one flat fp32 master.
 
@@ -50,7 +59,7 @@ class MasterWeights:
             return
         if any(g is None for g in grads):  # a parameter this forward did not use
             grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.model_params)]
-        flat = torch.cat([g.reshape(-1) for g in grads])  # one kernel for ~2k tensors
+        flat = flat_cat(grads)  # one kernel for ~2k tensors
         if accumulate and self.flat.grad is not None:
             self.flat.grad.add_(flat)  # adds in fp32
         else:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .block_swap import check_host_memory
-from .master_weights import MasterWeights
+from .master_weights import MasterWeights, flat_cat
 
 
 def host_copy(t: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -80,7 +80,7 @@ class HostMasterWeights(MasterWeights):
             return
         for r, (_, a, b) in enumerate(self.runs):
             params = self.model_params[a:b]
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            flat = flat_cat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
             if accumulate and self.grads[r] is not None:
                 self.grads[r].add_(flat)
             else:
