@@ -486,6 +486,14 @@ def test_benchmark_smoke_on_cpu(tmp_path):
         bench.parse_variant("keep+fast@40/26")
 
 
+def test_grad_gather_benchmark_smoke_on_cpu():
+    spec = importlib.util.spec_from_file_location("grad_gather", ROOT / "benchmarks" / "grad_gather.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--runs", "3", "--per_run", "5", "--repeats", "2"])
+    assert res["same_values"] and res["tensors"] == 15 and res["flat_cat_ms"] > 0 and res["reshape_cat_ms"] > 0
+
+
 def test_memory_peak_breakdown_replays_an_allocator_trace():
     """`benchmarks/memory_peak.py` on a trace in the CUDA allocator's format: the peak counts what was
     allocated before the trace, less what the trace freed of it, and groups live blocks by their code."""
