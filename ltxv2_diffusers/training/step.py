@@ -86,15 +86,15 @@ class TrainStep:
 
     def _noise(self, like: torch.Tensor, generator: Generators) -> torch.Tensor:
         gens = self._per_item(generator, like.shape[0])
-        if not self.noise_on_device(like.device):
-            if gens is None:
-                noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
-            else:
-                noise = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in gens])
-            return _to_device(noise, like.device)
-        if gens is None:
-            return _device_randn(like.shape, generator, like.device)
-        return torch.stack([_device_randn(like.shape[1:], g, like.device) for g in gens])
+        on_device = self.noise_on_device(like.device)
+
+        def randn(shape, gen):
+            if on_device:
+                return _device_randn(shape, gen, like.device)
+            return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+        noise = randn(like.shape, generator) if gens is None else torch.stack([randn(like.shape[1:], g) for g in gens])
+        return noise if on_device else _to_device(noise, like.device)
 
     def noise_on_device(self, device: torch.device) -> bool:
         """Whether noise is drawn by the latents' device itself (CUDA; or where `draw_noise_on_device` says).
