@@ -183,7 +183,8 @@ class PhaseClock:
 
 def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
     """Warm up, then time `a.steps` steps; s/step is the median. Then `a.steps` more steps without a
-    synchronize between them (s_per_step_pipelined): a loop that never waits on the GPU mid-run."""
+    synchronize between them, as the trainer runs (s_per_step_pipelined: their mean;
+    s_per_step_pipelined_median: the median interval between their starts on the GPU)."""
     losses = []
     t = time.perf_counter()
     for i in range(a.warmup):
@@ -208,13 +209,24 @@ def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
         clock.active = False
         phases = clock.summary()
     t = time.perf_counter()
-    pipelined = [step(a.warmup + a.steps + i) for i in range(a.steps)]
+    starts = []  # device-side marks where each pipelined step's work begins (and one after the last)
+    pipelined = []
+    for i in range(a.steps + 1):
+        if cuda:
+            starts.append(torch.cuda.Event(enable_timing=True))
+            starts[-1].record()
+        if i < a.steps:
+            pipelined.append(step(a.warmup + a.steps + i))
     sync()
     pipelined_s = (time.perf_counter() - t) / a.steps
     losses += [float(v.detach()) for v in pipelined]
+    # the trainer's loop never waits (training/outcome.py): its s/step is the period of these steps
+    periods = [x.elapsed_time(y) / 1e3 for x, y in zip(starts, starts[1:])] if cuda else [pipelined_s]
     res = dict(s_per_step=round(statistics.median(times), 3), min_s=round(min(times), 3),
                times=[round(t, 3) for t in times],
                s_per_step_pipelined=round(pipelined_s, 3),
+               s_per_step_pipelined_median=round(statistics.median(periods), 3),
+               pipelined_times=[round(t, 3) for t in periods],
                loss=round(losses[-1], 4), warmup_s=round(warmup_s, 1), losses=[round(v, 4) for v in losses])
     if phases:
         res["phases"] = phases
@@ -378,6 +390,8 @@ def main(argv=None) -> dict:
     tokens = adapter.token_counts(batch)
     from torch.profiler import record_function
 
+    from ltxv2_diffusers.training.outcome import StepOutcome
+
     clock = PhaseClock(cuda)
 
     def step(i: int):
@@ -395,6 +409,10 @@ def main(argv=None) -> dict:
             speed.before_optimizer_step()
         clock.mark("grads_to_master")
         with record_function("step/optimizer"):
+            # as the trainer does: clipped, the verdict on its way to the host, skipped on the device if bad
+            norm = speed.clip_grad_norm(1.0)
+            outcome = StepOutcome(i + 1, [loss, norm], {**logs, "grad_norm": norm}, loss.device)
+            speed.skip_if(outcome.found_inf)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         clock.mark("optimizer")

@@ -1,7 +1,7 @@
 """The trainer CLI itself at full size: s/step of `ltxv2_diffusers.cli.train` on the 19B AV transformer
 (random weights) with cached items at 768x512x121, to set beside `train_step.py`'s figure for the
-same flags. The trainer adds what the benchmark's loop leaves out: data loading, the non-finite
-guard's one wait per step, logging and the host bookkeeping between steps.
+same flags. The trainer adds what the benchmark's loop leaves out: data loading, logging and the
+host bookkeeping between steps (it reads each step's verdict and logs one step late, without waiting).
 
 Writes under `--workdir` (reused when present): an official checkpoint holding the transformer and
 the VAEs (`--preset`, random bf16 weights: 40 GB at full size), `--items` cached items in the musubi layout
@@ -10,7 +10,7 @@ after `--` and prints one `RESULT {json}` line: the median and min of the traine
 over the steps after the first two (the first compiles), the peak GPU memory and the losses.
 
     python benchmarks/trainer_full_size.py --workdir /tmp/ws -- --gradient_checkpointing \\
-        --blocks_to_swap 46 --blocks_without_recompute 32 --offload_optimizer
+        --blocks_to_swap 46 --blocks_without_recompute 33 --offload_optimizer
     python benchmarks/trainer_full_size.py --preset tiny --steps 4     # smoke test (CPU)
 """
 

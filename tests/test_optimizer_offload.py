@@ -66,7 +66,7 @@ def test_offloaded_adamw_trains_like_fused_adamw(device, levers):
         assert norm == pytest.approx(ref_norm, rel=1e-5) and norm > 0.05  # clipping was active
     # Until the next forward (or a flush) the model still holds the previous weights.
     assert not torch.equal(off.master.flat_model, ref.master.flat_model)
-    off.flush()
+    opt.flush()  # the update, and the host copies of the state (and step count) current
     torch.testing.assert_close(off.master.flat.detach(), ref.master.flat.detach().cpu(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(off.master.flat_model.float(), ref.master.flat_model.float(), rtol=1e-2, atol=1e-6)
     ref_state, state = ref_opt.state[ref.master.flat], opt.state[off.master.flat]
@@ -88,6 +88,34 @@ def test_offloaded_update_is_exact_without_clipping(device):
     opt.flush()
     assert torch.equal(off.master.flat.detach(), ref.master.flat.detach().cpu())
     assert torch.equal(off.master.flat_model, ref.master.flat_model)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_step_skipped_on_the_device_leaves_everything_as_it_was(device):
+    """`found_inf` = 1, as the trainer passes for a non-finite step without waiting for the verdict:
+    weights, moments and step count stay as they were, as with fused AdamW, and the run goes on
+    exactly as one in which that step never happened."""
+    ref_model, ref, ref_opt = _setup(device, offload=False)
+    model, off, opt = _setup(device, offload=True)
+    plain_model, plain, plain_opt = _setup(device, offload=True)
+    for step, skip in enumerate([False, True, False]):
+        flag = torch.tensor(float(skip), device=device)
+        for setup in (ref, off):
+            assert setup.skips_on_device
+            setup.skip_if(flag)
+        _step(ref_model, ref, ref_opt, step, device, micro_batches=1)
+        _step(model, off, opt, step, device, micro_batches=1)
+        if not skip:
+            _step(plain_model, plain, plain_opt, step, device, micro_batches=1)
+    opt.flush()
+    plain_opt.flush()
+    state, ref_state, plain_state = (o.state[s.master.flat] for o, s in ((opt, off), (ref_opt, ref), (plain_opt, plain)))
+    assert float(state["step"]) == float(ref_state["step"]) == float(plain_state["step"]) == 2
+    assert torch.equal(off.master.flat.detach(), ref.master.flat.detach().cpu())
+    assert torch.equal(off.master.flat.detach(), plain.master.flat.detach())
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key], plain_state[key])
+        torch.testing.assert_close(state[key], ref_state[key].cpu(), rtol=1e-6, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -466,6 +466,7 @@ def test_benchmark_smoke_on_cpu(tmp_path):
     assert kind == "RESULT" and json.loads(line)["s_per_step"] == res["s_per_step"]
     assert res["s_per_step"] > 0 and res["video_tokens"] == 2 * 2 * 2 and res["lora_params_m"] > 0
     assert torch.isfinite(torch.tensor(res["loss"])) and res["s_per_step_pipelined"] > 0
+    assert res["s_per_step_pipelined_median"] > 0 and len(res["pipelined_times"]) >= 1
     assert list(res["phases"]) == ["forward+loss", "backward", "grads_to_master", "optimizer", "master_to_model"]
     assert all(p["host_ms"] >= 0 for p in res["phases"].values())
     # several variants in one process, the second one swapping blocks (re-run mode on a CPU)

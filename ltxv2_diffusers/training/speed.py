@@ -118,17 +118,33 @@ class SpeedSetup:
         return [self.master.flat] if self.master is not None else self.trainable_params
 
     def make_optimizer(self, cls=torch.optim.AdamW, **kwargs) -> torch.optim.Optimizer:
-        """Build `cls` over `optimizer_params`; torch AdamW gets `fused=True` on CUDA, or becomes
+        """Build `cls` over `optimizer_params`; torch AdamW gets `fused=True`, or becomes
         `OffloadedAdamW` (same kernel, state in host memory) with `offload_optimizer`."""
         if self.offloaded:
             if cls is not torch.optim.AdamW:
                 raise ValueError(f"--offload_optimizer implements AdamW, not {cls.__name__}; drop one of them")
             self.optimizer = acceleration.OffloadedAdamW(self.master, **kwargs)
             return self.optimizer
-        if cls is torch.optim.AdamW and self.device_type == "cuda":
+        if cls is torch.optim.AdamW:  # one kernel; and it can skip a non-finite step by itself (`skip_if`)
             kwargs.setdefault("fused", True)
         self.optimizer = cls(self.optimizer_params, **kwargs)
         return self.optimizer
+
+    @property
+    def skips_on_device(self) -> bool:
+        """Whether the optimizer `make_optimizer` built can skip a step on the device's own verdict
+        (`skip_if`), so the host need not wait for it: torch's fused AdamW and `OffloadedAdamW` can."""
+        opt = self.optimizer
+        if isinstance(opt, acceleration.OffloadedAdamW):
+            return True
+        return isinstance(opt, torch.optim.AdamW) and all(g.get("fused") for g in opt.param_groups)
+
+    def skip_if(self, found_inf: torch.Tensor | None) -> None:
+        """Make the next `optimizer.step()` leave weights, moments and step count as they are where the
+        0-d float tensor `found_inf` is 1 (None: always step); needs `skips_on_device`."""
+        if found_inf is not None and not self.skips_on_device:
+            raise ValueError(f"{type(self.optimizer).__name__} cannot skip a step on the device")
+        self.optimizer.found_inf = found_inf  # read by fused AdamW's step, like GradScaler's
 
     def clip_grad_norm(self, max_norm: float, accelerator=None) -> torch.Tensor:
         """Clip the gradients the optimizer will step to a total norm of `max_norm`; returns the norm."""

@@ -22,6 +22,7 @@ import torch
 from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict
 from ltxv2_diffusers.training.logging import MetricsLog
+from ltxv2_diffusers.training.outcome import StepOutcome
 from ltxv2_diffusers.training.prefetch import Prefetcher
 from ltxv2_diffusers.training.speed import freeze_host_objects, thaw_host_objects
 from ltxv2_diffusers.training.step import TrainStep
@@ -227,16 +228,10 @@ class Trainer:
     def _generators(self, step: int, micro: int, offset: int, n: int) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(item_seed(self.args.seed, step, micro, offset + i)) for i in range(n)]
 
-    def _all_finite(self, values: list[torch.Tensor]) -> bool:
-        """Whether every value is finite on every rank: one wait for the GPU, however many values."""
-        device = self.accelerator.device
-        bad = torch.stack([~torch.isfinite(torch.as_tensor(v, device=device).detach()).all()
-                           for v in values]).any().float().reshape(1)
-        bad = self.accelerator.reduce(bad, reduction="sum") if self.world_size > 1 else bad
-        return float(bad.item()) == 0.0
-
-    def _optimizer_step(self, stream) -> dict[str, float]:
-        """One optimizer step over `gradient_accumulation_steps` global batches; returns logs."""
+    def _queue_step(self, stream) -> StepOutcome:
+        """Forward and backward of one optimizer step's `gradient_accumulation_steps` global batches, the
+        gradients into the fp32 masters and clipped, all queued on the device; returns the step's outcome
+        on its way to the host. The update itself is `_update`'s."""
         args, acc = self.args, self.accelerator
         accum = args.gradient_accumulation_steps
         step = self.progress.global_step
@@ -262,55 +257,97 @@ class Trainer:
             with ctx:
                 with acc.autocast(), self.speed.autocast():
                     loss, logs = self.step_fn(local, gens)
-                # Backward runs before the finiteness check, so the CPU never waits for the forward to
-                # finish before queueing it; a non-finite loss only leaves gradients the step discards.
+                # Backward runs whatever the loss is, so the host never waits for the forward to finish
+                # before queueing it; a non-finite loss only leaves gradients the step discards.
                 acc.backward(loss / accum)
                 self.speed.accumulate_grads()
             losses.append(loss)
-            for key, value in logs.items():  # summed on the device: read once, after the check below
+            for key, value in logs.items():  # summed on the device, read with the verdict
                 sums[key] = sums.get(key, 0.0) + torch.as_tensor(value).detach().double() / accum
-        # Gradients into the fp32 masters and clipped before the step's one wait, so the GPU has that
-        # work queued instead of idling while the host decides; a skipped step discards them.
         self.speed.before_optimizer_step()
         # With fp16 the grad scaler unscales in the clip and must then step, and it skips overflowing
-        # steps itself (lowering its scale): there the clip waits for the losses' verdict.
-        scaled = acc.scaler is not None
-        clip = args.max_grad_norm > 0
-        grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc) if clip and not scaled else None
+        # steps itself (lowering its scale): there the clip waits for the losses' verdict (`_update`).
+        grad_norm = None
+        if args.max_grad_norm > 0 and acc.scaler is None:
+            grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc)
+            sums["grad_norm"] = grad_norm
         checks = losses + ([grad_norm] if grad_norm is not None else [])
-        finite = self._all_finite(checks)  # every rank takes the same decision; the step's one wait
-        sums = {key: float(value) for key, value in sums.items()}
-        # logs are this process's; average them so every rank reports the global value
-        if self.world_size > 1:
-            keys = sorted(sums)
-            vec = torch.tensor([sums[k] for k in keys], device=acc.device, dtype=torch.float64)
-            vec = acc.reduce(vec, reduction="mean")
-            sums = dict(zip(keys, vec.tolist()))
-        if finite:
-            if clip and scaled:
-                grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc)
+        return StepOutcome(step + 1, checks, sums, acc.device, world_size=self.world_size,
+                           reduce_sum=lambda t: acc.reduce(t, reduction="sum"), finished_epochs=finished_epochs)
+
+    @property
+    def _skips_on_device(self) -> bool:
+        """Whether a step's update can go in on the device's own verdict, with no host wait (not with fp16's
+        grad scaler, which decides on the host, nor with optimizers lacking a device-side skip)."""
+        return self.speed.skips_on_device and self.accelerator.scaler is None
+
+    def _update(self, outcome: StepOutcome) -> None:
+        """Apply `outcome`'s step: skipped on the device where non-finite, else (fp16, AdamW8bit) after
+        the host read the verdict. Then clear the gradients and move on to the next step."""
+        if self._skips_on_device:
+            self.speed.skip_if(outcome.found_inf)
             self.optimizer.step()
-            self.lr_scheduler.step()
-            self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA
-            if grad_norm is not None:
-                sums["grad_norm"] = float(grad_norm)
+        else:
+            finite, _ = outcome.read()
+            if finite:
+                if self.args.max_grad_norm > 0 and self.accelerator.scaler is not None:
+                    outcome.extra["grad_norm"] = float(self.speed.clip_grad_norm(self.args.max_grad_norm,
+                                                                                 self.accelerator))
+                self.optimizer.step()
+        self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA (unchanged if skipped)
         self.optimizer.zero_grad(set_to_none=True)
         if self.speed.master is None:  # fp32 masters already took the model's grads; this walks every parameter
             self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)  # grads a skipped step left
-        self.speed.reset()
         self.progress.global_step += 1
+
+    def _account(self, outcome: StepOutcome) -> dict[str, float]:
+        """The host's side of a finished step: the learning-rate schedule, the skip record, the logs.
+
+        The schedule moves only for steps that went in, and is read by the next step's update, so
+        accounting one step late (`run`) gives every step the same learning rate as accounting at once."""
+        finite, logs = outcome.read()
+        logs.update(outcome.extra)
+        step = outcome.step
         if finite:
+            self.lr_scheduler.step()
             self.progress.nonfinite_in_a_row = 0
-            self.progress.loss_history.append((self.progress.global_step, sums["loss"]))
+            self.progress.loss_history.append((step, logs["loss"]))
         else:
+            logs.pop("grad_norm", None)
             self.progress.nonfinite_in_a_row += 1
-            self.progress.skipped_steps.append(self.progress.global_step)
-            self._say(f"step {self.progress.global_step}: non-finite loss or gradient ({sums.get('loss')}); "
-                      "step skipped")
-        sums["lr"] = self.lr_scheduler.get_last_lr()[0]
-        sums["skipped"] = 0.0 if finite else 1.0
-        self._finished_epochs = finished_epochs
-        return sums
+            self.progress.skipped_steps.append(step)
+            self._say(f"step {step}: non-finite loss or gradient ({logs.get('loss')}); step skipped")
+        logs["lr"] = self.lr_scheduler.get_last_lr()[0]
+        logs["skipped"] = 0.0 if finite else 1.0
+        return logs
+
+    def _finish_step(self, outcome: StepOutcome, bar) -> None:
+        """The host's end of a step: account and report it; stop a run that keeps diverging."""
+        self._report(outcome, self._account(outcome), bar)
+        if self.progress.nonfinite_in_a_row >= self.args.max_nonfinite_steps:
+            bar.close()
+            self.accelerator.end_training()
+            keep = self.last_good_checkpoint or "none saved yet"
+            raise TrainingDiverged(
+                f"{self.progress.nonfinite_in_a_row} non-finite losses in a row (steps "
+                f"{self.progress.skipped_steps[-self.progress.nonfinite_in_a_row:]}); stopping. Last good "
+                f"checkpoint: {keep}. Lower --learning_rate or check the caches.")
+
+    def _report(self, outcome: StepOutcome, logs: dict[str, float], bar) -> None:
+        """A step's logs to the progress bar, `on_step_end` plugins, the trackers and metrics.jsonl."""
+        from ltxv2_diffusers import plugins
+
+        step = outcome.step
+        logs["step_time"], s_per_step = outcome.timing
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
+        if plugins.implemented("ltxv2_on_step_end"):
+            self.speed.flush()  # a plugin may read the LoRA: an offloaded optimizer's update goes in first
+            plugins.on_step_end(step=step, logs=logs)  # plugins may add entries before they are logged
+        if self.args.log_with != "none":
+            self.accelerator.log(logs, step=step)
+        if self.accelerator.is_main_process:
+            self.metrics.write(step, logs)
 
     def _say(self, message: str) -> None:
         """Print from the main process without tearing the progress bar."""
@@ -395,54 +432,45 @@ class Trainer:
             stream = Prefetcher(stream, depth=args.prefetch_batches, prepare=self._pinned)
         bar = tqdm(total=self.max_steps, initial=self.progress.global_step, disable=not acc.is_local_main_process,
                    desc="train", unit="step", dynamic_ncols=True)
-        last = time.perf_counter()
-        done_at_start = self.progress.global_step
-        after_first = None  # when this process's first step (compilation, warm-up) ended
+        self._clock = _StepClock(self.progress.global_step)
+        # A step's outcome is read once the next step is queued (`_finish_step` one step late), so the
+        # host never waits for the GPU between steps. Steps whose end something must see right away (a
+        # save, a preview, an `on_step_end` plugin, the last step) are finished at once.
+        pending: StepOutcome | None = None
         try:
             while self.progress.global_step < self.max_steps:
                 try:
-                    logs = self._optimizer_step(stream)
+                    outcome = self._queue_step(stream)
+                    if pending is not None:  # arrived while this step was queued: no wait
+                        self._finish_step(pending, bar)
+                        pending = None
+                    self._update(outcome)
+                    outcome.timing = self._clock.tick(outcome.step)
                 except Exception as exc:
                     if not _is_out_of_memory(exc):
                         raise
+                    if pending is not None:
+                        self._report(pending, self._account(pending), bar)  # its update went in: keep its logs
                     bar.close()
                     acc.end_training()
                     raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
-                step = self.progress.global_step
-                now = time.perf_counter()
-                logs["step_time"] = now - last  # wall seconds since the previous step ended (saves included)
-                last = now
-                if step == done_at_start + 1:
-                    freeze_host_objects()  # compiled and allocated by now: keep full collections off them
-                    last = after_first = time.perf_counter()  # the one-off collection counts in no step
-                    s_per_step = logs["step_time"]
-                else:  # the average leaves out the first step, which compiled the blocks
-                    s_per_step = (now - after_first) / (step - done_at_start - 1)
-                bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", s_step=f"{s_per_step:.2f}")
-                if plugins.implemented("ltxv2_on_step_end"):
-                    self.speed.flush()  # a plugin may read the LoRA: an offloaded optimizer's update goes in first
-                    plugins.on_step_end(step=step, logs=logs)  # plugins may add entries before they are logged
-                if args.log_with != "none":
-                    acc.log(logs, step=step)
-                if acc.is_main_process:
-                    self.metrics.write(step, logs)
-                if self.progress.nonfinite_in_a_row >= args.max_nonfinite_steps:
-                    bar.close()
-                    acc.end_training()
-                    keep = self.last_good_checkpoint or "none saved yet"
-                    raise TrainingDiverged(
-                        f"{self.progress.nonfinite_in_a_row} non-finite losses in a row (steps "
-                        f"{self.progress.skipped_steps[-self.progress.nonfinite_in_a_row:]}); stopping. Last good "
-                        f"checkpoint: {keep}. Lower --learning_rate or check the caches.")
-                epochs = self._finished_epochs
-                if _due(step, epochs, args.save_every_n_steps, args.save_every_n_epochs) and step < self.max_steps:
+                step, epochs = outcome.step, outcome.finished_epochs
+                save = _due(step, epochs, args.save_every_n_steps, args.save_every_n_epochs) and step < self.max_steps
+                preview = _due(step, epochs, args.sample_every_n_steps, args.sample_every_n_epochs) \
+                    and self._previews_enabled()
+                at_once = (save or preview or step == self.max_steps or not self._skips_on_device
+                           or plugins.implemented("ltxv2_on_step_end"))
+                if not at_once:
+                    pending = outcome
+                    continue
+                self._finish_step(outcome, bar)
+                if save:
                     self.save_checkpoint()  # the last step's save happens in finish()
-                if _due(step, epochs, args.sample_every_n_steps, args.sample_every_n_epochs) and self._previews_enabled():
+                if preview:
                     self.sample()
         finally:
             stream.close()  # the prefetch thread, or the plain generator
-            if after_first is not None:
+            if self._clock.after_first is not None:
                 thaw_host_objects()  # a process that trains again (Python API, tests) collects them normally
         bar.close()
         final = self.finish()
@@ -495,6 +523,28 @@ class Trainer:
         plugins.on_train_end(output_dir=self.output_dir)
         acc.end_training()
         return final
+
+
+class _StepClock:
+    """Wall time per step, between the moments the host has queued consecutive steps' updates (the
+    queue is full, so the GPU paces them; a save or preview falls into the next step's time). The
+    first step of a process compiles and warms up: the average leaves it out, and `gc.freeze()`
+    follows it (`freeze_host_objects`)."""
+
+    def __init__(self, done_at_start: int):
+        self.done_at_start = done_at_start
+        self.last = time.perf_counter()
+        self.after_first: float | None = None  # when this process's first step ended
+
+    def tick(self, step: int) -> tuple[float, float]:
+        """(seconds since the previous step ended, saves included; the average s/step so far)."""
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        if step == self.done_at_start + 1:
+            freeze_host_objects()  # compiled and allocated by now: keep full collections off them
+            self.last = self.after_first = time.perf_counter()  # the one-off collection counts in no step
+            return elapsed, elapsed
+        return elapsed, (now - self.after_first) / (step - self.done_at_start - 1)
 
 
 def _due(step: int, finished_epochs: list[int], every_n_steps: int | None, every_n_epochs: int | None) -> bool:

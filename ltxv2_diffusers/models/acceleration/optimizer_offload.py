@@ -118,7 +118,9 @@ class OffloadedAdamW(torch.optim.Optimizer):
     forward, which runs barely ahead of the GPU, cost about 1 % of the step.)
 
     The state has torch `AdamW`'s layout (`step`, `exp_avg`, `exp_avg_sq` for the one flat master),
-    so checkpoints move between this optimizer and `AdamW` over a device `MasterWeights`.
+    so checkpoints move between this optimizer and `AdamW` over a device `MasterWeights`. Like fused
+    `AdamW`, it skips a step on the device where its `found_inf` attribute (a 0-d float tensor) is 1:
+    weights, moments and the step count stay as they were, and the host never waits for the verdict.
     """
 
     def __init__(self, master: HostMasterWeights, lr: float = 1e-3,
@@ -145,6 +147,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
         self.order = [c for c, b in enumerate(self.first_block) if b is not None]
         self.pending: dict[int, tuple[list[torch.Tensor], dict]] = {}  # chunk -> (gradients, its step's hyperparameters)
         self.fetched: dict[int, tuple[list[torch.Tensor], torch.cuda.Event | None]] = {}
+        self._step: torch.Tensor | None = None  # AdamW's step count, on the device once stepping
         starts: dict[int, list[int]] = {}
         for c in self.order:
             starts.setdefault(self.first_block[c], []).append(c)
@@ -167,13 +170,15 @@ class OffloadedAdamW(torch.optim.Optimizer):
         if all(g is None for g in grads):
             return loss
         self.apply_pending()  # an update still pending from the previous step comes first (stream-ordered)
-        state = self._host_state()
-        state["step"] += 1
+        found_inf = getattr(self, "found_inf", None)  # set like GradScaler sets fused AdamW's
+        if self._step is None:
+            self._step = torch.full((), float(self._host_state()["step"]), dtype=torch.float32, device=self.device)
+        # counted on the device, so a step skipped there (found_inf = 1) does not count, with no host wait
+        self._step.add_(1.0 if found_inf is None else 1.0 - found_inf)
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
         hyper = dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                     eps=group["eps"], step=torch.full((), float(state["step"]), dtype=torch.float32,
-                                                       device=self.device))
+                     eps=group["eps"], step=self._step.clone(), found_inf=found_inf)
         for c, runs in enumerate(self.chunks):  # every run has a gradient (zeros where nothing flowed)
             self.pending[c] = ([grads[r] for r in runs], hyper)
         for c in [c for c, b in enumerate(self.first_block) if b is None]:
@@ -235,7 +240,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
         views = [[t[a - lo:b - lo] for a, b in (self.master.ranges[r] for r in self.chunks[c])] for t in state]
         torch._fused_adamw_(views[0], grads, views[1], views[2], [], [h["step"]] * len(grads), lr=h["lr"],
                             beta1=h["beta1"], beta2=h["beta2"], weight_decay=h["weight_decay"], eps=h["eps"],
-                            amsgrad=False, maximize=False)
+                            amsgrad=False, maximize=False, found_inf=h["found_inf"])
         master = state[0]
         self.master.flat_model[lo:lo + master.numel()].copy_(master)
         host = self._host_slices(c)
@@ -261,6 +266,8 @@ class OffloadedAdamW(torch.optim.Optimizer):
         self.apply_pending()
         if self.cuda:
             self.stream.synchronize()
+        if self._step is not None:  # the device's count (skipped steps left out) becomes the host's
+            self._host_state()["step"] = self._step.to("cpu", copy=True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop gradients accumulated since the last `step()` (a skipped step's)."""
@@ -273,6 +280,7 @@ class OffloadedAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict) -> None:
         self.pending.clear()
         self.fetched.clear()
+        self._step = None
         super().load_state_dict(state_dict)
         state = self.state[self.master.flat]
         if state:  # torch moved it next to the (host) master; pin it and keep `step` a host scalar
