@@ -442,8 +442,8 @@ class Trainer:
                 try:
                     outcome = self._queue_step(stream)
                     if pending is not None:  # arrived while this step was queued: no wait
-                        self._finish_step(pending, bar)
-                        pending = None
+                        previous, pending = pending, None
+                        self._finish_step(previous, bar)
                     self._update(outcome)
                     outcome.timing = self._clock.tick(outcome.step)
                 except Exception as exc:
