@@ -57,7 +57,7 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '+nofo' has backward fetch the text keys' and values' weights of swapped blocks too (as before they were left to the forward), '@S/K[/D][/spread]' swaps S blocks, "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
@@ -81,8 +81,7 @@ def _tail(extra: str) -> int | None:
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
     (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
-    prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer), '+nofo' (backward fetches whole
-    swapped blocks, `SpeedOptions.split_forward_only` off) or '+tailN' (the last N blocks
+    prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer) or '+tailN' (the last N blocks
     stay resident instead of 2 when blocks are swapped) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
@@ -97,9 +96,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc", "nofo"} and _tail(x) is None}
+    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc"} and _tail(x) is None}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, nofo, tailN)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, tailN)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -356,7 +355,6 @@ def main(argv=None) -> dict:
         nonlocal prefetch, burst, tail
         extras = parse_variant(v)[1]
         burst = "burst" in extras
-        opts.split_forward_only = "nofo" not in extras
         tail = next((_tail(x) for x in extras if _tail(x) is not None), None)
         kwargs = recompute_options(v)
         if kwargs.pop("checkpointing", True):
@@ -376,8 +374,7 @@ def main(argv=None) -> dict:
 
             swapper.remove()
             swapper = BlockSwapper(transformer, opts.blocks_to_swap, device=a.device, rerun_in_backward=False,
-                                   resident_tail=tail, forward_only=swapper.forward_only,
-                                   forward_only_blocks=swapper.forward_only_blocks)
+                                   resident_tail=tail)
         if prefetch is not None:
             swapper.backward_prefetch = prefetch
         if burst:

@@ -387,61 +387,6 @@ def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
     assert all(n > 0 for n in sizes())
 
 
-@pytest.mark.parametrize("device", SWAP_DEVICES)
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_text_keys_and_values_are_fetched_by_the_forward_only(device, compiled):
-    """Swapped blocks that recompute nothing leave the text cross-attentions' key and value weights out
-    of backward (the text carries no gradient; the next forward fetches them), with the same loss and
-    gradients as the resident model over two steps. Where the text does carry gradient, backward
-    fetches them too, and the text's gradient is right."""
-    batch = {k: v.to(device) for k, v in _batch().items()}
-    ref = _lora_model(torch.float32, num_layers=5).to(device)
-    model = _lora_model(torch.float32, num_layers=5).to(device)
-    if compiled:
-        torch._dynamo.reset()
-        for m in (ref, model):
-            acceleration.compile_blocks(m, backend=_backend(device))  # no checkpointing: nothing recomputes
-    swapper = acceleration.BlockSwapper(model, 2, device=device, rerun_in_backward=False,
-                                        forward_only=acceleration.LTX2_TEXT_KEYS_VALUES, forward_only_blocks={2, 3})
-    assert swapper.swapped == [0, 2] and sorted(swapper.forward_stores) == [2]  # swapped and plain
-    block = model.transformer_blocks[2]
-    split = [n for n, t in block.named_parameters() if not t.requires_grad and
-             acceleration.LTX2_TEXT_KEYS_VALUES.selects(n)]
-    assert {n.split(".base_layer")[0] for n in split} == {"attn2.to_k", "attn2.to_v", "audio_attn2.to_k",
-                                                          "audio_attn2.to_v"}
-
-    def on_device(names):
-        params = dict(block.named_parameters())
-        return {params[n].numel() > 0 for n in names}
-
-    for _ in range(2):
-        loss = _loss(LTXAVModelAdapter.from_components(model), batch)
-        assert on_device(split) == {False}
-        loss.backward()
-        assert swapper.resident == {0, 2} and not swapper.forward_resident  # backward fetched the rest only
-        assert on_device(split) == {False} and on_device([n for n, _ in block.named_parameters()
-                                                          if n not in split and "lora" not in n]) == {True}
-        expect = _loss(LTXAVModelAdapter.from_components(ref), batch)
-        expect.backward()
-        torch.testing.assert_close(loss, expect, atol=1e-5, rtol=1e-5)
-        want, got = _grads(ref), _grads(model)
-        assert want.keys() == got.keys() and want
-        for name in want:
-            torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4, msg=name)
-        for m in (ref, model):
-            m.zero_grad(set_to_none=True)
-        swapper.reset()
-    # The text carries gradient (say a plugin trains what produces it): backward needs those weights.
-    texts = [batch["text"].clone().requires_grad_() for _ in range(2)]
-    _loss(LTXAVModelAdapter.from_components(model), {**batch, "text": texts[0]}).backward()
-    assert swapper.forward_resident == {2}
-    _loss(LTXAVModelAdapter.from_components(ref), {**batch, "text": texts[1]}).backward()
-    torch.testing.assert_close(texts[0].grad, texts[1].grad, atol=1e-5, rtol=1e-4)
-    swapper.remove()
-    assert on_device(split) == {True}
-    torch._dynamo.reset()
-
-
 def test_blocks_without_recompute_are_spread_or_last():
     from ltxv2_diffusers.training.speed import blocks_without_recompute
 

@@ -43,9 +43,6 @@ class SpeedOptions:
     # fp32 masters and AdamW moments in pinned host memory, updated during the next forward (-2.4 GiB at
     # full size, rank 32); see models/acceleration/optimizer_offload.py
     offload_optimizer: bool = False
-    # Swapped blocks that recompute nothing leave the text keys' and values' weights, which their
-    # backward never reads, to be fetched by the next forward (`BlockSwapper(forward_only=...)`)
-    split_forward_only: bool = True
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     compute_dtype: torch.dtype = torch.bfloat16
@@ -259,19 +256,9 @@ def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
     `configure_recompute`, with diffusers' gradient checkpointing as the user set it."""
     if not options.blocks_to_swap:
         return None
-    inside = _recompute_inside(transformer, options)
-    checkpointing = transformer.is_gradient_checkpointing
-    rerun = checkpointing and not inside
-    # blocks whose backward recomputes nothing, so never reads the text keys' and values' weights
-    if not options.split_forward_only or rerun:
-        plain = set()
-    elif inside:
-        plain = blocks_without_recompute(transformer, options) if options.activation_memory_budget is None else set()
-    else:
-        plain = set(range(len(transformer.transformer_blocks)))
+    rerun = transformer.is_gradient_checkpointing and not _recompute_inside(transformer, options)
     return acceleration.BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
-                                     rerun_in_backward=rerun, forward_only=acceleration.LTX2_TEXT_KEYS_VALUES,
-                                     forward_only_blocks=plain)
+                                     rerun_in_backward=rerun)
 
 
 def compiled_recompute(*, compile: bool, recompute: str, checkpointing: bool) -> bool:
