@@ -39,7 +39,9 @@ def parse(argv=None):
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--num_layers", type=int, default=None,
                    help="fewer transformer blocks than the preset (per-block costs, variants that need more memory)")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=8,
+                   help="timed steps per variant, then as many back to back (single steps on an H100 host vary "
+                        "by 20-60 ms, so few steps cannot rank settings closer than that)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--speed", default="default", choices=["naive", "default"],
                    help="naive: autocast + fp32 LoRA, eager; default: the trainer's fast path")
