@@ -80,3 +80,31 @@ def test_reading_steps_one_late_changes_nothing_but_when(tmp_path_factory, tmp_p
     assert len({m["lr"] for m in late}) >= 3
     assert late_lora.keys() == now_lora.keys()
     assert all(torch.equal(late_lora[k], now_lora[k]) for k in late_lora)
+
+
+class FailAt:
+    """A real plugin whose extra loss raises on one call, as any bug in a step would."""
+
+    def __init__(self, call: int):
+        self.call, self.calls = call, 0
+
+    @hookimpl
+    def ltxv2_extra_losses(self, outputs):
+        self.calls += 1
+        if self.calls == self.call:
+            raise ValueError("broken plugin")
+        return [("zero", outputs["video"].pred.sum() * 0.0)]
+
+
+def test_a_step_read_late_is_still_logged_when_the_next_one_fails(tmp_path_factory, tmp_path):
+    ws = workspace(tmp_path_factory)
+    args = parse_args(baseline_argv(ws, tmp_path, steps=5, extra=["--gradient_accumulation_steps", "1",
+                                                                 "--save_every_n_steps", "100"]))
+    plugins.register_plugin(FailAt(4), name="fail")
+    try:
+        with pytest.raises(plugins.PluginError, match="broken plugin"):
+            Trainer(args).run()
+    finally:
+        plugins.unregister_plugin("fail")
+    # step 3 was still waiting to be read when step 4 failed: its line is there all the same
+    assert [m["step"] for m in read_metrics(tmp_path / "logs" / "metrics.jsonl")] == [1, 2, 3]

@@ -349,6 +349,14 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.metrics.write(step, logs)
 
+    def _report_before_stopping(self, outcome: StepOutcome, bar) -> None:
+        """Log a step read late when an error stops the run, unless reading it fails too (then the
+        error that stopped the run is the one to see)."""
+        try:
+            self._report(outcome, self._account(outcome), bar)
+        except Exception as exc:  # e.g. the device itself failed
+            logger.warning("step %d's logs are lost: %s", outcome.step, exc)
+
     def _say(self, message: str) -> None:
         """Print from the main process without tearing the progress bar."""
         if self.accelerator.is_main_process:
@@ -446,11 +454,11 @@ class Trainer:
                         self._finish_step(previous, bar)
                     self._update(outcome)
                     outcome.timing = self._clock.tick(outcome.step)
-                except Exception as exc:
+                except BaseException as exc:
+                    if pending is not None:  # its update went in: keep its logs whatever stopped the run
+                        self._report_before_stopping(pending, bar)
                     if not _is_out_of_memory(exc):
                         raise
-                    if pending is not None:
-                        self._report(pending, self._account(pending), bar)  # its update went in: keep its logs
                     bar.close()
                     acc.end_training()
                     raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
