@@ -3,6 +3,9 @@
 Order of work in `Trainer.run`: validate (done by the CLI) → data (fails on missing caches before any
 model loads) → model + LoRA → optimizer/scheduler → resume → loop → final LoRA, loss plot, Hub push.
 
+The loop never waits for the GPU between steps: step k's verdict and logs (`training/outcome.py`) are
+read once step k+1 is queued, and the optimizer skips a non-finite step on the device.
+
 Determinism: every item's sigma and noise come from a generator seeded by (seed, step, micro-batch,
 position in the global batch), so neither the number of processes nor a resume changes them. Each
 optimizer step consumes `gradient_accumulation_steps` global batches; with N processes every process
