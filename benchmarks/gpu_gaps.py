@@ -3,7 +3,9 @@
 The GPU is idle between kernels when the host has not launched the next one yet (dispatch-bound
 code) or waits on a synchronization. For every idle gap this finds the kernel that ended it, the host
 time its launch was issued, and the outermost host op and `record_function` phase running then, and
-sums the idle time per phase and per op. Used by `benchmarks/train_step.py --profile`.
+sums the idle time per phase and per op. It also measures how long the host link copies while no
+compute kernel runs (`link_report`): whether a swapped model waits on the link. Used by
+`benchmarks/train_step.py --profile`.
 
     python benchmarks/gpu_gaps.py trace.json
 """
@@ -71,6 +73,55 @@ def _shape_key(op: dict | None) -> str:
     if not dims:
         return f"{op['name']} (no shapes recorded)"
     return f"{op['name']} " + " x ".join(str(d) for d in dims if d)
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, disjoint intervals covering the same time as `intervals`."""
+    out: list[tuple[float, float]] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _covered(union: list[tuple[float, float]], lo: float, hi: float) -> float:
+    """Time of `union` (disjoint, sorted) inside [lo, hi]."""
+    return sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in union)
+
+
+def link_report(events: list[dict]) -> dict:
+    """How much of the time the host link copies, no compute kernel runs: the GPU waiting on the link
+    (block swapping, offloaded optimizer state) rather than the link hiding behind compute. Overall and
+    per GPU-side `record_function` range (`gpu_user_annotation`, e.g. step/backward)."""
+    copies = _union([(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "gpu_memcpy" and "dur" in e])
+    compute = _union([(e["ts"], e["ts"] + e["dur"]) for e in events
+                      if e.get("cat") == "kernel" and "dur" in e and kernel_kind(e["name"]) != "copies"])
+
+    def copy_only(lo: float, hi: float) -> float:
+        total = 0.0
+        for a, b in copies:
+            a, b = max(a, lo), min(b, hi)
+            if b > a:
+                total += (b - a) - _covered(compute, a, b)
+        return total
+
+    span = (min(a for a, _ in copies + compute), max(b for _, b in copies + compute)) if copies or compute else (0, 0)
+    phases = collections.defaultdict(lambda: [0.0, 0.0, 0.0])  # copying, copy-only, length
+    for e in events:
+        if e.get("cat") == "gpu_user_annotation" and "dur" in e:
+            lo, hi = e["ts"], e["ts"] + e["dur"]
+            row = phases[e["name"]]
+            row[0] += _covered(copies, lo, hi)
+            row[1] += copy_only(lo, hi)
+            row[2] += hi - lo
+    return {
+        "copy_ms": round(_covered(copies, *span) / 1e3, 1),
+        "copy_only_ms": round(copy_only(*span) / 1e3, 1),
+        "by_phase": [{"name": k, "gpu_ms": round(v[2] / 1e3, 1), "copy_ms": round(v[0] / 1e3, 1),
+                      "copy_only_ms": round(v[1] / 1e3, 1)} for k, v in sorted(phases.items())],
+    }
 
 
 def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
@@ -151,6 +202,7 @@ def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
         "sync_calls_ms": {k: round(v / 1e3, 2) for k, v in syncs.most_common(8)},
         "matmul_by_shape": [{"shape": k, "gpu_ms": round(v[0] / 1e3, 2), "kernels": v[1]}
                             for k, v in sorted(by_shape.items(), key=lambda kv: -kv[1][0])][:top],
+        "link": link_report(events),
     }
 
 
@@ -168,6 +220,11 @@ def print_report(report: dict) -> None:
     print("  matmul GPU time by shape:")
     for row in report["matmul_by_shape"]:
         print(f"    {row['gpu_ms']:9.2f} ms  {row['kernels']:6d}  {row['shape'][:100]}")
+    link = report["link"]
+    print(f"  host link: copying {link['copy_ms']} ms, of which {link['copy_only_ms']} ms with no compute kernel running")
+    for row in link["by_phase"]:
+        print(f"    {row['name'][:40]:40s}  {row['gpu_ms']:8.1f} ms GPU  copying {row['copy_ms']:7.1f}  "
+              f"copy-only {row['copy_only_ms']:7.1f}")
     print("  largest gaps:")
     for row in report["largest_gaps"]:
         print(f"    {row['idle_ms']:9.2f} ms  {row['phase'][:30]:30s}  {row['host_op'][:50]:50s}  {row['next_kernel']}")

@@ -65,3 +65,30 @@ def test_gap_report_without_gpu_events(tmp_path):
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 9}]}))
     assert "error" in _module().gap_report(str(path))
+
+
+def test_link_report_finds_the_compute_waiting_on_copies(tmp_path):
+    """Copies hidden behind kernels cost nothing; a copy with no kernel beside it is the GPU waiting on
+    the link. Per GPU-side phase too."""
+    events = [
+        {"ph": "X", "cat": "gpu_user_annotation", "name": "step/forward+loss", "ts": 0, "dur": 1000},
+        {"ph": "X", "cat": "gpu_user_annotation", "name": "step/backward", "ts": 1000, "dur": 1000},
+        {"ph": "X", "cat": "kernel", "name": "nvjet_sm90_gemm", "ts": 0, "dur": 1000},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pinned -> Device)", "ts": 200, "dur": 500},  # hidden
+        {"ph": "X", "cat": "kernel", "name": "cudnn_sdpa_bprop", "ts": 1000, "dur": 300},
+        {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pinned -> Device)", "ts": 1100, "dur": 600},
+        {"ph": "X", "cat": "kernel", "name": "void at::native::elementwise_kernel<copy>", "ts": 1400, "dur": 100},
+        {"ph": "X", "cat": "kernel", "name": "triton_poi_fused_0", "ts": 1600, "dur": 400},
+    ]
+    for e in events:  # in units of 10 us, so the rounded milliseconds are exact
+        e["ts"], e["dur"] = e["ts"] * 10, e["dur"] * 10
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    link = _module().gap_report(str(path))["link"]
+    # backward: the copy runs 1100-1700; compute kernels cover 1100-1300 and 1600-1700 (a copy kernel
+    # is not compute), so 1300-1600 is the GPU waiting on the link
+    assert (link["copy_ms"], link["copy_only_ms"]) == (11.0, 3.0)
+    assert link["by_phase"] == [
+        {"name": "step/backward", "gpu_ms": 10.0, "copy_ms": 6.0, "copy_only_ms": 3.0},
+        {"name": "step/forward+loss", "gpu_ms": 10.0, "copy_ms": 5.0, "copy_only_ms": 0.0},
+    ]
