@@ -59,7 +59,7 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '@S/K[/D][/spread]' swaps S blocks, "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '+keepall' lets blocks without recompute keep what the partitioner keeps by default (not keep_matmul_outputs_policy), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
@@ -83,8 +83,9 @@ def _tail(extra: str) -> int | None:
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
     (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
-    prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer) or '+tailN' (the last N blocks
-    stay resident instead of 2 when blocks are swapped) extras anywhere, and optionally
+    prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer), '+keepall' (blocks without
+    recompute keep what the partitioner keeps by default, as before `keep_matmul_outputs_policy`) or
+    '+tailN' (the last N blocks stay resident instead of 2 when blocks are swapped) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
     head, _, swap = v.partition("@")
@@ -98,9 +99,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc"} and _tail(x) is None}
+    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc", "keepall"} and _tail(x) is None}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, tailN)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, keepall, tailN)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -331,7 +332,8 @@ def main(argv=None) -> dict:
         base, extras, counts, placement = parse_variant(v)
         s, k, d = counts if counts else (swap_default, a.blocks_without_recompute, a.backward_prefetch)
         swapping = dict(blocks_to_swap=s, blocks_without_recompute=k, backward_prefetch=d,
-                        without_recompute_placement=placement or SpeedOptions.without_recompute_placement)
+                        without_recompute_placement=placement or SpeedOptions.without_recompute_placement,
+                        lean_without_recompute="keepall" not in extras)
         torch._inductor.config.combo_kernels = "combo" in extras
         torch._inductor.config.cpp_wrapper = "cpp" in extras  # C++ instead of Python launching the kernels
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode

@@ -40,6 +40,10 @@ class SpeedOptions:
     # "last" at 40/26, benchmarks/RESULTS.md); "last": the last blocks (slightly less memory).
     blocks_without_recompute: int = 0
     without_recompute_placement: str = "spread"
+    # Those blocks still recompute elementwise work (norms, modulation, RoPE) inside their backward
+    # instead of keeping its results (`keep_matmul_outputs_policy`: ~0.79 instead of ~1.11 GiB each
+    # at full size); False keeps what the partitioner keeps by default (benchmark comparisons).
+    lean_without_recompute: bool = True
     # fp32 masters and AdamW moments in pinned host memory, updated during the next forward (-2.4 GiB at
     # full size, rank 32); see models/acceleration/optimizer_offload.py
     offload_optimizer: bool = False
@@ -314,7 +318,8 @@ def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> 
     if options.compile:
         policy = acceleration.keep_attention_policy() if inside and budget is None else None
         if policy is not None and options.blocks_without_recompute:
-            policy = [None if i in exempt else policy for i in range(len(transformer.transformer_blocks))]
+            lean = acceleration.keep_matmul_outputs_policy() if options.lean_without_recompute else None
+            policy = [lean if i in exempt else policy for i in range(len(transformer.transformer_blocks))]
         acceleration.compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
                                     activation_memory_budget=budget, backend=options.compile_backend)
     if inside:
@@ -322,6 +327,7 @@ def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> 
             return f"inside compiled blocks, activation memory budget {budget}"
         k = options.blocks_without_recompute
         where = "the last" if options.without_recompute_placement == "last" else "spread over the model:"
-        more = f" ({where} {k} block{'s' if k > 1 else ''} recompute nothing)" if k else ""
+        what = "only elementwise work" if options.lean_without_recompute else "nothing"
+        more = f" ({where} {k} block{'s' if k > 1 else ''} recompute {what})" if k else ""
         return "inside compiled blocks, keeping large self-attention outputs" + more
     return "whole blocks (torch.utils.checkpoint)" if checkpointing else "none"

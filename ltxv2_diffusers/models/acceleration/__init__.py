@@ -9,7 +9,8 @@ that saves, loads and samples like any other. Figures for each lever are in benc
   most of the per-op launch overhead that dominates the eager step. With a recompute policy or
   an activation memory budget the compiled block also does its own activation checkpointing:
   its backward graph recomputes only what backward needs, fused with the backward kernels, and
-  keeps what the policy says (`keep_attention_policy`).
+  keeps what the policy says (`keep_attention_policy`; `keep_matmul_outputs_policy` for blocks
+  that recompute only elementwise work).
 - `MasterWeights`: LoRA parameters compute in bf16 (no autocast casts, no fp32 copies of
   activations in peft) while the optimizer updates fp32 master copies.
 - `quantize_base_weights`: frozen base `nn.Linear` weights stored as int8 with one scale per
@@ -27,10 +28,11 @@ re-exports them.
 
 from .block_swap import (BlockSwapper, available_host_memory, check_host_memory, check_swap_count, evenly_spaced,
                          spread_blocks)
-from .compile import compile_blocks, keep_attention_policy
+from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
 from .int8 import Int8WeightLinear, quantize_base_weights
 from .master_weights import MasterWeights
 from .optimizer_offload import HostMasterWeights, OffloadedAdamW, block_runs
 
 __all__ = ["BlockSwapper", "HostMasterWeights", "Int8WeightLinear", "MasterWeights", "OffloadedAdamW", "block_runs", "available_host_memory", "check_host_memory",
-           "check_swap_count", "compile_blocks", "evenly_spaced", "keep_attention_policy", "quantize_base_weights", "spread_blocks"]
+           "check_swap_count", "compile_blocks", "evenly_spaced", "keep_attention_policy",
+           "keep_matmul_outputs_policy", "quantize_base_weights", "spread_blocks"]

@@ -33,6 +33,27 @@ def keep_attention_policy(min_attention_pairs: int = 1 << 24):
     return policy
 
 
+def keep_matmul_outputs_policy():
+    """Selective-recompute policy for blocks that recompute no matmul and no attention.
+
+    Keeps every attention's outputs (cuDNN attention is not on the partitioner's list of expensive
+    ops, so it could otherwise be recomputed) and leaves the rest to the partitioner, which this
+    policy runs with `aggressive_recomputation`: it keeps the matmul outputs and recomputes the
+    elementwise work between them (norms, modulation, RoPE, gates) inside backward's fused kernels
+    instead of keeping its results. By default the partitioner keeps both a norm's input and its
+    modulated output, and both a query/key before and after its norm and RoPE, since a matmul in
+    backward reads them. At 768x512x121 this keeps ~0.79 GiB per block instead of ~1.11 GiB, for a
+    few extra elementwise passes over video-sized tensors in backward (benchmarks/RESULTS.md).
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_SAVE
+
+    policy.partitioner_config = {"aggressive_recomputation": True}
+    return policy
+
+
 def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | None = None, *,
                    recompute_policy=None, activation_memory_budget: float | None = None,
                    backend: str = "inductor") -> int:
@@ -45,8 +66,9 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     Activation checkpointing inside the compiled block (use with diffusers' own gradient
     checkpointing off): the block's backward graph recomputes what it needs, fused with the backward
     kernels, instead of re-running the whole forward. `recompute_policy` (a selective-checkpoint
-    policy such as `keep_attention_policy()`, or one per block, None for a block that keeps
-    everything) says what to keep; or `activation_memory_budget` (0..1) lets the partitioner choose
+    policy such as `keep_attention_policy()` or `keep_matmul_outputs_policy()`, or one per block,
+    None for a block that keeps what the partitioner would) says what to keep; a policy's
+    `partitioner_config` attribute, if any, patches `torch._functorch.config` while its graphs compile; or `activation_memory_budget` (0..1) lets the partitioner choose
     (0: keep only the block's inputs; 1: keep all it would). Blocks sharing a policy share one graph.
     """
     blocks = getattr(transformer, "transformer_blocks", None)
@@ -63,7 +85,10 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
         eager = vars(block).setdefault("_ltx_eager_forward", block.forward)
         target = eager if policy is None else _selectively_checkpointed(eager, policy)
         compiled = torch.compile(target, dynamic=dynamic, mode=mode, backend=backend)
-        block.forward = compiled if activation_memory_budget is None else _with_budget(compiled, activation_memory_budget)
+        config = dict(getattr(policy, "partitioner_config", {}))
+        if activation_memory_budget is not None:
+            config["activation_memory_budget"] = activation_memory_budget
+        block.forward = _with_partitioner_config(compiled, config) if config else compiled
     return len(blocks)
 
 
@@ -79,10 +104,10 @@ def _selectively_checkpointed(forward, policy):
     return checkpointed
 
 
-def _with_budget(compiled, budget: float):
-    # The partitioner reads the budget when a graph is (re)compiled, which happens inside the call.
+def _with_partitioner_config(compiled, config: dict):
+    # The partitioner reads its config when a graph is (re)compiled, which happens inside the call.
     def forward(*args, **kwargs):
-        with torch._functorch.config.patch(activation_memory_budget=budget):
+        with torch._functorch.config.patch(**config):
             return compiled(*args, **kwargs)
 
     return forward
