@@ -3,6 +3,8 @@ region (what each block keeps for backward instead of recomputing)."""
 
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 
@@ -81,9 +83,10 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     policies = recompute_policy if isinstance(recompute_policy, (list, tuple)) else [recompute_policy] * len(blocks)
     if len(policies) != len(blocks):
         raise ValueError(f"got {len(policies)} recompute policies for {len(blocks)} blocks")
+    codes: dict[int, types.CodeType] = {}  # one wrapper code object per distinct policy
     for block, policy in zip(blocks, policies):
         eager = vars(block).setdefault("_ltx_eager_forward", block.forward)
-        target = eager if policy is None else _selectively_checkpointed(eager, policy)
+        target = eager if policy is None else _selectively_checkpointed(eager, policy, codes)
         compiled = torch.compile(target, dynamic=dynamic, mode=mode, backend=backend)
         config = dict(getattr(policy, "partitioner_config", {}))
         if activation_memory_budget is not None:
@@ -92,7 +95,7 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     return len(blocks)
 
 
-def _selectively_checkpointed(forward, policy):
+def _selectively_checkpointed(forward, policy, codes: dict[int, types.CodeType]):
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
     def context():
@@ -101,7 +104,13 @@ def _selectively_checkpointed(forward, policy):
     def checkpointed(*args, **kwargs):
         return checkpoint(forward, *args, use_reentrant=False, context_fn=context, **kwargs)
 
-    return checkpointed
+    # Dynamo keeps its compiled graphs per code object and does not guard on a checkpoint's context_fn:
+    # blocks with different policies sharing this wrapper's code would run whichever graph compiled
+    # first (measured: recomputing blocks ran the graph of blocks that recompute nothing). So each
+    # policy gets its own copy of the code; blocks sharing a policy still share one graph.
+    code = codes.setdefault(id(policy), checkpointed.__code__.replace(co_name=f"checkpointed_policy_{len(codes)}"))
+    return types.FunctionType(code, checkpointed.__globals__, checkpointed.__name__, checkpointed.__defaults__,
+                              checkpointed.__closure__)
 
 
 def _with_partitioner_config(compiled, config: dict):
