@@ -10,7 +10,7 @@ after `--` and prints one `RESULT {json}` line: the median and min of the traine
 over the steps after the first two (the first compiles), the peak GPU memory and the losses.
 
     python benchmarks/trainer_full_size.py --workdir /tmp/ws -- --gradient_checkpointing \\
-        --blocks_to_swap 46 --blocks_without_recompute 33 --offload_optimizer
+        --blocks_to_swap 40 --blocks_without_recompute 44 --offload_optimizer
     python benchmarks/trainer_full_size.py --preset tiny --steps 4     # smoke test (CPU)
 """
 

@@ -151,9 +151,10 @@ FLAGS: tuple[Flag, ...] = (
       "of use (about 0.73 GiB each for LTX-2 19B); with compiled recompute they are spread over all blocks but the "
       "last two and cross the host link once per step, during backward", group="speed"),
     F("--blocks_without_recompute", int, 0, "with --gradient_checkpointing and compiled recompute: N blocks "
-      "(spread over the model) keep every activation instead of recomputing (about 1 GiB each at 768x512x121, 5-10 ms/step "
-      "faster each on an H100); pay for them with --blocks_to_swap and --offload_optimizer, e.g. --blocks_to_swap 46 "
-      "--blocks_without_recompute 33 --offload_optimizer fits 45 GiB", group="speed"),
+      "(spread over the model) keep their matmul and attention outputs instead of recomputing them, recomputing only "
+      "elementwise work (about 0.7 GiB each at 768x512x121, ~6 ms/step faster each on an H100); pay for them with "
+      "--blocks_to_swap and --offload_optimizer, e.g. --blocks_to_swap 40 --blocks_without_recompute 44 "
+      "--offload_optimizer fits 45 GiB", group="speed"),
     F("--offload_optimizer", bool, False, "keep the fp32 master weights and AdamW moments (12 bytes per LoRA "
       "parameter, 2.4 GiB for a rank-32 AV LoRA) in pinned CPU memory; each step's update is applied four blocks "
       "at a time during the next forward (fast path, AdamW, CUDA)", group="speed"),
