@@ -66,6 +66,9 @@ def parse(argv=None):
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--memory_trace", action="store_true",
                    help="print allocated GiB at every block's forward and backward in one step (where the peak is)")
+    p.add_argument("--lead_trace", action="store_true",
+                   help="print how far ahead of the GPU the host is at every block's forward and backward in one "
+                        "step (near 0: host-bound there), and the allocator's sync counters")
     p.add_argument("--memory_peak", action="store_true",
                    help="print what is alive at one step's peak, grouped by the code that allocated it "
                         "(CUDA allocator history, benchmarks/memory_peak.py)")
@@ -259,14 +262,9 @@ def profile_step(step, sync, tag: str) -> None:
         os.remove(path)
 
 
-def memory_trace(blocks, step, sync) -> list[tuple[str, int, float]]:
-    """Allocated GiB when each block's forward starts ('f') and when its output's gradient arrives
-    ('b', after the block swapper's hooks ran), over one step. Host-side allocator counters: no sync."""
-    points = []
-
-    def note(kind, i):
-        points.append((kind, i, round(torch.cuda.memory_allocated() / 2**30, 2)))
-
+def block_points(blocks, step, sync, note) -> None:
+    """Run one step calling `note(kind, i)` when each block's forward starts ('f') and when its
+    output's gradient arrives ('b', after the block swapper's hooks ran)."""
     def pre(i):
         return lambda module, args: note("f", i)
 
@@ -286,7 +284,33 @@ def memory_trace(blocks, step, sync) -> list[tuple[str, int, float]]:
     finally:
         for h in handles:
             h.remove()
+
+
+def memory_trace(blocks, step, sync) -> list[tuple[str, int, float]]:
+    """Allocated GiB at each block point of one step (`block_points`). Host-side allocator counters: no sync."""
+    points = []
+    block_points(blocks, step, sync, lambda kind, i: points.append((kind, i, round(torch.cuda.memory_allocated() / 2**30, 2))))
     return points
+
+
+def host_lead_trace(blocks, step, sync) -> list[tuple[str, int, float]]:
+    """How far ahead of the GPU the host is at each block point of one step (`block_points`), in ms:
+    when the GPU reached the point minus when the host queued it. Near 0: the GPU waits for the
+    host there (host-bound); large: the host waits for the GPU (its launch queue full, or a sync)."""
+    marks = []
+
+    def note(kind, i):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        marks.append((kind, i, time.perf_counter(), event))
+
+    sync()
+    origin = torch.cuda.Event(enable_timing=True)
+    origin.record()
+    sync()  # the GPU is idle, so it reaches `origin` at the host's t0
+    t0 = time.perf_counter()
+    block_points(blocks, step, sync, note)
+    return [(kind, i, round(origin.elapsed_time(e) - (t - t0) * 1e3, 1)) for kind, i, t, e in marks]
 
 
 def main(argv=None) -> dict:
@@ -469,6 +493,13 @@ def main(argv=None) -> dict:
             points = memory_trace(list(transformer.transformer_blocks), step, sync)
             top = max(points, key=lambda p: p[2])
             report(a, "MEMTRACE", dict(tag=a.tag, recompute=variant, peak_at=top, points=points))
+        if a.lead_trace and cuda:
+            counters = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")
+            before = torch.cuda.memory_stats()
+            leads = host_lead_trace(list(transformer.transformer_blocks), step, sync)
+            after = torch.cuda.memory_stats()  # allocator calls that synchronize, during that step
+            report(a, "LEAD", dict(tag=a.tag, recompute=variant, points=leads,
+                                   allocator={k: after.get(k, 0) - before.get(k, 0) for k in counters}))
         if a.memory_peak and cuda:
             from memory_peak import record
 

@@ -523,10 +523,26 @@ def test_benchmark_smoke_on_cpu(tmp_path):
     assert bench.parse_variant("0.05+cg") == ("0.05", ["cg"], None, None)
     assert bench.parse_variant("keep@40/26") == ("keep", [], [40, 26, None], None)
     assert bench.parse_variant("keep@45/33/2/spread+tail3") == ("keep", ["tail3"], [45, 33, 2], "spread")
+    assert bench.parse_variant("keep@46/33/2/spread+keepall") == ("keep", ["keepall"], [46, 33, 2], "spread")
     with pytest.raises(ValueError, match="after '@' give S/K"):
         bench.parse_variant("keep@40")
     with pytest.raises(ValueError, match="unknown extras"):
         bench.parse_variant("keep+fast@40/26")
+
+
+def test_benchmark_block_points_follow_forward_then_backward():
+    """`--memory_trace` and `--lead_trace` note each block where its forward starts and where its
+    output's gradient arrives: forward in block order, then backward in reverse."""
+    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = _lora_model(torch.float32, num_layers=3)
+    adapter = LTXAVModelAdapter.from_components(model)
+    points = []
+    bench.block_points(list(model.transformer_blocks), lambda i: _loss(adapter, _batch()).backward(), lambda: None,
+                       lambda kind, i: points.append((kind, i)))
+    assert points == [("f", 0), ("f", 1), ("f", 2), ("b", 2), ("b", 1), ("b", 0)]
+    assert all(not b._forward_hooks and not b._forward_pre_hooks for b in model.transformer_blocks)
 
 
 def test_grad_gather_benchmark_smoke_on_cpu():
