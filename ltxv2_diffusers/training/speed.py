@@ -33,8 +33,8 @@ class SpeedOptions:
     int8_base: bool = False
     blocks_to_swap: int = 0
     activation_memory_budget: float | None = None
-    # With compiled recompute: how many blocks recompute nothing and keep every activation instead
-    # (~1 GiB each at 768x512x121, -5 to -6 ms/step each on an H100), e.g. paid for with memory that
+    # With compiled recompute: how many blocks recompute no matmul and keep their outputs instead
+    # (~0.7 GiB each at 768x512x121, about -6 ms/step each on an H100), e.g. paid for with memory that
     # block swapping freed. "spread" (default): spread evenly, so fast (exempt) and slow backward
     # blocks alternate and the swapped blocks' copies keep pace (measured 12 ms/step faster than
     # "last" at 40/26, benchmarks/RESULTS.md); "last": the last blocks (slightly less memory).

@@ -69,9 +69,10 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     checkpointing off): the block's backward graph recomputes what it needs, fused with the backward
     kernels, instead of re-running the whole forward. `recompute_policy` (a selective-checkpoint
     policy such as `keep_attention_policy()` or `keep_matmul_outputs_policy()`, or one per block,
-    None for a block that keeps what the partitioner would) says what to keep; a policy's
-    `partitioner_config` attribute, if any, patches `torch._functorch.config` while its graphs compile; or `activation_memory_budget` (0..1) lets the partitioner choose
-    (0: keep only the block's inputs; 1: keep all it would). Blocks sharing a policy share one graph.
+    None for a block that keeps what the partitioner would) says what to keep (a policy's
+    `partitioner_config` attribute, if any, patches `torch._functorch.config` while its graphs
+    compile); or `activation_memory_budget` (0..1) lets the partitioner choose (0: keep only the
+    block's inputs; 1: keep all it would). Blocks sharing a policy share one graph.
     """
     blocks = getattr(transformer, "transformer_blocks", None)
     if blocks is None:
