@@ -1,6 +1,8 @@
-"""Session-wide test settings."""
+"""Session-wide test settings, and the `bench_script` fixture."""
 
+import importlib.util
 import os
+import pathlib
 
 # Tiny models on a small CPU run several times faster single-threaded than with one thread per core
 # fighting the other test processes (and accelerate launch children inherit this).
@@ -9,6 +11,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """Import a script of benchmarks/ by file name (`bench_script("train_step")`): they are scripts, not a
+    package, and the tests run their smoke modes so they never rot."""
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load

@@ -3,17 +3,11 @@ scripts never rot."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_cache_throughput_smoke(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_cache", ROOT / "benchmarks" / "cache_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_cache_throughput_smoke(tmp_path, capsys, bench_script):
+    bench = bench_script("cache_throughput")
     assert bench.main(["--preset", "tiny", "--device", "cpu", "--clips", "2", "--frames", "9",
                        "--resolution", "64", "64", "--workdir", str(tmp_path)]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("{"))
@@ -22,12 +16,10 @@ def test_cache_throughput_smoke(tmp_path, capsys):
     assert res["job_clips_per_s"] > 0 and res["decode_only_clips_per_s"] > 0 and res["encode_only_clips_per_s"] > 0
 
 
-def test_trainer_full_size_benchmark_smoke(tmp_path):
+def test_trainer_full_size_benchmark_smoke(tmp_path, bench_script):
     """benchmarks/trainer_full_size.py at tiny size: writes model, cache and dataset.toml, trains through
     the trainer CLI and reads the trainer's own per-step times back."""
-    spec = importlib.util.spec_from_file_location("bench_trainer_full", ROOT / "benchmarks" / "trainer_full_size.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("trainer_full_size")
     res = bench.main(["--preset", "tiny", "--workdir", str(tmp_path), "--steps", "4", "--rank", "4",
                       "--", "--learning_rate", "1e-3"])
     assert res["exit"] == 0 and res["steps"] == 4 and res["flags"] == ["--learning_rate", "1e-3"]

@@ -1,18 +1,7 @@
 """benchmarks/gpu_gaps.py on a chrome trace in the format torch.profiler writes (kernel, runtime,
 host-op and record_function events); the GPU runs that produce real ones are in RESULTS.md."""
 
-import importlib.util
 import json
-import pathlib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("gpu_gaps", ROOT / "benchmarks" / "gpu_gaps.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _trace(tmp_path):
@@ -44,8 +33,8 @@ def _trace(tmp_path):
     return path
 
 
-def test_gap_report_attributes_idle_time_to_phase_and_host_op(tmp_path):
-    report = _module().gap_report(str(_trace(tmp_path)))
+def test_gap_report_attributes_idle_time_to_phase_and_host_op(tmp_path, bench_script):
+    report = bench_script("gpu_gaps").gap_report(str(_trace(tmp_path)))
     # kernels at 20-50, 400-900, 900-1000 and 1200-1800: idle 50-400 (launched at 390, while the host
     # ran aten::to in the forward phase) and 1000-1200 (launched at 1195 from the compiled backward)
     assert (report["gpu_span_ms"], report["gpu_busy_ms"], report["gpu_idle_ms"], report["gaps"]) == (17.8, 12.3, 5.5, 2)
@@ -61,13 +50,13 @@ def test_gap_report_attributes_idle_time_to_phase_and_host_op(tmp_path):
     assert report["matmul_by_shape"] == [{"shape": "aten::mm [6144, 4096] x [4096, 32]", "gpu_ms": 5.0, "kernels": 1}]
 
 
-def test_gap_report_without_gpu_events(tmp_path):
+def test_gap_report_without_gpu_events(tmp_path, bench_script):
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 9}]}))
-    assert "error" in _module().gap_report(str(path))
+    assert "error" in bench_script("gpu_gaps").gap_report(str(path))
 
 
-def test_link_report_finds_the_compute_waiting_on_copies(tmp_path):
+def test_link_report_finds_the_compute_waiting_on_copies(tmp_path, bench_script):
     """Copies hidden behind kernels cost nothing; a copy with no kernel beside it is the GPU waiting on
     the link. Per GPU-side phase too."""
     events = [
@@ -84,7 +73,7 @@ def test_link_report_finds_the_compute_waiting_on_copies(tmp_path):
         e["ts"], e["dur"] = e["ts"] * 10, e["dur"] * 10
     path = tmp_path / "trace.json"
     path.write_text(json.dumps({"traceEvents": events}))
-    link = _module().gap_report(str(path))["link"]
+    link = bench_script("gpu_gaps").gap_report(str(path))["link"]
     # backward: the copy runs 1100-1700; compute kernels cover 1100-1300 and 1600-1700 (a copy kernel
     # is not compute), so 1300-1600 is the GPU waiting on the link
     assert (link["copy_ms"], link["copy_only_ms"]) == (11.0, 3.0)

@@ -70,14 +70,8 @@ def test_training_with_and_without_prefetch_is_the_same_run(tmp_path_factory, tm
     assert len(losses["0"]) == 3 and losses["0"] == losses["2"]
 
 
-def test_data_loading_benchmark_smoke(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_loading.py"
-    spec = importlib.util.spec_from_file_location("bench_data_loading", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_data_loading_benchmark_smoke(tmp_path, bench_script):
+    bench = bench_script("data_loading")
     res = bench.main(["--preset", "tiny", "--items", "3", "--step_ms", "20", "--directory", str(tmp_path)])
     assert res["items"] == 3 and res["load_ms"] > 0 and res["wait_ms"] >= 0
     assert list(tmp_path.iterdir()) == []  # its temporary cache is gone

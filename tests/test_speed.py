@@ -2,9 +2,7 @@
 fp32 path within bf16 tolerance, int8 base weights stay within quantization error, the fp32 master
 weights update like a plain fp32 optimizer, and the benchmark's CPU smoke mode runs."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 import torch
@@ -14,8 +12,6 @@ from ltxv2_diffusers.models import acceleration
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
 from ltxv2_diffusers.models.presets import build_components
 from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _batch(seed=0):
@@ -497,10 +493,8 @@ def test_spread_blocks_keeps_the_last_two_resident_unless_all_but_one_are_asked_
         acceleration.spread_blocks(48, 48)
 
 
-def test_benchmark_smoke_on_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "train_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_smoke_on_cpu(tmp_path, bench_script):
+    bench = bench_script("train_step")
     results = tmp_path / "results.jsonl"
     res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
                       "--height", "64", "--width", "64", "--text_len", "8", "--results", str(results)])
@@ -530,12 +524,10 @@ def test_benchmark_smoke_on_cpu(tmp_path):
         bench.parse_variant("keep+fast@40/26")
 
 
-def test_benchmark_block_points_follow_forward_then_backward():
+def test_benchmark_block_points_follow_forward_then_backward(bench_script):
     """`--memory_trace` and `--lead_trace` note each block where its forward starts and where its
     output's gradient arrives: forward in block order, then backward in reverse."""
-    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "benchmarks" / "train_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("train_step")
     model = _lora_model(torch.float32, num_layers=3)
     adapter = LTXAVModelAdapter.from_components(model)
     points = []
@@ -545,20 +537,16 @@ def test_benchmark_block_points_follow_forward_then_backward():
     assert all(not b._forward_hooks and not b._forward_pre_hooks for b in model.transformer_blocks)
 
 
-def test_grad_gather_benchmark_smoke_on_cpu():
-    spec = importlib.util.spec_from_file_location("grad_gather", ROOT / "benchmarks" / "grad_gather.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_grad_gather_benchmark_smoke_on_cpu(bench_script):
+    bench = bench_script("grad_gather")
     res = bench.main(["--runs", "3", "--per_run", "5", "--repeats", "2"])
     assert res["same_values"] and res["tensors"] == 15 and res["flat_cat_ms"] > 0 and res["reshape_cat_ms"] > 0
 
 
-def test_memory_peak_breakdown_replays_an_allocator_trace():
+def test_memory_peak_breakdown_replays_an_allocator_trace(bench_script):
     """`benchmarks/memory_peak.py` on a trace in the CUDA allocator's format: the peak counts what was
     allocated before the trace, less what the trace freed of it, and groups live blocks by their code."""
-    spec = importlib.util.spec_from_file_location("memory_peak", ROOT / "benchmarks" / "memory_peak.py")
-    mp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mp)
+    mp = bench_script("memory_peak")
     swap = [{"filename": "/x/site-packages/ltxv2_diffusers/models/acceleration/block_swap.py", "name": "fetch",
              "line": 120}]
     graph = [{"filename": "/usr/lib/python3/site-packages/torch/_inductor/output_code.py", "name": "__call__", "line": 1},
