@@ -59,7 +59,7 @@ def parse(argv=None):
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
                         "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
-                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '+keepall' lets blocks without recompute keep what the partitioner keeps by default (not keep_matmul_outputs_policy), '@S/K[/D][/spread]' swaps S blocks, "
+                        "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cdt' with its coordinate-descent tuning of elementwise and reduction kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '+keepall' lets blocks without recompute keep what the partitioner keeps by default (not keep_matmul_outputs_policy), '+nofo' has backward fetch the text keys' and values' weights of swapped blocks too (as before they were left to the forward), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
@@ -85,9 +85,10 @@ def _tail(extra: str) -> int | None:
 
 def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str | None]:
     """A `--recompute` variant: 'keep' | 'ckpt' | 'none' | a budget, with '+cg' (CUDA graphs), '+combo'
-    (inductor combo kernels), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
+    (inductor combo kernels), '+cdt' (inductor coordinate-descent tuning), '+cpp' (inductor's C++ wrapper), '+burst' (no ramp of the backward
     prefetch), '+gc' (no gc.freeze() before the timed steps, unlike the trainer), '+keepall' (blocks without
-    recompute keep what the partitioner keeps by default, as before `keep_matmul_outputs_policy`) or
+    recompute keep what the partitioner keeps by default, as before `keep_matmul_outputs_policy`), '+nofo'
+    (backward fetches whole swapped blocks, `SpeedOptions.split_forward_only` off) or
     '+tailN' (the last N blocks stay resident instead of 2 when blocks are swapped) extras anywhere, and optionally
     '@S/K[/D][/last|/spread]' (blocks swapped / without recompute / backward prefetch / where the
     blocks without recompute are). Returns (base, extras, [S, K, D] or None, placement or None)."""
@@ -102,9 +103,9 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
         numbers = []
     if fields and not 2 <= len(numbers) <= 3:
         raise ValueError(f"--recompute variant {v!r}: after '@' give S/K[/D][/last|/spread], e.g. keep@44/28/2/spread")
-    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc", "keepall"} and _tail(x) is None}
+    unknown = {x for x in extras + more if x not in {"cg", "combo", "cpp", "burst", "gc", "keepall", "nofo", "cdt"} and _tail(x) is None}
     if unknown:
-        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, keepall, tailN)")
+        raise ValueError(f"--recompute variant {v!r}: unknown extras {sorted(unknown)} (cg, combo, cpp, burst, gc, keepall, nofo, cdt, tailN)")
     counts = (numbers + [None])[:3] if numbers else None
     return base, extras + more, counts, placement
 
@@ -359,6 +360,7 @@ def main(argv=None) -> dict:
                         without_recompute_placement=placement or SpeedOptions.without_recompute_placement,
                         lean_without_recompute="keepall" not in extras)
         torch._inductor.config.combo_kernels = "combo" in extras
+        torch._inductor.config.coordinate_descent_tuning = "cdt" in extras  # tunes elementwise/reduction launches
         torch._inductor.config.cpp_wrapper = "cpp" in extras  # C++ instead of Python launching the kernels
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode
         keep = dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, **swapping)
@@ -383,6 +385,7 @@ def main(argv=None) -> dict:
         nonlocal prefetch, burst, tail
         extras = parse_variant(v)[1]
         burst = "burst" in extras
+        opts.split_forward_only = "nofo" not in extras
         tail = next((_tail(x) for x in extras if _tail(x) is not None), None)
         kwargs = recompute_options(v)
         if kwargs.pop("checkpointing", True):
@@ -402,7 +405,8 @@ def main(argv=None) -> dict:
 
             swapper.remove()
             swapper = BlockSwapper(transformer, opts.blocks_to_swap, device=a.device, rerun_in_backward=False,
-                                   resident_tail=tail)
+                                   resident_tail=tail, forward_only=swapper.forward_only,
+                                   forward_only_blocks=swapper.forward_only_blocks)
         if prefetch is not None:
             swapper.backward_prefetch = prefetch
         if burst:

@@ -367,6 +367,9 @@ def test_block_swap_without_rerun_matches_resident_model(device, checkpointing):
             assert not setup.swapper.rerun_in_backward
             assert setup.swapper.swapped == ([0, 2] if swap == 2 else [0, 1, 2, 3])
             assert f"{swap} blocks swapped to CPU (spread, fetched back before their backward)" in setup.summary()
+            # blocks that recompute nothing leave their text keys' and values' weights to the forward
+            plain = {1, 3} if checkpointing else set(range(5))
+            assert sorted(setup.swapper.forward_stores) == sorted(plain & set(setup.swapper.swapped))
         runs = []
         for _ in range(2):
             loss = _loss(LTXAVModelAdapter.from_components(model), batch)
@@ -423,6 +426,61 @@ def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
     with torch.no_grad():
         torch.testing.assert_close(_loss(LTXAVModelAdapter.from_components(model), batch), want)
     assert all(n > 0 for n in sizes())
+
+
+@pytest.mark.parametrize("device", SWAP_DEVICES)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_text_keys_and_values_are_fetched_by_the_forward_only(device, compiled):
+    """Swapped blocks that recompute nothing leave the text cross-attentions' key and value weights out
+    of backward (the text carries no gradient; the next forward fetches them), with the same loss and
+    gradients as the resident model over two steps. Where the text does carry gradient, backward
+    fetches them too, and the text's gradient is right."""
+    batch = {k: v.to(device) for k, v in _batch().items()}
+    ref = _lora_model(torch.float32, num_layers=5).to(device)
+    model = _lora_model(torch.float32, num_layers=5).to(device)
+    if compiled:
+        torch._dynamo.reset()
+        for m in (ref, model):
+            acceleration.compile_blocks(m, backend=_backend(device))  # no checkpointing: nothing recomputes
+    swapper = acceleration.BlockSwapper(model, 2, device=device, rerun_in_backward=False,
+                                        forward_only=acceleration.LTX2_TEXT_KEYS_VALUES, forward_only_blocks={2, 3})
+    assert swapper.swapped == [0, 2] and sorted(swapper.forward_stores) == [2]  # swapped and plain
+    block = model.transformer_blocks[2]
+    split = [n for n, t in block.named_parameters() if not t.requires_grad and
+             acceleration.LTX2_TEXT_KEYS_VALUES.selects(n)]
+    assert {n.split(".base_layer")[0] for n in split} == {"attn2.to_k", "attn2.to_v", "audio_attn2.to_k",
+                                                          "audio_attn2.to_v"}
+
+    def on_device(names):
+        params = dict(block.named_parameters())
+        return {params[n].numel() > 0 for n in names}
+
+    for _ in range(2):
+        loss = _loss(LTXAVModelAdapter.from_components(model), batch)
+        assert on_device(split) == {False}
+        loss.backward()
+        assert swapper.resident == {0, 2} and not swapper.forward_resident  # backward fetched the rest only
+        assert on_device(split) == {False} and on_device([n for n, _ in block.named_parameters()
+                                                          if n not in split and "lora" not in n]) == {True}
+        expect = _loss(LTXAVModelAdapter.from_components(ref), batch)
+        expect.backward()
+        torch.testing.assert_close(loss, expect, atol=1e-5, rtol=1e-5)
+        want, got = _grads(ref), _grads(model)
+        assert want.keys() == got.keys() and want
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4, msg=name)
+        for m in (ref, model):
+            m.zero_grad(set_to_none=True)
+        swapper.reset()
+    # The text carries gradient (say a plugin trains what produces it): backward needs those weights.
+    texts = [batch["text"].clone().requires_grad_() for _ in range(2)]
+    _loss(LTXAVModelAdapter.from_components(model), {**batch, "text": texts[0]}).backward()
+    assert swapper.forward_resident == {2}
+    _loss(LTXAVModelAdapter.from_components(ref), {**batch, "text": texts[1]}).backward()
+    torch.testing.assert_close(texts[0].grad, texts[1].grad, atol=1e-5, rtol=1e-4)
+    swapper.remove()
+    assert on_device(split) == {True}
+    torch._dynamo.reset()
 
 
 def test_blocks_without_recompute_are_spread_or_last():
@@ -535,6 +593,31 @@ def test_benchmark_block_points_follow_forward_then_backward(bench_script):
                        lambda kind, i: points.append((kind, i)))
     assert points == [("f", 0), ("f", 1), ("f", 2), ("b", 2), ("b", 1), ("b", 0)]
     assert all(not b._forward_hooks and not b._forward_pre_hooks for b in model.transformer_blocks)
+
+
+def test_lora_layouts_benchmark_compares_layouts_of_the_same_function(bench_script):
+    """The layouts `benchmarks/lora_layouts.py` times give the same outputs and gradients (fp32, CPU)."""
+    fns = bench_script("lora_layouts").layouts
+    g = torch.Generator().manual_seed(0)
+    c, r, n = 16, 4, 3
+    weights = [torch.randn(c, c, generator=g) for _ in range(n)]
+    biases = [torch.randn(c, generator=g) for _ in range(n)]
+    downs = [torch.randn(r, c, generator=g).requires_grad_() for _ in range(n)]
+    ups = [torch.randn(c, r, generator=g).requires_grad_() for _ in range(n)]
+    x = torch.randn(1, 5, c, generator=g, requires_grad=True)
+    grads = [torch.randn(1, 5, c, generator=g) for _ in range(n)]
+    results = {}
+    for name, fn in fns(weights, biases, downs, ups, r).items():
+        outs = fn(x)
+        torch.autograd.backward(outs, grads)
+        results[name] = [o.detach() for o in outs] + [t.grad for t in [x] + downs + ups]
+        for t in [x] + downs + ups:
+            t.grad = None
+    for name in ("shared_A", "shared_A_addmm"):
+        assert len(results[name]) == 3 * n + 1 and all(t is not None for t in results[name])
+        for got, want in zip(results[name], results["peft_like"]):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(results["base"][0], results["peft_like"][0])  # the LoRA does add something
 
 
 def test_grad_gather_benchmark_smoke_on_cpu(bench_script):

@@ -47,6 +47,9 @@ class SpeedOptions:
     # fp32 masters and AdamW moments in pinned host memory, updated during the next forward (-2.4 GiB at
     # full size, rank 32); see models/acceleration/optimizer_offload.py
     offload_optimizer: bool = False
+    # Swapped blocks that recompute nothing leave the text keys' and values' weights, which their
+    # backward never reads, to be fetched by the next forward (`BlockSwapper(forward_only=...)`)
+    split_forward_only: bool = True
     compile_backend: str = "inductor"
     compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
     compute_dtype: torch.dtype = torch.bfloat16
@@ -106,6 +109,9 @@ class SpeedSetup:
             how = ("re-fetched by the backward re-run" if self.swapper.rerun_in_backward
                    else "spread, fetched back before their backward")
             parts.append(f"{o.blocks_to_swap} blocks swapped to CPU ({how})")
+            if self.swapper.forward_stores:
+                parts.append(f"the text keys' and values' weights of {len(self.swapper.forward_stores)} of them "
+                             "fetched by the forward only")
         if o.attention_backend:
             parts.append(f"attention backend {o.attention_backend}")
         if self.offloaded:
@@ -260,9 +266,19 @@ def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
     `configure_recompute`, with diffusers' gradient checkpointing as the user set it."""
     if not options.blocks_to_swap:
         return None
-    rerun = transformer.is_gradient_checkpointing and not _recompute_inside(transformer, options)
+    inside = _recompute_inside(transformer, options)
+    checkpointing = transformer.is_gradient_checkpointing
+    rerun = checkpointing and not inside
+    # blocks whose backward recomputes nothing, so never reads the text keys' and values' weights
+    if not options.split_forward_only or rerun:
+        plain = set()
+    elif inside:
+        plain = blocks_without_recompute(transformer, options) if options.activation_memory_budget is None else set()
+    else:
+        plain = set(range(len(transformer.transformer_blocks)))
     return acceleration.BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
-                                     rerun_in_backward=rerun)
+                                     rerun_in_backward=rerun, forward_only=acceleration.LTX2_TEXT_KEYS_VALUES,
+                                     forward_only_blocks=plain)
 
 
 def compiled_recompute(*, compile: bool, recompute: str, checkpointing: bool) -> bool:

@@ -26,13 +26,13 @@ One module per lever: `compile`, `master_weights`, `optimizer_offload`, `int8`, 
 re-exports them.
 """
 
-from .block_swap import (BlockSwapper, available_host_memory, check_host_memory, check_swap_count, evenly_spaced,
-                         spread_blocks)
+from .block_swap import (LTX2_TEXT_KEYS_VALUES, BlockSwapper, ForwardOnly, available_host_memory, check_host_memory,
+                         check_swap_count, evenly_spaced, spread_blocks)
 from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
 from .int8 import Int8WeightLinear, quantize_base_weights
 from .master_weights import MasterWeights
 from .optimizer_offload import HostMasterWeights, OffloadedAdamW, block_runs
 
-__all__ = ["BlockSwapper", "HostMasterWeights", "Int8WeightLinear", "MasterWeights", "OffloadedAdamW", "block_runs", "available_host_memory", "check_host_memory",
+__all__ = ["LTX2_TEXT_KEYS_VALUES", "BlockSwapper", "ForwardOnly", "HostMasterWeights", "Int8WeightLinear", "MasterWeights", "OffloadedAdamW", "block_runs", "available_host_memory", "check_host_memory",
            "check_swap_count", "compile_blocks", "evenly_spaced", "keep_attention_policy",
            "keep_matmul_outputs_policy", "quantize_base_weights", "spread_blocks"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -86,14 +90,18 @@ class _HostCopy:
 
     @classmethod
     def bytes_needed(cls, block: nn.Module) -> int:
-        return sum(cls._padded(t) for _, _, t in cls._frozen_tensors(block))
+        return sum(cls._padded(t) for _, _, _, t in cls._frozen_tensors(block))
 
-    def __init__(self, block: nn.Module, device: torch.device):
+    def __init__(self, block: nn.Module, device: torch.device, select=None):
+        """`select(qualified_name) -> bool` picks which of the block's frozen tensors this copy holds
+        (default: all)."""
         self.device = device
         self.entries: list[tuple[nn.Module, str, torch.dtype, torch.Size, int, int]] = []
         offset = 0
         tensors = []
-        for module, name, t in self._frozen_tensors(block):
+        for qualified, module, name, t in self._frozen_tensors(block):
+            if select is not None and not select(qualified):
+                continue
             nbytes = t.numel() * t.element_size()
             self.entries.append((module, name, t.dtype, t.shape, offset, nbytes))
             tensors.append(t)
@@ -109,24 +117,32 @@ class _HostCopy:
 
     @staticmethod
     def _frozen_tensors(block: nn.Module):
-        for module in block.modules():
+        """(qualified name, owning module, attribute name, tensor) of every parameter without grad and buffer."""
+        for path, module in block.named_modules():
+            prefix = f"{path}." if path else ""
             for name, p in list(module._parameters.items()):
                 if p is not None and not p.requires_grad:
-                    yield module, name, p
+                    yield prefix + name, module, name, p
             for name, b in list(module._buffers.items()):
                 if b is not None:
-                    yield module, name, b
+                    yield prefix + name, module, name, b
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries
 
     @staticmethod
     def _tensor(module: nn.Module, name: str) -> torch.Tensor:
         return module._parameters[name] if name in module._parameters else module._buffers[name]
 
-    def fetch(self, stream=None) -> None:
+    def fetch(self, stream=None, pool=None) -> None:
         """Point the block at a fresh device copy. On CUDA the buffer comes from the current stream's
-        pool (the one activations use, so memory they free can hold blocks and the reverse) and the
-        copy runs on `stream`, which must already wait for the current stream."""
+        pool (the one activations use, so memory they free can hold blocks and the reverse), or from
+        the private `pool` (a `torch.cuda.MemPool`) if given, and the copy runs on `stream`, which must
+        already wait for the current stream."""
         if self.device.type == "cuda":
-            flat = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
+            with torch.cuda.use_mem_pool(pool, self.device) if pool is not None else contextlib.nullcontext():
+                flat = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
             with torch.cuda.stream(stream or torch.cuda.current_stream(self.device)):
                 flat.copy_(self.host, non_blocking=True)
         else:
@@ -144,6 +160,35 @@ class _HostCopy:
             if dtype not in empty:
                 empty[dtype] = torch.empty(0, dtype=dtype, device=self.device)
             self._tensor(module, name).data = empty[dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardOnly:
+    """Frozen tensors that a block's backward never reads while the block inputs they project carry no
+    gradient: a frozen linear layer applied to such an input saves nothing of its own for backward
+    (the LoRA beside it saves its input, an activation). A block that recomputes its forward inside
+    its backward reads them again, so only blocks that recompute nothing may leave them out."""
+
+    modules: tuple[str, ...]  # module paths inside a block: every frozen tensor under them
+    inputs: tuple[tuple[str, int], ...]  # (keyword, position) of the block inputs those modules project
+
+    def selects(self, qualified_name: str) -> bool:
+        return any(qualified_name.startswith(m + ".") for m in self.modules)
+
+    def inputs_need_grad(self, args: tuple, kwargs: dict) -> bool:
+        for key, position in self.inputs:
+            value = kwargs.get(key, args[position] if len(args) > position else None)
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                return True
+        return False
+
+
+# LTX-2's text cross-attentions: their keys and values project the text, which no trained parameter
+# produces (about 80 MiB of a full-size block's 745 MiB).
+LTX2_TEXT_KEYS_VALUES = ForwardOnly(modules=("attn2.to_k", "attn2.to_v", "audio_attn2.to_k", "audio_attn2.to_v"),
+                                    inputs=(("encoder_hidden_states", 2), ("audio_encoder_hidden_states", 3)))
+
+_MAIN, _FORWARD = "main", "forward"
 
 
 class BlockSwapper:
@@ -167,11 +212,17 @@ class BlockSwapper:
       forward. Compiled blocks save the parameters themselves for backward, whose storage the
       swapper replaces in place, so backward reads the fetched copy. (Eager linear layers save a
       transposed view instead, which stays correct but holds the weights until backward.)
+      With `forward_only` (a `ForwardOnly`), the blocks in `forward_only_blocks` that are swapped
+      (ones that recompute nothing) keep the tensors it names apart: backward does not fetch them,
+      and the next forward fetches them ahead of use while the host link is otherwise idle, so
+      backward, which the link paces at many swapped blocks, moves fewer bytes. In a step whose
+      inputs to them carry gradient, backward fetches them too.
     """
 
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
                  rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1,
-                 resident_tail: int = 2):
+                 resident_tail: int = 2, forward_only: ForwardOnly | None = None,
+                 forward_only_blocks: Iterable[int] = ()):
         blocks = list(transformer.transformer_blocks)
         check_swap_count(num_blocks, len(blocks))
         self.device = torch.device(device)
@@ -191,52 +242,72 @@ class BlockSwapper:
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         check_host_memory(sum(_HostCopy.bytes_needed(blocks[i]) for i in self.swapped), f"--blocks_to_swap {num_blocks}")
-        self.stores = {i: _HostCopy(blocks[i], self.device) for i in self.swapped}
-        self.events: dict[int, torch.cuda.Event] = {}
-        self.resident: set[int] = set()
+        self.forward_only = None if rerun_in_backward else forward_only
+        self.forward_only_blocks = set(forward_only_blocks)
+        split = self.forward_only_blocks & set(self.swapped) if self.forward_only is not None else set()
+        # per block: the tensors backward reads ("main") and, for `split` blocks, those it does not
+        self.stores = {i: _HostCopy(blocks[i], self.device,
+                                    (lambda q: not forward_only.selects(q)) if i in split else None)
+                       for i in self.swapped}
+        self.forward_stores = {i: c for i in sorted(split)
+                               if not (c := _HostCopy(blocks[i], self.device, forward_only.selects)).empty}
+        # The forward's fetches of those parts come and go between the forward's activations; from the
+        # activations' pool, these same-sized buffers fragmented it (46.6 -> 55.8 GiB reserved at full
+        # size, session 7). A private pool keeps reusing the same few segments instead.
+        self.forward_pool = torch.cuda.MemPool() if self.cuda and self.forward_stores else None
+        self.events: dict[tuple[str, int], torch.cuda.Event] = {}
+        self.resident: set[int] = set()  # blocks whose main part is on the device
+        self.forward_resident: set[int] = set()
+        self._forward_only_in_backward = False  # this step's inputs to them carry gradient
         self.last: int | None = None
         self._handles = []
         for i, block in enumerate(blocks):
             if rerun_in_backward:
                 self._handles.append(block.register_forward_pre_hook(self._make_rerun_hook(i)))
             else:
-                self._handles.append(block.register_forward_pre_hook(self._make_forward_hook(i)))
+                self._handles.append(block.register_forward_pre_hook(self._make_forward_hook(i), with_kwargs=True))
                 self._handles.append(block.register_forward_hook(self._make_backward_trigger(i)))
 
-    def _prefetch(self, i: int) -> None:
-        if i not in self.stores or i in self.resident:
+    def _table(self, part: str) -> tuple[dict[int, _HostCopy], set[int]]:
+        return (self.stores, self.resident) if part == _MAIN else (self.forward_stores, self.forward_resident)
+
+    def _prefetch(self, i: int, part: str = _MAIN) -> None:
+        stores, resident = self._table(part)
+        if i not in stores or i in resident:
             return
         if self.cuda:
             # The buffer may reuse memory that work queued so far on the compute stream still reads.
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            self.stores[i].fetch(self.stream)
+            stores[i].fetch(self.stream, self.forward_pool if part == _FORWARD else None)
             event = torch.cuda.Event()
             event.record(self.stream)
-            self.events[i] = event
+            self.events[(part, i)] = event
         else:
-            self.stores[i].fetch()
-        self.resident.add(i)
+            stores[i].fetch()
+        resident.add(i)
 
-    def _wait_for_copy(self, i: int) -> None:
-        """Order the compute stream's next work after block i's pending copy, if any."""
-        event = self.events.pop(i, None)
+    def _wait_for_copy(self, i: int, part: str = _MAIN) -> None:
+        """Order the compute stream's next work after the pending copy of block i's `part`, if any."""
+        event = self.events.pop((part, i), None)
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
 
-    def _ensure(self, i: int) -> None:
-        """Make block i's tensors usable by the work queued next on the compute stream."""
-        self._prefetch(i)
-        self._wait_for_copy(i)
+    def _ensure(self, i: int, part: str = _MAIN) -> None:
+        """Make block i's tensors (`part` of them) usable by the work queued next on the compute stream."""
+        self._prefetch(i, part)
+        self._wait_for_copy(i, part)
 
-    def _release(self, i: int) -> None:
-        if i not in self.stores or i not in self.resident:
+    def _release(self, i: int, part: str = _MAIN) -> None:
+        stores, resident = self._table(part)
+        if i not in stores or i not in resident:
             return
-        self._wait_for_copy(i)  # a copy nobody waited for must land before the compute stream reuses its memory
-        self.stores[i].drop()
-        self.resident.discard(i)
+        self._wait_for_copy(i, part)  # a copy nobody waited for must land before the compute stream reuses its memory
+        stores[i].drop()
+        resident.discard(i)
 
-    def _next_swapped(self, i: int, step: int, count: int = 1) -> list[int]:
-        later = sorted((j for j in self.swapped if (j - i) * step > 0), key=lambda j: abs(j - i))
+    def _next_swapped(self, i: int, step: int, count: int = 1, part: str = _MAIN) -> list[int]:
+        """The next `count` blocks after i in direction `step` whose `part` is swapped."""
+        later = sorted((j for j in self._table(part)[0] if (j - i) * step > 0), key=lambda j: abs(j - i))
         return later[:count]
 
     def _make_rerun_hook(self, i: int):
@@ -252,24 +323,33 @@ class BlockSwapper:
         return hook
 
     def _make_forward_hook(self, i: int):
-        def hook(module, args):
+        def hook(module, args, kwargs):
             self._backward_started = False
-            self._ensure(i)
-            for j in [j for j in self.resident if j < i]:
-                self._release(j)
-            for j in self._next_swapped(i, +1):
-                self._prefetch(j)
+            if self.forward_only is not None:
+                self._forward_only_in_backward = self.forward_only.inputs_need_grad(args, kwargs)
+            for part in (_MAIN, _FORWARD):
+                self._ensure(i, part)
+                for j in [j for j in self._table(part)[1] if j < i]:
+                    self._release(j, part)
+                for j in self._next_swapped(i, +1, part=part):
+                    self._prefetch(j, part)
             return None
 
         return hook
 
+    def _backward_parts(self) -> tuple[str, ...]:
+        return (_MAIN, _FORWARD) if self._forward_only_in_backward else (_MAIN,)
+
     def _make_backward_trigger(self, i: int):
         def on_grad(grad):
-            self._ensure(i)
+            parts = self._backward_parts()
+            for part in parts:
+                self._ensure(i, part)
             ahead = self.backward_prefetch if self._backward_started else min(self.start_prefetch, self.backward_prefetch)
             self._backward_started = True
             for j in self._next_swapped(i, -1, ahead):  # blocks above stay for the next forward
-                self._prefetch(j)
+                for part in parts:
+                    self._prefetch(j, part)
             return None
 
         def hook(module, args, output):
@@ -286,13 +366,16 @@ class BlockSwapper:
         """Bring every swapped block back to the device for good and remove the hooks."""
         for i in self.swapped:
             self._ensure(i)
+            self._ensure(i, _FORWARD)
         if self.cuda:
             torch.cuda.current_stream(self.device).synchronize()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self.stores.clear()
+        self.forward_stores.clear()
         self.resident.clear()
+        self.forward_resident.clear()
 
     def reset(self) -> None:
         """Call between steps. Re-run mode drops what is still resident; gradient-hook mode keeps the
@@ -300,4 +383,6 @@ class BlockSwapper:
         if self.rerun_in_backward:
             for i in list(self.resident):
                 self._release(i)
+        elif self.forward_stores:  # the forward hooks fetch each block's part ahead, but for the first
+            self._prefetch(min(self.forward_stores), _FORWARD)
         self.last = None
