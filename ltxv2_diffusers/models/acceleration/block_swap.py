@@ -141,7 +141,7 @@ class _HostCopy:
         the private `pool` (a `torch.cuda.MemPool`) if given, and the copy runs on `stream`, which must
         already wait for the current stream."""
         if self.device.type == "cuda":
-            with torch.cuda.use_mem_pool(pool, self.device) if pool is not None else contextlib.nullcontext():
+            with torch.cuda.use_mem_pool(pool, device=self.device) if pool is not None else contextlib.nullcontext():
                 flat = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
             with torch.cuda.stream(stream or torch.cuda.current_stream(self.device)):
                 flat.copy_(self.host, non_blocking=True)
