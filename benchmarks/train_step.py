@@ -8,6 +8,7 @@ line. Run it in the same device call as shared/bench/naive_baseline.py and compa
 
     python benchmarks/train_step.py                       # default fast path
     python benchmarks/train_step.py --low_memory          # int8 base + block swap (24 GiB mode)
+    python benchmarks/train_step.py --fp8_base            # fp8 base weights and matmuls
     python benchmarks/train_step.py --preset tiny --device cpu --steps 2 --warmup 1   # smoke test
 """
 
@@ -47,6 +48,7 @@ def parse(argv=None):
                    help="naive: autocast + fp32 LoRA, eager; default: the trainer's fast path")
     p.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
+    p.add_argument("--fp8_base", action="store_true", help="fp8 base weights and matmuls (models/acceleration/fp8.py)")
     p.add_argument("--blocks_to_swap", type=int, default=None)
     p.add_argument("--no_compile", action="store_true")
     p.add_argument("--offload_optimizer", action="store_true",
@@ -375,7 +377,7 @@ def main(argv=None) -> dict:
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
                                    blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute,
-                                   offload_optimizer=a.offload_optimizer)
+                                   offload_optimizer=a.offload_optimizer, fp8_base=a.fp8_base)
     swap_default = opts.blocks_to_swap
     prefetch = None
     burst = False

@@ -146,7 +146,7 @@ class Trainer:
                                           blocks_to_swap=args.blocks_to_swap, recompute=args.recompute,
                                           activation_memory_budget=args.activation_memory_budget,
                                           blocks_without_recompute=args.blocks_without_recompute,
-                                          offload_optimizer=args.offload_optimizer)
+                                          offload_optimizer=args.offload_optimizer, fp8_base=args.fp8_base)
         self._check_block_counts(options)
         self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)

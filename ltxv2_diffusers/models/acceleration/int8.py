@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base_linears import replace_base_linears
+
 
 class _Int8Linear(torch.autograd.Function):
     """y = x @ dequant(q)^T + b, saving the int8 weight (not a bf16 copy) for the input gradient."""
@@ -53,14 +55,4 @@ class Int8WeightLinear(nn.Module):
 def quantize_base_weights(transformer: nn.Module, min_features: int = 256) -> int:
     """Replace the frozen `nn.Linear`s inside the transformer blocks (PEFT base layers included) by
     `Int8WeightLinear`; LoRA matrices and small layers stay as they are. Returns the count."""
-    count = 0
-    for block in transformer.transformer_blocks:
-        for name, module in list(block.named_modules()):
-            for child_name, child in list(module.named_children()):
-                if not isinstance(child, nn.Linear) or child.weight.requires_grad:
-                    continue
-                if "lora_" in f"{name}.{child_name}" or min(child.in_features, child.out_features) < min_features:
-                    continue
-                setattr(module, child_name, Int8WeightLinear(child))
-                count += 1
-    return count
+    return replace_base_linears(transformer, Int8WeightLinear, min_features)
