@@ -98,6 +98,7 @@ def test_config_file_unknown_key_names_file(files, tmp_path, capsys):
     (["--network_args", "includ_ff=True"], "--network_args includ_ff: not understood"),
     (["--text_encoder_backend", "clip"], "--text_encoder_backend 'clip' is not registered"),
     (["--ltx_mode", "av", "--video_loss_weight", "0", "--audio_loss_weight", "0"], "nothing to train"),
+    (["--fp8_base", "--speed", "naive"], "--fp8_base multiplies the fast path's bf16 activations"),
 ])
 def test_wrong_flags_fail_fast(files, tmp_path, capsys, extra, message):
     if "bitsandbytes" in message:

@@ -100,6 +100,7 @@ class SpeedSetup:
     device_type: str = "cpu"
     recompute: str = "none"  # who recomputes activations in backward, in words
     optimizer: torch.optim.Optimizer | None = None  # the one `make_optimizer` built
+    quantized_layers: int = 0  # base linears int8 or fp8 replaced
 
     def summary(self) -> str:
         """One line for the run's log: compute dtype, compilation, recomputation, memory levers."""
@@ -109,9 +110,9 @@ class SpeedSetup:
                  (" with fp32 master weights" if self.master is not None else ""),
                  "compiled blocks" if o.compile else "eager", f"recompute: {self.recompute}"]
         if o.int8_base:
-            parts.append("int8 base weights")
+            parts.append(f"int8 base weights ({self.quantized_layers} layers)")
         if o.fp8_base:
-            parts.append("fp8 base weights and matmuls")
+            parts.append(f"fp8 base weights and matmuls ({self.quantized_layers} layers)")
         if self.swapper is not None:
             how = ("re-fetched by the backward re-run" if self.swapper.rerun_in_backward
                    else "spread, fetched back before their backward")
@@ -230,14 +231,15 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     """
     device = torch.device(device)
     _recompute_inside(transformer, options)  # checks the options before the model changes
+    quantized = 0
     if options.int8_base:
-        acceleration.quantize_base_weights(transformer, options.quantize_min_features)
+        quantized = acceleration.quantize_base_weights(transformer, options.quantize_min_features)
     if options.fp8_base:
         acceleration.check_fp8_device(device)
         if options.naive and device.type == "cuda":
             raise ValueError("--fp8_base multiplies in fp8 on the fast path's bf16 activations; drop --speed naive")
         # quantized on the training device (fast), wherever the weights are kept
-        acceleration.fp8_base_weights(transformer, options.quantize_min_features, device=device)
+        quantized = acceleration.fp8_base_weights(transformer, options.quantize_min_features, device=device)
     fast = not options.naive and options.compute_dtype != torch.float32
     if fast:
         # The fast path runs natively in the compute dtype (no autocast), so the frozen base must be in it
@@ -260,7 +262,7 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
             p.data = p.data.float()
     recompute = configure_recompute(transformer, options)
     return SpeedSetup(options=options, trainable_params=trainable, master=master, swapper=swapper,
-                      device_type=device.type, recompute=recompute)
+                      device_type=device.type, recompute=recompute, quantized_layers=quantized)
 
 
 def blocks_without_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> set[int]:

@@ -226,6 +226,8 @@ class BlockSwapper:
         blocks = list(transformer.transformer_blocks)
         check_swap_count(num_blocks, len(blocks))
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # use_mem_pool wants an index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.blocks = blocks
         self.rerun_in_backward = rerun_in_backward
         # Swapped blocks fetched ahead in backward: one copy (~15 ms for a full-size block) may take

@@ -1,0 +1,134 @@
+"""fp8 base weights (`--fp8_base`): e4m3 storage with per-channel scales and fp8 matmuls stay within
+e4m3 rounding of the full-precision layer, compile to the same gradients as eager, swap like any
+frozen weight, and are refused where a GPU cannot multiply in fp8."""
+
+import pytest
+import torch
+
+from ltxv2_diffusers.models import acceleration
+from ltxv2_diffusers.models.acceleration.fp8 import E4M3_MAX, quantize_rows
+from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
+from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+
+from test_speed import _batch, _grads, _lora_model, _loss
+
+# e4m3 keeps 3 mantissa bits: a random matmul's output is off by about 3.6 % (relative L2 norm)
+E4M3_TOLERANCE = 0.06
+
+
+def _relative(a, b):
+    return float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
+
+
+def test_quantize_rows_is_exact_on_e4m3_values_and_scales_each_row_to_the_range():
+    rows = torch.tensor([[1.0, -0.5, 0.25, 0.0], [3.0, 6.0, -12.0, 1.5], [0.0, 0.0, 0.0, 0.0]])
+    q, scale = quantize_rows(rows)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (3, 1) and scale.dtype == torch.float32
+    assert torch.equal(q.float() * scale, rows)  # powers-of-two multiples of e4m3 values survive
+    assert q.float().abs().amax(dim=1)[:2].tolist() == [E4M3_MAX, E4M3_MAX]  # each row uses the whole range
+    assert torch.isfinite(scale).all() and scale[2] > 0  # an all-zero row gets a usable scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_linear_forward_and_input_gradient_within_e4m3_rounding(dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(512, 384).requires_grad_(False).to(dtype)
+    fp8 = acceleration.Fp8Linear(linear)
+    assert fp8.qweight.dtype == torch.float8_e4m3fn and fp8.qweight.shape == (384, 512)
+    assert fp8.scale.shape == (384,) and fp8.scale.dtype == torch.float32
+    assert _relative(fp8.weight, linear.weight) < E4M3_TOLERANCE / 2
+    x = torch.randn(3, 5, 512, dtype=dtype, requires_grad=True)
+    x8 = x.detach().clone().requires_grad_(True)
+    y, y8 = linear(x), fp8(x8)
+    assert y8.dtype == dtype and y8.shape == y.shape
+    assert _relative(y8, y) < E4M3_TOLERANCE
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y8.backward(grad)
+    assert x8.grad.dtype == dtype
+    assert _relative(x8.grad, x.grad) < E4M3_TOLERANCE
+    # the per-channel weight scales fold into the output gradient: same result as the dequantized weight
+    exact = (grad.float().reshape(-1, 384) @ fp8.weight.float()).reshape(x.shape)
+    assert _relative(x8.grad, exact) < E4M3_TOLERANCE
+
+
+def test_fp8_base_weights_replace_only_frozen_layers_fp8_can_take():
+    model = _lora_model(torch.float32, num_layers=2)
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    linears = [m for m in model.transformer_blocks.modules() if isinstance(m, torch.nn.Linear)]
+    count = acceleration.fp8_base_weights(model, min_features=16)
+    fp8 = [m for m in model.modules() if isinstance(m, acceleration.Fp8Linear)]
+    assert count == len(fp8) > 10
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == trainable  # LoRA untouched
+    lora = sum("lora_" in n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+    assert len(linears) == count + lora  # the tiny model's base linears are all multiples of 16 wide
+    assert acceleration.fp8_base_weights(model, min_features=16) == 0  # already replaced
+    odd = torch.nn.Linear(24, 40)
+    assert not acceleration.fp8.fp8_supported(odd) and acceleration.fp8.fp8_supported(torch.nn.Linear(32, 48))
+
+
+def _fp8_run(**options):
+    torch._dynamo.reset()
+    model = _lora_model(torch.float32, num_layers=2)
+    model.enable_gradient_checkpointing()
+    setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, fp8_base=True,
+                                                    quantize_min_features=16, **options), device="cpu")
+    loss = _loss(LTXAVModelAdapter.from_components(model), _batch())
+    loss.backward()
+    torch._dynamo.reset()
+    return setup, loss.detach(), _grads(model)
+
+
+def test_fp8_gradients_compiled_equal_eager_and_stay_near_full_precision():
+    """The compiled blocks (one recomputing, one keeping matmul outputs, as the fast path mixes them)
+    give the eager fp8 gradients; both are within e4m3 rounding of the full-precision model's."""
+    torch._dynamo.reset()
+    ref = _lora_model(torch.float32, num_layers=2)
+    ref_loss = _loss(LTXAVModelAdapter.from_components(ref), _batch())
+    ref_loss.backward()
+    ref_grads = _grads(ref)
+
+    setup, loss, grads = _fp8_run(compile=False)
+    assert "fp8 base weights and matmuls (56 layers)" in setup.summary()
+    _, compiled_loss, compiled_grads = _fp8_run(blocks_without_recompute=1, compile_backend="aot_eager_decomp_partition")
+    assert set(grads) == set(compiled_grads) == set(ref_grads) and len(grads) > 10
+    torch.testing.assert_close(compiled_loss, loss, atol=1e-6, rtol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(compiled_grads[name], grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert abs(float(loss) - float(ref_loss)) / float(ref_loss) < 0.01
+    flat = torch.cat([grads[n].flatten() for n in ref_grads])
+    ref_flat = torch.cat([ref_grads[n].flatten() for n in ref_grads])
+    assert 0.002 < _relative(flat, ref_flat) < E4M3_TOLERANCE  # really fp8, and close
+
+
+def test_swapped_fp8_blocks_give_the_resident_gradients():
+    """The fp8 weights and scales are buffers; the block swapper streams them like bf16 weights."""
+    _, loss, grads = _fp8_run(blocks_without_recompute=2, compile_backend="aot_eager_decomp_partition")
+    setup, swapped_loss, swapped_grads = _fp8_run(blocks_without_recompute=2, blocks_to_swap=1,
+                                                  compile_backend="aot_eager_decomp_partition")
+    assert setup.swapper is not None and setup.swapper.swapped == [0]
+    assert any(name == "qweight" and dtype == torch.float8_e4m3fn
+               for _, name, dtype, *_ in setup.swapper.stores[0].entries)
+    torch.testing.assert_close(swapped_loss, loss)
+    for name in grads:
+        torch.testing.assert_close(swapped_grads[name], grads[name], msg=name)
+
+
+def test_fp8_needs_a_gpu_that_multiplies_in_fp8(monkeypatch):
+    acceleration.check_fp8_device("cpu")  # slow but exact: the tests' path
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ValueError, match=r"--fp8_base needs fp8 matmuls .* NVIDIA A100-SXM4-80GB is sm_80.*--low_memory"):
+        acceleration.check_fp8_device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    acceleration.check_fp8_device("cuda")
+
+
+def test_fp8_flags():
+    from ltxv2_diffusers.training.args import parse_args
+
+    assert parse_args(["--fp8_scaled"], validate=False).fp8_base  # musubi's spelling
+    low = SpeedOptions.for_device("cuda", low_memory=True, fp8_base=True)
+    assert low.fp8_base and not low.int8_base and low.blocks_to_swap == 8  # fp8 replaces int8 in --low_memory
+    assert SpeedOptions.for_device("cuda", low_memory=True).int8_base
+    assert SpeedOptions.for_device("cpu", fp8_base=True).fp8_base
