@@ -155,3 +155,34 @@ def test_fp8_loss_curve_follows_the_full_precision_one():
     assert full[-1] < 0.95 * full[0] and fp8[-1] < 0.95 * fp8[0]  # both learn (about -9 %)
     for a, b in zip(full, fp8):
         assert abs(a - b) / a < 0.01, (full, fp8)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_swapped_blocks_free_their_device_copy_after_the_forward(fp8, monkeypatch):
+    """Compiled blocks that recompute nothing save tensors for backward; none of them may share a swapped
+    block's device copy (as a compiled graph's saved copy of an fp8 scale once did), or the whole copy
+    stays alive until that block's backward, where activations peak."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from ltxv2_diffusers.models.acceleration.block_swap import _HostCopy
+
+    copies = []
+    fetch = _HostCopy.fetch
+
+    def recording_fetch(self, *args, **kwargs):
+        fetch(self, *args, **kwargs)
+        copies.append(StorageWeakRef(self.device_copy.untyped_storage()))
+
+    monkeypatch.setattr(_HostCopy, "fetch", recording_fetch)
+    torch._dynamo.reset()
+    model = _lora_model(torch.float32, num_layers=4)
+    model.enable_gradient_checkpointing()
+    setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.bfloat16, fp8_base=fp8,
+                                                    quantize_min_features=16, blocks_to_swap=2, blocks_without_recompute=4,
+                                                    compile_backend="aot_eager_decomp_partition"), device="cpu")
+    assert setup.swapper.swapped == [0, 1] and not setup.swapper.rerun_in_backward
+    loss = _loss(LTXAVModelAdapter.from_components(model), _batch())
+    assert len(copies) >= 2 and all(ref.expired() for ref in copies)  # fetched for the forward, then freed
+    loss.backward()
+    assert not all(ref.expired() for ref in copies[-2:])  # fetched again by backward, kept for the next forward
+    torch._dynamo.reset()

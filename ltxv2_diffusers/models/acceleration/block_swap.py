@@ -73,7 +73,7 @@ def check_host_memory(needed: int, flag: str, available: int | None = None, proc
 
 
 class _HostCopy:
-    """The frozen tensors (parameters without grad, buffers) of one block, in one host buffer.
+    """The frozen matrices (parameters without grad, buffers; vectors stay) of one block, in one host buffer.
 
     `fetch()` copies the whole block to `device` in one transfer (pinned memory, asynchronous on the
     given side stream when the device is CUDA) and points every tensor at its slice of the device copy;
@@ -83,6 +83,10 @@ class _HostCopy:
     """
 
     _ALIGN = 64  # byte offset of every tensor in the buffer (kernels want aligned inputs)
+    # Vectors (biases, norm weights, fp8 weight scales: about 1 MB of a full-size block) stay on the device.
+    # Any tensor sharing the device copy keeps all of it alive, and compiled graphs may save such a vector
+    # for backward as another tensor object on the same storage (measured for fp8 weight scales: every
+    # swapped block then stayed on the GPU until its backward, +12 GiB at full size).
 
     @classmethod
     def _padded(cls, t: torch.Tensor) -> int:
@@ -91,6 +95,18 @@ class _HostCopy:
     @classmethod
     def bytes_needed(cls, block: nn.Module) -> int:
         return sum(cls._padded(t) for _, _, _, t in cls._frozen_tensors(block))
+
+    @classmethod
+    def _frozen_tensors(cls, block: nn.Module):
+        """(qualified name, owning module, attribute name, tensor) of every parameter without grad and
+        buffer that is not a vector (more than one dimension above 1)."""
+        for path, module in block.named_modules():
+            prefix = f"{path}." if path else ""
+            named = [(n, p) for n, p in module._parameters.items() if p is not None and not p.requires_grad]
+            named += [(n, b) for n, b in module._buffers.items() if b is not None]
+            for name, t in named:
+                if sum(size > 1 for size in t.shape) > 1:
+                    yield prefix + name, module, name, t
 
     def __init__(self, block: nn.Module, device: torch.device, select=None):
         """`select(qualified_name) -> bool` picks which of the block's frozen tensors this copy holds
@@ -114,18 +130,6 @@ class _HostCopy:
             self.host[start:start + nbytes].view(dtype).view(shape).copy_(t.detach().to("cpu"))
         self.device_copy: torch.Tensor | None = None
         self.drop()
-
-    @staticmethod
-    def _frozen_tensors(block: nn.Module):
-        """(qualified name, owning module, attribute name, tensor) of every parameter without grad and buffer."""
-        for path, module in block.named_modules():
-            prefix = f"{path}." if path else ""
-            for name, p in list(module._parameters.items()):
-                if p is not None and not p.requires_grad:
-                    yield prefix + name, module, name, p
-            for name, b in list(module._buffers.items()):
-                if b is not None:
-                    yield prefix + name, module, name, b
 
     @property
     def empty(self) -> bool:

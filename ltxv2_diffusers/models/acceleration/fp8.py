@@ -35,7 +35,7 @@ class _Fp8Matmul(torch.autograd.Function):
     def forward(ctx, x, qweight, scale):
         rows = x.reshape(-1, x.shape[-1])
         q, row_scale = quantize_rows(rows)
-        out = torch._scaled_mm(q, qweight.t(), scale_a=row_scale, scale_b=scale.view(1, -1), out_dtype=x.dtype)
+        out = torch._scaled_mm(q, qweight.t(), scale_a=row_scale, scale_b=scale, out_dtype=x.dtype)
         ctx.save_for_backward(qweight, scale)
         return out.view(*x.shape[:-1], qweight.shape[0])
 
@@ -45,7 +45,7 @@ class _Fp8Matmul(torch.autograd.Function):
             return None, None, None
         qweight, scale = ctx.saved_tensors
         rows = grad_out.reshape(-1, grad_out.shape[-1])
-        q, row_scale = quantize_rows(rows.float() * scale.view(1, -1))
+        q, row_scale = quantize_rows(rows.float() * scale)
         # fp8 matmuls want both operands contiguous along the contracted axis, here the output channels.
         by_input = qweight.t().contiguous()
         ones = torch.ones(1, qweight.shape[1], dtype=torch.float32, device=qweight.device)
@@ -64,14 +64,16 @@ class Fp8Linear(nn.Module):
         q, scale = quantize_rows(w.to(device) if device is not None else w)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", q.to(w.device))
-        self.register_buffer("scale", scale.view(-1).to(w.device))
+        # [1, out], the shape the matmul takes: no view of it is ever saved for backward, since any tensor
+        # sharing a swapped block's device copy would keep the whole copy alive until backward
+        self.register_buffer("scale", scale.view(1, -1).to(w.device))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.compute_dtype = w.dtype
 
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (materialized on demand; training never calls this)."""
-        return (self.qweight.float() * self.scale[:, None]).to(self.compute_dtype)
+        return (self.qweight.float() * self.scale.view(-1, 1)).to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _Fp8Matmul.apply(x, self.qweight, self.scale)
