@@ -35,7 +35,7 @@ def test_fp8_linear_forward_and_input_gradient_within_e4m3_rounding(dtype):
     linear = torch.nn.Linear(512, 384).requires_grad_(False).to(dtype)
     fp8 = acceleration.Fp8Linear(linear)
     assert fp8.qweight.dtype == torch.float8_e4m3fn and fp8.qweight.shape == (384, 512)
-    assert fp8.scale.shape == (384,) and fp8.scale.dtype == torch.float32
+    assert fp8.scale.shape == (1, 384) and fp8.scale.dtype == torch.float32
     assert _relative(fp8.weight, linear.weight) < E4M3_TOLERANCE / 2
     x = torch.randn(3, 5, 512, dtype=dtype, requires_grad=True)
     x8 = x.detach().clone().requires_grad_(True)
@@ -186,3 +186,22 @@ def test_swapped_blocks_free_their_device_copy_after_the_forward(fp8, monkeypatc
     loss.backward()
     assert not all(ref.expired() for ref in copies[-2:])  # fetched again by backward, kept for the next forward
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("quantize", ["fp8", "int8"])
+def test_applying_a_lora_to_quantized_base_weights_is_refused(quantize):
+    """A quantized layer's `.weight` is a dequantized copy (fusing into it would change nothing) and PEFT
+    cannot wrap it: the error says so, not that the LoRA was made for another model."""
+    from ltxv2_diffusers.lora import apply_lora, lora_from_model
+    from ltxv2_diffusers.models.presets import build_components
+
+    source = _lora_model(torch.float32, num_layers=2)
+    lora = lora_from_model(source)
+    target = build_components("tiny", components=("transformer",), overrides={"transformer": {"num_layers": 2}})["transformer"]
+    target.requires_grad_(False)  # the base is frozen, as in training
+    quantize_all = acceleration.fp8_base_weights if quantize == "fp8" else acceleration.quantize_base_weights
+    assert quantize_all(target, min_features=16) > 0
+    for fuse in (True, False):
+        with pytest.raises(TypeError, match=r"cannot apply a LoRA to transformer_blocks\.0\..*stored as "
+                                            r"(Fp8Linear|Int8WeightLinear).*before the base is quantized"):
+            apply_lora(target, lora, fuse=fuse)

@@ -143,6 +143,19 @@ def _base_linear(transformer: torch.nn.Module, name: str) -> torch.nn.Linear:
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
+def _refuse_quantized(transformer: torch.nn.Module, lora: LoraWeights) -> None:
+    # int8/fp8 layers are not `nn.Linear`s: PEFT cannot wrap them and their `.weight` is a dequantized copy
+    # (fusing into it would change nothing), so say so instead of "modules this transformer does not have".
+    for name in lora.modules:
+        try:
+            base = _base_linear(transformer, name)
+        except AttributeError:
+            continue
+        if hasattr(base, "qweight"):
+            raise TypeError(f"cannot apply a LoRA to {name}: its base weights are stored as {type(base).__name__} "
+                            "(--low_memory / --fp8_base); apply LoRAs before the base is quantized, as the trainer does")
+
+
 @torch.no_grad()
 def apply_lora(
     transformer: torch.nn.Module,
@@ -158,6 +171,7 @@ def apply_lora(
     ltx-core fuses LoRAs (irreversible; no PEFT needed at inference). fuse=False attaches a PEFT
     adapter instead (trainable, removable with `remove_lora`, e.g. to resume from `--network_weights`).
     """
+    _refuse_quantized(transformer, lora)
     check_lora_fits(transformer, lora)
     if fuse:
         for name, m in lora.modules.items():

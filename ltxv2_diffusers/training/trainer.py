@@ -501,6 +501,8 @@ class Trainer:
         levers.append("more --blocks_to_swap" if args.blocks_to_swap else "--blocks_to_swap N")
         if not args.offload_optimizer and args.speed == "fast" and args.optimizer_type == "AdamW":
             levers.append("--offload_optimizer")
+        if not args.fp8_base and args.speed == "fast":
+            levers.append("--fp8_base")
         if not args.low_memory:
             levers.append("--low_memory")
         levers.append("smaller buckets or --batch_size in the dataset config")

@@ -28,6 +28,14 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale
 
 
+def _scaled_matmul(q, weight_t, row_scale, col_scale, dtype: torch.dtype) -> torch.Tensor:
+    """`torch._scaled_mm` returning `dtype`. On CUDA row-wise scaled fp8 matmuls return bf16 only, so other
+    dtypes (fp16 or fp32 activations, e.g. under fp16 autocast) are cast from it."""
+    out_dtype = torch.bfloat16 if q.is_cuda else dtype
+    out = torch._scaled_mm(q, weight_t, scale_a=row_scale, scale_b=col_scale, out_dtype=out_dtype)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 class _Fp8Matmul(torch.autograd.Function):
     """`x @ (qweight * scale[:, None])^T` in fp8; saves only the fp8 weight and its scales."""
 
@@ -35,7 +43,7 @@ class _Fp8Matmul(torch.autograd.Function):
     def forward(ctx, x, qweight, scale):
         rows = x.reshape(-1, x.shape[-1])
         q, row_scale = quantize_rows(rows)
-        out = torch._scaled_mm(q, qweight.t(), scale_a=row_scale, scale_b=scale, out_dtype=x.dtype)
+        out = _scaled_matmul(q, qweight.t(), row_scale, scale, x.dtype)
         ctx.save_for_backward(qweight, scale)
         return out.view(*x.shape[:-1], qweight.shape[0])
 
@@ -49,7 +57,7 @@ class _Fp8Matmul(torch.autograd.Function):
         # fp8 matmuls want both operands contiguous along the contracted axis, here the output channels.
         by_input = qweight.t().contiguous()
         ones = torch.ones(1, qweight.shape[1], dtype=torch.float32, device=qweight.device)
-        grad = torch._scaled_mm(q, by_input.t(), scale_a=row_scale, scale_b=ones, out_dtype=grad_out.dtype)
+        grad = _scaled_matmul(q, by_input.t(), row_scale, ones, grad_out.dtype)
         return grad.view(*grad_out.shape[:-1], qweight.shape[1]), None, None
 
 
