@@ -90,7 +90,8 @@ def test_fp8_gradients_compiled_equal_eager_and_stay_near_full_precision():
 
     setup, loss, grads = _fp8_run(compile=False)
     assert "fp8 base weights and matmuls (56 layers)" in setup.summary()
-    _, compiled_loss, compiled_grads = _fp8_run(blocks_without_recompute=1, compile_backend="aot_eager_decomp_partition")
+    _, compiled_loss, compiled_grads = _fp8_run(blocks_without_recompute=1,
+                                                compile_backend="aot_eager_decomp_partition")
     assert set(grads) == set(compiled_grads) == set(ref_grads) and len(grads) > 10
     torch.testing.assert_close(compiled_loss, loss, atol=1e-6, rtol=1e-6)
     for name in grads:

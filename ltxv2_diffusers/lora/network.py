@@ -153,7 +153,8 @@ def _refuse_quantized(transformer: torch.nn.Module, lora: LoraWeights) -> None:
             continue
         if hasattr(base, "qweight"):
             raise TypeError(f"cannot apply a LoRA to {name}: its base weights are stored as {type(base).__name__} "
-                            "(--low_memory / --fp8_base); apply LoRAs before the base is quantized, as the trainer does")
+                            "(--low_memory / --fp8_base); apply LoRAs before the base is quantized, as the trainer "
+                            "does")
 
 
 @torch.no_grad()

@@ -78,10 +78,11 @@ class SpeedOptions:
             return cls(naive=True, compile=False, recompute="checkpoint", compute_dtype=torch.float32,
                        fp8_base=fp8_base)
         swap = blocks_to_swap if blocks_to_swap is not None else (8 if low_memory else 0)
-        # The 24 GiB mode re-runs whole blocks: keeping attention outputs would cost 2.3 GiB. With fp8 weights
-        # it keeps those (half the size of int8's dequantized bf16 use, and faster) instead of int8 ones.
+        # The 24 GiB mode re-runs whole blocks: keeping attention outputs would cost 2.3 GiB. With --fp8_base its
+        # base weights are fp8 instead of int8 (the same bytes, multiplied in fp8 instead of dequantized).
         return cls(naive=naive, compile=compile and not naive, attention_backend=attention_backend,
-                   int8_base=low_memory and not fp8_base, fp8_base=fp8_base, blocks_to_swap=swap, recompute="checkpoint" if low_memory else recompute,
+                   int8_base=low_memory and not fp8_base, fp8_base=fp8_base, blocks_to_swap=swap,
+                   recompute="checkpoint" if low_memory else recompute,
                    activation_memory_budget=activation_memory_budget, blocks_without_recompute=blocks_without_recompute,
                    offload_optimizer=offload_optimizer)
 

@@ -3,8 +3,9 @@
 The forward quantizes each token's activations to e4m3 with a scale of its own and multiplies with
 `torch._scaled_mm` (row-wise scales, output in the activations' dtype); the input gradient does the
 same with the output gradient, whose columns first take the weight's per-channel scales, since
-there they lie on the contracted axis. Hopper and Ada tensor cores run fp8 matmuls at about twice
-the bf16 rate and the weights take half the memory and half the host-link bytes when swapped.
+there they lie on the contracted axis. Hopper and Ada tensor cores are rated at twice the bf16 rate
+for fp8 (a full-size LTX-2 step: 12 % faster, benchmarks/RESULTS.md), and the weights take half the
+memory and half the host-link bytes when swapped.
 Results differ from bf16 by e4m3's rounding (3 mantissa bits: about 3.6 % of a random matmul's
 output), which is why this is a lever the user opts into, like the int8 weights. The LoRA beside
 each layer still reads the bf16 activations and trains in bf16.
@@ -37,7 +38,7 @@ def _scaled_matmul(q, weight_t, row_scale, col_scale, dtype: torch.dtype) -> tor
 
 
 class _Fp8Matmul(torch.autograd.Function):
-    """`x @ (qweight * scale[:, None])^T` in fp8; saves only the fp8 weight and its scales."""
+    """`x @ (qweight * scale.T)^T` in fp8 (`scale`: `[1, out]`); saves only the fp8 weight and its scales."""
 
     @staticmethod
     def forward(ctx, x, qweight, scale):
