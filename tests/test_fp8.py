@@ -206,3 +206,12 @@ def test_applying_a_lora_to_quantized_base_weights_is_refused(quantize):
         with pytest.raises(TypeError, match=r"cannot apply a LoRA to transformer_blocks\.0\..*stored as "
                                             r"(Fp8Linear|Int8WeightLinear).*before the base is quantized"):
             apply_lora(target, lora, fuse=fuse)
+
+
+def test_a_model_too_small_to_quantize_says_so(caplog):
+    model = _lora_model(torch.float32, num_layers=2)  # 32 wide: below the 256 that quantization starts at
+    with caplog.at_level("WARNING", logger="ltxv2_diffusers.training"):
+        setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, compile=False,
+                                                        fp8_base=True), device="cpu")
+    assert setup.quantized_layers == 0 and "fp8 base weights and matmuls (0 layers)" in setup.summary()
+    assert "--fp8_base: no frozen linear layer of the transformer blocks is at least 256 wide" in caplog.text

@@ -47,3 +47,30 @@ def test_fast_path_trains_and_resumes_bit_exactly(tmp_path_factory, tmp_path, fa
     assert any(not torch.equal(a[k].float(), c[k].float()) for k in a)  # bf16 compute is a different run
     for k in a:  # ... of the same training
         torch.testing.assert_close(a[k].float(), c[k].float(), rtol=0.1, atol=2e-3)
+
+
+@pytest.fixture()
+def fp8_fast_path_on_cpu(monkeypatch):
+    """As `fast_path_on_cpu`, passing `--fp8_base` on; the tiny model's layers are 32 wide, so quantize from 16."""
+    def for_device(device, *, naive=False, fp8_base=False, **_):
+        return speed_module.SpeedOptions(naive=naive, compile=False, compute_dtype=torch.bfloat16, fp8_base=fp8_base,
+                                         quantize_min_features=16)
+
+    monkeypatch.setattr(speed_module.SpeedOptions, "for_device", staticmethod(for_device))
+
+
+def test_fp8_base_trains_and_resumes_bit_exactly(tmp_path_factory, tmp_path, fp8_fast_path_on_cpu):
+    ws = workspace(tmp_path_factory)
+    full = Trainer(parse_args(baseline_argv(ws, tmp_path / "full", steps=4, extra=["--fp8_base"])))
+    a = load_file(str(full.run()))
+    assert full.speed.quantized_layers > 10 and "fp8 base weights and matmuls" in full.speed.summary()
+    state = tmp_path / "full" / "checkpoints" / "step-00000002"
+    resumed = Trainer(parse_args(baseline_argv(ws, tmp_path / "resumed", steps=4,
+                                               extra=["--fp8_scaled", "--resume", str(state)])))
+    b = load_file(str(resumed.run()))
+    assert resumed.speed.quantized_layers == full.speed.quantized_layers  # the same base, quantized again
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    bf16 = load_file(str(Trainer(parse_args(baseline_argv(ws, tmp_path / "bf16", steps=4))).run()))
+    assert any(not torch.equal(a[k], bf16[k]) for k in a)  # really another computation
+    for k in a:  # ... of the same training
+        torch.testing.assert_close(a[k].float(), bf16[k].float(), rtol=0.1, atol=2e-3)

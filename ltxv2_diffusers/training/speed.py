@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from typing import Any
 
 import torch
 
 from ltxv2_diffusers.models import acceleration
+
+logger = logging.getLogger("ltxv2_diffusers.training")
 
 
 @dataclasses.dataclass
@@ -241,6 +244,10 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
             raise ValueError("--fp8_base multiplies in fp8 on the fast path's bf16 activations; drop --speed naive")
         # quantized on the training device (fast), wherever the weights are kept
         quantized = acceleration.fp8_base_weights(transformer, options.quantize_min_features, device=device)
+    if (options.int8_base or options.fp8_base) and not quantized:
+        logger.warning("%s: no frozen linear layer of the transformer blocks is at least %d wide, so none was "
+                       "quantized (a small test model?)", "--fp8_base" if options.fp8_base else "--low_memory's int8",
+                       options.quantize_min_features)
     fast = not options.naive and options.compute_dtype != torch.float32
     if fast:
         # The fast path runs natively in the compute dtype (no autocast), so the frozen base must be in it
