@@ -17,9 +17,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture()
 def fast_path_on_cpu(monkeypatch):
-    """CUDA is what selects the fast path; choose it on the CPU (eager: no compile)."""
-    def for_device(device, *, naive=False, **_):
-        return speed_module.SpeedOptions(naive=naive, compile=False, compute_dtype=torch.bfloat16)
+    """CUDA is what selects the fast path; choose it on the CPU (eager: no compile). `--fp8_base` passes
+    through; the tiny model's layers are 32 wide, so quantization starts at 16."""
+    def for_device(device, *, naive=False, fp8_base=False, **_):
+        return speed_module.SpeedOptions(naive=naive, compile=False, compute_dtype=torch.bfloat16, fp8_base=fp8_base,
+                                         quantize_min_features=16)
 
     monkeypatch.setattr(speed_module.SpeedOptions, "for_device", staticmethod(for_device))
 
@@ -49,17 +51,7 @@ def test_fast_path_trains_and_resumes_bit_exactly(tmp_path_factory, tmp_path, fa
         torch.testing.assert_close(a[k].float(), c[k].float(), rtol=0.1, atol=2e-3)
 
 
-@pytest.fixture()
-def fp8_fast_path_on_cpu(monkeypatch):
-    """As `fast_path_on_cpu`, passing `--fp8_base` on; the tiny model's layers are 32 wide, so quantize from 16."""
-    def for_device(device, *, naive=False, fp8_base=False, **_):
-        return speed_module.SpeedOptions(naive=naive, compile=False, compute_dtype=torch.bfloat16, fp8_base=fp8_base,
-                                         quantize_min_features=16)
-
-    monkeypatch.setattr(speed_module.SpeedOptions, "for_device", staticmethod(for_device))
-
-
-def test_fp8_base_trains_and_resumes_bit_exactly(tmp_path_factory, tmp_path, fp8_fast_path_on_cpu):
+def test_fp8_base_trains_and_resumes_bit_exactly(tmp_path_factory, tmp_path, fast_path_on_cpu):
     ws = workspace(tmp_path_factory)
     full = Trainer(parse_args(baseline_argv(ws, tmp_path / "full", steps=4, extra=["--fp8_base"])))
     a = load_file(str(full.run()))

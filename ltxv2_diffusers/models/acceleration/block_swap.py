@@ -196,7 +196,8 @@ _MAIN, _FORWARD = "main", "forward"
 
 
 class BlockSwapper:
-    """Keep the frozen tensors of some transformer blocks in pinned CPU memory.
+    """Keep the frozen weight matrices of some transformer blocks in pinned CPU memory (their vectors stay:
+    `_HostCopy`).
 
     A swapped block's tensors are copied to the GPU in one transfer on a side stream while earlier
     blocks compute and dropped again once the pass moved past it; trainable (LoRA) parameters always

@@ -73,9 +73,7 @@ class Fp8Linear(nn.Module):
         q, scale = quantize_rows(w.to(device) if device is not None else w)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", q.to(w.device))
-        # [1, out], the shape the matmul takes: no view of it is ever saved for backward, since any tensor
-        # sharing a swapped block's device copy would keep the whole copy alive until backward
-        self.register_buffer("scale", scale.view(1, -1).to(w.device))
+        self.register_buffer("scale", scale.view(1, -1).to(w.device))  # [1, out]: the shape the matmul takes
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.compute_dtype = w.dtype
 
