@@ -199,6 +199,10 @@ class BatchManager:
 
     # ------------------------------------------------------------------ order
 
+    def item_keys(self) -> list[str]:
+        """The keys of every item in the batches, sorted."""
+        return sorted(key for records in self._records for key, _ in records)
+
     @property
     def num_items(self) -> int:
         return sum(len(r) for r in self._records)

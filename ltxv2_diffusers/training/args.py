@@ -177,6 +177,10 @@ FLAGS: tuple[Flag, ...] = (
       "after a newer save succeeds)", group="state"),
     F("--resume", str, None, "training state folder to continue from, or 'latest' (in OUTPUT_DIR)",
       group="state"),
+    F("--resume_override", list, None, "with --resume: flags (names without --, e.g. learning_rate) that may "
+      "differ from the checkpointed run; any other change of rank, learning rate, schedule, seed, accumulation "
+      "etc. is an error", group="state"),
+    F("--debug", bool, False, "print the full traceback of an error instead of its one-line message", group="run"),
     # --- previews ---
     F("--sample_every_n_steps", int, None, "render previews every N steps", group="previews"),
     F("--sample_every_n_epochs", int, None, "render previews every N epochs", group="previews"),
