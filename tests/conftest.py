@@ -33,3 +33,17 @@ def bench_script():
         return loaded[name]
 
     return load
+
+
+@pytest.fixture()
+def tiny_train(tmp_path_factory):
+    """`(workspace, argv(output_dir, steps, *extra))` for short training runs on the session's shared tiny
+    av workspace (model, Gemma, clips and their three caches, built once)."""
+    from test_train_workspace import workspace
+
+    ws = workspace(tmp_path_factory)
+
+    def argv(output_dir, steps: int = 2, *extra: str) -> list[str]:
+        return ws.train_argv(output_dir, steps, ["--network_dim", "4", "--network_alpha", "2", *extra])
+
+    return ws, argv

@@ -327,9 +327,9 @@ def read_lora(path: str | os.PathLike, *, resolver: MusubiNameResolver | None = 
         raise LoraFormatError(f"{file}: not a readable safetensors file ({exc})") from None
     try:
         lora = lora_from_state_dict(state_dict, metadata, resolver=resolver)
-        lora.check_finite("weights")
-    except (LoraFormatError, ValueError) as exc:
+    except LoraFormatError as exc:
         raise LoraFormatError(f"{file}: {exc}") from None
+    lora.check_finite(str(file))
     return lora
 
 

@@ -342,7 +342,7 @@ def _load_legacy_blob(path: Path) -> dict[str, Any]:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path}: refused to load (it is read with weights_only=True, which runs no code from "
-                         f"the file, and it holds more than plain data: {type(exc).__name__}: {str(exc)[:200]})") from None
+                         f"the file, and it holds more than plain data: {type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
 
 
 def load_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_scheduler,

@@ -34,8 +34,11 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clean = {k: (v if isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v)) else str(v))
                  for k, v in logs.items()}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **clean}) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, **clean}) + "\n")
+        except OSError as exc:  # a full disk reports no file name of its own
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
 
 def read_metrics(path: str | Path) -> Iterator[dict[str, Any]]:
