@@ -106,7 +106,7 @@ def run_job(args: argparse.Namespace, listing, encoder):
     from ltxv2_diffusers.data.jobs import run_cache_job
 
     return run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
-                         num_proc=args.num_proc, skip_existing=args.skip_existing)
+                         num_proc=args.num_proc, skip_existing=args.skip_existing, repair=args.repair)
 
 
 def finish(report, args: argparse.Namespace, cache_dirs: list[str], items=None) -> int:
