@@ -85,6 +85,12 @@ class _KindReader:
         return {"text": text, "text_mask": mask}
 
 
+def _image_keys(cache_dir: str) -> set[str]:
+    """Keys of the still images among the cached video latents (one frame)."""
+    ds = CacheStore(cache_dir, "video").load()
+    return set() if ds is None else {k for k, n in zip(ds["key"], ds["num_frames"]) if n == 1}
+
+
 def _musubi_problem(kind: str, path: str) -> str | None:
     """Why one musubi per-item file of `kind` is unusable (unreadable, truncated, bad tensors), or None."""
     try:
@@ -173,6 +179,9 @@ class BatchManager:
         for kind in needed:
             missing = [k for k in keys if k not in readers[kind]]
             if len(missing) == len(keys):
+                if kind == "audio" and set(missing) <= _image_keys(cache_dir):
+                    raise ValueError(f"{cache_dir} holds only images, which have no sound: {self.mode.value} mode "
+                                     "trains audio; train them with --ltx_mode video (or beside clips with sound)")
                 raise self._missing(kind, cache_dir, missing)
             for key in missing:
                 bad.setdefault(key, f"no cached {_WHAT[kind]} (run {_COMMANDS[kind]}{self._config_hint})")
@@ -229,17 +238,12 @@ class BatchManager:
         for key in left_out[:_SHOWN]:
             logger.warning("left out of training: item %r: %s", key, why[key])
         more = f" ({len(left_out) - _SHOWN} more not listed)" if len(left_out) > _SHOWN else ""
-        images = [k for k in left_out if "audio latents" in why[k] and self._is_image(cache_dir, k)]
+        images = set(left_out) & _image_keys(cache_dir)
+        images = [k for k in images if "audio latents" in why[k]]
         hint = (f"; {len(images)} of them are images, which have no sound: train them with --ltx_mode video or "
                 "in another run" if images else "")
         logger.warning("%d of %d cached item(s) in %s are left out of training%s%s", len(left_out), total, cache_dir,
                        more, hint)
-
-    @staticmethod
-    def _is_image(cache_dir: str, key: str) -> bool:
-        store = CacheStore(cache_dir, "video")
-        index = store.index()
-        return key in index and int(store.load()[index[key]]["num_frames"] or 0) == 1
 
     def _check_text_widths(self) -> None:
         widths: dict[int, str] = {}

@@ -79,7 +79,7 @@ def columns_to_tensor(row: dict[str, Any], name: str) -> torch.Tensor:
     buf = bytearray(row[name] or b"")
     expected = dtype.itemsize * int(torch.Size(shape).numel())
     if len(buf) != expected:
-        raise ValueError(f"`{name}` holds {len(buf)} bytes, {expected} expected for {dtype} {list(shape)}")
+        raise ValueError(f"`{name}` holds {len(buf)} bytes, {expected} expected for {dtype_name(dtype)} {list(shape)}")
     if dtype == torch.bfloat16:
         return torch.frombuffer(buf, dtype=torch.int16).view(torch.bfloat16).reshape(shape) if buf else torch.empty(shape, dtype=dtype)
     if not buf:
