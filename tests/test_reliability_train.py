@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,14 +43,17 @@ def _finite_lora(path) -> bool:
     return all(torch.isfinite(t).all() for t in load_file(str(path)).values())
 
 
-def test_nan_gradient_with_finite_loss_is_skipped_without_clipping(tiny_train, tmp_path):
-    """Case 1: --max_grad_norm 0 and a NaN gradient behind a finite loss: the step is skipped, the LoRA stays finite."""
+def test_nan_gradient_with_finite_loss_is_skipped_without_clipping(tiny_train, tmp_path, capsys):
+    """Case 1: --max_grad_norm 0 and a NaN gradient behind a finite loss: the step is skipped naming its items
+    (case 9), the LoRA stays finite."""
     _ws, argv = tiny_train
     plugins.register_plugin(NanGradient({2}), name="nan_grad")
     try:
         assert main(argv(tmp_path, 3, "--max_grad_norm", "0")) == 0
     finally:
         plugins.unregister_plugin("nan_grad")
+    assert re.search(r"step 2: non-finite loss or gradient \(\d[\d.]*\); step skipped \(items: clip\d\d_",
+                     capsys.readouterr().out)  # a finite loss, and the items of the step named
     metrics = list(read_metrics(tmp_path / "logs" / "metrics.jsonl"))
     assert [m["skipped"] for m in metrics] == [0.0, 1.0, 0.0]
     assert all(math.isfinite(m["loss"]) for m in metrics)  # the loss never showed it

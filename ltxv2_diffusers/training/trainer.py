@@ -268,6 +268,7 @@ class Trainer:
         sums: dict[str, Any] = {}
         losses: list[torch.Tensor] = []
         finished_epochs: list[int] = []
+        keys: list[str] = []
         per_epoch = self.data.batches_per_epoch()
         for micro in range(accum):
             epoch, index, batch = next(stream)
@@ -275,6 +276,7 @@ class Trainer:
             self.progress.batch_in_epoch = index + 1
             if index + 1 == per_epoch:
                 finished_epochs.append(epoch + 1)
+            keys += batch["keys"]
             local = self._local(batch)
             offset = local.pop("_global_offset")
             gens = self._generators(step, micro, offset, len(local["keys"]))
@@ -304,8 +306,10 @@ class Trainer:
             grad_norm = self.speed.clip_grad_norm(args.max_grad_norm if args.max_grad_norm > 0 else math.inf, acc)
             sums["grad_norm"] = grad_norm
         checks = losses + ([grad_norm] if grad_norm is not None else [])
-        return StepOutcome(step + 1, checks, sums, acc.device, world_size=self.world_size,
-                           reduce_sum=lambda t: acc.reduce(t, reduction="sum"), finished_epochs=finished_epochs)
+        outcome = StepOutcome(step + 1, checks, sums, acc.device, world_size=self.world_size,
+                              reduce_sum=lambda t: acc.reduce(t, reduction="sum"), finished_epochs=finished_epochs)
+        outcome.items = keys  # named when the step turns out non-finite
+        return outcome
 
     @property
     def _skips_on_device(self) -> bool:
@@ -348,7 +352,9 @@ class Trainer:
             logs.pop("grad_norm", None)
             self.progress.nonfinite_in_a_row += 1
             self.progress.skipped_steps.append(step)
-            self._say(f"step {step}: non-finite loss or gradient ({logs.get('loss')}); step skipped")
+            items = getattr(outcome, "items", [])
+            self._say(f"step {step}: non-finite loss or gradient ({logs.get('loss')}); step skipped (items: "
+                      f"{', '.join(items[:8])}{' …' if len(items) > 8 else ''})")
         logs["lr"] = self.lr_scheduler.get_last_lr()[0]
         logs["skipped"] = 0.0 if finite else 1.0
         return logs
