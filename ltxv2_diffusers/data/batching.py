@@ -24,7 +24,7 @@ from ltxv2_diffusers.modes import LtxMode, resolve_mode
 from . import musubi
 from .stores import CACHE_COMMANDS as _COMMANDS
 from .stores import CacheError, CacheStore
-from .validation import ValidationMemo, check_files, check_tensors
+from .validation import ValidationMemo, check_files, check_tensors, squeeze_leading
 
 logger = logging.getLogger("ltxv2_diffusers.data")
 _SHOWN = 10  # bad items named one by one; the rest are counted
@@ -105,12 +105,6 @@ def _musubi_problem(kind: str, path: str) -> str | None:
     except ValueError as exc:
         return str(exc).removeprefix(f"{path}: ")
     return check_tensors(kind, tensors)
-
-
-def _squeeze_batch(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    while t.dim() > ndim and t.shape[0] == 1:
-        t = t[0]
-    return t
 
 
 class BatchManager:
@@ -349,15 +343,15 @@ class BatchManager:
         out: dict[str, Any] = {"key": key, "fps": DEFAULT_FPS}
         if self.mode.has_video:
             row = readers["video"].read(key)
-            out["latents"] = _squeeze_batch(row["latents"], 4)
+            out["latents"] = squeeze_leading(row["latents"], 4)
             if row.get("fps"):
                 out["fps"] = float(row["fps"])
         if self.mode.has_audio:
             row = readers["audio"].read(key)
-            out["audio_latents"] = _squeeze_batch(row["audio_latents"], 3)
+            out["audio_latents"] = squeeze_leading(row["audio_latents"], 3)
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
         row = readers["text"].read(key)
-        out["text"] = _squeeze_batch(row["text"], 2)
+        out["text"] = squeeze_leading(row["text"], 2)
         out["text_mask"] = row["text_mask"].reshape(-1).bool()
         return out
 

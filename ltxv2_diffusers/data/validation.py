@@ -27,7 +27,8 @@ VIDEO_CHANNELS = 128
 AUDIO_CHANNELS, AUDIO_MEL_BINS = 8, 16
 
 
-def _squeezed(t: torch.Tensor, ndim: int) -> torch.Tensor:
+def squeeze_leading(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """`t` without leading size-1 dimensions beyond `ndim` (caches may store a batch of one)."""
     while t.dim() > ndim and t.shape[0] == 1:
         t = t[0]
     return t
@@ -48,13 +49,13 @@ def _float_problem(name: str, t: torch.Tensor, ndim: int) -> str | None:
 def check_tensors(kind: str, tensors: dict[str, Any]) -> str | None:
     """Why the decoded tensors of one cached item of `kind` (`video`, `audio`, `text`) are unusable, or None."""
     if kind == "video":
-        latents = _squeezed(tensors["latents"], 4)
+        latents = squeeze_leading(tensors["latents"], 4)
         problem = _float_problem("latents", latents, 4)
         if problem is None and latents.shape[0] != VIDEO_CHANNELS:
             problem = f"`latents` have {latents.shape[0]} channels, LTX-2 video latents have {VIDEO_CHANNELS}"
         return problem
     if kind == "audio":
-        latents = _squeezed(tensors["audio_latents"], 3)
+        latents = squeeze_leading(tensors["audio_latents"], 3)
         problem = _float_problem("audio_latents", latents, 3)
         if problem is None and (latents.shape[0], latents.shape[-1]) != (AUDIO_CHANNELS, AUDIO_MEL_BINS):
             problem = (f"`audio_latents` have shape {list(latents.shape)}, LTX-2 audio latents are "
@@ -65,7 +66,7 @@ def check_tensors(kind: str, tensors: dict[str, Any]) -> str | None:
             if n.numel() != 1 or n.is_floating_point() or not 0 <= int(n[0]) <= latents.shape[1]:
                 problem = f"`audio_lengths` {n.tolist()} is not a count of 0..{latents.shape[1]} latent frames"
         return problem
-    text = _squeezed(tensors["text"], 2)
+    text = squeeze_leading(tensors["text"], 2)
     problem = _float_problem("text", text, 2)
     if problem is None:
         mask = tensors["text_mask"].reshape(-1) if tensors["text_mask"].dim() else tensors["text_mask"]

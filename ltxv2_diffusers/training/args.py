@@ -458,6 +458,8 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.resume not in (None, "latest"):
         need(Path(args.resume).is_dir(), f"--resume {args.resume}: no such training-state folder "
              "(pass a checkpoint folder or 'latest')")
+    if args.resume_override:
+        need(args.resume is not None, "--resume_override needs --resume")
     if args.log_with == "wandb":
         need(importlib.util.find_spec("wandb") is not None, "--log_with wandb needs wandb: pip install wandb")
     if args.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
