@@ -266,3 +266,26 @@ def _alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_failed_shard_write_names_the_folder_and_leaves_no_partial_file(tmp_path):
+    """Case 12: a write the file system refuses (here: a file-size limit, as a full disk refuses it) ends in one
+    line naming the cache folder, exit 1, and no half-written shard."""
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(f"""
+        import resource, signal, sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        from ltxv2_diffusers.cli.errors import run_cli
+        from ltxv2_diffusers.data.stores import CacheStore, tensor_to_columns
+
+        rows = [{{"key": f"k{{i}}", "fingerprint": "f", **tensor_to_columns("latents", torch.randn(128, 4, 8, 8)),
+                 "fps": 24.0, "width": 64, "height": 64, "num_frames": 9, "source": "x"}} for i in range(8)]
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        sys.exit(run_cli(lambda argv: CacheStore({str(cache)!r}, "video").write_shard(rows) and 0, []))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: File too large: {cache / 'ltxv2_video_latents'} (--debug shows the traceback)"]
+    assert list((cache / "ltxv2_video_latents").iterdir()) == []
