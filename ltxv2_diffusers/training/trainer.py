@@ -308,7 +308,7 @@ class Trainer:
         checks = losses + ([grad_norm] if grad_norm is not None else [])
         outcome = StepOutcome(step + 1, checks, sums, acc.device, world_size=self.world_size,
                               reduce_sum=lambda t: acc.reduce(t, reduction="sum"), finished_epochs=finished_epochs)
-        outcome.items = keys  # named when the step turns out non-finite
+        outcome.items = keys
         return outcome
 
     @property
@@ -352,7 +352,7 @@ class Trainer:
             logs.pop("grad_norm", None)
             self.progress.nonfinite_in_a_row += 1
             self.progress.skipped_steps.append(step)
-            items = getattr(outcome, "items", [])
+            items = outcome.items
             self._say(f"step {step}: non-finite loss or gradient ({logs.get('loss')}); step skipped (items: "
                       f"{', '.join(items[:8])}{' …' if len(items) > 8 else ''})")
         logs["lr"] = self.lr_scheduler.get_last_lr()[0]
