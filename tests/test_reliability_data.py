@@ -68,8 +68,8 @@ def _damage(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated", "empty", "flipped"])
 def test_damaged_shard_is_named_and_repaired(how, tmp_path, vae_file, capsys):
-    """Case 3: training and the cache job name the damaged shard (exit 2, no traceback); `--repair` drops it
-    and recomputes its items, after which training sees every item again."""
+    """Case 3: training and the cache job name the damaged shard (exit 2, no traceback); `--repair` (or
+    `--overwrite`) drops it and recomputes its items, after which every item is cached again."""
     from ltxv2_diffusers.cli.train import main as train
 
     toml = make_dataset(tmp_path / "data", num_videos=2, num_frames=9, size=(64, 64), resolution=(64, 64),
@@ -94,9 +94,13 @@ def test_damaged_shard_is_named_and_repaired(how, tmp_path, vae_file, capsys):
     assert cache_latents.main(job) == 2  # without --repair: the same one line
     err = capsys.readouterr().err
     assert f"{shard}: damaged cache shard" in err and "--repair" in err and "Traceback" not in err
-    assert cache_latents.main(job + ["--repair"]) == 0
-    err = capsys.readouterr().err
-    assert f"removed damaged shard {shard}" in err and "1 cached, 1 already cached" in err
+    if how == "empty":  # --overwrite recomputes everything, so it drops damaged shards too
+        assert cache_latents.main(job + ["--overwrite"]) == 0
+        assert f"removed damaged shard {shard}" in capsys.readouterr().err
+    else:
+        assert cache_latents.main(job + ["--repair"]) == 0
+        err = capsys.readouterr().err
+        assert f"removed damaged shard {shard}" in err and "1 cached, 1 already cached" in err
     assert sorted(store.index()) == ["clip00_00000-009", "clip01_00000-009"]
 
 
