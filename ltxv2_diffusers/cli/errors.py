@@ -15,7 +15,7 @@ USER_ERROR = 2
 FAILURE = 1
 
 # Errors in what the user gave us: a wrong flag, a missing or malformed file.
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, LookupError)
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def describe(exc: BaseException) -> str:
@@ -29,17 +29,13 @@ def describe(exc: BaseException) -> str:
         if exc.errno is not None:
             return f"{exc.strerror or type(exc).__name__}:{where}"
     text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, (ValueError, LookupError, OSError)) or type(exc).__module__.startswith("ltxv2_diffusers"):
+    if isinstance(exc, (ValueError, OSError)) or type(exc).__module__.startswith("ltxv2_diffusers"):
         return text
     return f"{type(exc).__name__}: {text}"  # an unexpected error: its type tells a bug report more
 
 
 def exit_code(exc: BaseException) -> int:
-    """2 for the user's input errors, 1 for failures."""
-    from ltxv2_diffusers.training.trainer import TrainingFailed
-
-    if isinstance(exc, TrainingFailed):
-        return FAILURE
+    """2 for the user's input errors, 1 for failures (`TrainingFailed` is a `RuntimeError`: a failure)."""
     return USER_ERROR if isinstance(exc, _USER_ERRORS) else FAILURE
 
 
