@@ -6,10 +6,10 @@ exercise the side-stream copies."""
 import pytest
 import torch
 
-from ltxv2_diffusers.models import acceleration
+from ltxv2_diffusers import speed as acceleration
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
 from ltxv2_diffusers.training.args import ArgsError, parse_args, validate_args
-from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
 from test_speed import _batch, _lora_model, _loss
 
@@ -183,7 +183,7 @@ def test_offload_optimizer_flag_errors(tmp_path):
 
 
 def test_offload_refuses_more_than_the_host_memory(monkeypatch):
-    from ltxv2_diffusers.models.acceleration import block_swap
+    from ltxv2_diffusers.speed import block_swap
 
     monkeypatch.setattr(block_swap, "available_host_memory", lambda: 2**10)  # 1 KiB free
     with pytest.raises(ValueError, match=r"--offload_optimizer keeps .* of optimizer state in host memory, but only "

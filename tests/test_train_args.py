@@ -218,7 +218,7 @@ def test_recompute_flags_are_checked(files, tmp_path, capsys, extra, message):
 
 
 def test_speed_options_refuse_weight_streaming_off_cuda():
-    from ltxv2_diffusers.training.speed import SpeedOptions
+    from ltxv2_diffusers.speed.setup import SpeedOptions
 
     with pytest.raises(ValueError, match="CUDA"):
         SpeedOptions.for_device("cpu", low_memory=True)

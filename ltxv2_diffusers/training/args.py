@@ -140,7 +140,7 @@ FLAGS: tuple[Flag, ...] = (
     F("--independent_audio_sigmas", bool, False, "draw audio sigmas independently of video sigmas (av)",
       group="loss"),
     F("--max_nonfinite_steps", int, 5, "stop after this many non-finite losses in a row", group="loss"),
-    # --- speed (training/speed.py; on a CPU every choice runs eager fp32) ---
+    # --- speed (speed/setup.py; on a CPU every choice runs eager fp32) ---
     F("--speed", str, "fast", "fast: bf16 LoRA compute with fp32 master weights, fused AdamW, compiled blocks "
       "(CUDA); naive: autocast with fp32 LoRA weights, eager (diffusers' recipe)", choices=("fast", "naive"),
       group="speed"),
@@ -413,7 +413,7 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
     inside = False
     if args.activation_memory_budget is not None or args.blocks_without_recompute:
-        from ltxv2_diffusers.training.speed import compiled_recompute
+        from ltxv2_diffusers.speed.setup import compiled_recompute
 
         # Whether the compiled blocks will do the recomputation (--low_memory always re-runs whole blocks).
         inside = compiled_recompute(compile=not args.no_compile, recompute=args.recompute,

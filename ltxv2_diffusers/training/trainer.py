@@ -27,7 +27,7 @@ from ltxv2_diffusers.training.args import args_to_dict
 from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.outcome import StepOutcome
 from ltxv2_diffusers.training.prefetch import Prefetcher
-from ltxv2_diffusers.training.speed import freeze_host_objects, thaw_host_objects
+from ltxv2_diffusers.speed.setup import freeze_host_objects, thaw_host_objects
 from ltxv2_diffusers.training.step import TrainStep
 
 logger = logging.getLogger("ltxv2_diffusers.training")
@@ -84,7 +84,7 @@ class Trainer:
 
         args = self.args
         log_with = None if args.log_with == "none" else args.log_with
-        # The fast path (training/speed.py) computes in bf16 natively; autocast would only add the
+        # The fast path (speed/setup.py) computes in bf16 natively; autocast would only add the
         # fp32 round trips of norms and casts that path exists to avoid.
         native_bf16 = args.speed == "fast" and torch.cuda.is_available()
         self.accelerator = Accelerator(
@@ -124,7 +124,7 @@ class Trainer:
         """Block counts in the speed flags against the model's depth, from its config, before the weights
         load (a 19B load takes minutes); models whose config cannot be read are checked after loading."""
         from ltxv2_diffusers.training.model import model_config
-        from ltxv2_diffusers.training.speed import check_options
+        from ltxv2_diffusers.speed.setup import check_options
 
         if not (options.blocks_to_swap or options.blocks_without_recompute):
             return
@@ -138,7 +138,7 @@ class Trainer:
 
     def _setup_model(self):
         from ltxv2_diffusers.training.model import build_training_model
-        from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+        from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
         args, device = self.args, self.accelerator.device
         options = SpeedOptions.for_device(device, naive=args.speed == "naive", compile=not args.no_compile,

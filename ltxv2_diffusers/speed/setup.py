@@ -1,4 +1,4 @@
-"""How a training run uses the speed and memory levers of `models/acceleration/`.
+"""How a training run uses the speed and memory levers of this package.
 
 `SpeedOptions` is what the flags ask for; `apply_speed_options` changes the LoRA'd transformer
 accordingly and returns a `SpeedSetup` that the trainer and `benchmarks/train_step.py` use the same
@@ -15,7 +15,12 @@ from typing import Any
 
 import torch
 
-from ltxv2_diffusers.models import acceleration
+from .block_swap import LTX2_TEXT_KEYS_VALUES, BlockSwapper, check_swap_count, evenly_spaced
+from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
+from .optim.master_weights import MasterWeights
+from .optim.optimizer_offload import HostMasterWeights, OffloadedAdamW
+from .quant.fp8 import check_fp8_device, fp8_base_weights
+from .quant.int8 import quantize_base_weights
 
 logger = logging.getLogger("ltxv2_diffusers.training")
 
@@ -34,7 +39,7 @@ class SpeedOptions:
     recompute: str = "compiled"
     attention_backend: str | None = None
     int8_base: bool = False
-    # Frozen base linears in e4m3 with fp8 matmuls (models/acceleration/fp8.py): not bf16-exact, opt-in
+    # Frozen base linears in e4m3 with fp8 matmuls (quant/fp8.py): not bf16-exact, opt-in
     fp8_base: bool = False
     quantize_min_features: int = 256  # int8/fp8 leave linears narrower than this in the compute dtype
     blocks_to_swap: int = 0
@@ -51,7 +56,7 @@ class SpeedOptions:
     # at full size); False keeps what the partitioner keeps by default (benchmark comparisons).
     lean_without_recompute: bool = True
     # fp32 masters and AdamW moments in pinned host memory, updated during the next forward (-2.4 GiB at
-    # full size, rank 32); see models/acceleration/optimizer_offload.py
+    # full size, rank 32); see optim/optimizer_offload.py
     offload_optimizer: bool = False
     # Swapped blocks that recompute nothing leave the text keys' and values' weights, which their
     # backward never reads, to be fetched by the next forward (`BlockSwapper(forward_only=...)`)
@@ -99,8 +104,8 @@ class SpeedOptions:
 class SpeedSetup:
     options: SpeedOptions
     trainable_params: list[torch.nn.Parameter]
-    master: acceleration.MasterWeights | None = None
-    swapper: acceleration.BlockSwapper | None = None
+    master: MasterWeights | None = None
+    swapper: BlockSwapper | None = None
     device_type: str = "cpu"
     recompute: str = "none"  # who recomputes activations in backward, in words
     optimizer: torch.optim.Optimizer | None = None  # the one `make_optimizer` built
@@ -132,7 +137,7 @@ class SpeedSetup:
 
     @property
     def offloaded(self) -> bool:
-        return isinstance(self.master, acceleration.HostMasterWeights)
+        return isinstance(self.master, HostMasterWeights)
 
     @property
     def optimizer_params(self) -> list[torch.nn.Parameter]:
@@ -145,7 +150,7 @@ class SpeedSetup:
         if self.offloaded:
             if cls is not torch.optim.AdamW:
                 raise ValueError(f"--offload_optimizer implements AdamW, not {cls.__name__}; drop one of them")
-            self.optimizer = acceleration.OffloadedAdamW(self.master, **kwargs)
+            self.optimizer = OffloadedAdamW(self.master, **kwargs)
             return self.optimizer
         if cls is torch.optim.AdamW:  # one kernel; and it can skip a non-finite step by itself (`skip_if`)
             kwargs.setdefault("fused", True)
@@ -157,7 +162,7 @@ class SpeedSetup:
         """Whether the optimizer `make_optimizer` built can skip a step on the device's own verdict
         (`skip_if`), so the host need not wait for it: torch's fused AdamW and `OffloadedAdamW` can."""
         opt = self.optimizer
-        if isinstance(opt, acceleration.OffloadedAdamW):
+        if isinstance(opt, OffloadedAdamW):
             return True
         return isinstance(opt, torch.optim.AdamW) and all(g.get("fused") for g in opt.param_groups)
 
@@ -179,7 +184,7 @@ class SpeedSetup:
     def flush(self) -> None:
         """Make the model's LoRA tensors current for what the device runs next (an offloaded optimizer
         applies updates lazily, during the next forward); call before saving or sampling."""
-        if isinstance(self.optimizer, acceleration.OffloadedAdamW):
+        if isinstance(self.optimizer, OffloadedAdamW):
             self.optimizer.apply_pending()
 
     def autocast(self):
@@ -237,13 +242,13 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     _recompute_inside(transformer, options)  # checks the options before the model changes
     quantized = 0
     if options.int8_base:
-        quantized = acceleration.quantize_base_weights(transformer, options.quantize_min_features)
+        quantized = quantize_base_weights(transformer, options.quantize_min_features)
     if options.fp8_base:
-        acceleration.check_fp8_device(device)
+        check_fp8_device(device)
         if options.naive and device.type == "cuda":
             raise ValueError("--fp8_base multiplies in fp8 on the fast path's bf16 activations; drop --speed naive")
         # quantized on the training device (fast), wherever the weights are kept
-        quantized = acceleration.fp8_base_weights(transformer, options.quantize_min_features, device=device)
+        quantized = fp8_base_weights(transformer, options.quantize_min_features, device=device)
     if (options.int8_base or options.fp8_base) and not quantized:
         logger.warning("%s: no frozen linear layer of the transformer blocks is at least %d wide, so none was "
                        "quantized (a small test model?)", "--fp8_base" if options.fp8_base else "--low_memory's int8",
@@ -262,9 +267,9 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     master = None
     if fast and options.offload_optimizer:
-        master = acceleration.HostMasterWeights(trainable, list(transformer.transformer_blocks), options.compute_dtype)
+        master = HostMasterWeights(trainable, list(transformer.transformer_blocks), options.compute_dtype)
     elif fast:
-        master = acceleration.MasterWeights(trainable, options.compute_dtype)
+        master = MasterWeights(trainable, options.compute_dtype)
     else:
         for p in trainable:
             p.data = p.data.float()
@@ -280,11 +285,11 @@ def blocks_without_recompute(transformer: torch.nn.Module, options: SpeedOptions
         return set()
     if options.without_recompute_placement == "last":
         return set(range(n - k, n))
-    return set(acceleration.evenly_spaced(n, k))
+    return set(evenly_spaced(n, k))
 
 
 def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
-                 device: str | torch.device = "cuda") -> acceleration.BlockSwapper | None:
+                 device: str | torch.device = "cuda") -> BlockSwapper | None:
     """The block swapper `options` ask for (None without `blocks_to_swap`); call before
     `configure_recompute`, with diffusers' gradient checkpointing as the user set it."""
     if not options.blocks_to_swap:
@@ -299,8 +304,8 @@ def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
         plain = blocks_without_recompute(transformer, options) if options.activation_memory_budget is None else set()
     else:
         plain = set(range(len(transformer.transformer_blocks)))
-    return acceleration.BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
-                                     rerun_in_backward=rerun, forward_only=acceleration.LTX2_TEXT_KEYS_VALUES,
+    return BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
+                                     rerun_in_backward=rerun, forward_only=LTX2_TEXT_KEYS_VALUES,
                                      forward_only_blocks=plain)
 
 
@@ -335,7 +340,7 @@ def check_options(options: SpeedOptions, num_blocks: int, checkpointing: bool) -
             raise ValueError(f"without_recompute_placement must be 'spread' or 'last', "
                              f"got {options.without_recompute_placement!r}")
     if options.blocks_to_swap:
-        acceleration.check_swap_count(options.blocks_to_swap, num_blocks)
+        check_swap_count(options.blocks_to_swap, num_blocks)
     return inside
 
 
@@ -355,11 +360,11 @@ def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> 
     if inside:
         transformer.disable_gradient_checkpointing()  # the compiled blocks recompute instead
     if options.compile:
-        policy = acceleration.keep_attention_policy() if inside and budget is None else None
+        policy = keep_attention_policy() if inside and budget is None else None
         if policy is not None and options.blocks_without_recompute:
-            lean = acceleration.keep_matmul_outputs_policy() if options.lean_without_recompute else None
+            lean = keep_matmul_outputs_policy() if options.lean_without_recompute else None
             policy = [lean if i in exempt else policy for i in range(len(transformer.transformer_blocks))]
-        acceleration.compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
+        compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
                                     activation_memory_budget=budget, backend=options.compile_backend)
     if inside:
         if budget is not None:
