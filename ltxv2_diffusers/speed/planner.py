@@ -279,3 +279,38 @@ def explain(fig: ModelFigures, work: Workload, plan: Plan) -> str:
              f"tokens = frames/8+1 x height/32 x width/32 x batch)") if lo > 1 else ""
     return (f"nothing fits {plan.budget_gib:.1f} GiB: the leanest plan needs about {need:.1f} GiB (--memory_budget "
             f"{need:.0f}){fewer}")
+
+
+def resolve_budget(budget: float | str, device=None, margin_gib: float = 1.5) -> float:
+    """GiB for a `--memory_budget`: a number as given; 'auto' is the device's free memory less `margin_gib`."""
+    if budget != "auto":
+        return float(budget)
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(free / GiB - margin_gib, 0.5)
+
+
+def fixed_levers(options) -> Fixed:
+    """The levers of `SpeedOptions` the user set by hand (`options.fixed`), which the planner keeps."""
+    f = options.fixed
+    no_compiled_recompute = not options.compile or options.recompute != "compiled"
+    return Fixed(blocks_to_swap=options.blocks_to_swap if "blocks_to_swap" in f else None,
+                 blocks_without_recompute=options.blocks_without_recompute if "blocks_without_recompute" in f else None,
+                 rerun=True if no_compiled_recompute else None,
+                 offload_optimizer=True if "offload_optimizer" in f else None,
+                 base="fp8" if options.fp8_base else None)
+
+
+def planned_options(options, plan: Plan):
+    """`options` with the levers `plan` chose."""
+    return dataclasses.replace(options, **plan.speed_options())
+
+
+def plan_for(options, figures: ModelFigures, work: Workload, budget_gib: float, *, correction: float = 1.0) -> Plan:
+    """The plan for `SpeedOptions` with a budget: the user's levers fixed, int8 base weights when nothing in
+    bf16 fits (fp8 only when asked for: `--fp8_base`). `correction` (measured peak over predicted) scales
+    the budget down after a first step that overshot."""
+    plan = plan_memory(figures, work, budget_gib / max(correction, 1.0), fixed=fixed_levers(options),
+                       quantized=("int8",))
+    return dataclasses.replace(plan, budget_gib=budget_gib)
