@@ -9,7 +9,7 @@ from test_train_workspace import baseline_argv, workspace
 
 from ltxv2_diffusers.models.loading import read_transformer_config
 from ltxv2_diffusers.training.args import parse_args
-from ltxv2_diffusers.training.speed import SpeedOptions
+from ltxv2_diffusers.speed.setup import SpeedOptions
 from ltxv2_diffusers.training.trainer import Trainer, TrainingFailed
 
 
