@@ -16,9 +16,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 # diffusers' pipeline loader finds the load method of a custom component by looking up base classes
 # (`SchedulerMixin`) in the component's own module, so that name must be importable from here.
 
+from ltxv2_diffusers.timesteps import SIGMA_SAMPLING_CHOICES as SAMPLING_CHOICES
 from ltxv2_diffusers.timesteps import TimestepFormat, parse_timestep_format, timesteps_to_sigmas
-
-SAMPLING_CHOICES = ("shifted_logit_normal", "uniform")
 
 # Standard-normal quantiles the official trainer stretches its logit-normal between (0.5 % and 99.9 %).
 _NORMAL_Q005 = -2.5758

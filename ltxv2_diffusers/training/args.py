@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
-from ltxv2_diffusers.timesteps import FORMAT_CHOICES, parse_timestep_format
+from ltxv2_diffusers.timesteps import FORMAT_CHOICES, SIGMA_SAMPLING_CHOICES, parse_timestep_format
 
 NETWORK_MODULE = "ltxv2_diffusers.lora"  # the help text only; lora.resolve_network_module decides
 OPTIMIZERS = ("AdamW", "AdamW8bit")
@@ -104,8 +104,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--network_alpha", float, None, "LoRA alpha (default: = rank)", group="network"),
     F("--network_args", list, None, "extra LoRA options as key=value (e.g. include_ff=True)", group="network"),
     F("--network_weights", Path, None, "start from this LoRA file", group="network"),
-    F("--sample_prompts", Path, None, "preview prompts, one per line, with --W/--H/--f/--s/--g/--d/--n "
-      "overrides", group="previews"),
+    F("--sample_prompts", Path, None, "preview prompts, one per line, with --w/--h/--f/--s/--g/--d/--n "
+      "overrides (musubi style, any case)", group="previews"),
     F("--video_loss_weight", float, 1.0, "video loss weight (prediction and target scaled by sqrt)",
       group="loss"),
     F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
@@ -137,6 +137,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--adam_epsilon", float, 1e-8, "AdamW epsilon"),
     F("--max_grad_norm", float, 1.0, "gradient clipping norm (0 = off)"),
     F("--weighting_scheme", str, "none", "loss weighting over sigma (registered by plugins)", group="loss"),
+    F("--sigma_sampling", str, SIGMA_SAMPLING_CHOICES[0], "training sigma distribution of the built-in sampler: "
+      "the official LTX-2 shifted logit-normal (shift grows with token count) or uniform (pair it with "
+      "--weighting_scheme logit_normal for the SD3 objective)", choices=SIGMA_SAMPLING_CHOICES, group="loss"),
     F("--independent_audio_sigmas", bool, False, "draw audio sigmas independently of video sigmas (av)",
       group="loss"),
     F("--max_nonfinite_steps", int, 5, "stop after this many non-finite losses in a row", group="loss"),
