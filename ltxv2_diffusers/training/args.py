@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import logging
 import os
 import sys
 import tomllib
@@ -121,7 +122,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--plugins", str, None, "plugins to use: 'none', a comma list to allow, '-name' to block",
       group="run"),
     F("--list_plugins", bool, False, "print the plugins and their hooks, then exit", group="run"),
-    F("--log_with", str, "tensorboard", "experiment tracker", choices=LOG_WITH, group="run"),
+    F("--log_with", str, None, "experiment tracker (default: tensorboard when installed, else none)",
+      choices=LOG_WITH, group="run"),
     F("--logging_dir", Path, None, "tracker directory (default: OUTPUT_DIR/logs)", group="run"),
     # --- optimization ---
     F("--learning_rate", float, 1e-4, "peak learning rate"),
@@ -448,6 +450,10 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "--sample_every_n_steps/--sample_every_n_epochs/--sample_at_first need --sample_prompts FILE")
     if args.sample_prompts is not None:
         need(Path(args.sample_prompts).is_file(), f"--sample_prompts {args.sample_prompts}: no such file")
+        if not sampling:
+            logging.getLogger(__name__).warning(
+                "--sample_prompts renders no previews without --sample_every_n_steps N, --sample_every_n_epochs N "
+                "or --sample_at_first")
     need(args.sample_steps >= 1, "--sample_steps must be >= 1")
     if args.push_to_hub:
         need(bool(args.hub_model_id), "--push_to_hub needs --hub_model_id user/name")
@@ -459,8 +465,11 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "(pass a checkpoint folder or 'latest')")
     if args.log_with == "wandb":
         need(importlib.util.find_spec("wandb") is not None, "--log_with wandb needs wandb: pip install wandb")
-    if args.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        args.log_with = "none"  # default tracker absent: train without it rather than fail
+    if args.log_with is None:
+        args.log_with = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    elif args.log_with == "tensorboard":
+        need(importlib.util.find_spec("tensorboard") is not None,
+             "--log_with tensorboard needs tensorboard: pip install tensorboard (or --log_with none)")
     if problems:
         raise ArgsError("\n  ".join(["invalid arguments:", *problems]))
     if args.logging_dir is None:
