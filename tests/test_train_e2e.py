@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_workspace import (
+from conftest import (
     REPO, STEPS, accelerate_launch, baseline_argv, baseline_run, lora_tensors, workspace,
 )
 from ltxv2_diffusers.training.logging import read_metrics
