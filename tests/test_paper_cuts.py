@@ -125,3 +125,16 @@ def test_offline_hub_id_is_one_line_naming_the_id():
     message = str(info.value)
     assert "\n" not in message and message.startswith("nobody/no-such-ltx2: not a local file or folder")
     assert "hf download nobody/no-such-ltx2" in message
+
+
+def test_a_run_whose_push_fails_keeps_its_lora_and_ends_in_one_line(tmp_path_factory, tmp_path):
+    from conftest import baseline_argv, workspace
+    from ltxv2_diffusers.training.trainer import Trainer, TrainingFailed
+
+    ws = workspace(tmp_path_factory)
+    argv = baseline_argv(ws, tmp_path, steps=1, extra=["--push_to_hub", "--hub_model_id", "me/my-lora"])
+    with pytest.raises(TrainingFailed) as info:  # tests run with HF_HUB_OFFLINE=1
+        Trainer(parse_args(argv)).run()
+    assert "\n" not in str(info.value) and str(info.value).startswith("--push_to_hub me/my-lora: upload failed")
+    lora = tmp_path / "demo_lora.safetensors"
+    assert lora.is_file() and (tmp_path / "hub_upload" / lora.name).read_bytes() == lora.read_bytes()
