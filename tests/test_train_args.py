@@ -176,6 +176,10 @@ def test_missing_caches_fail_before_the_model_loads(tmp_path, capsys):
     assert "error: " in err and "ltxv2-cache-latents" in err and "Traceback" not in err
     assert main(argv + ["--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
+    config = tmp_path / "run.toml"
+    config.write_text("debug = true\n")
+    assert main(argv + ["--config_file", str(config)]) == 2
+    assert "Traceback" in capsys.readouterr().err  # from the config file too
 
 
 def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
