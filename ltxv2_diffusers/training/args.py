@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ltxv2_diffusers.models.av_timestep import AV_TIMESTEP_RULES
 from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
 from ltxv2_diffusers.timesteps import FORMAT_CHOICES, parse_timestep_format
 
@@ -96,6 +97,9 @@ FLAGS: tuple[Flag, ...] = (
       group="model"),
     F("--tokenizer", str, None, "tokenizer (default: the text encoder's)", group="model"),
     F("--max_length", int, 1024, "text token length for previews encoded at train time", group="model"),
+    F("--av_timestep_rule", str, "current", "audio<->video cross-attention timesteps: current (official "
+      "ltx-core >= 1.1.4: scale/shift from the modality's own timesteps, gate from the other's sigma) or "
+      "legacy (ltx-core 1.0.0, to reproduce older runs)", choices=AV_TIMESTEP_RULES, group="model"),
     F("--ltxv2_timestep_format", str, None, "REQUIRED: timestep convention of the run",
       choices=FORMAT_CHOICES, group="model"),
     F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; musubi's "

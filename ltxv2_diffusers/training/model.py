@@ -93,7 +93,10 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
                            target_options_from_network_args(network_kwargs(args)))
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    adapter = adapter_class_for_mode(mode).from_components(transformer, vae=parts["vae"], audio_vae=parts["audio_vae"])
+    adapter = adapter_class_for_mode(mode).from_components(
+        transformer, vae=parts["vae"], audio_vae=parts["audio_vae"],
+        av_timestep_rule=getattr(args, "av_timestep_rule", "current"),
+    )
     if getattr(args, "low_memory", False) or getattr(args, "blocks_to_swap", None):
         # The blocks stay on the CPU: the block swapper (training/speed.py) sends the swapped ones to
         # pinned host memory and moves the rest, so the GPU never holds every weight at once.

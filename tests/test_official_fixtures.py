@@ -1,0 +1,108 @@
+"""Our loader and adapters vs the official model of today (Lightricks/LTX-2 at 400fd31), fp32.
+
+The fixtures in tests/fixtures/official/ were written by tests/fixtures/make_official_fixtures.py, which
+runs the official code: tiny 2.0 / 2.3 / 2.5 transformer files in the official layout and the official
+model's outputs for equal, different and per-token sigmas and (2.5) keyframe-marked tokens. Here the files
+load strictly through `load_transformer` and the adapter, with the default `current` audio<->video rule,
+reproduces every output; `legacy` (ltx-core 1.0.0) does not once video and audio sigmas differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ltxv2_diffusers.models.adapter import LTXAVModelAdapter, LTXV2ModelAdapter
+from ltxv2_diffusers.models.loading import load_transformer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "official"
+VERSIONS = ("2.0", "2.3", "2.5")
+RTOL = 1e-5
+
+
+def _fixture(version: str):
+    transformer = load_transformer(FIXTURES / f"ltx-{version}-tiny-transformer.safetensors", torch_dtype=torch.float32)
+    return transformer, load_file(str(FIXTURES / f"ltx-{version}-tiny-outputs.safetensors"))
+
+
+def _cases(record) -> list[str]:
+    return sorted({k.split(".")[0] for k in record if k.endswith(".out.video")})
+
+
+def _batch(record, case):
+    batch = {k: record[k] for k in ("latents", "audio_latents", "text", "text_mask", "fps")}
+    if f"{case}.keyframes_mask" in record:
+        batch["keyframes_mask"] = record[f"{case}.keyframes_mask"]
+    return batch
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def official(request):
+    return (request.param, *_fixture(request.param))
+
+
+def test_fixture_files_load_strictly_with_version_switches(official):
+    version, transformer, _ = official
+    c = transformer.config
+    assert c.ff_bias == (version != "2.5") and c.use_keyframes_abs_pos_embedding == (version == "2.5")
+    assert c.gated_attn == (version != "2.0")
+    assert transformer.transformer_blocks[0].ff.net[0].proj.bias is None if version == "2.5" else True
+
+
+def test_av_matches_official_current_rule(official):
+    version, transformer, record = official
+    adapter = LTXAVModelAdapter.from_components(transformer)
+    for case in _cases(record):
+        sigmas = {m: record[f"{case}.sigmas.{m}"] for m in ("video", "audio")}
+        noise = {m: record[f"{case}.noise.{m}"] for m in ("video", "audio")}
+        with torch.no_grad():
+            out = adapter(_batch(record, case), sigmas=sigmas, noise=noise)
+        for m in ("video", "audio"):
+            rel = _rel(out[m].pred, record[f"{case}.out.{m}"])
+            assert rel <= RTOL, f"{version}/{case}/{m}: relative difference {rel:.2e}"
+
+
+def test_video_only_matches_official_without_audio(official):
+    version, transformer, record = official
+    adapter = LTXV2ModelAdapter.from_components(transformer)
+    for case in _cases(record):
+        with torch.no_grad():
+            out = adapter(_batch(record, case), sigmas={"video": record[f"{case}.sigmas.video"]},
+                          noise={"video": record[f"{case}.noise.video"]})
+        rel = _rel(out["video"].pred, record[f"{case}.out.video_only"])
+        assert rel <= RTOL, f"{version}/{case}: relative difference {rel:.2e}"
+
+
+def test_legacy_rule_differs_only_when_sigmas_differ(official):
+    version, transformer, record = official
+    adapter = LTXAVModelAdapter.from_components(transformer, av_timestep_rule="legacy")
+    for case in ("equal", "different"):
+        sigmas = {m: record[f"{case}.sigmas.{m}"] for m in ("video", "audio")}
+        noise = {m: record[f"{case}.noise.{m}"] for m in ("video", "audio")}
+        with torch.no_grad():
+            out = adapter(_batch(record, case), sigmas=sigmas, noise=noise)
+        rel = _rel(out["video"].pred, record[f"{case}.out.video"])
+        if case == "equal":
+            assert rel <= RTOL
+        else:
+            assert rel > 1e-3, f"{version}: legacy and current rules should differ with different sigmas"
+
+
+def test_keyframes_mask_changes_only_marked_2_5_tokens():
+    transformer, record = _fixture("2.5")
+    adapter = LTXV2ModelAdapter.from_components(transformer)
+    batch = _batch(record, "keyframes")
+    kwargs = dict(sigmas={"video": record["keyframes.sigmas.video"]}, noise={"video": record["keyframes.noise.video"]})
+    with torch.no_grad():
+        marked = adapter(batch, **kwargs)["video"].pred
+        unmarked = adapter({k: v for k, v in batch.items() if k != "keyframes_mask"}, **kwargs)["video"].pred
+    assert not torch.allclose(marked, unmarked)
+    with pytest.raises(ValueError, match="keyframes_mask"):
+        adapter({**batch, "keyframes_mask": batch["keyframes_mask"][:, :3]}, **kwargs)
