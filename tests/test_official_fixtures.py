@@ -4,7 +4,9 @@ The fixtures in tests/fixtures/official/ were written by tests/fixtures/make_off
 runs the official code: tiny 2.0 / 2.3 / 2.5 transformer files in the official layout and the official
 model's outputs for equal, different and per-token sigmas and (2.5) keyframe-marked tokens. Here the files
 load strictly through `load_transformer` and the adapter, with the default `current` audio<->video rule,
-reproduces every output; `legacy` (ltx-core 1.0.0) does not once video and audio sigmas differ.
+reproduces every output; `legacy` (ltx-core 1.0.0) does not once video and audio sigmas differ. The 2.5
+release folder (transformer + connectors file, text-encoder file with the projection) loads as split files,
+and the text path after Gemma matches the official EmbeddingsProcessor.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ import torch
 from safetensors.torch import load_file
 
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter, LTXV2ModelAdapter
-from ltxv2_diffusers.models.loading import load_transformer
+from ltxv2_diffusers.models.loading import CheckpointKeyError, load_components, load_transformer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 VERSIONS = ("2.0", "2.3", "2.5")
 RTOL = 1e-5
 
 
+RELEASE_2_5 = FIXTURES / "ltx-2.5-release"
+
+
 def _fixture(version: str):
-    transformer = load_transformer(FIXTURES / f"ltx-{version}-tiny-transformer.safetensors", torch_dtype=torch.float32)
+    # 2.5 comes as the release's split layout; the folder stands for its files.
+    source = RELEASE_2_5 if version == "2.5" else FIXTURES / f"ltx-{version}-tiny-transformer.safetensors"
+    transformer = load_transformer(source, torch_dtype=torch.float32)
     return transformer, load_file(str(FIXTURES / f"ltx-{version}-tiny-outputs.safetensors"))
 
 
@@ -106,3 +113,28 @@ def test_keyframes_mask_changes_only_marked_2_5_tokens():
     assert not torch.allclose(marked, unmarked)
     with pytest.raises(ValueError, match="keyframes_mask"):
         adapter({**batch, "keyframes_mask": batch["keyframes_mask"][:, :3]}, **kwargs)
+
+
+def test_release_folder_and_split_files_load_the_text_path_like_official():
+    transformer_file = next((RELEASE_2_5 / "diffusion_models").glob("*.safetensors"))
+    text_file = next((RELEASE_2_5 / "text_encoders").glob("*.safetensors"))
+    by_folder = load_components(RELEASE_2_5, torch_dtype=torch.float32)
+    by_files = load_components(transformer_file, text_file, components=("connectors",))
+    assert set(by_folder) == {"transformer", "connectors"}
+    for name, p in by_folder["connectors"].state_dict().items():
+        assert torch.equal(p, by_files["connectors"].state_dict()[name]), name
+    record = load_file(str(FIXTURES / "ltx-2.5-tiny-text-outputs.safetensors"))
+    with torch.no_grad():
+        video, audio, mask = by_folder["connectors"](
+            record["hidden_states"].flatten(2, 3), record["attention_mask"], padding_side="left"
+        )
+    assert torch.equal(mask.long(), record["mask"].long())
+    for ours, ref in ((video, record["video"]), (audio, record["audio"])):
+        assert _rel(ours, ref) <= RTOL, f"relative difference {_rel(ours, ref):.2e}"
+
+
+def test_connectors_without_the_text_encoder_file_name_what_is_missing():
+    transformer_file = next((RELEASE_2_5 / "diffusion_models").glob("*.safetensors"))
+    assert set(load_components(transformer_file, components=("transformer",))) == {"transformer"}
+    with pytest.raises(CheckpointKeyError, match="text_embedding_projection"):
+        load_components(transformer_file, components=("connectors",))
