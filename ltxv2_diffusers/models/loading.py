@@ -132,7 +132,22 @@ def release_files(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     subs = [folder / sub for sub in RELEASE_FOLDERS if (folder / sub).is_dir()]
     # A diffusers component folder (`vae/config.json` + weights) is not a release subfolder.
-    return sorted(f for sub in subs if not (sub / "config.json").is_file() for f in sub.glob("*.safetensors"))
+    files = sorted(f for sub in subs if not (sub / "config.json").is_file() for f in sub.glob("*.safetensors"))
+    # The release offers two video VAEs; the convolutional one is what diffusers' classes hold.
+    diffusion_vaes = [f for f in files if _has_diffusion_decoder(f)]
+    if diffusion_vaes and len(diffusion_vaes) < sum(1 for f in files if _vae_config(f) is not None):
+        files = [f for f in files if f not in diffusion_vaes]
+    return files
+
+
+def _vae_config(path: Path) -> dict[str, Any] | None:
+    metadata, _ = _read_metadata_and_shapes(path) if path.suffix == ".safetensors" else ({}, {})
+    return json.loads(metadata["config"]).get("vae") if "config" in metadata else None
+
+
+def _has_diffusion_decoder(path: Path) -> bool:
+    # The diffusion-decoder VAE nests its halves' configs under "encoder" / "decoder".
+    return "encoder" in (_vae_config(path) or {})
 
 
 def _component_folders(path: Path) -> dict[str, Path]:
@@ -530,6 +545,65 @@ def save_official_checkpoint(path: str | os.PathLike, **components: torch.nn.Mod
         metadata["model_version"] = model_version_of(components["transformer"].config)
     save_file(tensors, str(path), metadata=metadata)
     return str(path)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.untyped_storage().data_ptr() in seen and tensor.numel():  # safetensors refuses shared storage
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path), metadata=metadata)
+
+
+def save_official_release(
+    folder: str | os.PathLike, name: str = "ltx", gemma_config: Mapping[str, Any] | None = None,
+    **components: torch.nn.Module,
+) -> list[Path]:
+    """Write `components` split like the official LTX-2.5 release, under `folder`:
+    `diffusion_models/{name}-transformer.safetensors` (transformer + text connectors),
+    `text_encoders/{name}-text-projection.safetensors` (the text projection; `gemma_config` metadata when
+    given), `vae/{name}-video-vae-conv.safetensors` (bare VAE keys) and `vae/{name}-audio-vae.safetensors`
+    (audio VAE + vocoder). `load_components(folder)` reads it back. Returns the files written."""
+    folder = Path(folder)
+    config = official_configs(components)
+    written: list[Path] = []
+
+    def write(path: Path, tensors: dict[str, torch.Tensor], sections: tuple[str, ...], extra=None) -> None:
+        meta = {"config": json.dumps({k: config[k] for k in sections if k in config})}
+        meta.update(extra or {})
+        _save_tensors(path, tensors, meta)
+        written.append(path)
+
+    groups = {
+        "diffusion_models": ("transformer", "connectors"), "vae_video": ("vae",), "vae_audio": ("audio_vae", "vocoder"),
+    }
+    picked = {g: {c: components[c] for c in names if c in components} for g, names in groups.items()}
+    if picked["diffusion_models"]:
+        tensors = official_state_dict(**picked["diffusion_models"])
+        projection = {k: tensors.pop(k) for k in list(tensors) if k.startswith(_PROJECTION_PREFIX)}
+        version = {"model_version": model_version_of(components["transformer"].config)} if "transformer" in components else {}
+        write(folder / "diffusion_models" / f"{name}-transformer.safetensors", tensors, ("transformer",), version)
+        if projection:
+            path = folder / "text_encoders" / f"{name}-text-projection.safetensors"
+            if gemma_config is not None:
+                _save_tensors(path, projection, {"gemma_config": json.dumps(dict(gemma_config))})
+                written.append(path)
+            else:
+                write(path, projection, ("transformer",))
+    if picked["vae_video"]:
+        tensors = {k[len("vae."):]: v for k, v in official_state_dict(**picked["vae_video"]).items()}
+        write(folder / "vae" / f"{name}-video-vae-conv.safetensors", tensors, ("vae",))
+    if picked["vae_audio"]:
+        write(folder / "vae" / f"{name}-audio-vae.safetensors", official_state_dict(**picked["vae_audio"]),
+              ("audio_vae", "vocoder"))
+    return written
 
 
 def official_configs(components: Mapping[str, torch.nn.Module]) -> dict[str, Any]:

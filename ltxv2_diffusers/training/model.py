@@ -38,8 +38,9 @@ class TrainingBundle:
         self.prompt_cache = PromptCache.encode(texts, args, device=device)
 
 
-def _vae_source(args) -> str:
-    return args.vae or args.ltxv2_model
+def _vae_sources(args) -> list[str]:
+    """Where the VAEs come from: --vae (else --ltxv2_model), plus --audio_vae when they are split."""
+    return [args.vae or args.ltxv2_model, *([args.audio_vae] if getattr(args, "audio_vae", None) else [])]
 
 
 def model_config(args) -> dict[str, Any] | None:
@@ -80,11 +81,14 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
     mode: LtxMode = args.mode
     transformer = load_components(args.ltxv2_model, backend=args.ltxv2_backend, components=["transformer"])["transformer"]
     wanted = ["vae", "audio_vae"] + (["vocoder"] if keep_preview_parts else [])
-    parts = load_components(_vae_source(args), backend=args.ltxv2_backend if not args.vae else None, components=wanted)
+    sources = _vae_sources(args)
+    backend = args.ltxv2_backend if not args.vae and len(sources) == 1 else None
+    parts = load_components(*sources, backend=backend, components=wanted)
     missing = [name for name in ("vae", "audio_vae") if name not in parts]
     if missing:
-        raise ValueError(f"--vae {_vae_source(args)} has no {', '.join(missing)}; pass the LTX-2 checkpoint that "
-                         "holds both VAEs (their latent statistics normalize the cached latents)")
+        raise ValueError(f"--vae {' '.join(sources)} has no {', '.join(missing)}; pass the LTX-2 checkpoint that "
+                         "holds both VAEs, or --vae and --audio_vae (their latent statistics normalize the cached "
+                         "latents)")
     transformer.requires_grad_(False)
     if args.network_weights is not None:
         targets = _continue_lora(transformer, mode, args.network_weights)
@@ -111,7 +115,7 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
     if keep_preview_parts:
         preview = {name: parts[name].to(device).eval() for name in ("vae", "audio_vae", "vocoder") if name in parts}
         if "vocoder" not in preview:
-            raise ValueError(f"previews need the vocoder, which {_vae_source(args)} lacks")
+            raise ValueError(f"previews need the vocoder, which {' '.join(sources)} lacks (LTX-2.5: pass --audio_vae)")
     return TrainingBundle(adapter=adapter, transformer=transformer, mode=mode, lora_targets=list(targets),
                           preview_parts=preview)
 
