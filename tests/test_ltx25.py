@@ -116,3 +116,51 @@ def test_split_files_errors_name_the_problem(tiny25, tmp_path):
         k: v for k, v in config["transformer"].items() if k != "shiny_new_switch"}})})
     with pytest.raises(CheckpointKeyError, match="transformer_blocks.0.ff.net.2.weight"):
         load_components(missing, components=("transformer",))
+
+
+def _trained_lora(preset: str, version: str):
+    from ltxv2_diffusers.lora import add_lora, lora_from_model, lora_parameters
+
+    transformer = build_components(preset, seed=2, components=("transformer",))["transformer"]
+    add_lora(transformer, "av", 4, 4.0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in lora_parameters(transformer):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return lora_from_model(transformer, metadata={"base_model_version": version})
+
+
+def test_2_5_lora_official_layout_and_diffusers_pipeline(tmp_path):
+    from diffusers import LTX2Pipeline
+
+    from ltxv2_diffusers.lora import read_lora, save_lora
+
+    lora = _trained_lora("tiny-2.5", "2.5.0")
+    official, diffusers_dir = save_lora(lora, tmp_path, "l25")
+    with safe_open(str(official), framework="pt") as f:
+        assert f.metadata()["base_model_version"] == "2.5.0"
+        assert all(k.startswith("diffusion_model.") for k in f.keys())
+    assert read_lora(official).metadata["base_model_version"] == "2.5.0"
+    # diffusers' own loader takes the official layout on a 2.5 transformer, with our weights.
+    transformer = build_components("tiny-2.5", seed=2, components=("transformer",))["transformer"]
+    LTX2Pipeline.load_lora_into_transformer(LTX2Pipeline.lora_state_dict(str(official)), transformer=transformer,
+                                            adapter_name="t")
+    name, module = next(iter(lora.modules.items()))
+    layer = transformer.get_submodule(name)
+    assert torch.allclose(layer.lora_A["t"].weight, module.down) and torch.allclose(layer.lora_B["t"].weight, module.up)
+
+
+def test_2_3_lora_on_2_5_model_applies_and_warns_once():
+    from ltxv2_diffusers.lora import apply_lora
+
+    lora = _trained_lora("tiny-2.3", "2.3.0")
+    target = build_components("tiny-2.5", seed=2, components=("transformer",))["transformer"]
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.warns(UserWarning, match="trained on LTX-2 2.3.0 and is applied to a 2.5.0"):
+        apply_lora(target, lora)
+    assert any(not torch.equal(before[k], v) for k, v in target.state_dict().items())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_lora(build_components("tiny-2.5", seed=2, components=("transformer",))["transformer"], lora)

@@ -133,14 +133,19 @@ def _continue_lora(transformer, mode: LtxMode, path) -> list[str]:
     return apply_lora(transformer, lora, fuse=False)
 
 
-def lora_metadata(args, step: int) -> dict[str, str]:
-    """Metadata stored in every saved LoRA (strings only: safetensors metadata)."""
+def lora_metadata(args, step: int, transformer: torch.nn.Module | None = None) -> dict[str, str]:
+    """Metadata stored in every saved LoRA (strings only: safetensors metadata); with the transformer, the
+    official version of the base model (`base_model_version`, e.g. "2.5.0")."""
     from ltxv2_diffusers import __version__
     from ltxv2_diffusers.lora import lora_metadata as make_metadata
+    from ltxv2_diffusers.models.official_config import model_version_of
 
+    version = None if transformer is None else model_version_of(transformer.config)
     return make_metadata(mode=args.mode.value, base_model=str(args.ltxv2_model), training_args=args_to_dict(args),
                          rank=args.network_dim, alpha=args.network_alpha, steps=step,
-                         timestep_format=args.timestep_format.value, trainer=f"ltxv2-diffusers {__version__}")
+                         timestep_format=args.timestep_format.value, trainer=f"ltxv2-diffusers {__version__}",
+                         base_model_version=version,
+                         av_timestep_rule=getattr(args, "av_timestep_rule", None))
 
 
 def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, step: int) -> Path:
@@ -149,7 +154,8 @@ def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, st
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    official, _diffusers = save_lora(lora_from_model(bundle.transformer, metadata=lora_metadata(args, step)),
+    official, _diffusers = save_lora(lora_from_model(bundle.transformer,
+                                                     metadata=lora_metadata(args, step, bundle.transformer)),
                                      directory, name)
     return official
 
