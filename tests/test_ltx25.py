@@ -164,3 +164,18 @@ def test_2_3_lora_on_2_5_model_applies_and_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply_lora(build_components("tiny-2.5", seed=2, components=("transformer",))["transformer"], lora)
+
+
+@pytest.mark.slow
+def test_demo_tiny_2_5_runs_on_split_files(tmp_path, capsys):
+    """`ltxv2-demo --preset tiny-2.5`: release folder, the three cache jobs on split files, training, preview."""
+    from ltxv2_diffusers.cli.demo import main
+
+    assert main(["--output_dir", str(tmp_path), "--steps", "2", "--clips", "1", "--preset", "tiny-2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "--audio_vae" in out and "model (release folder):" in out
+    lora = tmp_path / "output" / "demo_lora.safetensors"
+    with safe_open(str(lora), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["base_model_version"] == "2.5.0" and meta["av_timestep_rule"] == "current"
+    assert sorted((tmp_path / "output" / "samples").glob("*.mp4"))
