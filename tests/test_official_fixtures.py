@@ -11,10 +11,12 @@ and the text path after Gemma matches the official EmbeddingsProcessor.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter, LTXV2ModelAdapter
@@ -138,3 +140,25 @@ def test_connectors_without_the_text_encoder_file_name_what_is_missing():
     assert set(load_components(transformer_file, components=("transformer",))) == {"transformer"}
     with pytest.raises(CheckpointKeyError, match="text_embedding_projection"):
         load_components(transformer_file, components=("connectors",))
+
+
+def test_gemma4_prompts_embed_like_official():
+    """A tiny Gemma 4 through our gemma backend and the 2.5 release's connectors: the official token ids
+    (<bos> prepended, left padding) and embeddings."""
+    from ltxv2_diffusers.text.gemma import GemmaTextBackend
+
+    record = load_file(str(FIXTURES / "gemma4-tiny-text-outputs.safetensors"))
+    with safe_open(str(FIXTURES / "gemma4-tiny-text-outputs.safetensors"), framework="pt") as f:
+        prompts = json.loads(f.metadata()["prompts"])
+    connectors = load_components(RELEASE_2_5, components=("connectors",))["connectors"]
+    backend = GemmaTextBackend(str(FIXTURES / "gemma4-tiny"), max_length=128, connectors=connectors,
+                               audio_video=True, device="cpu", dtype=torch.float32)
+    assert backend.family == "gemma4"
+    ids, _ = backend._tokenize(prompts)
+    text, mask = backend.encode(prompts)
+    vw = connectors.config.video_hidden_dim
+    for i in range(len(prompts)):
+        assert torch.equal(ids[i], record[f"{i}.input_ids"])
+        assert torch.equal(mask[i].long(), record[f"{i}.mask"].long())
+        for ours, ref in ((text[i, :, :vw], record[f"{i}.video"]), (text[i, :, vw:], record[f"{i}.audio"])):
+            assert _rel(ours, ref) <= RTOL, f"prompt {i}: relative difference {_rel(ours, ref):.2e}"

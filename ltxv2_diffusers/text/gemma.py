@@ -1,4 +1,8 @@
-"""`gemma` backend: Gemma-3 hidden states (all layers) through the LTX-2 text connectors.
+"""`gemma` backend: Gemma hidden states (all layers) through the LTX-2 text connectors.
+
+Gemma 3 (LTX-2.0 / 2.3) and Gemma 4 (LTX-2.5) are told apart by the model's config; both are tokenized
+the official way (prompt stripped, `<bos>` first, which Gemma 4's tokenizer does not add itself, left
+padding to `max_length`).
 
 The cached output is what the transformer reads: the connectors' video context, or for audio+video
 `[video_ctx, audio_ctx]` concatenated on the last dim. Raw Gemma states (≈385 MB/prompt at full
@@ -12,8 +16,21 @@ import torch
 from .base import TextBackend
 
 
+GEMMA_FAMILIES = ("gemma3", "gemma4")
+
+
+def gemma_family(config) -> str:
+    """`"gemma3"` or `"gemma4"` from a transformers config (or its `model_type`)."""
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", "")
+    for family in GEMMA_FAMILIES:
+        if str(model_type).startswith(family):
+            return family
+    raise ValueError(f"text encoder model_type {model_type!r} is neither Gemma 3 nor Gemma 4; LTX-2 needs the "
+                     "Gemma model its checkpoint was trained with")
+
+
 class GemmaTextBackend(TextBackend):
-    """Gemma-3 (Hub id or local folder) + `LTX2TextConnectors` (module or checkpoint path)."""
+    """Gemma 3 / Gemma 4 (Hub id or local folder) + `LTX2TextConnectors` (module or checkpoint path)."""
 
     name = "gemma"
     model_attributes = ("model", "connectors")
@@ -41,6 +58,10 @@ class GemmaTextBackend(TextBackend):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).to(self.device).eval()
+        self.family = gemma_family(self.model.config)
+        if self.tokenizer.bos_token_id is None:
+            raise ValueError(f"--tokenizer {self._tokenizer_name}: has no <bos> token; the LTX-2 text path starts "
+                             "every prompt with it (pass the Gemma tokenizer)")
         if isinstance(connectors, (str,)):
             connectors = _load_connectors(connectors)
         self.connectors = connectors.to(self.device, self.dtype).eval()
@@ -71,7 +92,21 @@ class GemmaTextBackend(TextBackend):
         # A fingerprint of the connector weights: cheap (a few sums) and changes with any checkpoint.
         with torch.no_grad():
             digest = sum(float(p.double().sum()) * (i + 1) for i, p in enumerate(c.parameters()))
-        return f"{self._identity_prefix()}|connectors={n}:{digest:.6e}"
+        return f"{self._identity_prefix()}|family={self.family}|bos=1|connectors={n}:{digest:.6e}"
+
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask as the official tokenizer makes them: stripped prompt, truncated, `<bos>`
+        prepended when the tokenizer did not put it first, left-padded to `max_length`."""
+        bos = self.tokenizer.bos_token_id
+        rows = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt.strip(), truncation=True, max_length=self.max_length).input_ids
+            if not ids or ids[0] != bos:
+                ids = [bos, *ids][: self.max_length]
+            rows.append(ids)
+        padded = self.tokenizer.pad({"input_ids": rows}, padding="max_length", max_length=self.max_length,
+                                    return_tensors="pt", return_attention_mask=True)
+        return padded.input_ids.to(self.device), padded.attention_mask.to(self.device)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
