@@ -173,9 +173,29 @@ def test_demo_tiny_2_5_runs_on_split_files(tmp_path, capsys):
 
     assert main(["--output_dir", str(tmp_path), "--steps", "2", "--clips", "1", "--preset", "tiny-2.5"]) == 0
     out = capsys.readouterr().out
-    assert "--audio_vae" in out and "model (release folder):" in out
+    assert "--audio_vae" in out and "model (release folder):" in out and "gemma-4-tiny" in out
+    assert json.loads((tmp_path / "data" / "cache" / "videos" / "ltxv2_text_encoder.json").read_text())["family"] == "gemma4"
     lora = tmp_path / "output" / "demo_lora.safetensors"
     with safe_open(str(lora), framework="pt") as f:
         meta = f.metadata()
     assert meta["base_model_version"] == "2.5.0" and meta["av_timestep_rule"] == "current"
     assert sorted((tmp_path / "output" / "samples").glob("*.mp4"))
+
+
+def test_text_cache_of_another_gemma_family_fails_before_training(tmp_path):
+    from ltxv2_diffusers.text.gemma import (
+        check_text_cache_family,
+        expected_gemma_family,
+        text_encoder_family,
+        write_text_cache_info,
+    )
+    from ltxv2_diffusers.text.tiny import write_tiny_gemma
+
+    gemma3 = write_tiny_gemma(tmp_path / "g3")
+    assert text_encoder_family(gemma3) == "gemma3"
+    assert expected_gemma_family(preset_config("tiny-2.5")["transformer"]) == "gemma4"
+    assert expected_gemma_family(preset_config("tiny-2.3")["transformer"]) == "gemma3"
+    write_text_cache_info([tmp_path / "cache"], "gemma3", gemma3)
+    check_text_cache_family([tmp_path / "cache"], preset_config("tiny-2.3")["transformer"], "m23")
+    with pytest.raises(ValueError, match="made with gemma3.*expects gemma4"):
+        check_text_cache_family([tmp_path / "cache"], preset_config("tiny-2.5")["transformer"], "m25")

@@ -58,7 +58,7 @@ def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_s
     from ltxv2_diffusers.data.synthetic import make_dataset
     from ltxv2_diffusers.models.loading import save_official_checkpoint, save_official_release
     from ltxv2_diffusers.models.presets import build_components
-    from ltxv2_diffusers.text.tiny import write_tiny_gemma
+    from ltxv2_diffusers.text.tiny import write_tiny_gemma, write_tiny_gemma4
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -74,9 +74,11 @@ def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_s
         if not model.is_file():
             model.parent.mkdir(parents=True, exist_ok=True)
             save_official_checkpoint(model, **build_components(preset, seed=seed, overrides=overrides))
-    text_encoder = root / "gemma-3-tiny"
+    # LTX-2.5 was trained with Gemma 4, earlier versions with Gemma 3.
+    gemma4 = preset == "tiny-2.5"
+    text_encoder = root / ("gemma-4-tiny" if gemma4 else "gemma-3-tiny")
     if not (text_encoder / "config.json").is_file():
-        write_tiny_gemma(text_encoder, seed=seed)
+        (write_tiny_gemma4 if gemma4 else write_tiny_gemma)(text_encoder, seed=seed)
     dataset_config = root / "data" / "dataset.toml"
     if not dataset_config.is_file():
         dataset_config = make_dataset(root / "data", num_videos=num_clips, num_frames=17, size=(96, 96),
@@ -126,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("ltxv2-demo: --steps and --clips must be >= 1")
     start = time.perf_counter()
     root = args.output_dir.resolve()
-    print(f"[1/3] writing a tiny random LTX-2, a tiny Gemma-3 and {args.clips} clips under {root}", flush=True)
+    gemma = "Gemma 4" if args.preset == "tiny-2.5" else "Gemma 3"
+    print(f"[1/3] writing a tiny random LTX-2 ({args.preset}), a tiny {gemma} and {args.clips} clips under {root}",
+          flush=True)
     ws = write_workspace(root, num_clips=args.clips, preset=args.preset)
     print("[2/3] caching latents, audio latents and text embeddings", flush=True)
     run_cache_jobs(ws)
@@ -143,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
     label = "model (release folder):" if ws.vae else "model (official single file):"
     print(f"  {label:<30}{ws.model}")
-    print(f"  text encoder (Gemma-3):       {ws.text_encoder}")
+    print(f"  {'text encoder:':<30}{ws.text_encoder}")
     print(f"  dataset config:               {ws.dataset_config}")
     print(f"  preview prompts:              {ws.prompts}")
     print(f"  LoRA (official/ComfyUI):      {lora}")

@@ -122,3 +122,57 @@ def _load_connectors(path: str):
     from ltxv2_diffusers.data.encoders import load_model_components
 
     return load_model_components(path, ["connectors"])["connectors"]
+
+
+# A text cache records the Gemma family that made it, so a run fails before training when the checkpoint
+# expects the other one (the embeddings have the same width, so nothing else would notice).
+TEXT_CACHE_INFO = "ltxv2_text_encoder.json"
+
+
+def text_encoder_family(text_encoder: str) -> str | None:
+    """The Gemma family of a text encoder folder / Hub id from its config alone; None if it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return gemma_family(AutoConfig.from_pretrained(text_encoder))
+    except (OSError, ValueError):
+        return None
+
+
+def expected_gemma_family(transformer_config) -> str:
+    """The Gemma family an LTX-2 transformer was trained with: Gemma 4 for LTX-2.5, Gemma 3 before."""
+    from ltxv2_diffusers.models.official_config import model_version_of
+
+    return "gemma4" if model_version_of(transformer_config) >= "2.5" else "gemma3"
+
+
+def write_text_cache_info(directories, family: str, text_encoder: str) -> None:
+    """Record in each text cache directory which Gemma family made its embeddings."""
+    import json
+    from pathlib import Path
+
+    for directory in directories:
+        path = Path(directory) / TEXT_CACHE_INFO
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"family": family, "text_encoder": str(text_encoder)}), encoding="utf-8")
+        tmp.replace(path)
+
+
+def check_text_cache_family(directories, transformer_config, model: str) -> None:
+    """Raise when a text cache was made with another Gemma family than `model`'s transformer expects."""
+    import json
+    from pathlib import Path
+
+    want = expected_gemma_family(transformer_config)
+    for directory in directories:
+        path = Path(directory) / TEXT_CACHE_INFO
+        if not path.is_file():
+            continue
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if info.get("family") in GEMMA_FAMILIES and info["family"] != want:
+            raise ValueError(
+                f"{directory}: the text cache was made with {info['family']} ({info.get('text_encoder')}), but "
+                f"--ltxv2_model {model} expects {want}; re-run ltxv2-cache-text-encoder-outputs with the text "
+                "encoder of that checkpoint"
+            )
