@@ -143,15 +143,18 @@ def test_connectors_without_the_text_encoder_file_name_what_is_missing():
 
 
 def test_gemma4_prompts_embed_like_official():
-    """A tiny Gemma 4 through our gemma backend and the 2.5 release's connectors: the official token ids
-    (<bos> prepended, left padding) and embeddings."""
-    from ltxv2_diffusers.text.gemma import GemmaTextBackend
+    """The official LTX-2.5 text-encoder file (a tiny Gemma 4 packed by the official code, with the text
+    projection) through our gemma backend and the release's connectors: the official token ids (<bos>
+    prepended, left padding) and embeddings."""
+    from ltxv2_diffusers.text.gemma import GemmaTextBackend, text_encoder_family
 
     record = load_file(str(FIXTURES / "gemma4-tiny-text-outputs.safetensors"))
     with safe_open(str(FIXTURES / "gemma4-tiny-text-outputs.safetensors"), framework="pt") as f:
         prompts = json.loads(f.metadata()["prompts"])
+    text_file = next((RELEASE_2_5 / "text_encoders").glob("*.safetensors"))
+    assert text_encoder_family(str(text_file)) == "gemma4"
     connectors = load_components(RELEASE_2_5, components=("connectors",))["connectors"]
-    backend = GemmaTextBackend(str(FIXTURES / "gemma4-tiny"), max_length=128, connectors=connectors,
+    backend = GemmaTextBackend(str(text_file), max_length=128, connectors=connectors,
                                audio_video=True, device="cpu", dtype=torch.float32)
     assert backend.family == "gemma4"
     ids, _ = backend._tokenize(prompts)
@@ -162,3 +165,17 @@ def test_gemma4_prompts_embed_like_official():
         assert torch.equal(mask[i].long(), record[f"{i}.mask"].long())
         for ours, ref in ((text[i, :, :vw], record[f"{i}.video"]), (text[i, :, vw:], record[f"{i}.audio"])):
             assert _rel(ours, ref) <= RTOL, f"prompt {i}: relative difference {_rel(ours, ref):.2e}"
+
+
+def test_gemma4_file_gives_the_projection_to_a_transformer_file_alone():
+    """`--text_encoder gemma4-...-with-proj.safetensors --ltxv2_model ...-transformer.safetensors`: the
+    connectors come from the transformer file, their projection from the text-encoder file."""
+    from ltxv2_diffusers.text.gemma import GemmaTextBackend
+
+    text_file = next((RELEASE_2_5 / "text_encoders").glob("*.safetensors"))
+    transformer_file = next((RELEASE_2_5 / "diffusion_models").glob("*.safetensors"))
+    backend = GemmaTextBackend(str(text_file), max_length=128, connectors=str(transformer_file), audio_video=True,
+                               device="cpu", dtype=torch.float32)
+    reference = load_components(RELEASE_2_5, components=("connectors",))["connectors"]
+    for name, p in reference.state_dict().items():
+        assert torch.equal(backend.connectors.state_dict()[name], p), name

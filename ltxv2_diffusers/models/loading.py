@@ -181,6 +181,11 @@ def _read_metadata_and_shapes(path) -> tuple[dict[str, str], dict[str, tuple[int
         return f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """`{key: shape}` of a .safetensors file, read from its header alone."""
+    return _read_metadata_and_shapes(path)[1]
+
+
 def read_official_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     """(ltx-core config from the metadata, {key: shape}) of an official checkpoint, without loading tensors."""
     metadata, shapes = _read_metadata_and_shapes(path)
@@ -232,7 +237,7 @@ def _diffusers_class(class_name: str) -> type:
 
 
 GEMMA_CONFIG_KEY = "gemma_config"  # metadata of an official text-encoder file (Gemma + text projection)
-_PROJECTION_PREFIX = "text_embedding_projection."
+PROJECTION_PREFIX = "text_embedding_projection."
 # Comfy-style split video VAE files name their tensors without the `vae.` prefix.
 _BARE_VAE_PREFIXES = ("encoder.", "decoder.", "per_channel_statistics.")
 
@@ -251,7 +256,7 @@ def _read_official_file(path: Path) -> _OfficialFile:
     metadata, shapes = _read_metadata_and_shapes(path)
     if GEMMA_CONFIG_KEY in metadata:
         # The Gemma weights, tokenizer and assets are the text backend's; the projection is the connectors'.
-        keys = {k: k for k in shapes if k.startswith(_PROJECTION_PREFIX)}
+        keys = {k: k for k in shapes if k.startswith(PROJECTION_PREFIX)}
         config = json.loads(metadata["config"]) if "config" in metadata else {}
     else:
         config, _ = read_official_header(path)
@@ -305,10 +310,10 @@ def _load_official(paths: list[Path], torch_dtype, wanted: tuple[str, ...]) -> d
     if strays:
         raise CheckpointKeyError(f"{where}: unexpected keys that belong to no LTX-2 component: {_list(strays)}")
     if "connectors" in wanted and by_component.get("connectors") and not any(
-        k.startswith(_PROJECTION_PREFIX) for k in by_component["connectors"]
+        k.startswith(PROJECTION_PREFIX) for k in by_component["connectors"]
     ):
         raise CheckpointKeyError(
-            f"{where}: the text connectors need the text projection ({_PROJECTION_PREFIX}*), which LTX-2.5 keeps "
+            f"{where}: the text connectors need the text projection ({PROJECTION_PREFIX}*), which LTX-2.5 keeps "
             "in the text-encoder file (text_encoders/gemma4-...-with-proj-...safetensors): pass that file too"
         )
     if "vae" in wanted and by_component.get("vae") and "encoder" in config.get("vae", {}):
@@ -587,7 +592,7 @@ def save_official_release(
     picked = {g: {c: components[c] for c in names if c in components} for g, names in groups.items()}
     if picked["diffusion_models"]:
         tensors = official_state_dict(**picked["diffusion_models"])
-        projection = {k: tensors.pop(k) for k in list(tensors) if k.startswith(_PROJECTION_PREFIX)}
+        projection = {k: tensors.pop(k) for k in list(tensors) if k.startswith(PROJECTION_PREFIX)}
         version = {"model_version": model_version_of(components["transformer"].config)} if "transformer" in components else {}
         write(folder / "diffusion_models" / f"{name}-transformer.safetensors", tensors, ("transformer",), version)
         if projection:

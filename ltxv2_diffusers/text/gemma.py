@@ -11,6 +11,8 @@ size) are never stored.
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from .base import TextBackend
@@ -52,18 +54,29 @@ class GemmaTextBackend(TextBackend):
                 "the gemma text backend needs the LTX-2 text connectors: pass the model checkpoint with "
                 "--ltxv2_model (or --vae when it is the same single file)."
             )
-        self._setup(text_encoder, tokenizer, max_length, audio_video, device, dtype)
+        from .gemma_file import is_gemma_file, load_gemma_file
+
+        single_file = is_gemma_file(text_encoder)
+        self._setup(text_encoder, tokenizer, max_length, audio_video, device, dtype,
+                    load_tokenizer=not single_file or tokenizer is not None)
+        if single_file:
+            # The official LTX-2.5 text-encoder file: Gemma, its tokenizer and config in one .safetensors.
+            self.model, file_tokenizer = load_gemma_file(text_encoder, self.dtype)
+            self.model = self.model.to(self.device)
+            if tokenizer is None:
+                self.tokenizer = file_tokenizer
+        else:
+            self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).to(self.device).eval()
         # The connectors were trained on left-padded Gemma prompts (see diffusers' LTX2Pipeline).
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).to(self.device).eval()
         self.family = gemma_family(self.model.config)
         if self.tokenizer.bos_token_id is None:
             raise ValueError(f"--tokenizer {self._tokenizer_name}: has no <bos> token; the LTX-2 text path starts "
                              "every prompt with it (pass the Gemma tokenizer)")
         if isinstance(connectors, (str,)):
-            connectors = _load_connectors(connectors)
+            connectors = _load_connectors(connectors, text_encoder if single_file else None)
         self.connectors = connectors.to(self.device, self.dtype).eval()
         registers = self.connectors.config.video_connector_num_learnable_registers
         if registers and self.max_length % registers:
@@ -118,9 +131,17 @@ class GemmaTextBackend(TextBackend):
         return text, out_mask.bool()
 
 
-def _load_connectors(path: str):
+def _load_connectors(path: str, text_encoder_file: str | None = None):
+    """The connectors of `path`; LTX-2.5 keeps their text projection in the text-encoder file, so a
+    transformer file without it is read together with `text_encoder_file`."""
     from ltxv2_diffusers.data.encoders import load_model_components
+    from ltxv2_diffusers.models.loading import PROJECTION_PREFIX, official_files, tensor_shapes
 
+    files = official_files(path) if text_encoder_file else None
+    if files and not any(k.startswith(PROJECTION_PREFIX) for f in files for k in tensor_shapes(f)):
+        from ltxv2_diffusers.models.loading import load_components
+
+        return load_components(*files, text_encoder_file, components=["connectors"])["connectors"]
     return load_model_components(path, ["connectors"])["connectors"]
 
 
@@ -130,10 +151,18 @@ TEXT_CACHE_INFO = "ltxv2_text_encoder.json"
 
 
 def text_encoder_family(text_encoder: str) -> str | None:
-    """The Gemma family of a text encoder folder / Hub id from its config alone; None if it cannot be read."""
+    """The Gemma family of a text encoder (folder, Hub id or official single file) from its config alone;
+    None if it cannot be read."""
     from transformers import AutoConfig
 
+    from .gemma_file import GEMMA_CONFIG_KEY, is_gemma_file
+
     try:
+        if is_gemma_file(text_encoder):
+            from safetensors import safe_open
+
+            with safe_open(str(text_encoder), framework="pt") as f:
+                return gemma_family(json.loads(f.metadata()[GEMMA_CONFIG_KEY]).get("model_type", ""))
         return gemma_family(AutoConfig.from_pretrained(text_encoder))
     except (OSError, ValueError):
         return None
