@@ -159,6 +159,10 @@ def test_truncated_musubi_file_is_named(tmp_path, caplog):
         manager = BatchManager([CacheSource(str(d))], "video")
     assert manager.item_keys() == ["a"]
     assert f"item 'b': {broken}: unreadable safetensors file" in caplog.text
+    good = d / "a_0064x0064_ltxv2.safetensors"
+    good.write_bytes(good.read_bytes()[:-50])  # damaged while training runs: the read names item and file
+    with pytest.raises(CacheError, match=f"item 'a': {good}: unreadable safetensors file"):
+        next(manager.iter_epoch(0))
 
 
 def test_one_item_set_across_caches(tmp_path, vae_file, capsys, caplog):

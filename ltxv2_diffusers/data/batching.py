@@ -73,6 +73,12 @@ class _KindReader:
         raise ValueError(f"{path}: no `{name}` tensor")
 
     def read(self, key: str) -> dict[str, Any]:
+        try:
+            return self._read(key)
+        except ValueError as exc:  # a file damaged after the caches were opened: name the item too
+            raise CacheError(f"item {key!r}: {exc}") from None
+
+    def _read(self, key: str) -> dict[str, Any]:
         if key in self.rows:
             return self.store.read(self.rows[key])
         path = self.files[key]
