@@ -46,6 +46,7 @@ class JobReport:
     bad: list[tuple[str, str]] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     removed_shards: list[tuple[str, str]] = field(default_factory=list)  # damaged shards --repair dropped
+    recomputed: int = 0  # items --repair cached again because their rows were unusable (NaN, bad shapes)
 
     @property
     def available(self) -> int:
@@ -55,6 +56,8 @@ class JobReport:
         lines = [f"{self.kind} cache: {self.cached} cached, {self.skipped} already cached, {len(self.bad)} bad"]
         lines += [f"  removed damaged shard {path} ({reason}); its items were cached again"
                   for path, reason in self.removed_shards]
+        if self.recomputed:
+            lines.append(f"  {self.recomputed} item(s) whose cached rows were unusable were cached again")
         lines += [f"  bad: {path}: {reason}" for path, reason in self.bad]
         return "\n".join(lines)
 
@@ -127,8 +130,10 @@ def _map_batch(batch: dict[str, list], rank: int | None, encoder: ItemEncoder, j
     return out
 
 
-def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | None = None) -> tuple[list, int]:
-    """`(items whose cache row is missing or stale, number already cached)`."""
+def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | None = None,
+                  redo: set[tuple[str, str]] = frozenset()) -> tuple[list, int]:
+    """`(items whose cache row is missing or stale, or whose `(cache_directory, key)` is in `redo`, number
+    already cached)`."""
     job_fingerprint = job_fingerprint or encoder.fingerprint()
     known: dict[str, dict[str, str]] = {}
     todo, done = [], 0
@@ -138,7 +143,8 @@ def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | 
             store = CacheStore(cache_dir, encoder.kind)
             store.clean_partial()
             known[cache_dir] = store.fingerprints()
-        if known[cache_dir].get(item.key) == encoder.item_fingerprint(item, job_fingerprint):
+        if (known[cache_dir].get(item.key) == encoder.item_fingerprint(item, job_fingerprint)
+                and (cache_dir, item.key) not in redo):
             done += 1
         else:
             todo.append(item)
@@ -162,15 +168,19 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
 
     kind = encoder.kind
     report = JobReport(kind=kind, bad=list(listing_bad))
+    redo: set[tuple[str, str]] = set()
     for cache_dir in sorted({it.cache_directory for it in items}):
         store = CacheStore(cache_dir, kind)
         store.clean_partial()
         if repair or not skip_existing:
-            report.removed_shards += store.remove_damaged()
+            removed, unusable = store.repair()
+            report.removed_shards += removed
+            redo |= {(cache_dir, key) for key in unusable}
     remove_stale_job_folders()
     job_fp = encoder.fingerprint()
     if skip_existing:
-        todo, report.skipped = pending_items(items, encoder, job_fp)
+        todo, report.skipped = pending_items(items, encoder, job_fp, redo)
+        report.recomputed = len({(it.cache_directory, it.key) for it in todo} & redo)
     else:
         todo = list(items)
     if not todo:
