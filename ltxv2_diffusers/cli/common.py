@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from ltxv2_diffusers.cli.errors import add_debug_flag
 from ltxv2_diffusers.modes import MODE_CHOICES, LtxMode, resolve_mode
 
 logger = logging.getLogger("ltxv2_diffusers.cache")
@@ -40,7 +41,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="keep cached rows of items no longer in the dataset (default: drop them, as musubi)")
     p.add_argument("--repair", action="store_true",
                    help="drop unreadable cache shards (naming each) and recompute their items, then go on as usual")
-    p.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    add_debug_flag(p)
     p.add_argument("--push_to_hub", metavar="REPO", default=None, help="push the cache as a Hub dataset")
     p.add_argument("--hub_private", action="store_true", help="make the pushed dataset private")
     for flag, why in _IGNORED_FLAGS.items():

@@ -39,6 +39,14 @@ def exit_code(exc: BaseException) -> int:
     return USER_ERROR if isinstance(exc, _USER_ERRORS) else FAILURE
 
 
+DEBUG_HELP = "print the full traceback of an error instead of its one-line message"
+
+
+def add_debug_flag(parser) -> None:
+    """`--debug` on a command's argparse parser (the trainer's is in its FLAGS table)."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
 _debug_requested = False
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import common
+from .errors import add_debug_flag
 
 
 def build_parser():
@@ -17,6 +18,7 @@ def build_parser():
     src.add_argument("--cache_directory", nargs="+", help="convert these cache directories")
     p.add_argument("--output_directory", default=None,
                    help="write there instead of beside the source (only with one cache directory)")
+    add_debug_flag(p)
     return p
 
 
