@@ -162,7 +162,8 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     `num_proc > 1` runs that many workers (each with its own model; on CUDA, worker `rank` uses GPU
     `rank % device_count`). With `skip_existing`, items whose row has the same fingerprint are skipped.
     With `repair` (and without `skip_existing`, which recomputes everything anyway) damaged shards are
-    deleted first, so their items count as not cached.
+    deleted first, so their items count as not cached, and items whose cached tensors are unusable
+    (`validation.check_tensors`) are recomputed.
     """
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
