@@ -93,6 +93,7 @@ def test_config_file_unknown_key_names_file(files, tmp_path, capsys):
     (["--sample_every_n_steps", "10"], "need --sample_prompts"),
     (["--push_to_hub"], "--hub_model_id"),
     (["--resume", "/nonexistent/state"], "--resume /nonexistent/state"),
+    (["--resume_override", "learning_rate"], "--resume_override needs --resume"),
     (["--weighting_scheme", "nope"], "--weighting_scheme 'nope' is not registered"),
     (["--network_args", "include_ff"], "expected key=value"),
     (["--network_args", "includ_ff=True"], "--network_args includ_ff: not understood"),
