@@ -250,7 +250,7 @@ def test_workers_die_with_the_job_and_temp_folders_are_cleaned(tmp_path):
         while len(list(tmp_path.glob("worker-*"))) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "workers did not start"
             time.sleep(0.1)
-        job_dirs = [p for p in Path(tempfile.gettempdir()).glob(f"ltxv2-job-{proc.pid}-*")]
+        job_dirs = [p for p in Path(tempfile.gettempdir()).glob(f"ltxv2-job-{proc.pid}@*")]
         assert job_dirs
     finally:
         os.kill(proc.pid, signal.SIGKILL)

@@ -194,7 +194,7 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
                          "(two media files with one stem, e.g. clip.mp4 and clip.mov?)")
     workers = num_proc if num_proc and num_proc > 1 else None
     (enable_progress_bar if progress else disable_progress_bar)()
-    with tempfile.TemporaryDirectory(prefix=f"{_JOB_DIR_PREFIX}{os.getpid()}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=_job_dir_prefix(os.getpid())) as tmp:
         ds = _items_dataset(todo, tmp)
         with _spawned_workers(workers is not None):
             result = _map(ds, encoder, job_fp, kind, batch_size, max(int(map_batch_size), int(batch_size)),
@@ -215,22 +215,32 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
 _JOB_DIR_PREFIX = "ltxv2-job-"
 
 
+def _job_dir_prefix(pid: int) -> str:
+    """A job's temp-folder prefix: its PID and host, since a temp folder shared by several hosts or
+    containers holds PIDs that only their own host can check."""
+    import socket
+
+    return f"{_JOB_DIR_PREFIX}{pid}@{socket.gethostname()}-"
+
+
 def remove_stale_job_folders() -> list[str]:
-    """Delete the temp folders of jobs whose process is gone (a SIGKILL skips their cleanup); the folder
-    name carries the job's PID."""
+    """Delete the temp folders of this host's jobs whose process is gone (a SIGKILL skips their cleanup)."""
     import re
     import shutil
 
     removed = []
     root = tempfile.gettempdir()
-    pattern = re.compile(rf"^{_JOB_DIR_PREFIX}(\d+)-")
+    pattern = re.compile(rf"^{_JOB_DIR_PREFIX}(\d+)@")
     try:
         names = os.listdir(root)
     except OSError:
         return removed
     for name in names:
         match = pattern.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if name.startswith(_job_dir_prefix(pid)) and pid != os.getpid() and not _alive(pid):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             removed.append(os.path.join(root, name))
     return removed
