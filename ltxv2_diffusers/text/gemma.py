@@ -134,15 +134,18 @@ class GemmaTextBackend(TextBackend):
 def _load_connectors(path: str, text_encoder_file: str | None = None):
     """The connectors of `path`; LTX-2.5 keeps their text projection in the text-encoder file, so a
     transformer file without it is read together with `text_encoder_file`."""
-    from ltxv2_diffusers.data.encoders import load_model_components
-    from ltxv2_diffusers.models.loading import PROJECTION_PREFIX, official_files, tensor_shapes
+    from ltxv2_diffusers.models.loading import (
+        PROJECTION_PREFIX,
+        load_components,
+        load_required_components,
+        official_files,
+        tensor_shapes,
+    )
 
     files = official_files(path) if text_encoder_file else None
     if files and not any(k.startswith(PROJECTION_PREFIX) for f in files for k in tensor_shapes(f)):
-        from ltxv2_diffusers.models.loading import load_components
-
         return load_components(*files, text_encoder_file, components=["connectors"])["connectors"]
-    return load_model_components(path, ["connectors"])["connectors"]
+    return load_required_components(path, ["connectors"])["connectors"]
 
 
 # A text cache records the Gemma family that made it, so a run fails before training when the checkpoint

@@ -29,7 +29,8 @@ class TrainingBundle:
 
     def prepare_prompts(self, args, device) -> None:
         """Parse `--sample_prompts` and get every prompt's text context once (cache or text encoder)."""
-        from ltxv2_diffusers.training.previews import PromptCache, load_prompts
+        from ltxv2_diffusers.data.prompts import load_prompts
+        from ltxv2_diffusers.training.previews import PromptCache
 
         self.prompts = load_prompts(args.sample_prompts)
         texts = [p.prompt for p in self.prompts]
@@ -102,7 +103,7 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
         av_timestep_rule=getattr(args, "av_timestep_rule", "current"),
     )
     if getattr(args, "low_memory", False) or getattr(args, "blocks_to_swap", None):
-        # The blocks stay on the CPU: the block swapper (training/speed.py) sends the swapped ones to
+        # The blocks stay on the CPU: the block swapper (speed/setup.py) sends the swapped ones to
         # pinned host memory and moves the rest, so the GPU never holds every weight at once.
         _apply_except(adapter, lambda t: t.to(device), transformer.transformer_blocks)
     else:
