@@ -587,7 +587,10 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
         seen.add(tensor.untyped_storage().data_ptr())
         out[key] = tensor
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(path), metadata=metadata)
+    # Written beside and renamed, so an interrupted write never leaves a truncated component file.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(out, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
 
 
 def save_official_release(

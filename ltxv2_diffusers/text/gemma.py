@@ -175,7 +175,8 @@ def expected_gemma_family(transformer_config) -> str:
     """The Gemma family an LTX-2 transformer was trained with: Gemma 4 for LTX-2.5, Gemma 3 before."""
     from ltxv2_diffusers.models.official_config import model_version_of
 
-    return "gemma4" if model_version_of(transformer_config) >= "2.5" else "gemma3"
+    version = tuple(int(part) for part in model_version_of(transformer_config).split("."))
+    return "gemma4" if version >= (2, 5) else "gemma3"
 
 
 def write_text_cache_info(directories, family: str, text_encoder: str) -> None:
