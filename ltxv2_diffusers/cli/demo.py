@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo end to end; returns 0 when a LoRA and a preview were written."""
+    from ltxv2_diffusers.cli.errors import run_cli
+
+    return run_cli(_main, argv, prog="ltxv2-demo")
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     from ltxv2_diffusers.cli.train import main as train_main
 
     args = build_parser().parse_args(argv)

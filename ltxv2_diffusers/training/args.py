@@ -181,6 +181,10 @@ FLAGS: tuple[Flag, ...] = (
       "after a newer save succeeds)", group="state"),
     F("--resume", str, None, "training state folder to continue from, or 'latest' (in OUTPUT_DIR)",
       group="state"),
+    F("--resume_override", list, None, "with --resume: flags (names without --, e.g. learning_rate) that may "
+      "differ from the checkpointed run; any other change of rank, learning rate, schedule, seed, accumulation "
+      "etc. is an error", group="state"),
+    F("--debug", bool, False, "print the full traceback of an error instead of its one-line message", group="run"),
     # --- previews ---
     F("--sample_every_n_steps", int, None, "render previews every N steps", group="previews"),
     F("--sample_every_n_epochs", int, None, "render previews every N epochs", group="previews"),
@@ -430,6 +434,8 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.resume not in (None, "latest"):
         need(Path(args.resume).is_dir(), f"--resume {args.resume}: no such training-state folder "
              "(pass a checkpoint folder or 'latest')")
+    if args.resume_override:
+        need(args.resume is not None, "--resume_override needs --resume")
     if args.log_with == "wandb":
         need(importlib.util.find_spec("wandb") is not None, "--log_with wandb needs wandb: pip install wandb")
     if args.log_with is None:

@@ -50,6 +50,10 @@ class TrainData:
                                 else ""))
         self.dropped_per_epoch = self.manager.items_dropped_per_epoch()
 
+    def item_keys(self) -> list[str]:
+        """Every item key training uses, sorted (recorded in checkpoints to report changes on resume)."""
+        return self.manager.item_keys()
+
     def batches_per_epoch(self) -> int:
         return len(self.manager)
 
