@@ -138,16 +138,19 @@ def matmul_ceiling(device: str) -> float | None:
 
 
 def make_batch(adapter, a, device):
+    from ltxv2_diffusers.models.adapter import context_widths
+
     tc = adapter.transformer.config
     f, h, w = (a.frames - 1) // 8 + 1, a.height // 32, a.width // 32
     audio_frames = int(round(a.frames / a.fps * 25))
     g = torch.Generator("cpu").manual_seed(0)
-    ctx = tc.caption_channels
+    # LTX-2.0 takes caption-wide contexts, 2.3 / 2.5 the connectors' per-modality widths.
+    ctx = sum(context_widths(tc))
     return {
         "latents": torch.randn(1, tc.in_channels, f, h, w, generator=g).to(device),
         "audio_latents": torch.randn(1, 8, audio_frames, tc.audio_in_channels // 8, generator=g).to(device),
         "audio_lengths": torch.tensor([audio_frames], device=device),
-        "text": torch.randn(1, a.text_len, 2 * ctx, generator=g).to(device),
+        "text": torch.randn(1, a.text_len, ctx, generator=g).to(device),
         "text_mask": torch.ones(1, a.text_len, dtype=torch.bool, device=device),
         "fps": torch.tensor([a.fps], device=device),
         "keys": ["bench"],
