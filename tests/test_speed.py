@@ -121,6 +121,7 @@ def _counting(policy, decisions):
     return counted
 
 
+@pytest.mark.slow  # compiles
 @pytest.mark.parametrize("keep", ["attention_policy", "budget_0", "last_block_without_recompute",
                                   "last_block_without_recompute_keeping_all"])
 def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
@@ -186,6 +187,7 @@ def _bytes_kept_per_block(lean: bool) -> dict:
     return kept
 
 
+@pytest.mark.slow  # compiles
 def test_lean_blocks_without_recompute_keep_less_for_backward():
     """`keep_matmul_outputs_policy` recomputes norms, modulation and RoPE in backward instead of keeping
     both their inputs and outputs: an exempt tiny block keeps about a third less (at full size ~0.79
@@ -401,7 +403,7 @@ def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
 
 
 @pytest.mark.parametrize("device", SWAP_DEVICES)
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_text_keys_and_values_are_fetched_by_the_forward_only(device, compiled):
     """Swapped blocks that recompute nothing leave the text cross-attentions' key and value weights out
     of backward (the text carries no gradient; the next forward fetches them), with the same loss and
