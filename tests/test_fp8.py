@@ -79,6 +79,7 @@ def _fp8_run(**options):
     return setup, loss.detach(), lora_grads(model)
 
 
+@pytest.mark.slow  # compiles
 def test_fp8_gradients_compiled_equal_eager_and_stay_near_full_precision():
     """The compiled blocks (one recomputing, one keeping matmul outputs, as the fast path mixes them)
     give the eager fp8 gradients; both are within e4m3 rounding of the full-precision model's."""
@@ -158,6 +159,7 @@ def test_fp8_loss_curve_follows_the_full_precision_one():
         assert abs(a - b) / a < 0.01, (full, fp8)
 
 
+@pytest.mark.slow  # compiles
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 def test_swapped_blocks_free_their_device_copy_after_the_forward(fp8, monkeypatch):
     """Compiled blocks that recompute nothing save tensors for backward; none of them may share a swapped
