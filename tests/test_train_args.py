@@ -14,7 +14,7 @@ from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.timesteps import TimestepFormat
 from ltxv2_diffusers.training.args import FLAGS, parse_args
 
-# The old musubi LTX-2 training command (DESIGN.md §1), every flag of it.
+# The old musubi LTX-2 training command, every flag of it.
 MUSUBI_FLAGS = [
     "--ltx_mode", "--ltxv2_audio_video", "--ltxv2_backend", "--ltxv2_model", "--vae", "--text_encoder",
     "--text_encoder_backend", "--tokenizer", "--max_length", "--ltxv2_timestep_format", "--network_module",

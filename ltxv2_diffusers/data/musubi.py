@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .encoders import file_stamp
+from .stores import CacheStore, rows_to_stores, tensor_to_columns
+
 logger = logging.getLogger(__name__)
 
 _DTYPE_SUFFIXES = (
@@ -177,8 +180,6 @@ def write_text(cache_directory: str, key: str, text: torch.Tensor, text_mask: to
 
 def export_arrow_to_musubi(cache_directory: str, output_directory: str | None = None) -> dict[str, int]:
     """Write every Arrow cache row of `cache_directory` as musubi per-item files; returns counts per kind."""
-    from .stores import CacheStore
-
     out = output_directory or cache_directory
     os.makedirs(out, exist_ok=True)
     counts = {"video": 0, "audio": 0, "text": 0}
@@ -213,9 +214,6 @@ def import_musubi_to_arrow(cache_directory: str, output_directory: str | None = 
     Imported rows get an `imported:` fingerprint, so a later cache job recomputes them rather than
     trusting settings it cannot know. The frame rate is not in the musubi layout; 24 is recorded.
     """
-    from .encoders import file_stamp
-    from .stores import rows_to_stores, tensor_to_columns
-
     out = output_directory or cache_directory
     entries = scan_musubi_cache(cache_directory)
 

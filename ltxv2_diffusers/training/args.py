@@ -79,7 +79,7 @@ class Flag:
 
 F = Flag
 FLAGS: tuple[Flag, ...] = (
-    # --- old musubi command (DESIGN.md §1): same names, same meaning ---
+    # --- the musubi LTX-2 command's flags: same names, same meaning ---
     F("--dataset_config", Path, None, "dataset.toml (musubi schema)", group="data"),
     F("--prefetch_batches", int, 2, "batches read from the caches ahead of the step, in a background thread, "
       "so disk reads and collation overlap the GPU (0: read each batch when the step needs it)", group="data"),
