@@ -2,7 +2,7 @@
 
 Each lever is a function that changes a diffusers `LTX2VideoTransformer3DModel` in place (or wraps
 its trainable parameters) without touching diffusers' code, so the model stays the stock class
-that saves, loads and samples like any other. Figures for each lever are in benchmarks/RESULTS.md.
+that saves, loads and samples like any other. Figures for each lever are in benchmarks/history.md.
 
 - `compile_blocks`: `torch.compile` each transformer block (regional compilation: one graph reused
   by all 48 blocks, so it compiles once). Fuses RoPE, RMSNorm, modulation and gates and removes

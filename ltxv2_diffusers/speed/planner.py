@@ -12,7 +12,7 @@ size, `plan_memory` predicts the peak of every combination of
 
 and a step time relative to the model's forward, and keeps the fastest that fits. The figures per block
 (kept activations, working memory, how long the host link takes per block) are calibrated on the
-full-size model's measured peaks (benchmarks/RESULTS.md); the trainer confirms a plan with the first
+full-size model's measured peaks (benchmarks/history.md); the trainer confirms a plan with the first
 step's measured peak and re-plans once with the measured error (`Plan.corrected`).
 """
 
