@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import logging
 import os
 import sys
 import tomllib
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
-from ltxv2_diffusers.timesteps import FORMAT_CHOICES, parse_timestep_format
+from ltxv2_diffusers.timesteps import FORMAT_CHOICES, SIGMA_SAMPLING_CHOICES, parse_timestep_format
 
 NETWORK_MODULE = "ltxv2_diffusers.lora"  # the help text only; lora.resolve_network_module decides
 OPTIMIZERS = ("AdamW", "AdamW8bit")
@@ -104,8 +105,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--network_alpha", float, None, "LoRA alpha (default: = rank)", group="network"),
     F("--network_args", list, None, "extra LoRA options as key=value (e.g. include_ff=True)", group="network"),
     F("--network_weights", Path, None, "start from this LoRA file", group="network"),
-    F("--sample_prompts", Path, None, "preview prompts, one per line, with --W/--H/--f/--s/--g/--d/--n "
-      "overrides", group="previews"),
+    F("--sample_prompts", Path, None, "preview prompts, one per line, with --w/--h/--f/--s/--g/--d/--n "
+      "overrides (musubi style, any case)", group="previews"),
     F("--video_loss_weight", float, 1.0, "video loss weight (prediction and target scaled by sqrt)",
       group="loss"),
     F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
@@ -121,7 +122,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--plugins", str, None, "plugins to use: 'none', a comma list to allow, '-name' to block",
       group="run"),
     F("--list_plugins", bool, False, "print the plugins and their hooks, then exit", group="run"),
-    F("--log_with", str, "tensorboard", "experiment tracker", choices=LOG_WITH, group="run"),
+    F("--log_with", str, None, "experiment tracker (default: tensorboard when installed, else none)",
+      choices=LOG_WITH, group="run"),
     F("--logging_dir", Path, None, "tracker directory (default: OUTPUT_DIR/logs)", group="run"),
     # --- optimization ---
     F("--learning_rate", float, 1e-4, "peak learning rate"),
@@ -137,6 +139,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--adam_epsilon", float, 1e-8, "AdamW epsilon"),
     F("--max_grad_norm", float, 1.0, "gradient clipping norm (0 = off)"),
     F("--weighting_scheme", str, "none", "loss weighting over sigma (registered by plugins)", group="loss"),
+    F("--sigma_sampling", str, SIGMA_SAMPLING_CHOICES[0], "training sigma distribution of the built-in sampler: "
+      "the official LTX-2 shifted logit-normal (shift grows with token count) or uniform (pair it with "
+      "--weighting_scheme logit_normal for the SD3 objective)", choices=SIGMA_SAMPLING_CHOICES, group="loss"),
     F("--independent_audio_sigmas", bool, False, "draw audio sigmas independently of video sigmas (av)",
       group="loss"),
     F("--max_nonfinite_steps", int, 5, "stop after this many non-finite losses in a row", group="loss"),
@@ -405,6 +410,10 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "--sample_every_n_steps/--sample_every_n_epochs/--sample_at_first need --sample_prompts FILE")
     if args.sample_prompts is not None:
         need(Path(args.sample_prompts).is_file(), f"--sample_prompts {args.sample_prompts}: no such file")
+        if not sampling:
+            logging.getLogger(__name__).warning(
+                "--sample_prompts renders no previews without --sample_every_n_steps N, --sample_every_n_epochs N "
+                "or --sample_at_first")
     need(args.sample_steps >= 1, "--sample_steps must be >= 1")
     if args.push_to_hub:
         need(bool(args.hub_model_id), "--push_to_hub needs --hub_model_id user/name")
@@ -416,8 +425,11 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "(pass a checkpoint folder or 'latest')")
     if args.log_with == "wandb":
         need(importlib.util.find_spec("wandb") is not None, "--log_with wandb needs wandb: pip install wandb")
-    if args.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        args.log_with = "none"  # default tracker absent: train without it rather than fail
+    if args.log_with is None:
+        args.log_with = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    elif args.log_with == "tensorboard":
+        need(importlib.util.find_spec("tensorboard") is not None,
+             "--log_with tensorboard needs tensorboard: pip install tensorboard (or --log_with none)")
     if problems:
         raise ArgsError("\n  ".join(["invalid arguments:", *problems]))
     if args.logging_dir is None:

@@ -623,6 +623,7 @@ class Trainer:
         from ltxv2_diffusers.training.plotting import plot_loss_curve
 
         acc, args = self.accelerator, self.args
+        push_error = None
         if (args.save_every_n_steps or args.save_every_n_epochs) and self._checkpoint_step != self.progress.global_step:
             self.save_checkpoint()
         final = self.output_dir / f"{args.output_name}.safetensors"
@@ -631,16 +632,20 @@ class Trainer:
             final = save_lora_files(self.bundle, args, self.output_dir, args.output_name, self.progress.global_step)
             plot_loss_curve(self.progress.loss_history, self.output_dir / "loss.png",
                             skipped=self.progress.skipped_steps)
-            if args.push_to_hub:
-                from ltxv2_diffusers.training.hub import push_lora
-
-                url = push_lora(args, self.output_dir, final, self.progress.global_step,
-                                previews=self.previews_written)
-                acc.print(f"pushed to {url}")
             acc.print(f"LoRA: {final}")
+            if args.push_to_hub:
+                from ltxv2_diffusers.training.hub import HubUploadError, push_lora
+
+                try:
+                    url = push_lora(args, self.output_dir, final, self.progress.global_step, previews=self.previews_written)
+                    acc.print(f"pushed to {url}")
+                except HubUploadError as exc:
+                    push_error = str(exc)
         acc.wait_for_everyone()
         plugins.on_train_end(output_dir=self.output_dir)
         acc.end_training()
+        if push_error:  # after every hook ran: the run itself finished and its files are complete
+            raise TrainingFailed(push_error)
         return final
 
 
