@@ -12,6 +12,12 @@ step() { local tag=$1 limit=$2; shift 2
   timeout "$limit" python3 benchmarks/train_step.py --tag "$tag" --results "$res" "$@" >>"$out/log.txt" 2>&1 \
     || echo "RESULT {\"tag\": \"$tag\", \"error\": \"exit $?\"}" | tee -a "$res"
   grep -h "memory plan" "$out/log.txt" | tail -1; grep "\"tag\": \"$tag\"" "$res" | tail -1 | cut -c1-400; }
+# the trainer CLI itself (planner, first-step check) on a model of --num_layers blocks
+trainer() { local tag=$1 limit=$2; shift 2
+  echo "== $tag: trainer $*" | tee -a "$out/log.txt"
+  timeout "$limit" python3 benchmarks/trainer_full_size.py --workdir /tmp/ws --items 4 "$@" >"$out/$tag.txt" 2>&1 \
+    || echo "RESULT {\"tag\": \"$tag\", \"error\": \"exit $?\"}" >>"$out/$tag.txt"
+  grep -h "memory plan\|speed:\|RESULT" "$out/$tag.txt" | cut -c1-400 | tee -a "$res"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,power.limit --format=csv | tee -a "$out/log.txt"
 echo "== naive" | tee -a "$out/log.txt"
 timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2
@@ -22,8 +28,8 @@ if [ "$set_name" = main ]; then
 elif [ "$set_name" = small ]; then
   step b24 115 --memory_budget 24 --emulate_gib 24 --steps 4 --warmup 2
   step b16 115 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2
-  step val960 95 --memory_budget auto --frames 89 --height 544 --width 960 --steps 5 --warmup 2
-  step image 80 --memory_budget auto --frames 1 --steps 5 --warmup 2
+  trainer cli8 90 --num_layers 8 --steps 6 --
+  trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
 else
   step fp8 150 --memory_budget 45 --fp8_base --steps 6 --warmup 2
   step val960 140 --memory_budget auto --frames 89 --height 544 --width 960 --steps 5 --warmup 2
