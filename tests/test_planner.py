@@ -134,3 +134,20 @@ def test_memory_budget_values():
     assert not SpeedOptions.for_device("cuda", low_memory=True, memory_budget=16.0).planned  # a fixed recipe
     assert SpeedOptions.for_device("cuda", memory_budget="auto").planned
     assert torch.float32 == SpeedOptions.for_device("cpu").compute_dtype
+
+
+def test_the_largest_batch_is_read_from_the_cache_shapes(tmp_path, bench_script):
+    """What the trainer plans for: the bucket with the most latent tokens per batch, from file headers."""
+    from ltxv2_diffusers.data.batching import BatchManager, CacheSource
+
+    data_loading = bench_script("data_loading")
+    small = dict(latents=(128, 2, 2, 3), audio=(8, 6, 16), text=(8, 48))
+    large = dict(latents=(128, 3, 4, 6), audio=(8, 10, 16), text=(8, 48))
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    data_loading.write_items(str(tmp_path / "small"), 4, small)
+    data_loading.write_items(str(tmp_path / "large"), 1, large)
+    sources = [CacheSource(str(tmp_path / "small"), batch_size=2), CacheSource(str(tmp_path / "large"), batch_size=2)]
+    assert BatchManager(sources, "av").largest_batch() == {"batch": 1, "video": 72, "audio": 10}  # 1 item: batch 1
+    assert BatchManager(sources[:1], "av").largest_batch() == {"batch": 2, "video": 12, "audio": 6}
+    assert BatchManager(sources[:1], "video").largest_batch() == {"batch": 2, "video": 12, "audio": 0}
