@@ -255,7 +255,6 @@ class Trainer:
         self._teardown_model()
         self._setup_model(correction=correction)
         self._resume()
-        self.adapter.train()
         return _prepend(first, stream)
 
     def _probe(self, entry) -> tuple[float, float] | None:
@@ -268,6 +267,7 @@ class Trainer:
         local = self._local(batch)
         offset = local.pop("_global_offset")
         gens = self._generators(self.progress.global_step, 0, offset, len(local["keys"]))
+        self.adapter.train()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         peak = None
@@ -531,6 +531,9 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._resume()
+        stream = self._batch_stream()
+        if self.plan is not None:  # before anything holds the model: a re-plan rebuilds it
+            stream = self._confirm_plan(stream)
         acc = self.accelerator
         if args.log_with != "none":
             acc.init_trackers("ltxv2-lora", config={k: v for k, v in args_to_dict(args).items()
@@ -541,9 +544,6 @@ class Trainer:
         if args.sample_at_first and self.progress.global_step == 0:
             self.sample()
         self.adapter.train()
-        stream = self._batch_stream()
-        if self.plan is not None:
-            stream = self._confirm_plan(stream)
         if args.prefetch_batches:
             stream = Prefetcher(stream, depth=args.prefetch_batches, prepare=self._pinned)
         bar = tqdm(total=self.max_steps, initial=self.progress.global_step, disable=not acc.is_local_main_process,
