@@ -262,46 +262,53 @@ class Trainer:
         self.accelerator.print(f"resumed from {path} at step {self.progress.global_step}")
 
     def _confirm_plan(self, stream):
-        """Run the first batch's forward and backward once, without an update, and hold its peak against the
-        memory budget: over it (or out of memory), re-plan once with the measured error and rebuild the
-        model, instead of failing. Returns the stream with that batch still first."""
+        """Run the first batch's forward and backward twice (the second starts with every weight the first
+        step's backward left on the GPU), without an update, and hold the peak against the memory budget:
+        over `CONFIRM_HEADROOM` of it (or out of memory), re-plan once with the measured error and rebuild
+        the model, instead of failing later. Returns the stream with that batch still first."""
+        from ltxv2_diffusers.speed.planner import CONFIRM_HEADROOM
+
         first = next(stream)
         peak = self._probe(first)
         plan, budget = self.plan, self.budget_gib
-        if peak is not None and peak[1] <= budget:
-            self.accelerator.print(f"memory plan confirmed: the first step peaked at {peak[0]:.1f} GiB allocated, "
+        limit = budget * CONFIRM_HEADROOM
+        if peak is not None and peak[1] <= limit:
+            self.accelerator.print(f"memory plan confirmed: the first steps peaked at {peak[0]:.1f} GiB allocated, "
                                    f"{peak[1]:.1f} GiB reserved (predicted {plan.peak_gib:.1f}; budget {budget:.1f})")
             return _prepend(first, stream)
         if peak is None:
             correction, what = 1.25, "ran out of memory"
         else:
-            correction = 1.05 * max(peak[1] / budget, peak[0] / plan.peak_gib)
+            correction = 1.05 * max(peak[1] / limit, peak[0] / plan.peak_gib)
             what = f"peaked at {peak[1]:.1f} GiB reserved"
-        self.accelerator.print(f"memory plan: the first step {what}, over the {budget:.1f} GiB budget; re-planning "
-                               f"for {correction:.2f}x the predicted peak")
+        self.accelerator.print(f"memory plan: the first steps {what}, over {limit:.1f} GiB of the {budget:.1f} GiB "
+                               f"budget; re-planning for {correction:.2f}x the predicted peak")
         self._teardown_model()
         self._setup_model(correction=correction)
         self._resume()
         return _prepend(first, stream)
 
-    def _probe(self, entry) -> tuple[float, float] | None:
-        """(allocated, reserved) GiB at the peak of one forward and backward of `entry`'s batch, or None
-        when it ran out of memory; the gradients are discarded."""
+    def _probe(self, entry, passes: int = 2) -> tuple[float, float] | None:
+        """(allocated, reserved) GiB at the peak of `passes` forwards and backwards of `entry`'s batch, or
+        None when they ran out of memory; the gradients are discarded."""
         import gc
 
         acc, device = self.accelerator, self.accelerator.device
         _, _, batch = entry
         local = self._local(batch)
         offset = local.pop("_global_offset")
-        gens = self._generators(self.progress.global_step, 0, offset, len(local["keys"]))
         self.adapter.train()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         peak = None
         try:
-            with acc.autocast(), self.speed.autocast():
-                loss, _ = self.step_fn(local, gens)
-            acc.backward(loss)
+            for _ in range(passes):
+                gens = self._generators(self.progress.global_step, 0, offset, len(local["keys"]))
+                with acc.autocast(), self.speed.autocast():
+                    loss, _ = self.step_fn(local, gens)
+                acc.backward(loss)
+                loss = None
+                acc.unwrap_model(self.adapter).zero_grad(set_to_none=True)
             torch.cuda.synchronize(device)
             peak = (torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30)
         except torch.OutOfMemoryError:
