@@ -401,8 +401,7 @@ class Trainer:
                     loss, logs = self.step_fn(local, gens)
                 # Backward runs whatever the loss is, so the host never waits for the forward to finish
                 # before queueing it; a non-finite loss only leaves gradients the step discards.
-                acc.backward(loss / accum)
-                self.speed.accumulate_grads()
+                self.speed.backward(loss / accum, acc)
             losses.append(loss)
             for key, value in logs.items():  # summed on the device, read with the verdict
                 sums[key] = sums.get(key, 0.0) + torch.as_tensor(value).detach().double() / accum
@@ -440,10 +439,8 @@ class Trainer:
                     outcome.extra["grad_norm"] = float(self.speed.clip_grad_norm(self.args.max_grad_norm,
                                                                                  self.accelerator))
                 self.optimizer.step()
-        self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA (unchanged if skipped)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.speed.master is None:  # fp32 masters already took the model's grads; this walks every parameter
-            self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)  # grads a skipped step left
+        # fp32 masters -> compute-dtype LoRA (unchanged if skipped); gradients cleared
+        self.speed.after_optimizer_step(self.optimizer, self.accelerator.unwrap_model(self.adapter))
         self.progress.global_step += 1
 
     def _account(self, outcome: StepOutcome) -> dict[str, float]:
