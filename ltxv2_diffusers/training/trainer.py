@@ -272,15 +272,22 @@ class Trainer:
         peak = self._probe(first)
         plan, budget = self.plan, self.budget_gib
         limit = budget * CONFIRM_HEADROOM
-        if peak is not None and peak[1] <= limit:
-            self.accelerator.print(f"memory plan confirmed: the first steps peaked at {peak[0]:.1f} GiB allocated, "
-                                   f"{peak[1]:.1f} GiB reserved (predicted {plan.peak_gib:.1f}; budget {budget:.1f})")
-            return _prepend(first, stream)
         if peak is None:
             correction, what = 1.25, "ran out of memory"
         else:
             correction = 1.05 * max(peak[1] / limit, peak[0] / plan.peak_gib)
             what = f"peaked at {peak[1]:.1f} GiB reserved"
+        if self.world_size > 1:  # every process re-plans, or none: a rebuild is collective
+            worst = torch.tensor([0.0 if peak is not None and peak[1] <= limit else correction],
+                                 device=self.accelerator.device)
+            worst = float(self.accelerator.reduce(worst, reduction="max"))
+            correction = max(correction, worst) if worst else correction
+            if worst and peak is not None and peak[1] <= limit:
+                peak, what = None, "went over the budget on another process"
+        if peak is not None and peak[1] <= limit:
+            self.accelerator.print(f"memory plan confirmed: the first steps peaked at {peak[0]:.1f} GiB allocated, "
+                                   f"{peak[1]:.1f} GiB reserved (predicted {plan.peak_gib:.1f}; budget {budget:.1f})")
+            return _prepend(first, stream)
         self.accelerator.print(f"memory plan: the first steps {what}, over {limit:.1f} GiB of the {budget:.1f} GiB "
                                f"budget; re-planning for {correction:.2f}x the predicted peak")
         self._teardown_model()
