@@ -24,7 +24,7 @@ if [ "$set_name" != cli ]; then
   timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2
 fi
 if [ "$set_name" = cli ]; then  # a functional check of the trainer's GPU path, not a timed ratio
-  [ -n "${WITH_CLI_AUTO:-1}" ] && trainer cli8 100 --num_layers 8 --steps 6 --
+  [ -n "${WITH_CLI_AUTO-1}" ] && trainer cli8 100 --num_layers 8 --steps 6 --
   trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
 elif [ "$set_name" = main ]; then
   step auto 160 --memory_budget auto --steps 6 --warmup 2
