@@ -153,3 +153,51 @@ def test_the_largest_batch_is_read_from_the_cache_shapes(tmp_path, bench_script)
     assert BatchManager(sources, "av").largest_batch() == {"batch": 1, "video": 72, "audio": 10}  # 1 item: batch 1
     assert BatchManager(sources[:1], "av").largest_batch() == {"batch": 2, "video": 12, "audio": 6}
     assert BatchManager(sources[:1], "video").largest_batch() == {"batch": 2, "video": 12, "audio": 0}
+
+
+@pytest.mark.slow
+def test_a_first_step_over_the_budget_re_plans_and_trains(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    """The trainer's planned path with the measurement stubbed (no GPU here): the tiny model as the CUDA path
+    would plan it (eager, so whole blocks re-run), a budget its fastest bf16 plan just fits, and a first-step
+    check that reports 97 % of the budget reserved: the trainer re-plans once with the measured error,
+    rebuilds the model with the leaner plan (int8 base weights), and trains to the end."""
+    from conftest import baseline_argv, workspace
+
+    from ltxv2_diffusers.training.args import parse_args
+    from ltxv2_diffusers.training.trainer import Trainer
+
+    ws = workspace(tmp_path_factory)
+    original = SpeedOptions.for_device.__func__
+
+    def for_device(cls, device, **kwargs):  # the choices CUDA would get, run eager on this CPU
+        options = original(cls, "cuda", **kwargs)
+        return dataclasses.replace(options, compile=False, quantize_min_features=16)
+
+    monkeypatch.setattr(SpeedOptions, "for_device", classmethod(for_device))
+    budget = {}
+    runs = []
+
+    def resolve(value, device=None, margin_gib=1.5):  # just enough for the leanest bf16 plan of this run
+        trainer = runs[0]
+        lean = planner.plan_for(trainer.requested, trainer.figures, trainer.workload, 1.0)
+        budget["gib"] = lean.peak_gib / planner.ALLOCATOR_SLACK * 1.01
+        return budget["gib"]
+
+    probes = []
+
+    def probe(self, entry, passes=2):
+        probes.append(self.plan)
+        return self.plan.peak_gib, 0.97 * budget["gib"]  # reserved: over the 95 % of the budget it may use
+
+    monkeypatch.setattr(planner, "resolve_budget", resolve)
+    monkeypatch.setattr(Trainer, "_probe", probe)
+    args = parse_args(baseline_argv(ws, tmp_path, steps=2, extra=["--memory_budget", "auto"]))
+    trainer = Trainer(args)
+    runs.append(trainer)
+    lora = trainer.run()
+    out = capsys.readouterr().out
+    assert lora.is_file() and len(probes) == 1  # one check, one re-plan, no second check
+    assert out.count("memory plan: ") == 3 and "re-planning for" in out
+    assert trainer.plan.peak_gib < probes[0].peak_gib and trainer.plan.fits
+    assert probes[0].base == "bf16" and trainer.plan.base == "int8" and trainer.speed.quantized_layers > 0
+    assert trainer.plan.budget_gib == pytest.approx(budget["gib"])

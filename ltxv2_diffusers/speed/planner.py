@@ -207,9 +207,9 @@ def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
     if plan.offload_optimizer:
         lora += fig.lora_params * 12 * min(OFFLOAD_CHUNKS_BLOCKS, n) / n
     if plan.rerun:  # the re-run block and the next one in flight
-        return fixed + (n - s) * w + (2 * w if s else 0) + (n * KEPT_RERUN + WORKING) * unit + lora
+        return fixed + (n - s) * w + min(2, s) * w + (n * KEPT_RERUN + WORKING) * unit + lora
     kept = k * KEPT_WITHOUT_RECOMPUTE + (n - k) * KEPT_RECOMPUTE
-    backward_start = fixed + (n - s) * w + (w if s else 0) + (kept + WORKING) * unit + lora
+    backward_start = fixed + (n - s) * w + min(1, s) * w + (kept + WORKING) * unit + lora
     # Blocks fetched for backward stay into the next forward: between steps every weight is on the GPU.
     between_steps = fixed + n * w + lora + WORKING * unit
     return max(backward_start, between_steps)

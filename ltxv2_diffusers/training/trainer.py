@@ -171,7 +171,8 @@ class Trainer:
         from ltxv2_diffusers.training.args import network_kwargs
 
         self.figures = planner.ModelFigures.from_config(config, self.args.mode.value, self.args.network_dim,
-                                                        target_options_from_network_args(network_kwargs(self.args)))
+                                                        target_options_from_network_args(network_kwargs(self.args)),
+                                                        min_features=options.quantize_min_features)
         self.workload = planner.Workload(video_tokens=largest["video"], audio_tokens=largest["audio"],
                                          batch=largest["batch"])
         self.budget_gib = planner.resolve_budget(options.memory_budget, self.accelerator.device)
