@@ -24,7 +24,7 @@ def keep_attention_policy(min_attention_pairs: int = 1 << 24):
     Keeps the outputs of attentions with at least `min_attention_pairs` query-key pairs; at
     768x512x121 that is only the video self-attention, one video-sized tensor per block (2.3 GiB
     over 48 blocks) that spares its forward recomputation, the most expensive op per byte kept
-    (-40 ms/step on an H100, benchmarks/RESULTS.md). Everything else is recomputed inside the
+    (-40 ms/step on an H100, benchmarks/history.md). Everything else is recomputed inside the
     block's compiled backward.
     """
     from torch.utils.checkpoint import CheckpointPolicy
@@ -48,7 +48,7 @@ def keep_matmul_outputs_policy():
     instead of keeping its results. By default the partitioner keeps both a norm's input and its
     modulated output, and both a query/key before and after its norm and RoPE, since a matmul in
     backward reads them. At 768x512x121 this keeps ~0.79 GiB per block instead of ~1.11 GiB, for a
-    few extra elementwise passes over video-sized tensors in backward (benchmarks/RESULTS.md).
+    few extra elementwise passes over video-sized tensors in backward (benchmarks/history.md).
     """
     from torch.utils.checkpoint import CheckpointPolicy
 
