@@ -7,17 +7,6 @@ from ltxv2_diffusers.hookspecs import hookimpl
 SIGMA_SAMPLING_CHOICES = ("shifted_logit_normal", "uniform")
 DEFAULT_SIGMA_SAMPLING = "shifted_logit_normal"
 
-_schedulers: dict = {}
-
-
-def training_scheduler(sampling: str = DEFAULT_SIGMA_SAMPLING):
-    """One scheduler per sampling choice; sampling sigmas does not change its state."""
-    if sampling not in _schedulers:
-        from ltxv2_diffusers.models.scheduler import LTXV2FlowMatchScheduler
-
-        _schedulers[sampling] = LTXV2FlowMatchScheduler(training_sampling=sampling)
-    return _schedulers[sampling]
-
 
 @hookimpl(trylast=True)
 def ltxv2_add_arguments(parser):
@@ -31,5 +20,7 @@ def ltxv2_add_arguments(parser):
 
 @hookimpl(trylast=True)
 def ltxv2_sample_sigmas(batch_size, num_tokens, args, generator):
-    sampling = getattr(args, "sigma_sampling", None) or DEFAULT_SIGMA_SAMPLING
-    return training_scheduler(sampling).sample_sigmas(batch_size, num_tokens, generator=generator)
+    # --timestep_sampling (musubi's flag, more methods and a timestep range) and --sigma_sampling share it.
+    from ltxv2_diffusers.training.sigma_sampling import SigmaSampler
+
+    return SigmaSampler.from_args(args).sample(batch_size, num_tokens, generator=generator)
