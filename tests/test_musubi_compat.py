@@ -177,7 +177,7 @@ def test_export_is_found_in_full_by_musubis_loader_rules(ltx2_dir, tmp_path):
     arrow = str(tmp_path / "arrow")
     _arrow_cache(arrow, ref, stats)
     out = str(tmp_path / "musubi")
-    counts = musubi.export_arrow_to_musubi(arrow, out, naming="ltx2", stats=stats)
+    counts = musubi.export_arrow_to_musubi(arrow, out, naming="ltx2", stats=stats, video_width=24)
     assert counts == {"video": 4, "audio": 4, "text": 2}  # one text cache per video
     found = musubi_loader_items(out)
     assert sorted(found) == sorted(f"{k}_0096x0064_ltx2.safetensors" for k in ref)
@@ -195,6 +195,9 @@ def test_export_is_found_in_full_by_musubis_loader_rules(ltx2_dir, tmp_path):
         assert sorted(a) == ["audio_latents_7x16x8_float32", "audio_lengths_int32"] and int(a["audio_lengths_int32"]) == 6
         t = load_file(te)
         assert torch.equal(t["text_bfloat16"], r["text"][0]) and t["text_mask"].tolist() == r["text"][1].tolist()
+        assert torch.equal(t["video_prompt_embeds_bfloat16"], r["text"][0][:, :24])  # musubi's split form too
+        assert torch.equal(t["audio_prompt_embeds_bfloat16"], r["text"][0][:, 24:])
+        assert t["prompt_attention_mask"].tolist() == r["text"][1].tolist()
     # and back: the export reads as the Arrow rows it came from
     bm = BatchManager([CacheSource(out)], "av", text_dims=(24, 24))
     b = bm.collate([(0, "other_00009-009")])
@@ -227,3 +230,38 @@ def test_import_to_arrow_denormalizes(ltx2_dir, tmp_path):
     video = CacheStore(str(tmp_path / "b"), "video")
     row = video.read(video.index()["other_00000-009"])
     assert torch.allclose(row["latents"], ref["other_00000-009"]["raw"], atol=1e-5) and row["fps"] == 30.0
+
+
+def test_musubis_own_dataset_loader_trains_on_the_export(ltx2_dir, tmp_path, monkeypatch):
+    """Runs only where musubi-tuner's source is importable (not in CI: its licence keeps it out of the project).
+    Its dataset module imports OpenCV at the top, which reading caches never uses: an empty stand-in is given
+    when OpenCV is not installed."""
+    import importlib.util
+    import multiprocessing
+    import sys
+    import types
+
+    if importlib.util.find_spec("musubi_tuner") is None:
+        pytest.skip("musubi-tuner's source is not importable (PYTHONPATH=<musubi-tuner>/src)")
+    if importlib.util.find_spec("cv2") is None:
+        monkeypatch.setitem(sys.modules, "cv2", types.ModuleType("cv2"))
+    from musubi_tuner.dataset.image_video_dataset import VideoDataset
+
+    _, ref, stats = ltx2_dir
+    arrow, out = str(tmp_path / "arrow"), str(tmp_path / "musubi")
+    _arrow_cache(arrow, ref, stats)
+    musubi.export_arrow_to_musubi(arrow, out, naming="ltx2", stats=stats, video_width=24)
+    ds = VideoDataset(resolution=(96, 64), caption_extension=".txt", batch_size=1, num_repeats=1, enable_bucket=False,
+                      bucket_no_upscale=False, cache_directory=out, cache_only=True, architecture="ltx2")
+    ds.prepare_for_training()
+    ds.set_seed(0, multiprocessing.Value("i", 1))
+    assert len(ds) == len(ref)
+    seen = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        seen.setdefault(item["captions"][0], []).append(item)
+        assert item["latents"]["latents"].shape == (1, 128, 2, 2, 3)
+        assert item["audio_latents"]["latents"].shape == (1, 8, 7, 16) and item["audio_lengths"].tolist() == [6]
+        assert item["conditions"]["video_prompt_embeds"].shape == (1, 6, 24)
+        assert item["conditions"]["audio_prompt_embeds"].shape == (1, 6, 24)
+    assert sorted(seen) == ["caption clip_a", "caption other"] and all(len(v) == 2 for v in seen.values())

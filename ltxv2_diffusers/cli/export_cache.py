@@ -31,7 +31,9 @@ def build_parser():
 
 def _main(argv=None) -> int:
     from ltxv2_diffusers.data.batching import cache_directories
-    from ltxv2_diffusers.data.musubi import export_arrow_to_musubi, import_musubi_to_arrow, latent_stats_from_vae
+    from ltxv2_diffusers.data.musubi import (
+        export_arrow_to_musubi, import_musubi_to_arrow, latent_stats_from_vae, video_context_width,
+    )
 
     args = build_parser().parse_args(argv)
     if args.dataset_config:
@@ -43,10 +45,12 @@ def _main(argv=None) -> int:
     if args.output_directory and len(dirs) > 1:
         raise SystemExit("error: --output_directory needs exactly one source cache directory.")
     stats = latent_stats_from_vae(args.vae) if args.vae else None
+    video_width = video_context_width(args.vae) if args.vae else None
     total = 0
     for d in dirs:
         if args.format == "musubi":
-            counts = export_arrow_to_musubi(d, args.output_directory, naming=args.musubi_naming, stats=stats)
+            counts = export_arrow_to_musubi(d, args.output_directory, naming=args.musubi_naming, stats=stats,
+                                            video_width=video_width)
         else:
             counts = import_musubi_to_arrow(d, args.output_directory, stats=stats)
         total += sum(counts.values())

@@ -198,6 +198,18 @@ def read_text(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 # normalization (the `ltx2` caches hold what the official encoders return)
 
 
+def video_context_width(path: str) -> int | None:
+    """The video text-context width of the LTX-2 checkpoint at `path`, from its config alone (None if unknown)."""
+    from ltxv2_diffusers.models.adapter import context_widths
+    from ltxv2_diffusers.models.loading import read_transformer_config
+
+    try:
+        config = read_transformer_config(path)
+    except (OSError, ValueError):
+        return None
+    return context_widths(config)[0] if config else None
+
+
 @dataclass(frozen=True)
 class LatentStats:
     """The VAEs' per-channel statistics: video `[C]` (with `scaling_factor`), audio per packed feature `[C*M]`."""
@@ -306,10 +318,19 @@ def write_audio(cache_directory: str, key: str, bucket: tuple[int, int], audio_l
 
 
 def write_text(cache_directory: str, key: str, text: torch.Tensor, text_mask: torch.Tensor,
-               naming: str = DEFAULT_NAMING, caption: str | None = None) -> str:
-    """One text cache (per media file for `ltx2`, per item for `ltxv2`)."""
-    return _save({f"text_{_suffix(text, naming)}": text, "text_mask": text_mask.to(torch.int32)},
-                 text_file(cache_directory, key, naming), _metadata(naming, caption1=caption))
+               naming: str = DEFAULT_NAMING, caption: str | None = None, video_width: int | None = None) -> str:
+    """One text cache (per media file for `ltx2`, per item for `ltxv2`). With `video_width` (the model's video
+    context width) an `ltx2` cache also holds musubi's split `video_/audio_prompt_embeds` and
+    `prompt_attention_mask`, as its Gemma cache writer stores them beside `text`."""
+    d = _suffix(text, naming)
+    mask = text_mask.to(torch.int32)
+    tensors = {f"text_{d}": text, "text_mask": mask}
+    if naming == "ltx2" and video_width and 0 < video_width <= text.shape[-1]:
+        tensors[f"video_prompt_embeds_{d}"] = text[..., :video_width].clone()
+        if video_width < text.shape[-1]:
+            tensors[f"audio_prompt_embeds_{d}"] = text[..., video_width:].clone()
+        tensors["prompt_attention_mask"] = mask.clone()
+    return _save(tensors, text_file(cache_directory, key, naming), _metadata(naming, caption1=caption))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -323,11 +344,13 @@ def _need_stats(naming: str, stats: LatentStats | None, what: str) -> None:
 
 
 def export_arrow_to_musubi(cache_directory: str, output_directory: str | None = None,
-                           naming: str = DEFAULT_NAMING, stats: LatentStats | None = None) -> dict[str, int]:
+                           naming: str = DEFAULT_NAMING, stats: LatentStats | None = None,
+                           video_width: int | None = None) -> dict[str, int]:
     """Write every Arrow cache row of `cache_directory` as musubi per-item files; returns counts per kind.
 
     `ltx2` (musubi today) stores the latents normalized with `stats` and one text cache per media file,
-    which must then be the same for all of that file's frame windows; `ltxv2` is the seed draft's layout.
+    which must then be the same for all of that file's frame windows (`video_width`: see `write_text`);
+    `ltxv2` is the seed draft's layout.
     """
     from .stores import CacheStore
 
@@ -367,7 +390,7 @@ def export_arrow_to_musubi(cache_directory: str, output_directory: str | None = 
                     f"embeddings; musubi's `{naming}` layout keeps one per file. Re-run "
                     "ltxv2-cache-text-encoder-outputs, or export with --musubi_naming ltxv2.")
             continue
-        write_text(out, key, row["text"], row["text_mask"], naming, caption=row.get("caption"))
+        write_text(out, key, row["text"], row["text_mask"], naming, caption=row.get("caption"), video_width=video_width)
         written[path] = (key, row["text"], row["text_mask"])
         counts["text"] += 1
     return counts
