@@ -31,6 +31,7 @@ LR_SCHEDULERS = (
     "polynomial",
 )
 LOG_WITH = ("tensorboard", "wandb", "none")
+MUSUBI_TIMESTEP_FORMAT = "legacy_0_1000"  # musubi-tuner's LTX-2 trainer: timestep t in [0, 1000], sigma = t/1000
 TIMESTEP_SAMPLING = ("shifted_logit_normal", "uniform", "sigmoid", "shift")  # training/sigma_sampling.py draws them
 LTX_VERSIONS = ("2.0", "2.3")
 # musubi's --lora_target_preset as --network_args (lora/targets.py); a user's own --network_args keys win.
@@ -115,7 +116,7 @@ FLAGS: tuple[Flag, ...] = (
     F("--ltxv2_backend", str, None, "checkpoint layout of --ltxv2_model (default: detect)",
       choices=("official", "diffusers"), group="model"),
     F("--ltxv2_model", str, None, "LTX-2 checkpoint: official single file, diffusers folder or Hub id",
-      group="model", aliases=("--ltx2_checkpoint",)),
+      group="model"),
     F("--vae", str, None, "file/folder with the video and audio VAEs (default: --ltxv2_model); used for "
       "latent statistics and previews", group="model"),
     F("--text_encoder", str, None, "text encoder (Hub id or folder); only needed for previews whose "
@@ -124,8 +125,8 @@ FLAGS: tuple[Flag, ...] = (
       group="model"),
     F("--tokenizer", str, None, "tokenizer (default: the text encoder's)", group="model"),
     F("--max_length", int, 1024, "text token length for previews encoded at train time", group="model"),
-    F("--ltxv2_timestep_format", str, None, "REQUIRED: timestep convention of the run",
-      choices=FORMAT_CHOICES, group="model"),
+    F("--ltxv2_timestep_format", str, None, "REQUIRED (except in musubi-tuner's commands, see --ltx2_checkpoint): "
+      "timestep convention of the run", choices=FORMAT_CHOICES, group="model"),
     F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; musubi's networks.lora_ltx2 "
       "and the older musubi_tuner.networks.lora_ltxv2 are aliases)", group="network"),
     F("--network_dim", int, 16, "LoRA rank", group="network"),
@@ -138,6 +139,8 @@ FLAGS: tuple[Flag, ...] = (
       group="loss"),
     F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
     # --- musubi-tuner's LTX-2 flags today (docs/musubi.md maps every one) ---
+    F("--ltx2_checkpoint", str, None, "musubi's name of --ltxv2_model; a command using it is a musubi command, "
+      "whose timesteps are musubi's (--ltxv2_timestep_format legacy_0_1000 unless given)", group="musubi"),
     F("--ltx_version", str, None, "LTX-2 generation the run expects (musubi): checked against the checkpoint's "
       "metadata per --ltx_version_check_mode", choices=LTX_VERSIONS, group="musubi"),
     F("--ltx_version_check_mode", str, "warn", "what a --ltx_version that contradicts the checkpoint does",
@@ -425,6 +428,14 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         if not condition:
             problems.append(message)
 
+    if args.ltx2_checkpoint:
+        need(args.ltxv2_model in (None, args.ltx2_checkpoint),
+             f"--ltx2_checkpoint {args.ltx2_checkpoint} contradicts --ltxv2_model {args.ltxv2_model}: keep one")
+        args.ltxv2_model = args.ltxv2_model or args.ltx2_checkpoint
+        if args.ltxv2_timestep_format is None:  # musubi: t in [0, 1000], the model's sigma = t / 1000
+            args.ltxv2_timestep_format = MUSUBI_TIMESTEP_FORMAT
+            logger.warning("musubi-tuner command (--ltx2_checkpoint) without --ltxv2_timestep_format: timesteps "
+                           "(--min_timestep/--max_timestep) are read as musubi's, %s", MUSUBI_TIMESTEP_FORMAT)
     try:
         args.timestep_format = parse_timestep_format(args.ltxv2_timestep_format)
     except ValueError as exc:
