@@ -265,3 +265,19 @@ def test_musubis_own_dataset_loader_trains_on_the_export(ltx2_dir, tmp_path, mon
         assert item["conditions"]["video_prompt_embeds"].shape == (1, 6, 24)
         assert item["conditions"]["audio_prompt_embeds"].shape == (1, 6, 24)
     assert sorted(seen) == ["caption clip_a", "caption other"] and all(len(v) == 2 for v in seen.values())
+
+
+def test_musubis_example_dataset_config(tmp_path):
+    """docs/ltx_2.md "Example TOML": `cache_directory` in [general] is read; `target_fps` is named as unsupported."""
+    from ltxv2_diffusers.data.config import DatasetConfigError, load_dataset_config
+
+    (tmp_path / "videos").mkdir()
+    example = ('[general]\nresolution = [768, 512]\ncaption_extension = ".txt"\nbatch_size = 1\nenable_bucket = true\n'
+               'cache_directory = "cache"\n\n[[datasets]]\nvideo_directory = "videos"\ntarget_frames = [1, 17, 33, 49]\n')
+    config = tmp_path / "dataset.toml"
+    config.write_text(example, encoding="utf-8")
+    entry = load_dataset_config(config).datasets[0]
+    assert entry.cache_directory.endswith("cache") and entry.batch_size == 1
+    config.write_text(example + "target_fps = 25\n", encoding="utf-8")
+    with pytest.raises(DatasetConfigError, match="key 'target_fps' is not supported: frames are taken at the source"):
+        load_dataset_config(config)
