@@ -489,6 +489,14 @@ def sample_sigmas(batch_size: int, num_tokens: int, modality: str, args: Any, ge
         return None
     import torch
 
+    if isinstance(result, Mapping) and "timesteps" in result:  # in the run's --ltxv2_timestep_format
+        from ltxv2_diffusers.timesteps import timesteps_to_sigmas
+
+        try:
+            fmt = getattr(args, "timestep_format", None) or getattr(args, "ltxv2_timestep_format", None)
+            result = timesteps_to_sigmas(torch.as_tensor(result["timesteps"]), fmt)
+        except ValueError as exc:
+            raise PluginError(_answered_by.get(hook), hook, f"{exc} for modality {modality!r}") from None
     sigmas = torch.as_tensor(result)
     shapes = [(batch_size,), (batch_size, num_tokens)]
     problem = None

@@ -9,6 +9,7 @@ import logging
 import pytest
 import torch
 
+from test_plugins import pm  # noqa: F401 - the fixture
 from test_train_args import base_argv, files  # noqa: F401 - the fixture
 from ltxv2_diffusers import plugins
 from ltxv2_diffusers.modes import LtxMode
@@ -202,3 +203,25 @@ def test_lora_target_presets_pick_musubis_modules(preset, allowed):
         assert set(default) < set(chosen) and any(".ff." in n for n in chosen)
     if preset == "audio_v2a":
         assert any("video_to_audio_attn" in n for n in chosen) and not any("audio_to_video" in n for n in chosen)
+
+
+@pytest.mark.parametrize("fmt, timesteps, sigmas", [("flowmatch_1_1000", [1.0, 501.0, 1000.0], [0.0, 0.5, 0.999]),
+                                                   ("legacy_0_1000", [0.0, 500.0, 1000.0], [0.0, 0.5, 1.0]),
+                                                   ("sd3_0_1", [0.0, 0.5, 1.0], [0.0, 0.5, 1.0])])
+def test_plugin_supplied_timesteps_are_read_in_the_declared_format(pm, files, tmp_path, fmt, timesteps,  # noqa: F811
+                                                                   sigmas):
+    from test_plugins import make_plugin
+
+    from ltxv2_diffusers.hookspecs import hookimpl
+    from ltxv2_diffusers.plugins import PluginError
+
+    plugins.register_plugin(make_plugin("fixed", ltxv2_sample_sigmas=hookimpl(
+        lambda batch_size: {"timesteps": torch.tensor(timesteps)})), name="fixed")
+    argv = base_argv(files, tmp_path)
+    argv[argv.index("--ltxv2_timestep_format") + 1] = fmt
+    torch.testing.assert_close(_sigmas(parse_args(argv), n=3), torch.tensor(sigmas))
+    plugins.unregister_plugin("fixed")
+    plugins.register_plugin(make_plugin("too_big", ltxv2_sample_sigmas=hookimpl(
+        lambda batch_size: {"timesteps": torch.full((batch_size,), 1001.0)})), name="too_big")
+    with pytest.raises(PluginError, match=f"'too_big' in hook ltxv2_sample_sigmas: .*outside the {fmt} range"):
+        _sigmas(parse_args(argv), n=3)
