@@ -117,8 +117,8 @@ def scan_musubi_cache(cache_directory: str) -> dict[str, MusubiEntry]:
                 raise ValueError(f"{cache_directory}: item {key!r} is cached under both the `_{e.naming}` and "
                                  f"`_{arch}` names; remove one set of files.")
             if getattr(e, slot) is not None:
-                raise ValueError(f"{cache_directory}: item {key!r} has two {slot} caches ({os.path.basename(getattr(e, slot))} "
-                                 f"and {f}); remove one.")
+                first = os.path.basename(getattr(e, slot))
+                raise ValueError(f"{cache_directory}: item {key!r} has two {slot} caches ({first} and {f}); remove one.")
             setattr(e, slot, path)
             if m.group("w"):
                 e.bucket = (int(m.group("w")), int(m.group("h")))
@@ -169,17 +169,14 @@ def read_audio(path: str) -> tuple[torch.Tensor, int]:
 
 
 def read_text(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(text [L,D], text_mask [L] bool)`; musubi's split `video_/audio_prompt_embeds` are joined as its
-    `text` is; legacy `t5`/`t5_mask` keys load with one warning."""
+    """`(text [L,D], text_mask [L] bool)` (musubi's `text` is its video and audio prompt embeds joined);
+    legacy `t5`/`t5_mask` keys load with one warning."""
     from safetensors.torch import load_file
 
     global _warned_legacy
     t = _stripped(load_file(path), path)
     if "text" in t:
         text, mask = t["text"], t.get("text_mask")
-    elif "video_prompt_embeds" in t:
-        parts = [t["video_prompt_embeds"]] + ([t["audio_prompt_embeds"]] if "audio_prompt_embeds" in t else [])
-        text, mask = torch.cat(parts, dim=-1), t.get("prompt_attention_mask")
     elif "t5" in t:
         if not _warned_legacy:
             logger.warning(
@@ -188,7 +185,7 @@ def read_text(path: str) -> tuple[torch.Tensor, torch.Tensor]:
             _warned_legacy = True
         text, mask = t["t5"], t.get("t5_mask")
     else:
-        raise ValueError(f"{path}: no `text_*`, `video_prompt_embeds_*` or legacy `t5_*` tensor (found {sorted(t)}).")
+        raise ValueError(f"{path}: no `text_*` or legacy `t5_*` tensor (found {sorted(t)}).")
     if mask is None:
         mask = torch.ones(text.shape[0], dtype=torch.bool)
     return text, mask.reshape(-1).bool()
@@ -251,7 +248,8 @@ def latent_stats_from_vae(path: str) -> LatentStats:
     parts = load_components(path, components=("vae", "audio_vae"))
     missing = [name for name in ("vae", "audio_vae") if name not in parts]
     if missing:
-        raise ValueError(f"--vae {path} has no {', '.join(missing)}; pass the LTX-2 checkpoint the caches were made with.")
+        raise ValueError(f"--vae {path} has no {', '.join(missing)}; pass the LTX-2 checkpoint the caches were "
+                         "made with.")
     s = vae_statistics(parts["vae"], parts["audio_vae"])
     return LatentStats(torch.tensor(s["latents_mean"]), torch.tensor(s["latents_std"]),
                        torch.tensor(s["audio_latents_mean"]), torch.tensor(s["audio_latents_std"]),

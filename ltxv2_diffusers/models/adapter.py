@@ -116,7 +116,8 @@ def vae_statistics(vae: torch.nn.Module | None = None, audio_vae: torch.nn.Modul
     return out
 
 
-def _unless_normalized(batch: Mapping[str, Any], flag: str, raw: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
+def _unless_normalized(batch: Mapping[str, Any], flag: str, raw: torch.Tensor,
+                       normalized: torch.Tensor) -> torch.Tensor:
     """`normalized`, except for the items `batch[flag]` marks as cached already normalized (musubi's `ltx2`
     caches hold the official encoders' normalized output)."""
     marks = batch.get(flag)

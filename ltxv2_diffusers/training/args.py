@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import logging
 import os
 import sys
-import logging
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -92,7 +92,8 @@ class Flag:
     def add_to(self, parser: argparse._ActionsContainer) -> None:
         names = [self.name, *self.aliases]
         if self.ignored or self.unsupported:  # takes any value (or none): musubi's meaning does not apply
-            help_text = f"musubi flag, ignored: {self.ignored}" if self.ignored else f"musubi flag, not supported: {self.unsupported}"
+            help_text = (f"musubi flag, ignored: {self.ignored}" if self.ignored
+                         else f"musubi flag, not supported: {self.unsupported}")
             parser.add_argument(*names, dest=self.dest, nargs="*", default=None, help=help_text)
         elif self.kind is bool:
             parser.add_argument(*names, dest=self.dest, action="store_true", default=self.default or False,
