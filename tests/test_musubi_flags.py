@@ -225,3 +225,16 @@ def test_plugin_supplied_timesteps_are_read_in_the_declared_format(pm, files, tm
         lambda batch_size: {"timesteps": torch.full((batch_size,), 1001.0)})), name="too_big")
     with pytest.raises(PluginError, match=f"'too_big' in hook ltxv2_sample_sigmas: .*outside the {fmt} range"):
         _sigmas(parse_args(argv), n=3)
+
+
+def test_legacy_shifted_logit_normal_and_musubis_defaults(files, tmp_path):  # noqa: F811
+    n, g = 512, lambda: torch.Generator().manual_seed(4)
+    legacy = SigmaSampler("shifted_logit_normal", logit_std=1.5, logit_mode="legacy").sample(n, 2048, g())
+    mu = 0.95 + (2.05 - 0.95) / (4096 - 1024) * (2048 - 1024)  # the token-count shift, as the official one
+    torch.testing.assert_close(legacy, torch.sigmoid(torch.randn(n, generator=g()) * 1.5 + mu))
+    assert SigmaSampler.from_args(parse_args(base_argv(files, tmp_path, "--ltx_version", "2.0",
+                                                       "--ltx_version_check_mode", "off"))).logit_mode == "legacy"
+    assert SigmaSampler.from_args(parse_args(base_argv(files, tmp_path, "--ltx_version", "2.0", "--ltx_version_check_mode",
+                                                       "off", "--shifted_logit_mode", "stretched"))).logit_mode == "stretched"
+    plain = SigmaSampler.from_args(parse_args(base_argv(files, tmp_path, "--timestep_sampling", "sigma")))
+    assert (plain.method, plain.logit_mode) == ("shifted_logit_normal", "stretched")  # musubi reads `sigma` so

@@ -32,7 +32,8 @@ LR_SCHEDULERS = (
 )
 LOG_WITH = ("tensorboard", "wandb", "none")
 MUSUBI_TIMESTEP_FORMAT = "legacy_0_1000"  # musubi-tuner's LTX-2 trainer: timestep t in [0, 1000], sigma = t/1000
-TIMESTEP_SAMPLING = ("shifted_logit_normal", "uniform", "sigmoid", "shift")  # training/sigma_sampling.py draws them
+# training/sigma_sampling.py draws them; `sigma` is musubi's default, which its LTX-2 trainer reads as the first.
+TIMESTEP_SAMPLING = ("shifted_logit_normal", "uniform", "sigmoid", "shift", "sigma")
 LTX_VERSIONS = ("2.0", "2.3")
 # musubi's --lora_target_preset as --network_args (lora/targets.py); a user's own --network_args keys win.
 _AUDIO_ONLY = r"^transformer_blocks\.\d+\.audio_(attn1|attn2|ff)\."
@@ -152,6 +153,9 @@ FLAGS: tuple[Flag, ...] = (
     F("--discrete_flow_shift", float, 1.0, "shift of --timestep_sampling shift", group="loss"),
     F("--sigmoid_scale", float, 1.0, "scale of the normal draw of --timestep_sampling sigmoid / shift", group="loss"),
     F("--logit_std", float, 1.0, "standard deviation of --timestep_sampling shifted_logit_normal", group="loss"),
+    F("--shifted_logit_mode", str, None, "shifted_logit_normal as the official trainer draws it (stretched, a share "
+      "uniform) or musubi's older legacy sigmoid(N(shift, logit_std)); default: legacy with --ltx_version 2.0 (as in "
+      "musubi), else stretched", choices=("stretched", "legacy"), group="loss"),
     F("--min_timestep", float, None, "lowest training timestep, in --ltxv2_timestep_format (default: its minimum)",
       group="loss"),
     F("--max_timestep", float, None, "highest training timestep, in --ltxv2_timestep_format (default: its maximum)",
@@ -196,8 +200,6 @@ FLAGS: tuple[Flag, ...] = (
         ("--blockwise_checkpointing", "use --gradient_checkpointing (--recompute, --blocks_without_recompute)"),
         ("--gradient_checkpointing_cpu_offload", "use --gradient_checkpointing with --blocks_to_swap"),
         ("--split_attn", "use --attention_backend"),
-        ("--shifted_logit_mode", "the shifted logit-normal here is the official stretched one, shift from the "
-         "token count; --logit_std sets its spread"),
         ("--shifted_logit_shift", "the shift comes from the token count, as in the official trainer"),
         ("--shifted_logit_uniform_prob", "the official share of uniform draws (0.1) is fixed"),
         ("--shifted_logit_eps", "the official floor (1e-3) is fixed"),

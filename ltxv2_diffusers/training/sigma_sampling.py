@@ -2,7 +2,9 @@
 `--sigmoid_scale`, `--discrete_flow_shift`, `--logit_std` and a `--min_timestep`/`--max_timestep` range.
 
 Every method draws sigma in [0, 1] (musubi's `t`, before it multiplies by 1000):
-- `shifted_logit_normal`: the official LTX-2 trainer's (the scheduler's; shift grows with token count);
+- `shifted_logit_normal` (musubi's `sigma` too): the official LTX-2 trainer's (the scheduler's; shift grows with
+  token count, draws stretched, a share uniform); `--shifted_logit_mode legacy` is musubi's older plain
+  `sigmoid(N(shift, logit_std))`, its default for `--ltx_version 2.0`;
 - `uniform`: uniform in [0, 1);
 - `sigmoid`: `sigmoid(sigmoid_scale * N(0, 1))`;
 - `shift`: the sigmoid draw `t` shifted by `s = discrete_flow_shift`: `s*t / (1 + (s-1)*t)`.
@@ -21,7 +23,9 @@ import torch
 from ltxv2_diffusers.timesteps import parse_timestep_format, timesteps_to_sigmas
 
 METHODS = ("shifted_logit_normal", "uniform", "sigmoid", "shift")
+ALIASES = {"sigma": "shifted_logit_normal"}  # musubi's argparse default, which its LTX-2 trainer reads so
 DEFAULT_METHOD = "shifted_logit_normal"
+LOGIT_MODES = ("stretched", "legacy")
 _MAX_REDRAWS = 1000
 
 _schedulers: dict[tuple[str, float], Any] = {}
@@ -54,9 +58,19 @@ def sigma_range(args: Any) -> tuple[float, float] | None:
             lo, hi = fmt.bounds
             raise ValueError(f"{flag} {value:g} is outside the {fmt.value} range [{lo:g}, {hi:g}] "
                              "(it is read in --ltxv2_timestep_format)") from None
-    if not bounds[0] < bounds[1]:
+    if bounds[0] > bounds[1]:
         raise ValueError(f"--min_timestep/--max_timestep give the empty sigma range [{bounds[0]:g}, {bounds[1]:g}]")
     return bounds[0], bounds[1]
+
+
+def resolve_logit_mode(args: Any) -> str:
+    """`--shifted_logit_mode`, or musubi's rule when absent: `legacy` for `--ltx_version 2.0`, else `stretched`."""
+    mode = getattr(args, "shifted_logit_mode", None)
+    if mode is None:
+        mode = "legacy" if getattr(args, "ltx_version", None) == "2.0" else "stretched"
+    if mode not in LOGIT_MODES:
+        raise ValueError(f"--shifted_logit_mode {mode!r}: choose one of {', '.join(LOGIT_MODES)}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -67,24 +81,29 @@ class SigmaSampler:
     sigmoid_scale: float = 1.0
     shift: float = 1.0
     logit_std: float = 1.0
+    logit_mode: str = "stretched"
     range: tuple[float, float] | None = None
     preserve_distribution_shape: bool = False
 
     @classmethod
     def from_args(cls, args: Any) -> "SigmaSampler":
         method = getattr(args, "timestep_sampling", None) or getattr(args, "sigma_sampling", None) or DEFAULT_METHOD
+        method = ALIASES.get(method, method)
         if method not in METHODS:
             raise ValueError(f"--timestep_sampling {method!r} is not supported; choose one of {', '.join(METHODS)}")
         return cls(method, float(getattr(args, "sigmoid_scale", None) or 1.0),
                    float(getattr(args, "discrete_flow_shift", None) or 1.0),
-                   float(getattr(args, "logit_std", None) or 1.0), sigma_range(args),
+                   float(getattr(args, "logit_std", None) or 1.0), resolve_logit_mode(args), sigma_range(args),
                    bool(getattr(args, "preserve_distribution_shape", False)))
 
     def draw(self, batch_size: int, num_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`[batch_size]` float32 sigmas of the method alone, in [0, 1] (no range applied)."""
+        device = generator.device if generator is not None else torch.device("cpu")
+        if self.method == "shifted_logit_normal" and self.logit_mode == "legacy":
+            mu = _scheduler(self.method, self.logit_std).mu_for_tokens(num_tokens)
+            return torch.sigmoid(torch.randn(batch_size, generator=generator, device=device) * self.logit_std + mu)
         if self.method in ("shifted_logit_normal", "uniform"):
             return _scheduler(self.method, self.logit_std).sample_sigmas(batch_size, num_tokens, generator=generator)
-        device = generator.device if generator is not None else torch.device("cpu")
         t = torch.sigmoid(self.sigmoid_scale * torch.randn(batch_size, generator=generator, device=device))
         if self.method == "shift":
             t = (t * self.shift) / (1 + (self.shift - 1) * t)
