@@ -95,7 +95,7 @@ class Flag:
         if self.ignored or self.unsupported:  # takes any value (or none): musubi's meaning does not apply
             help_text = (f"musubi flag, ignored: {self.ignored}" if self.ignored
                          else f"musubi flag, not supported: {self.unsupported}")
-            parser.add_argument(*names, dest=self.dest, nargs="*", default=None, help=help_text)
+            parser.add_argument(*names, dest=self.dest, nargs="*", default=None, metavar="ARG", help=help_text)
         elif self.kind is bool:
             parser.add_argument(*names, dest=self.dest, action="store_true", default=self.default or False,
                                 help=self.help)
