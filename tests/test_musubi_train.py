@@ -22,13 +22,33 @@ from ltxv2_diffusers.training.trainer import Trainer
 pytestmark = pytest.mark.slow
 
 
-def _musubi_copy(ws, root: Path) -> Path:
-    """The workspace's cached items rewritten as musubi's writers lay them out (normalized latents,
-    `_ltx2` names, one text cache per video with its split prompt embeds), and a dataset.toml using them."""
+def _with_statistics(model: Path, out: Path) -> Path:
+    """A copy of the tiny checkpoint whose VAEs have non-trivial latent statistics (the tiny ones are
+    identity), so normalized and raw latents differ."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(model), "pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(model))
+    g = torch.Generator().manual_seed(7)
+    for prefix in ("vae", "audio_vae"):
+        mean, std = f"{prefix}.per_channel_statistics.mean-of-means", f"{prefix}.per_channel_statistics.std-of-means"
+        state[mean] = torch.randn(state[mean].shape, generator=g).to(state[mean].dtype)
+        state[std] = (torch.rand(state[std].shape, generator=g) + 0.5).to(state[std].dtype)
+    save_file(state, str(out), metadata=metadata)
+    return out
+
+
+def _musubi_copy(ws, model: Path, root: Path) -> Path:
+    """The workspace's cached items rewritten as musubi's writers lay them out (latents normalized with
+    `model`'s VAE statistics, `_ltx2` names, one text cache per video with its split prompt embeds), and a
+    dataset.toml using them."""
     text = ws.dataset_config.read_text(encoding="utf-8")
     cache = Path(next(line.split('"')[1] for line in text.splitlines() if line.startswith("cache_directory")))
     out = root / "musubi_cache"
-    stats = musubi.latent_stats_from_vae(str(ws.model))
+    stats = musubi.latent_stats_from_vae(str(model))
+    assert not torch_allclose_identity(stats)
     video, audio, texts = (CacheStore(str(cache), k) for k in ("video", "audio", "text"))
     audio_rows = audio.index()
     for key, i in video.index().items():
@@ -37,18 +57,24 @@ def _musubi_copy(ws, root: Path) -> Path:
         write_like_musubi(str(out), key, (row["width"], row["height"]), stats.normalize_video(row["latents"]),
                           fps=row["fps"], frame_count=row["num_frames"], audio=stats.normalize_audio(a["audio_latents"]),
                           audio_steps=int(a["audio_lengths"]), text=(t["text"], t["text_mask"], t["caption"]),
-                          video_width=musubi.video_context_width(str(ws.model)))
+                          video_width=musubi.video_context_width(str(model)))
     assert len(musubi_loader_items(str(out))) == len(video.index())  # what musubi itself would train on
     config = root / "dataset_musubi.toml"
     config.write_text(text.replace(str(cache), str(out)), encoding="utf-8")
     return config
 
 
+def torch_allclose_identity(stats) -> bool:
+    return bool((stats.video_mean == 0).all() and (stats.video_std == 1).all())
+
+
 def test_musubi_cache_folder_trains_with_the_same_first_step_loss(tmp_path_factory, tmp_path):
     ws = workspace(tmp_path_factory)
-    config = _musubi_copy(ws, tmp_path)
+    model = _with_statistics(ws.model, tmp_path / "ltx-2-tiny-stats.safetensors")
+    config = _musubi_copy(ws, model, tmp_path)
     losses = {}
-    for name, extra in (("ours", []), ("musubi", ["--dataset_config", str(config)])):
+    same_model = ["--ltxv2_model", str(model), "--vae", str(model)]
+    for name, extra in (("ours", same_model), ("musubi", same_model + ["--dataset_config", str(config)])):
         out = tmp_path / name
         Trainer(parse_args(baseline_argv(ws, out, steps=1, extra=extra))).run()
         losses[name] = [m["loss"] for m in read_metrics(out / "logs" / "metrics.jsonl")]
