@@ -125,3 +125,33 @@ def test_musubis_documented_command_runs_here(tmp_path_factory, tmp_path):
     assert (tmp_path / "checkpoints" / "step-00000010" / "training_state.json").is_file()
     assert [m["step"] for m in read_metrics(tmp_path / "logs" / "metrics.jsonl")] == list(range(1, 11))
     shutil.rmtree(tmp_path / "samples")
+
+
+def test_export_cache_cli_writes_musubis_layout_and_reads_it_back(tmp_path_factory, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from ltxv2_diffusers.cli import export_cache
+
+    ws = workspace(tmp_path_factory)
+    model = _with_statistics(ws.model, tmp_path / "ltx-2-tiny-stats.safetensors")
+    text = ws.dataset_config.read_text(encoding="utf-8")
+    cache = next(line.split('"')[1] for line in text.splitlines() if line.startswith("cache_directory"))
+    out, back = tmp_path / "musubi", tmp_path / "arrow"
+    assert export_cache.main(["--format", "musubi", "--cache_directory", cache, "--output_directory", str(out)]) == 2
+    assert export_cache.main(["--format", "musubi", "--cache_directory", cache, "--output_directory", str(out),
+                              "--vae", str(model)]) == 0
+    found = musubi_loader_items(str(out))
+    video = CacheStore(cache, "video")
+    assert sorted(found) == sorted(f"{k}_0064x0064_ltx2.safetensors" for k in video.index())
+    stats, width = musubi.latent_stats_from_vae(str(model)), musubi.video_context_width(str(model))
+    key = sorted(video.index())[0]
+    raw = video.read(video.index()[key])["latents"]
+    stored = next(iter(load_file(str(out / f"{key}_0064x0064_ltx2.safetensors")).values()))
+    torch.testing.assert_close(stored, stats.normalize_video(raw))
+    te = load_file(found[f"{key}_0064x0064_ltx2.safetensors"][0])
+    assert te["video_prompt_embeds_float32"].shape[-1] == width < te["text_float32"].shape[-1]
+    assert export_cache.main(["--format", "arrow", "--cache_directory", str(out), "--output_directory", str(back),
+                              "--vae", str(model)]) == 0
+    again = CacheStore(str(back), "video")
+    torch.testing.assert_close(again.read(again.index()[key])["latents"], raw, rtol=1e-5, atol=1e-5)
