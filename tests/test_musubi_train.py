@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from test_musubi_compat import musubi_loader_items, write_like_musubi
-from test_train_workspace import REPO, SCRIPT, baseline_argv, subprocess_env, workspace
+from conftest import REPO, SCRIPT, baseline_argv, subprocess_env, workspace
 from ltxv2_diffusers.data import musubi
 from ltxv2_diffusers.data.stores import CacheStore
 from ltxv2_diffusers.training.args import parse_args

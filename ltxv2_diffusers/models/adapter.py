@@ -27,6 +27,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from ltxv2_diffusers import diffusers_component
 from ltxv2_diffusers.models.normalization import (
     normalize_audio_tokens,
     normalize_video_latents,
@@ -480,18 +481,21 @@ def _noised(x0: torch.Tensor, eps: torch.Tensor, sigmas: torch.Tensor, per_sampl
     }
 
 
+@diffusers_component
 class LTXV2ModelAdapter(LTXModelAdapterBase):
     """Video-only (LTXV) training: audio runs as an isolated 1-token dummy."""
 
     mode = LtxMode.VIDEO
 
 
+@diffusers_component
 class LTXAVModelAdapter(LTXModelAdapterBase):
     """Joint audio+video (LTXAV) training with independent video and audio sigmas."""
 
     mode = LtxMode.AV
 
 
+@diffusers_component
 class LTXAudioModelAdapter(LTXModelAdapterBase):
     """Audio-only training: video runs as an isolated 1-token dummy."""
 
