@@ -197,7 +197,7 @@ FLAGS: tuple[Flag, ...] = (
         ("--w4a4g4", "use --low_memory (int8 base weights) or --fp8_base"),
         ("--w4a8", "use --low_memory (int8 base weights) or --fp8_base"),
         ("--fused_backward_pass", "use --offload_optimizer to save optimizer memory"),
-        ("--blockwise_checkpointing", "use --gradient_checkpointing (--recompute, --blocks_without_recompute)"),
+        ("--blockwise_checkpointing", "use --gradient_checkpointing (and --blocks_without_recompute)"),
         ("--gradient_checkpointing_cpu_offload", "use --gradient_checkpointing with --blocks_to_swap"),
         ("--split_attn", "use --attention_backend"),
         ("--shifted_logit_shift", "the shift comes from the token count, as in the official trainer"),
