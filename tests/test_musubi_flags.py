@@ -238,3 +238,23 @@ def test_legacy_shifted_logit_normal_and_musubis_defaults(files, tmp_path):  # n
                                                        "off", "--shifted_logit_mode", "stretched"))).logit_mode == "stretched"
     plain = SigmaSampler.from_args(parse_args(base_argv(files, tmp_path, "--timestep_sampling", "sigma")))
     assert (plain.method, plain.logit_mode) == ("shifted_logit_normal", "stretched")  # musubi reads `sigma` so
+
+
+def test_musubis_caching_commands_parse_with_their_meaning(capsys):
+    """docs/ltx_2.md "Latent Caching Command" and "Text Encoder Caching Command", paths filled in."""
+    from ltxv2_diffusers.cli import cache_audio_latents, cache_latents, cache_text
+    from ltxv2_diffusers.cli.common import mode_of, warn_ignored
+
+    latents = ("--dataset_config dataset.toml --ltx2_checkpoint /m/ltx-2.safetensors --device cuda --vae_dtype bf16 "
+               "--ltx2_mode av --ltx2_audio_source video").split()
+    for module in (cache_latents, cache_audio_latents):
+        args = module.build_parser().parse_args(latents)
+        assert (args.vae, args.device, mode_of(args)) == ("/m/ltx-2.safetensors", "cuda", LtxMode.AV)
+    text = ("--dataset_config dataset.toml --ltx2_checkpoint /m/ltx-2.safetensors --gemma_root /gemma "
+            "--gemma_load_in_8bit --device cuda --mixed_precision bf16 --ltx2_mode av --batch_size 1").split()
+    args = cache_text.build_parser().parse_args(text)
+    assert (args.ltxv2_model, args.text_encoder, mode_of(args)) == ("/m/ltx-2.safetensors", "/gemma", LtxMode.AV)
+    warn_ignored(args)
+    err = capsys.readouterr().err
+    assert "--gemma_load_in_8bit is accepted for compatibility and ignored" in err
+    assert "--mixed_precision is accepted for compatibility and ignored" in err
