@@ -10,6 +10,7 @@ from reading musubi's `dataset/cache_io.py`, `ltx2_cache_latents.py` and `datase
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 import pytest
@@ -153,11 +154,27 @@ def test_both_namings_and_sidecar_forms_in_one_folder(ltx2_dir):
         musubi.scan_musubi_cache(d)
 
 
-def test_missing_per_video_text_names_the_item(ltx2_dir):
+def test_missing_per_video_text_names_every_window_left_out(ltx2_dir, caplog):
     d, _, _ = ltx2_dir
     os.remove(os.path.join(d, "other_ltx2_te.safetensors"))
-    with pytest.raises(ValueError, match="'other_00000-009', 'other_00009-009' in .* no cached text embeddings"):
-        BatchManager([CacheSource(d)], "av")
+    with caplog.at_level(logging.WARNING, logger="ltxv2_diffusers.data"):
+        bm = BatchManager([CacheSource(d)], "av")
+    assert bm.num_items == 2
+    left = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out of training")]
+    assert left == [f"left out of training: item 'other_{w}-009': no cached text embeddings (run "
+                    "ltxv2-cache-text-encoder-outputs --dataset_config <your toml>)" for w in ("00000", "00009")]
+
+
+def test_a_damaged_per_video_text_cache_leaves_out_every_window(ltx2_dir, caplog):
+    d, _, _ = ltx2_dir
+    path = os.path.join(d, "clip_a_ltx2_te.safetensors")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with caplog.at_level(logging.WARNING, logger="ltxv2_diffusers.data"):
+        bm = BatchManager([CacheSource(d)], "av")
+    assert bm.num_items == 2
+    left = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out of training")]
+    assert len(left) == 2 and all("clip_a_ltx2_te.safetensors" in m for m in left)
 
 
 def _arrow_cache(d, ref, stats):

@@ -12,6 +12,7 @@ from musubi's `ltx2` caches (normalized latents), `latents_normalized` / `audio_
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -22,13 +23,12 @@ import torch
 from ltxv2_diffusers.modes import LtxMode, resolve_mode
 
 from . import musubi
-from .stores import CacheStore
+from .stores import CACHE_COMMANDS as _COMMANDS
+from .stores import CacheError, CacheStore
+from .validation import ValidationMemo, check_files, check_tensors, squeeze_leading
 
-_COMMANDS = {
-    "video": "ltxv2-cache-latents",
-    "audio": "ltxv2-cache-audio-latents",
-    "text": "ltxv2-cache-text-encoder-outputs",
-}
+logger = logging.getLogger("ltxv2_diffusers.data")
+_SHOWN = 10  # bad items named one by one; the rest are counted
 _WHAT = {"video": "video latents", "audio": "audio latents", "text": "text embeddings"}
 DEFAULT_FPS = 24.0  # Arrow rows record their own; musubi caches carry theirs or musubi's 25
 
@@ -88,10 +88,27 @@ class _KindReader:
         return {"text": text, "text_mask": mask}
 
 
-def _squeeze_batch(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    while t.dim() > ndim and t.shape[0] == 1:
-        t = t[0]
-    return t
+def _image_keys(cache_dir: str) -> set[str]:
+    """Keys of the still images among the cached video latents (one frame)."""
+    ds = CacheStore(cache_dir, "video").load()
+    return set() if ds is None else {k for k, n in zip(ds["key"], ds["num_frames"]) if n == 1}
+
+
+def _musubi_problem(kind: str, path: str) -> str | None:
+    """Why one musubi per-item file of `kind` is unusable (unreadable, truncated, bad tensors), or None."""
+    try:
+        if kind == "video":
+            tensors = {"latents": musubi.read_video(path)}
+            musubi.read_fps(path)
+        elif kind == "audio":
+            latents, n = musubi.read_audio(path)
+            tensors = {"audio_latents": latents, "audio_lengths": torch.tensor(n)}
+        else:
+            text, mask = musubi.read_text(path)
+            tensors = {"text": text, "text_mask": mask}
+    except ValueError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    return check_tensors(kind, tensors)
 
 
 class BatchManager:
@@ -116,6 +133,7 @@ class BatchManager:
         self.text_dims = tuple(text_dims) if text_dims else None
         self._config_hint = f" --dataset_config {dataset_config}" if dataset_config else " --dataset_config <your toml>"
         self._readers: list[dict[str, _KindReader]] = []
+        self.left_out: list[str] = []  # keys of items some cache lacks or holds unusable (warned about)
         self._records: list[list[tuple[str, tuple]]] = []  # per source: (key, bucket)
         for src in self.sources:
             self._index_source(src)
@@ -143,8 +161,10 @@ class BatchManager:
     def _index_source(self, src: CacheSource) -> None:
         cache_dir = src.cache_directory
         entries = musubi.scan_musubi_cache(cache_dir)
-        readers = {k: _KindReader(cache_dir, k, entries) for k in ("video", "audio", "text")}
         primary_kind = "video" if self.mode.has_video else "audio"
+        needed = ["text"] + (["audio"] if self.mode.has_audio and primary_kind != "audio" else [])
+        bad = self._validate(cache_dir, [primary_kind, *needed], entries)
+        readers = {k: _KindReader(cache_dir, k, entries) for k in ("video", "audio", "text")}
         primary = readers[primary_kind]
         keys = sorted(primary.keys())
         if not keys:
@@ -152,11 +172,25 @@ class BatchManager:
                 f"{cache_dir} holds no cached {_WHAT[primary_kind]} ({self.mode.value} mode needs them): "
                 f"run {_COMMANDS[primary_kind]}{self._config_hint} first."
             )
-        needed = ["text"] + (["audio"] if self.mode.has_audio and primary_kind != "audio" else [])
+        # One item set: an item some needed cache lacks (its job rejected it, or has not run since it was
+        # added) is left out with the others that are bad, and said so; only no item at all is an error.
         for kind in needed:
             missing = [k for k in keys if k not in readers[kind]]
-            if missing:
+            if len(missing) == len(keys):
+                if kind == "audio" and set(missing) <= _image_keys(cache_dir):
+                    raise ValueError(f"{cache_dir} holds only images, which have no sound: {self.mode.value} mode "
+                                     "trains audio; train them with --ltx_mode video (or beside clips with sound)")
                 raise self._missing(kind, cache_dir, missing)
+            for key in missing:
+                bad.setdefault(key, f"no cached {_WHAT[kind]} (run {_COMMANDS[kind]}{self._config_hint})")
+        left_out = [k for k in keys if k in bad]
+        if left_out:
+            self._report_left_out(cache_dir, left_out, bad, len(keys))
+            keys = [k for k in keys if k not in bad]
+            if not keys:
+                raise ValueError(f"every cached item in {cache_dir} is unusable (listed above); fix or re-create "
+                                 "the caches")
+        self.left_out.extend(left_out)
         records = []
         for key in keys:
             if primary_kind == "video":
@@ -166,6 +200,55 @@ class BatchManager:
             records.append((key, tuple(bucket)))
         self._readers.append(readers)
         self._records.append(records)
+
+    def _validate(self, cache_dir: str, kinds: list[str], entries: dict[str, musubi.MusubiEntry]) -> dict[str, str]:
+        """Check every cached item of `kinds` (`data/validation.py`): `{key: why it is unusable}`. A damaged Arrow
+        shard is an error naming it and the repair command (its items cannot even be listed)."""
+        memo = ValidationMemo(cache_dir)
+        bad: dict[str, str] = {}
+        try:
+            for kind in kinds:
+                store = CacheStore(cache_dir, kind)
+                shards = store.shard_files()
+                damaged, bad_rows = check_files(shards, store.shard_items, memo)
+                if damaged:
+                    listed = "; ".join(f"{path}: {why}" for path, why in damaged.items())
+                    raise CacheError(f"damaged {_WHAT[kind]} cache shard(s): {listed}. Run {_COMMANDS[kind]}"
+                                     f"{self._config_hint} --repair to drop them and recompute their items")
+                winner = {}
+                for shard in shards:  # the newest row of a key is the one training reads
+                    winner.update((key, shard) for key in store.open_shard(shard)["key"])
+                for shard, problems in bad_rows.items():
+                    for key, problem in problems.items():
+                        if winner.get(key) == shard:
+                            bad.setdefault(key, f"{shard}: {problem}")
+                keys_of: dict[str, list[str]] = {}  # one musubi text cache serves every frame window of its video
+                for key, e in entries.items():
+                    if getattr(e, kind) and key not in winner:
+                        keys_of.setdefault(getattr(e, kind), []).append(key)
+
+                def read(path: str, kind: str = kind) -> list[tuple[str, str | None]]:
+                    problem = _musubi_problem(kind, path)
+                    return [(key, problem) for key in keys_of[path]]
+
+                _damaged, bad_files = check_files(keys_of, read, memo)
+                for path, problems in bad_files.items():
+                    for key, problem in problems.items():
+                        bad.setdefault(key, f"{path}: {problem}")
+        finally:
+            memo.save()
+        return bad
+
+    def _report_left_out(self, cache_dir: str, left_out: list[str], why: dict[str, str], total: int) -> None:
+        for key in left_out[:_SHOWN]:
+            logger.warning("left out of training: item %r: %s", key, why[key])
+        more = f" ({len(left_out) - _SHOWN} more not listed)" if len(left_out) > _SHOWN else ""
+        images = set(left_out) & _image_keys(cache_dir)
+        images = [k for k in images if "audio latents" in why[k]]
+        hint = (f"; {len(images)} of them are images, which have no sound: train them with --ltx_mode video or "
+                "in another run" if images else "")
+        logger.warning("%d of %d cached item(s) in %s are left out of training%s%s", len(left_out), total, cache_dir,
+                       more, hint)
 
     def _check_text_widths(self) -> None:
         widths: dict[int, str] = {}
@@ -201,6 +284,10 @@ class BatchManager:
         )
 
     # ------------------------------------------------------------------ order
+
+    def item_keys(self) -> list[str]:
+        """The keys of every item in the batches, sorted."""
+        return sorted(key for records in self._records for key, _ in records)
 
     @property
     def num_items(self) -> int:
@@ -287,17 +374,17 @@ class BatchManager:
         out: dict[str, Any] = {"key": key, "fps": DEFAULT_FPS}
         if self.mode.has_video:
             row = readers["video"].read(key)
-            out["latents"] = _squeeze_batch(row["latents"], 4)
+            out["latents"] = squeeze_leading(row["latents"], 4)
             out["latents_normalized"] = bool(row.get("normalized", False))
             if row.get("fps"):
                 out["fps"] = float(row["fps"])
         if self.mode.has_audio:
             row = readers["audio"].read(key)
-            out["audio_latents"] = _squeeze_batch(row["audio_latents"], 3)
+            out["audio_latents"] = squeeze_leading(row["audio_latents"], 3)
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
             out["audio_latents_normalized"] = bool(row.get("normalized", False))
         row = readers["text"].read(key)
-        out["text"] = _squeeze_batch(row["text"], 2)
+        out["text"] = squeeze_leading(row["text"], 2)
         out["text_mask"] = row["text_mask"].reshape(-1).bool()
         return out
 

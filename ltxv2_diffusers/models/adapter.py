@@ -13,11 +13,15 @@ Forward (see docs/architecture.md):
         -> {"video": ModalityOutput, "audio": ModalityOutput}   (trained modalities only)
 A per-token sigma of 0 marks a conditioning token: it stays clean, gets timestep 0 and is left out of
 the loss mask; the per-sample sigma the model also needs (cross-modal and prompt modulation) is the
-largest per-token sigma of the item.
+largest per-token sigma of the item. An optional `batch["keyframes_mask"]` (bool `[B, Nv]`, packed video
+tokens) marks tokens that encode a single pixel frame (conditioning keyframes); LTX-2.5 adds its learned
+keyframe position embedding to them, other versions ignore it. The audio<->video cross-attention follows
+`av_timestep_rule` (models/av_timestep.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -28,6 +32,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ltxv2_diffusers import diffusers_component
+from ltxv2_diffusers.models.av_timestep import (
+    DEFAULT_AV_TIMESTEP_RULE,
+    check_av_timestep_rule,
+    own_scale_shift_timesteps,
+)
 from ltxv2_diffusers.models.normalization import (
     normalize_audio_tokens,
     normalize_video_latents,
@@ -134,7 +143,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
     Config: `transformer_config` (the `LTX2VideoTransformer3DModel` constructor kwargs), video VAE
     `latents_mean` / `latents_std` / `scaling_factor`, audio VAE `audio_latents_mean` / `audio_latents_std`
     (one per packed feature), `audio_latent_channels` / `audio_latent_mel_bins` (`[B, 8, T, 16]` for
-    LTX-2), `use_cross_timestep` (True matches the official model; keep it).
+    LTX-2), `av_timestep_rule` (`"current"`: the official model today; `"legacy"`: ltx-core 1.0.0, whose
+    cross-modal timesteps `use_cross_timestep` picks, True being 1.0.0's).
     """
 
     mode: LtxMode = LtxMode.AV
@@ -153,8 +163,10 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         audio_latent_channels: int = 8,
         audio_latent_mel_bins: int = 16,
         use_cross_timestep: bool = True,
+        av_timestep_rule: str = DEFAULT_AV_TIMESTEP_RULE,
     ):
         super().__init__()
+        check_av_timestep_rule(av_timestep_rule)
         self.transformer = LTX2VideoTransformer3DModel(**_clean_transformer_config(transformer_config or {}))
         self._check_config()
         self._cache: dict[tuple, Any] = {}  # per shape/device: coords, statistics, dtype
@@ -168,6 +180,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         vae: torch.nn.Module | None = None,
         audio_vae: torch.nn.Module | None = None,
         use_cross_timestep: bool = True,
+        av_timestep_rule: str = DEFAULT_AV_TIMESTEP_RULE,
     ) -> "LTXModelAdapterBase":
         """Wrap an existing transformer (no copy) and take the normalization statistics of the VAEs.
 
@@ -175,7 +188,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         """
         if not isinstance(transformer, LTX2VideoTransformer3DModel):
             raise TypeError(f"transformer must be an LTX2VideoTransformer3DModel, got {type(transformer).__name__}")
-        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep, **vae_statistics(vae, audio_vae)}
+        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep, "av_timestep_rule": av_timestep_rule,
+                                  **vae_statistics(vae, audio_vae)}
         # Build the shell on the meta device so no second transformer is allocated, then swap ours in.
         with torch.device("meta"):
             adapter = cls(transformer_config=_clean_transformer_config(transformer.config), **kwargs)
@@ -348,28 +362,50 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         if audio_ctx is None:
             audio_ctx, audio_ctx_mask = text.new_zeros(batch_size, 1, audio_w), None
 
-        video_pred, audio_pred = tr(
-            hidden_states=v["x_t"].to(dtype),
-            audio_hidden_states=a["x_t"].to(dtype),
-            encoder_hidden_states=video_ctx,
-            audio_encoder_hidden_states=audio_ctx,
-            timestep=v["tok_sigma"] * scale,
-            audio_timestep=a["tok_sigma"] * scale,
-            sigma=v["sigma"] * scale,
-            audio_sigma=a["sigma"] * scale,
-            encoder_attention_mask=video_ctx_mask,
-            audio_encoder_attention_mask=audio_ctx_mask,
-            video_coords=v["coords"],
-            audio_coords=a["coords"],
-            isolate_modalities=mode.isolated,
-            use_cross_timestep=bool(self.config.use_cross_timestep),
-            return_dict=False,
+        keyframes = self._keyframes_mask(batch, v, batch_size, device) if mode.has_video else None
+        video_t, audio_t = v["tok_sigma"] * scale, a["tok_sigma"] * scale
+        current = self.config.av_timestep_rule == "current"
+        rule = (
+            own_scale_shift_timesteps(tr, video_t, audio_t)
+            if current and not mode.isolated
+            else contextlib.nullcontext()
         )
+        with rule:
+            video_pred, audio_pred = tr(
+                hidden_states=v["x_t"].to(dtype),
+                audio_hidden_states=a["x_t"].to(dtype),
+                encoder_hidden_states=video_ctx,
+                audio_encoder_hidden_states=audio_ctx,
+                timestep=video_t,
+                audio_timestep=audio_t,
+                sigma=v["sigma"] * scale,
+                audio_sigma=a["sigma"] * scale,
+                encoder_attention_mask=video_ctx_mask,
+                audio_encoder_attention_mask=audio_ctx_mask,
+                video_coords=v["coords"],
+                audio_coords=a["coords"],
+                isolate_modalities=mode.isolated,
+                use_cross_timestep=current or bool(self.config.use_cross_timestep),
+                video_keyframes_mask=keyframes,
+                return_dict=False,
+            )
         preds = {"video": video_pred, "audio": audio_pred}
         for name in self.trained_modalities:
             p = prepared[name]
             outputs[name] = ModalityOutput(pred=preds[name], target=p["target"], mask=p["mask"], sigmas=p["sigmas"])
         return outputs
+
+    def _keyframes_mask(self, batch, video: dict[str, Any], batch_size: int, device) -> torch.Tensor | None:
+        mask = batch.get("keyframes_mask")
+        if mask is None:
+            return None
+        n = video["x_t"].shape[1]
+        if tuple(mask.shape) != (batch_size, n):
+            raise ValueError(
+                f"batch['keyframes_mask'] has shape {tuple(mask.shape)}; expected [{batch_size}, {n}] "
+                "(one flag per packed video token)"
+            )
+        return mask.to(device=device).unsqueeze(-1)
 
     def _dummy(self, channels: int, coords: torch.Tensor, sigma: torch.Tensor, batch_size: int, device) -> dict:
         return {
