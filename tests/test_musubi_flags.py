@@ -124,6 +124,7 @@ def test_musubi_keys_in_a_config_file(files, tmp_path):  # noqa: F811
     (["--definitely_not_a_flag"], "unrecognized arguments: --definitely_not_a_flag"),
     (["--flash_attn", "--attention_backend", "native"], "--flash_attn contradicts --attention_backend native"),
     (["--save_last_n_epochs", "2"], "--save_last_n_epochs needs --save_every_n_steps or --save_every_n_epochs"),
+    (["--timestep_sampling", "sigmoid", "--sigma_sampling", "uniform"], "--timestep_sampling sigmoid contradicts"),
 ])
 def test_unsupported_musubi_flags_fail_naming_the_flag(files, tmp_path, capsys, extra, message):  # noqa: F811
     with pytest.raises(SystemExit):

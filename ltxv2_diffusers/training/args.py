@@ -593,6 +593,10 @@ def _musubi_flags(args: argparse.Namespace) -> list[str]:
             if args.attention_backend not in (None, backend):
                 problems.append(f"--{flag} contradicts --attention_backend {args.attention_backend}: keep one")
             args.attention_backend = backend
+    sigma_sampling = getattr(args, "sigma_sampling", None)
+    if args.timestep_sampling and sigma_sampling not in (None, SIGMA_SAMPLING_CHOICES[0], args.timestep_sampling):
+        problems.append(f"--timestep_sampling {args.timestep_sampling} contradicts --sigma_sampling {sigma_sampling}: "
+                        "keep one")
     for flag in ("discrete_flow_shift", "sigmoid_scale", "logit_std"):
         if not getattr(args, flag) > 0:
             problems.append(f"--{flag} must be > 0 (got {getattr(args, flag)})")
