@@ -536,9 +536,11 @@ class Trainer:
 
             path = self._writing(lambda: self.checkpoints.write(step, fill), self.checkpoints.root)
             self.last_good_checkpoint = path
-            if self.args.save_last_n_steps:
-                for old in self.checkpoints.prune(step - self.args.save_last_n_steps, keep=path):
-                    logger.info("removed old checkpoint %s (--save_last_n_steps)", old)
+            window = self.args.save_last_n_steps or (getattr(self.args, "save_last_n_epochs", None) or 0) * \
+                self.data.batches_per_epoch()
+            if window:
+                for old in self.checkpoints.prune(step - window, keep=path):
+                    logger.info("removed old checkpoint %s (--save_last_n_steps / --save_last_n_epochs)", old)
             from ltxv2_diffusers import plugins
 
             plugins.on_save(path=path, step=step)
@@ -707,7 +709,8 @@ class Trainer:
 
         acc, args = self.accelerator, self.args
         push_error = None
-        if (args.save_every_n_steps or args.save_every_n_epochs) and self._checkpoint_step != self.progress.global_step:
+        if ((args.save_every_n_steps or args.save_every_n_epochs or getattr(args, "save_state_on_train_end", False))
+                and self._checkpoint_step != self.progress.global_step):
             self.save_checkpoint()
         final = self.output_dir / f"{args.output_name}.safetensors"
         self.speed.flush()
