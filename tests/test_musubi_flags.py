@@ -9,8 +9,7 @@ import logging
 import pytest
 import torch
 
-from test_plugins import pm  # noqa: F401 - the fixture
-from test_train_args import base_argv, files  # noqa: F401 - the fixture
+from conftest import base_argv, make_plugin
 from ltxv2_diffusers import plugins
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.args import parse_args
@@ -209,10 +208,8 @@ def test_lora_target_presets_pick_musubis_modules(preset, allowed):
 @pytest.mark.parametrize("fmt, timesteps, sigmas", [("flowmatch_1_1000", [1.0, 501.0, 1000.0], [0.0, 0.5, 0.999]),
                                                    ("legacy_0_1000", [0.0, 500.0, 1000.0], [0.0, 0.5, 1.0]),
                                                    ("sd3_0_1", [0.0, 0.5, 1.0], [0.0, 0.5, 1.0])])
-def test_plugin_supplied_timesteps_are_read_in_the_declared_format(pm, files, tmp_path, fmt, timesteps,  # noqa: F811
+def test_plugin_supplied_timesteps_are_read_in_the_declared_format(pm, files, tmp_path, fmt, timesteps,
                                                                    sigmas):
-    from test_plugins import make_plugin
-
     from ltxv2_diffusers.hookspecs import hookimpl
     from ltxv2_diffusers.plugins import PluginError
 
