@@ -75,7 +75,8 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     None for a block that keeps what the partitioner would) says what to keep (a policy's
     `partitioner_config` attribute, if any, patches `torch._functorch.config` while its graphs
     compile); or `activation_memory_budget` (0..1) lets the partitioner choose (0: keep only the
-    block's inputs; 1: keep all it would). Blocks sharing a policy share one graph.
+    block's inputs; 1: keep all it would). Blocks sharing a policy share one graph, as do later models
+    compiled in the same process with the same policy (the policy factories return one object per setting).
     """
     blocks = getattr(transformer, "transformer_blocks", None)
     if blocks is None:
