@@ -122,7 +122,7 @@ def test_release_folder_and_split_files_load_the_text_path_like_official():
     text_file = next((RELEASE_2_5 / "text_encoders").glob("*.safetensors"))
     by_folder = load_components(RELEASE_2_5, torch_dtype=torch.float32)
     by_files = load_components(transformer_file, text_file, components=("connectors",))
-    assert set(by_folder) == {"transformer", "connectors"}
+    assert set(by_folder) == {"transformer", "connectors", "vae"}
     for name, p in by_folder["connectors"].state_dict().items():
         assert torch.equal(p, by_files["connectors"].state_dict()[name]), name
     record = load_file(str(FIXTURES / "ltx-2.5-tiny-text-outputs.safetensors"))
@@ -179,3 +179,20 @@ def test_gemma4_file_gives_the_projection_to_a_transformer_file_alone():
     reference = load_components(RELEASE_2_5, components=("connectors",))["connectors"]
     for name, p in reference.state_dict().items():
         assert torch.equal(backend.connectors.state_dict()[name], p), name
+
+
+def test_diffusion_decoder_vae_file_encodes_like_the_official_encoder():
+    """LTX-2.5's default video VAE file (diffusion decoder, nested config, bare keys): its encoder loads
+    strictly and encodes like the official `VideoEncoder`; decoding names the file to pass instead."""
+    from ltxv2_diffusers.models.loading import is_encoder_only
+
+    vae = load_components(RELEASE_2_5 / "vae" / "ltx-2.5-tiny-video-vae.safetensors")["vae"]
+    assert is_encoder_only(vae)
+    record = load_file(str(FIXTURES / "ltx-2.5-tiny-vae-encoder-outputs.safetensors"))
+    with torch.no_grad():
+        means = vae.encode(record["clip"]).latent_dist.mean
+    shape = (1, -1, 1, 1, 1)
+    normalized = (means - vae.latents_mean.view(shape)) / vae.latents_std.view(shape)
+    assert _rel(normalized, record["latents"]) <= RTOL, f"relative difference {_rel(normalized, record['latents']):.2e}"
+    with pytest.raises(RuntimeError, match="video-vae-conv"):
+        vae.decode(means)

@@ -114,6 +114,11 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
             p.data = p.data.float()
     preview = {}
     if keep_preview_parts:
+        from ltxv2_diffusers.models.loading import is_encoder_only
+
+        if is_encoder_only(parts["vae"]):
+            raise ValueError(f"--vae {' '.join(sources)}: previews decode video, which this VAE's diffusion decoder "
+                             "cannot do here; pass --vae vae/*-video-vae-conv-*.safetensors")
         preview = {name: parts[name].to(device).eval() for name in ("vae", "audio_vae", "vocoder") if name in parts}
         if "vocoder" not in preview:
             raise ValueError(f"previews need the vocoder, which {' '.join(sources)} lacks (LTX-2.5: pass --audio_vae)")
