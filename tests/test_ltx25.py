@@ -131,7 +131,7 @@ def _trained_lora(preset: str, version: str):
 
 
 def test_2_5_lora_official_layout_and_diffusers_pipeline(tmp_path):
-    from diffusers import LTX2Pipeline
+    from diffusers import LTX2ConditionPipeline, LTX2Pipeline
 
     from ltxv2_diffusers.lora import read_lora, save_lora
 
@@ -141,13 +141,16 @@ def test_2_5_lora_official_layout_and_diffusers_pipeline(tmp_path):
         assert f.metadata()["base_model_version"] == "2.5.0"
         assert all(k.startswith("diffusion_model.") for k in f.keys())
     assert read_lora(official).metadata["base_model_version"] == "2.5.0"
-    # diffusers' own loader takes the official layout on a 2.5 transformer, with our weights.
-    transformer = build_components("tiny-2.5", seed=2, components=("transformer",))["transformer"]
-    LTX2Pipeline.load_lora_into_transformer(LTX2Pipeline.lora_state_dict(str(official)), transformer=transformer,
-                                            adapter_name="t")
-    name, module = next(iter(lora.modules.items()))
-    layer = transformer.get_submodule(name)
-    assert torch.allclose(layer.lora_A["t"].weight, module.down) and torch.allclose(layer.lora_B["t"].weight, module.up)
+    # diffusers' own loaders (text-to-video and condition pipelines) take the official layout on a 2.5
+    # transformer, with our weights.
+    for pipeline_class in (LTX2Pipeline, LTX2ConditionPipeline):
+        transformer = build_components("tiny-2.5", seed=2, components=("transformer",))["transformer"]
+        pipeline_class.load_lora_into_transformer(pipeline_class.lora_state_dict(str(official)),
+                                                  transformer=transformer, adapter_name="t")
+        name, module = next(iter(lora.modules.items()))
+        layer = transformer.get_submodule(name)
+        assert torch.allclose(layer.lora_A["t"].weight, module.down)
+        assert torch.allclose(layer.lora_B["t"].weight, module.up)
 
 
 def test_2_3_lora_on_2_5_model_applies_and_warns_once():
