@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ltxv2_diffusers.cli.errors import add_debug_flag
+
 DEMO_PROMPT = "a small synthetic clip with a steady hum --w 64 --h 64 --f 9 --s 8 --d 7"
 
 
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=4, help="synthetic clips")
     p.add_argument("--preset", default="tiny", choices=("tiny", "tiny-2.3", "tiny-2.5"),
                    help="tiny model layout: LTX-2.0, 2.3, or 2.5 (written as the release's split files)")
+    add_debug_flag(p)
     return p
 
 
