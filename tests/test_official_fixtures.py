@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter, LTXV2ModelAdapter
-from ltxv2_diffusers.models.loading import CheckpointKeyError, load_components, load_transformer
+from ltxv2_diffusers.models.keymap import TRANSFORMER_PREFIX, transformer_key_to_official
+from ltxv2_diffusers.models.loading import CheckpointKeyError, load_components, load_transformer, official_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 VERSIONS = ("2.0", "2.3", "2.5")
@@ -196,3 +197,24 @@ def test_diffusion_decoder_vae_file_encodes_like_the_official_encoder():
     assert _rel(normalized, record["latents"]) <= RTOL, f"relative difference {_rel(normalized, record['latents']):.2e}"
     with pytest.raises(RuntimeError, match="video-vae-conv"):
         vae.decode(means)
+
+
+def test_official_layout_2_5_lora_fuses_like_the_official_loader():
+    """An official-layout LoRA on the tiny 2.5 model: our reader + fuse changes exactly the weights the
+    official loader (400fd31) changes, to within one bf16 rounding (it fuses in bf16, we in fp32)."""
+    from ltxv2_diffusers.lora import apply_lora, read_lora
+
+    lora = read_lora(FIXTURES / "ltx-2.5-tiny-lora.safetensors")
+    assert lora.metadata["base_model_version"] == "2.5.0"
+    transformer = load_transformer(RELEASE_2_5, torch_dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in transformer.state_dict().items()}
+    apply_lora(transformer, lora)
+    ours = official_state_dict(transformer=transformer)
+    changed = {TRANSFORMER_PREFIX + transformer_key_to_official(k)
+               for k, v in transformer.state_dict().items() if not torch.equal(v, before[k])}
+    official = load_file(str(FIXTURES / "ltx-2.5-tiny-lora-fused.safetensors"))
+    assert changed == set(official)
+    for key, ref in official.items():
+        diff = float((ours[key].float() - ref).abs().max() / ref.abs().max())
+        assert diff <= 2**-7, f"{key}: {diff:.2e}"
+
