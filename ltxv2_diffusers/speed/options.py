@@ -14,9 +14,6 @@ import torch
 
 from .block_swap import check_swap_count
 
-# A budget of "off" keeps the levers as set by hand; "auto" is the device's free memory less this margin
-# (other processes' growth, the CUDA context of libraries loaded later).
-AUTO_MARGIN_GIB = 1.5
 OFFLOAD_NEEDS_FAST = ("--offload_optimizer offloads the fast path's fp32 master weights; it needs bf16 compute "
                       "(drop --speed naive)")
 FP8_NEEDS_FAST = "--fp8_base multiplies the fast path's bf16 activations in fp8; drop --speed naive"
