@@ -60,7 +60,6 @@ CONFIRM_HEADROOM = 0.95
 # an H200; and the host link's rate for pinned copies (55 GB/s measured, less for many copies at once).
 MATMUL_RATE = 830e12
 LINK_RATE = 50e9
-BASES = ("bf16", "int8", "fp8")
 # `--memory_budget auto` is the device's free memory less this margin (other processes' growth, the CUDA
 # context of libraries loaded later).
 AUTO_MARGIN_GIB = 1.5
