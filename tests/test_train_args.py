@@ -14,7 +14,7 @@ from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.timesteps import TimestepFormat
 from ltxv2_diffusers.training.args import FLAGS, parse_args
 
-# The old musubi LTX-2 training command (DESIGN.md §1), every flag of it.
+# The old musubi LTX-2 training command, every flag of it.
 MUSUBI_FLAGS = [
     "--ltx_mode", "--ltxv2_audio_video", "--ltxv2_backend", "--ltxv2_model", "--vae", "--text_encoder",
     "--text_encoder_backend", "--tokenizer", "--max_length", "--ltxv2_timestep_format", "--network_module",
@@ -86,7 +86,6 @@ def test_config_file_unknown_key_names_file(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--ltx_mode", "video", "--ltxv2_audio_video"], "contradicts --ltx_mode video"),
-    (["--ltx_mode", "video", "--audio_loss_weight", "2"], "--audio_loss_weight has no effect"),
     (["--network_module", "networks.lora"], "--network_module 'networks.lora' is not supported"),
     (["--optimizer_type", "AdamW8bit"], "bitsandbytes"),
     (["--save_last_n_steps", "10"], "--save_last_n_steps needs"),
@@ -200,7 +199,7 @@ def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
-@pytest.mark.parametrize("extra", [["--low_memory"], ["--blocks_to_swap", "4"], ["--offload_optimizer"],
+@pytest.mark.parametrize("extra", [["--low_memory"], ["--offload_optimizer"],
                                    ["--blocks_without_recompute", "4"]])
 def test_gpu_only_memory_levers_need_cuda(files, tmp_path, capsys, extra):
     with pytest.raises(SystemExit):

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from ltxv2_diffusers.cli.errors import add_debug_flag
-from ltxv2_diffusers.modes import MODE_CHOICES, LtxMode, resolve_mode
+from ltxv2_diffusers.modes import MODE_ALIASES, MODE_CHOICES, LtxMode, resolve_mode
 
 logger = logging.getLogger("ltxv2_diffusers.cache")
 
@@ -19,14 +19,20 @@ _IGNORED_FLAGS = {
     "--fp8_llm": "fp8 text encoders are not supported; the text encoder runs in --text_encoder_dtype",
     "--fp8_t5": "fp8 text encoders are not supported; the text encoder runs in --text_encoder_dtype",
     "--disable_cudnn_backend": "not needed with diffusers' VAEs",
+    # musubi-tuner's LTX-2 caching flags (docs/musubi.md)
+    "--ltx2_audio_source": "audio comes from the video's own stream, else a same-named audio file beside it or "
+                           "in the dataset's audio_directory",
+    "--gemma_load_in_8bit": "the text encoder runs in --text_encoder_dtype",
+    "--gemma_load_in_4bit": "the text encoder runs in --text_encoder_dtype",
+    "--mixed_precision": "the encoders run in --vae_dtype / --text_encoder_dtype",
 }
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--dataset_config", required=True, help="dataset.toml (musubi schema)")
-    p.add_argument("--ltx_mode", choices=MODE_CHOICES, default=None,
-                   help="video, av or audio; decides which items are valid (av/audio need audio)")
+    p.add_argument("--ltx_mode", "--ltx2_mode", dest="ltx_mode", choices=MODE_CHOICES + tuple(MODE_ALIASES), default=None,
+                   help="video, av or audio (musubi's v, va, a too); decides which items are valid (av/audio need audio)")
     p.add_argument("--ltxv2_audio_video", action="store_true", help="old spelling of --ltx_mode av")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--batch_size", type=int, default=4, help="items per Arrow shard, written as the job goes (a killed job loses at most one)")

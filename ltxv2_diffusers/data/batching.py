@@ -6,7 +6,8 @@ batched with that dataset's `batch_size`, repeated `num_repeats` times, and orde
 only, so a resumed run sees the same batches (`iter_epoch(epoch, start=k)` skips to batch `k`).
 
 Batch dict (docs/architecture.md): `latents [B,128,F,H,W]`, `text [B,L,D]`, `text_mask [B,L]` bool,
-`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`.
+`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`; and, when a batch holds items
+from musubi's `ltx2` caches (normalized latents), `latents_normalized` / `audio_latents_normalized` `[B]` bool.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .validation import ValidationMemo, check_files, check_tensors, squeeze_lead
 logger = logging.getLogger("ltxv2_diffusers.data")
 _SHOWN = 10  # bad items named one by one; the rest are counted
 _WHAT = {"video": "video latents", "audio": "audio latents", "text": "text embeddings"}
-DEFAULT_FPS = 24.0
+DEFAULT_FPS = 24.0  # Arrow rows record their own; musubi caches carry theirs or musubi's 25
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class _KindReader:
         self.store = CacheStore(cache_directory, kind)
         self.rows = self.store.index()
         self.files = {k: getattr(e, kind) for k, e in entries.items() if getattr(e, kind)}
+        self.normalized = {k for k, e in entries.items() if e.normalized}
         self._shapes: dict[str, list] = {}
 
     def keys(self) -> set[str]:
@@ -83,10 +85,11 @@ class _KindReader:
             return self.store.read(self.rows[key])
         path = self.files[key]
         if self.kind == "video":
-            return {"latents": musubi.read_video(path)}
+            return {"latents": musubi.read_video(path), "fps": musubi.read_fps(path),
+                    "normalized": key in self.normalized}
         if self.kind == "audio":
             lat, n = musubi.read_audio(path)
-            return {"audio_latents": lat, "audio_lengths": n}
+            return {"audio_latents": lat, "audio_lengths": n, "normalized": key in self.normalized}
         text, mask = musubi.read_text(path)
         return {"text": text, "text_mask": mask}
 
@@ -102,6 +105,7 @@ def _musubi_problem(kind: str, path: str) -> str | None:
     try:
         if kind == "video":
             tensors = {"latents": musubi.read_video(path)}
+            musubi.read_fps(path)
         elif kind == "audio":
             latents, n = musubi.read_audio(path)
             tensors = {"audio_latents": latents, "audio_lengths": torch.tensor(n)}
@@ -224,9 +228,16 @@ class BatchManager:
                     for key, problem in problems.items():
                         if winner.get(key) == shard:
                             bad.setdefault(key, f"{shard}: {problem}")
-                files = {getattr(e, kind): key for key, e in entries.items() if getattr(e, kind) and key not in winner}
-                _damaged, bad_files = check_files(files, lambda path: [(files[path], _musubi_problem(kind, path))],
-                                                  memo)
+                keys_of: dict[str, list[str]] = {}  # one musubi text cache serves every frame window of its video
+                for key, e in entries.items():
+                    if getattr(e, kind) and key not in winner:
+                        keys_of.setdefault(getattr(e, kind), []).append(key)
+
+                def read(path: str, kind: str = kind) -> list[tuple[str, str | None]]:
+                    problem = _musubi_problem(kind, path)
+                    return [(key, problem) for key in keys_of[path]]
+
+                _damaged, bad_files = check_files(keys_of, read, memo)
                 for path, problems in bad_files.items():
                     for key, problem in problems.items():
                         bad.setdefault(key, f"{path}: {problem}")
@@ -370,12 +381,14 @@ class BatchManager:
         if self.mode.has_video:
             row = readers["video"].read(key)
             out["latents"] = squeeze_leading(row["latents"], 4)
+            out["latents_normalized"] = bool(row.get("normalized", False))
             if row.get("fps"):
                 out["fps"] = float(row["fps"])
         if self.mode.has_audio:
             row = readers["audio"].read(key)
             out["audio_latents"] = squeeze_leading(row["audio_latents"], 3)
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
+            out["audio_latents_normalized"] = bool(row.get("normalized", False))
         row = readers["text"].read(key)
         out["text"] = squeeze_leading(row["text"], 2)
         out["text_mask"] = row["text_mask"].reshape(-1).bool()
@@ -391,6 +404,9 @@ class BatchManager:
         if self.mode.has_audio:
             batch["audio_latents"] = _pad_stack([it["audio_latents"] for it in items], dim=1)
             batch["audio_lengths"] = torch.tensor([it["audio_lengths"] for it in items], dtype=torch.int64)
+        for flag in ("latents_normalized", "audio_latents_normalized"):
+            if any(it.get(flag) for it in items):
+                batch[flag] = torch.tensor([bool(it.get(flag)) for it in items], dtype=torch.bool)
         batch["text"] = _pad_stack([it["text"] for it in items], dim=0)
         batch["text_mask"] = _pad_stack([it["text_mask"] for it in items], dim=0)
         return batch

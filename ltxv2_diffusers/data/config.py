@@ -32,14 +32,16 @@ _SHARED_KEYS = {
     "frame_stride",
     "frame_sample",
     "max_frames",
+    "cache_directory",  # musubi's own example sets it in [general]
 }
-_DATASET_ONLY_KEYS = {"video_directory", "image_directory", "audio_directory", "cache_directory"}
+_DATASET_ONLY_KEYS = {"video_directory", "image_directory", "audio_directory"}
 # musubi keys that have a meaning there but no implementation here: a clear error, not "unknown".
 _UNSUPPORTED_MUSUBI_KEYS = {
     "video_jsonl_file": "use video_directory with caption files beside the videos",
     "image_jsonl_file": "use image_directory with caption files beside the images",
     "control_directory": "control videos are not used by LTX-2 LoRA training",
     "source_fps": "frames are taken at the source frame rate; re-encode the video to change it",
+    "target_fps": "frames are taken at the source frame rate (recorded per item); re-encode the video to change it",
     "fp_latent_window_size": "FramePack options do not apply to LTX-2",
     "fp_1f_clean_indices": "FramePack options do not apply to LTX-2",
     "fp_1f_target_index": "FramePack options do not apply to LTX-2",
@@ -214,9 +216,9 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
             raise DatasetConfigError(f"{where}: {section} key 'audio_directory' needs a video dataset; images carry no audio.")
         audio_dir = _directory(entry["audio_directory"], path, f"{section} key 'audio_directory'",
                                must_exist=require_media)
-    if "cache_directory" in entry:
-        cache_dir = _directory(entry["cache_directory"], path, f"{section} key 'cache_directory'", must_exist=False,
-                               base=base)
+    if "cache_directory" in entry or "cache_directory" in general:
+        cache_dir = _directory(value("cache_directory"), path, f"{origin('cache_directory')} key 'cache_directory'",
+                               must_exist=False, base=base)
     else:
         cache_dir = media_dir
 

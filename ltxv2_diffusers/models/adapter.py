@@ -108,6 +108,35 @@ def _clean_transformer_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
+def vae_statistics(vae: torch.nn.Module | None = None, audio_vae: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The VAEs' normalization statistics as adapter config values (`latents_mean`, `audio_latents_std`, ...);
+    a VAE left out contributes nothing."""
+    out: dict[str, Any] = {}
+    if vae is not None:
+        out["latents_mean"] = [float(v) for v in vae.latents_mean.detach().float().cpu()]
+        out["latents_std"] = [float(v) for v in vae.latents_std.detach().float().cpu()]
+        out["scaling_factor"] = float(getattr(vae.config, "scaling_factor", 1.0))
+    if audio_vae is not None:
+        channels = int(audio_vae.config.latent_channels)
+        mel_bins = int(audio_vae.config.mel_bins) // int(getattr(audio_vae, "mel_compression_ratio", 4))
+        out["audio_latent_channels"], out["audio_latent_mel_bins"] = channels, mel_bins
+        for key in ("latents_mean", "latents_std"):
+            stats = packed_audio_stats(getattr(audio_vae, key), channels, mel_bins, key)
+            out[f"audio_{key}"] = [float(v) for v in stats]
+    return out
+
+
+def _unless_normalized(batch: Mapping[str, Any], flag: str, raw: torch.Tensor,
+                       normalized: torch.Tensor) -> torch.Tensor:
+    """`normalized`, except for the items `batch[flag]` marks as cached already normalized (musubi's `ltx2`
+    caches hold the official encoders' normalized output)."""
+    marks = batch.get(flag)
+    if marks is None:
+        return normalized
+    marks = torch.as_tensor(marks, dtype=torch.bool).to(raw.device).view(-1, *([1] * (raw.dim() - 1)))
+    return torch.where(marks, raw, normalized)
+
+
 class LTXModelAdapterBase(ModelMixin, ConfigMixin):
     """Shared implementation; use `LTXV2ModelAdapter`, `LTXAVModelAdapter` or `LTXAudioModelAdapter`.
 
@@ -159,18 +188,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         """
         if not isinstance(transformer, LTX2VideoTransformer3DModel):
             raise TypeError(f"transformer must be an LTX2VideoTransformer3DModel, got {type(transformer).__name__}")
-        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep, "av_timestep_rule": av_timestep_rule}
-        if vae is not None:
-            kwargs["latents_mean"] = [float(v) for v in vae.latents_mean.detach().float().cpu()]
-            kwargs["latents_std"] = [float(v) for v in vae.latents_std.detach().float().cpu()]
-            kwargs["scaling_factor"] = float(getattr(vae.config, "scaling_factor", 1.0))
-        if audio_vae is not None:
-            channels = int(audio_vae.config.latent_channels)
-            mel_bins = int(audio_vae.config.mel_bins) // int(getattr(audio_vae, "mel_compression_ratio", 4))
-            kwargs["audio_latent_channels"], kwargs["audio_latent_mel_bins"] = channels, mel_bins
-            for key in ("latents_mean", "latents_std"):
-                stats = packed_audio_stats(getattr(audio_vae, key), channels, mel_bins, key)
-                kwargs[f"audio_{key}"] = [float(v) for v in stats]
+        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep, "av_timestep_rule": av_timestep_rule,
+                                  **vae_statistics(vae, audio_vae)}
         # Build the shell on the meta device so no second transformer is allocated, then swap ours in.
         with torch.device("meta"):
             adapter = cls(transformer_config=_clean_transformer_config(transformer.config), **kwargs)
@@ -444,7 +463,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         if mean is not None or std is not None or self.config.scaling_factor != 1.0:
             mean = mean if mean is not None else torch.zeros(self.video_latent_channels, device=device)
             std = std if std is not None else torch.ones(self.video_latent_channels, device=device)
-            x0 = normalize_video_latents(x0, mean, std, self.config.scaling_factor)
+            x0 = _unless_normalized(batch, "latents_normalized", x0,
+                                    normalize_video_latents(x0, mean, std, self.config.scaling_factor))
         _, _, f, h, w = x0.shape
         x0 = pack_video_latents(x0, p, pt)
         n = x0.shape[1]
@@ -466,7 +486,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         if mean is not None or std is not None:
             mean = mean if mean is not None else torch.zeros(c * m, device=device)
             std = std if std is not None else torch.ones(c * m, device=device)
-            x0 = normalize_audio_tokens(x0, mean, std)
+            x0 = _unless_normalized(batch, "audio_latents_normalized", x0, normalize_audio_tokens(x0, mean, std))
         n = x0.shape[1]
         s, per_sample, per_token = self._sigmas(sigmas, "audio", batch_size, n, device)
         eps = self._noise(given_noise, x0, latents.shape, pack_audio_latents, generator, "audio")
