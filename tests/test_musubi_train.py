@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from test_musubi_compat import musubi_loader_items, write_like_musubi
+from conftest import musubi_loader_items, write_like_musubi
 from conftest import REPO, SCRIPT, baseline_argv, subprocess_env, workspace
 from ltxv2_diffusers.data import musubi
 from ltxv2_diffusers.data.stores import CacheStore
