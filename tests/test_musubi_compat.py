@@ -2,9 +2,8 @@
 by frame windows, normalized latents, fps metadata), read as is; our exports found in full by musubi's
 loader rules.
 
-`write_like_musubi` writes files the way musubi's cache writers do (names, keys, dtypes, metadata) and
-`musubi_loader_items` finds items the way its dataset loader does (video datasets): the test's own code,
-from reading musubi's `dataset/cache_io.py`, `ltx2_cache_latents.py` and `dataset/image_video_dataset.py`.
+`write_like_musubi` (conftest) writes files the way musubi's cache writers do (names, keys, dtypes, metadata)
+and `musubi_loader_items` (conftest) finds items the way its dataset loader does (video datasets).
 """
 
 from __future__ import annotations
