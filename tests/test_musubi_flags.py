@@ -20,7 +20,7 @@ def _sigmas(args, n=256, tokens=2048, seed=0):
     return plugins.sample_sigmas(n, tokens, "video", args, torch.Generator().manual_seed(seed))
 
 
-# Each format's definition (README "Modes and timesteps"): sigma of a user timestep t.
+# Each format's definition (docs/training.md, "Timesteps and sigmas"): sigma of a user timestep t.
 DEFINITIONS = {"flowmatch_1_1000": lambda t: (t - 1) / 1000, "legacy_0_1000": lambda t: t / 1000,
                "sd3_0_1": lambda t: t}
 
