@@ -36,10 +36,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ltxv2_diffusers import plugins  # noqa: E402
-from ltxv2_diffusers.data import musubi  # noqa: E402
 from ltxv2_diffusers.hookspecs import hookimpl  # noqa: E402
-from ltxv2_diffusers.lora import add_lora  # noqa: E402
-from ltxv2_diffusers.models.presets import build_components  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -220,6 +217,9 @@ def tiny_batch(seed=0):
 
 def tiny_lora_model(dtype, num_layers=None):
     """The tiny transformer with an av LoRA of rank 4 whose weights are all non-zero."""
+    from ltxv2_diffusers.lora import add_lora  # diffusers and peft load with the tests that use them
+    from ltxv2_diffusers.models.presets import build_components
+
     overrides = {"transformer": {"num_layers": num_layers}} if num_layers else None
     transformer = build_components("tiny", components=("transformer",), overrides=overrides)["transformer"]
     add_lora(transformer, "av", 4, 4)
@@ -263,6 +263,8 @@ def write_like_musubi(cache_dir, item_key, bucket, latents, fps=25.0, frame_coun
                       text=None, video_width=None):
     """One item as musubi's writers lay it out; `latents`/`audio` already normalized (what its encoders return).
     `text` (per media file) is written when given, split into video/audio prompt embeds at `video_width`."""
+    from ltxv2_diffusers.data import musubi
+
     os.makedirs(cache_dir, exist_ok=True)
     w, h = bucket
     _, f, lh, lw = latents.shape
