@@ -568,6 +568,23 @@ def transform_batch(batch, args):
     return batch
 
 
+def conditioning_masks(batch, args, generator) -> dict[str, Any]:
+    """Every plugin's clean-token masks per modality, OR-ed (empty when no plugin adds any)."""
+    merged: dict[str, Any] = {}
+    for plugin, fn, argnames in _impls("ltxv2_conditioning_masks"):
+        kwargs = {"batch": batch, "args": args, "generator": generator}
+        result = fn(*[kwargs[a] for a in argnames])
+        if result is None:
+            continue
+        if not isinstance(result, Mapping) or not set(result) <= {"video", "audio"}:
+            raise PluginError(plugin, "ltxv2_conditioning_masks",
+                              f"must return a dict with 'video' and/or 'audio' masks or None, got {result!r:.200}")
+        for name, mask in result.items():
+            if mask is not None:
+                merged[name] = mask if name not in merged else merged[name] | mask
+    return merged
+
+
 def add_arguments(parser) -> None:
     """Let every plugin add its command-line flags."""
     get_plugin_manager().hook.ltxv2_add_arguments(parser=parser)
