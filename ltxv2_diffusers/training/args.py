@@ -109,6 +109,36 @@ FLAGS: tuple[Flag, ...] = (
     F("--video_loss_weight", float, 1.0, "video loss weight (prediction and target scaled by sqrt)",
       group="loss"),
     F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
+    # --- conditioning (ltxv2_diffusers/conditioning; docs/conditioning.md) ---
+    F("--first_frame_conditioning_p", float, None, "probability that an item's first latent frame is given clean "
+      "(timestep 0, no loss): trains image-to-video (default 0.1 with --ic_lora_strategy, else 0)",
+      group="conditioning", aliases=("--ltx2_first_frame_conditioning_p",)),
+    F("--ic_lora_strategy", str, None, "IC-LoRA reference conditioning: v2v (video reference, --ltx_mode video), "
+      "av_ic (video + audio references), video_ref_only_av (video reference, audio trained without one), "
+      "audio_ref_ic (audio reference; av or audio)", choices=("none", "v2v", "av_ic", "video_ref_only_av",
+                                                              "audio_ref_ic"), group="conditioning"),
+    F("--ic_lora_ref_probability", float, 1.0, "probability the video reference is used at a step (dropped "
+      "batch-wide otherwise, so the LoRA also learns to generate without it)", group="conditioning"),
+    F("--reference_downscale", int, 1, "references are cached at 1/N of the target's width and height (pass the "
+      "same value to ltxv2-cache-latents); positions are scaled back and the factor goes into the LoRA metadata",
+      group="conditioning"),
+    F("--reference_temporal_scale", int, 1, "references are cached at 1/N of the target's frame rate (first frame, "
+      "then every N-th); same value as at caching", group="conditioning"),
+    F("--audio_ref_use_negative_positions", bool, False, "reference audio at negative positions (ending 0.04 s "
+      "before the target starts), as the official Dub-It pipeline feeds it", group="conditioning"),
+    F("--extend_prefix_frames", int, 0, "video extension: the first N latent frames given clean (forward "
+      "extension); N latent frames are 1+8(N-1) video frames", group="conditioning",
+      aliases=("--ltx2_extend_prefix_frames",)),
+    F("--extend_suffix_frames", int, 0, "video extension: the last N latent frames given clean (backward "
+      "extension)", group="conditioning", aliases=("--ltx2_extend_suffix_frames",)),
+    F("--extend_p", float, 1.0, "probability per item that the video extension frames are given",
+      group="conditioning", aliases=("--ltx2_extend_p",)),
+    F("--audio_extend_prefix_frames", int, 0, "audio extension: the first N audio latent frames (25 per second) "
+      "given clean", group="conditioning", aliases=("--ltx2_audio_extend_prefix_frames",)),
+    F("--audio_extend_suffix_frames", int, 0, "audio extension: the last N audio latent frames given clean",
+      group="conditioning", aliases=("--ltx2_audio_extend_suffix_frames",)),
+    F("--audio_extend_p", float, 1.0, "probability per item that the audio extension frames are given",
+      group="conditioning", aliases=("--ltx2_audio_extend_p",)),
     # --- run ---
     F("--config_file", Path, None, "TOML file of flags (keys = flag names); flags given on the command "
       "line override it", group="run"),
@@ -193,7 +223,7 @@ FLAGS: tuple[Flag, ...] = (
 FLAG_BY_DEST = {flag.dest: flag for flag in FLAGS}
 _GROUP_TITLES = {
     "data": "data", "model": "model", "network": "LoRA network", "loss": "loss", "run": "run",
-    "training": "optimization", "speed": "speed and memory", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
+    "training": "optimization", "conditioning": "conditioning (I2V, extension, IC-LoRA)", "speed": "speed and memory", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
 }
 
 
@@ -389,6 +419,8 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         if mode.has_video and mode.has_audio:
             need(args.video_loss_weight + args.audio_loss_weight > 0,
                  "--video_loss_weight and --audio_loss_weight are both 0: nothing to train")
+    if mode is not None:
+        problems.extend(conditioning_problems(args, mode))
     if weighting_schemes is not None:
         need(args.weighting_scheme in weighting_schemes,
              f"--weighting_scheme {args.weighting_scheme!r} is not registered; choose one of "
@@ -463,6 +495,44 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.logging_dir is None:
         args.logging_dir = Path(args.output_dir) / "logs"
     return args
+
+
+def conditioning_problems(args: argparse.Namespace, mode) -> list[str]:
+    """What is wrong with the conditioning flags for `mode` (each message names the flags involved)."""
+    problems: list[str] = []
+    strategy = None if args.ic_lora_strategy in (None, "none") else args.ic_lora_strategy
+    needs = {"v2v": ("video",), "av_ic": ("av",), "video_ref_only_av": ("av",), "audio_ref_ic": ("av", "audio")}
+    if strategy and mode.value not in needs[strategy]:
+        problems.append(f"--ic_lora_strategy {strategy} needs --ltx_mode {' or '.join(needs[strategy])}, got "
+                        f"--ltx_mode {mode.value}")
+    video_ref = strategy in ("v2v", "av_ic", "video_ref_only_av")
+    for flag in ("first_frame_conditioning_p", "ic_lora_ref_probability", "extend_p", "audio_extend_p"):
+        value = getattr(args, flag)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"--{flag} must lie in [0, 1] (got {value})")
+    if args.first_frame_conditioning_p and not mode.has_video:
+        problems.append(f"--first_frame_conditioning_p conditions video frames; --ltx_mode {mode.value} trains none")
+    if args.ic_lora_ref_probability != 1.0 and not video_ref:
+        problems.append("--ic_lora_ref_probability drops the video reference: it needs --ic_lora_strategy v2v, av_ic "
+                        "or video_ref_only_av")
+    for flag in ("reference_downscale", "reference_temporal_scale"):
+        value = getattr(args, flag)
+        if value < 1:
+            problems.append(f"--{flag} must be >= 1 (got {value})")
+        elif value != 1 and not video_ref:
+            problems.append(f"--{flag} {value} applies to video references: it needs --ic_lora_strategy v2v, av_ic "
+                            "or video_ref_only_av")
+    if args.audio_ref_use_negative_positions and strategy not in ("av_ic", "audio_ref_ic"):
+        problems.append("--audio_ref_use_negative_positions needs an audio reference: --ic_lora_strategy audio_ref_ic "
+                        "or av_ic")
+    for kind, has in (("", mode.has_video), ("audio_", mode.has_audio)):
+        prefix, suffix = getattr(args, f"{kind}extend_prefix_frames"), getattr(args, f"{kind}extend_suffix_frames")
+        if prefix < 0 or suffix < 0:
+            problems.append(f"--{kind}extend_prefix_frames / --{kind}extend_suffix_frames must be >= 0")
+        elif (prefix or suffix) and not has:
+            problems.append(f"--{kind}extend_prefix_frames / --{kind}extend_suffix_frames extend "
+                            f"{'audio' if kind else 'video'}; --ltx_mode {mode.value} does not train it")
+    return problems
 
 
 def _looks_local(value: str) -> bool:

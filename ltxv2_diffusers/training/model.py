@@ -129,11 +129,13 @@ def _continue_lora(transformer, mode: LtxMode, path) -> list[str]:
 def lora_metadata(args, step: int) -> dict[str, str]:
     """Metadata stored in every saved LoRA (strings only: safetensors metadata)."""
     from ltxv2_diffusers import __version__
+    from ltxv2_diffusers.conditioning.metadata import conditioning_metadata
     from ltxv2_diffusers.lora import lora_metadata as make_metadata
 
     return make_metadata(mode=args.mode.value, base_model=str(args.ltxv2_model), training_args=args_to_dict(args),
                          rank=args.network_dim, alpha=args.network_alpha, steps=step,
-                         timestep_format=args.timestep_format.value, trainer=f"ltxv2-diffusers {__version__}")
+                         timestep_format=args.timestep_format.value, trainer=f"ltxv2-diffusers {__version__}",
+                         **conditioning_metadata(args))
 
 
 def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, step: int) -> Path:
