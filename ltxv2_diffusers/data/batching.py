@@ -6,11 +6,14 @@ batched with that dataset's `batch_size`, repeated `num_repeats` times, and orde
 only, so a resumed run sees the same batches (`iter_epoch(epoch, start=k)` skips to batch `k`).
 
 Batch dict (docs/architecture.md): `latents [B,128,F,H,W]`, `text [B,L,D]`, `text_mask [B,L]` bool,
-`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`.
+`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`; with `references`, the IC-LoRA
+references `reference_latents [B,128,Fr,Hr,Wr]` / `reference_audio_latents [B,8,Tr,16]` (several reference
+streams concatenated along time, as musubi does); items without them are left out with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -30,6 +33,12 @@ _COMMANDS = {
 }
 _WHAT = {"video": "video latents", "audio": "audio latents", "text": "text embeddings"}
 DEFAULT_FPS = 24.0
+logger = logging.getLogger(__name__)
+# reference kind -> (cache kind, tensor name, batch key, concatenation dim of one item's tensor, command)
+_REFERENCES = {
+    "video": ("reference", "latents", "reference_latents", 1, "ltxv2-cache-latents"),
+    "audio": ("reference_audio", "audio_latents", "reference_audio_latents", 1, "ltxv2-cache-audio-latents"),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class CacheSource:
     cache_directory: str
     batch_size: int = 1
     num_repeats: int = 1
+    reference_cache_directories: tuple[str, ...] = ()
+    reference_audio_cache_directories: tuple[str, ...] = ()
 
 
 class _KindReader:
@@ -103,7 +114,7 @@ class BatchManager:
 
     def __init__(self, sources: list[CacheSource], mode: str | LtxMode = "video", seed: int = 0,
                  text_dims: tuple[int, int] | None = None, dataset_config: str | None = None,
-                 processes: int = 1):
+                 processes: int = 1, references: tuple[str, ...] = ()):
         if not sources:
             raise ValueError("no datasets: the dataset config lists no [[datasets]] entries.")
         self.mode = mode if isinstance(mode, LtxMode) else resolve_mode(mode)
@@ -111,6 +122,8 @@ class BatchManager:
         self.seed = int(seed)
         self.processes = max(1, int(processes))
         self.text_dims = tuple(text_dims) if text_dims else None
+        self.references = tuple(references)  # which IC-LoRA references to load: "video", "audio"
+        self._reference_stores: list[dict[str, list[tuple[CacheStore, dict[str, int], list]]]] = []
         self._config_hint = f" --dataset_config {dataset_config}" if dataset_config else " --dataset_config <your toml>"
         self._readers: list[dict[str, _KindReader]] = []
         self._records: list[list[tuple[str, tuple]]] = []  # per source: (key, bucket)
@@ -119,14 +132,17 @@ class BatchManager:
         self._check_text_widths()
 
     @classmethod
-    def from_config(cls, config, mode="video", seed: int = 0, text_dims=None, processes: int = 1) -> "BatchManager":
+    def from_config(cls, config, mode="video", seed: int = 0, text_dims=None, processes: int = 1,
+                    references: tuple[str, ...] = ()) -> "BatchManager":
         """From a `DatasetConfig` (data/config.py): one source per `[[datasets]]` entry. A dataset's
         `batch_size` is per process, as in musubi: the global batch is `batch_size x processes`."""
         processes = max(1, int(processes))
-        sources = [CacheSource(e.cache_directory, int(e.batch_size) * processes, int(e.num_repeats))
+        sources = [CacheSource(e.cache_directory, int(e.batch_size) * processes, int(e.num_repeats),
+                               tuple(getattr(e, "reference_cache_directories", ())),
+                               tuple(getattr(e, "reference_audio_cache_directories", ())))
                    for e in config.datasets]
         return cls(sources, mode, seed=seed, text_dims=text_dims, dataset_config=getattr(config, "path", None),
-                   processes=processes)
+                   processes=processes, references=references)
 
     # ------------------------------------------------------------------ indexing and checks
 
@@ -154,15 +170,57 @@ class BatchManager:
             missing = [k for k in keys if k not in readers[kind]]
             if missing:
                 raise self._missing(kind, cache_dir, missing)
+        stores = self._index_references(src)
         records = []
         for key in keys:
             if primary_kind == "video":
                 bucket = primary.shape(key, "latents")[-4:]
             else:
                 bucket = primary.shape(key, "audio_latents")[-3:]
-            records.append((key, tuple(bucket)))
+            shapes = [self._reference_shape(stores[kind], key) for kind in self.references]
+            if any(shape is None for shape in shapes):
+                continue
+            # Items batch together only when their references have the same shape too.
+            records.append((key, tuple(bucket) + tuple(x for shape in shapes for x in shape)))
+        left_out = len(keys) - len(records)
+        if left_out:
+            logger.warning("%s: %d of %d items have no cached reference (%s) and are left out; see the reference "
+                           "job's report of ltxv2-cache-latents / ltxv2-cache-audio-latents", cache_dir, left_out,
+                           len(keys), ", ".join(self.references))
+        if keys and not records:
+            kind = next(k for k in self.references)
+            raise ValueError(f"{cache_dir}: no item has a cached {kind} reference (--ic_lora_strategy needs one): set "
+                             f"reference_{'audio_' if kind == 'audio' else ''}directory in the dataset config and run "
+                             f"{_REFERENCES[kind][4]}{self._config_hint}.")
         self._readers.append(readers)
         self._records.append(records)
+        self._reference_stores.append(stores)
+
+    def _index_references(self, src: CacheSource) -> dict[str, list[tuple[CacheStore, dict[str, int], list]]]:
+        dirs = {"video": src.reference_cache_directories, "audio": src.reference_audio_cache_directories}
+        out = {}
+        for kind in self.references:
+            if not dirs[kind]:
+                raise ValueError(f"{src.cache_directory}: the dataset has no reference_{'audio_' if kind == 'audio' else ''}"
+                                 f"directory, but the --ic_lora_strategy trains with {kind} references{self._config_hint}.")
+            stores = [CacheStore(d, _REFERENCES[kind][0]) for d in dirs[kind]]
+            out[kind] = []
+            for store in stores:
+                ds = store.load()
+                shapes = [] if ds is None else ds[f"{_REFERENCES[kind][1]}_shape"]  # one column, not the tensors
+                out[kind].append((store, store.index(), shapes))
+        return out
+
+    @staticmethod
+    def _reference_shape(stores, key: str) -> tuple[int, ...] | None:
+        """Shape of an item's references concatenated along time, or None when one is missing."""
+        shape = None
+        for _store, index, shapes in stores:
+            if key not in index:
+                return None
+            one = tuple(int(v) for v in shapes[index[key]])
+            shape = one if shape is None else (shape[0], shape[1] + one[1], *shape[2:])
+        return shape
 
     def _check_text_widths(self) -> None:
         widths: dict[int, str] = {}
@@ -271,6 +329,10 @@ class BatchManager:
             row = readers["audio"].read(key)
             out["audio_latents"] = _squeeze_batch(row["audio_latents"], 3)
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
+        for kind in self.references:
+            _, name, batch_key, dim, _ = _REFERENCES[kind]
+            parts = [store.read(index[key])[name] for store, index, _ in self._reference_stores[source][kind]]
+            out[batch_key] = torch.cat(parts, dim=dim) if len(parts) > 1 else parts[0]
         row = readers["text"].read(key)
         out["text"] = _squeeze_batch(row["text"], 2)
         out["text_mask"] = row["text_mask"].reshape(-1).bool()
@@ -286,6 +348,9 @@ class BatchManager:
         if self.mode.has_audio:
             batch["audio_latents"] = _pad_stack([it["audio_latents"] for it in items], dim=1)
             batch["audio_lengths"] = torch.tensor([it["audio_lengths"] for it in items], dtype=torch.int64)
+        for kind in self.references:
+            batch_key = _REFERENCES[kind][2]
+            batch[batch_key] = torch.stack([it[batch_key].to(items[0][batch_key].dtype) for it in items])
         batch["text"] = _pad_stack([it["text"] for it in items], dim=0)
         batch["text_mask"] = _pad_stack([it["text_mask"] for it in items], dim=0)
         return batch

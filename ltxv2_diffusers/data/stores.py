@@ -15,9 +15,11 @@ from typing import Any, Iterable
 
 import torch
 
-CACHE_KINDS = ("video", "audio", "text", "sample_prompts")
+CACHE_KINDS = ("video", "audio", "text", "sample_prompts", "reference", "reference_audio")
 _FOLDERS = {
     "video": "ltxv2_video_latents",
+    "reference": "ltxv2_reference_latents",  # IC-LoRA video references (data/references.py)
+    "reference_audio": "ltxv2_reference_audio_latents",
     "audio": "ltxv2_audio_latents",
     "text": "ltxv2_text",
     "sample_prompts": "ltxv2_sample_prompts",
@@ -25,12 +27,17 @@ _FOLDERS = {
 # Which tensor columns each kind holds (each as `<name>`, `<name>_shape`, `<name>_dtype`).
 TENSOR_COLUMNS = {
     "video": ("latents",),
+    "reference": ("latents",),
+    "reference_audio": ("audio_latents",),
     "audio": ("audio_latents",),
     "text": ("text", "text_mask"),
     "sample_prompts": ("text", "text_mask"),
 }
 SCALAR_COLUMNS = {
     "video": {"fps": "float32", "width": "int32", "height": "int32", "num_frames": "int32", "source": "string"},
+    "reference": {"fps": "float32", "width": "int32", "height": "int32", "num_frames": "int32", "source": "string"},
+    "reference_audio": {"audio_lengths": "int64", "sample_rate": "int32", "width": "int32", "height": "int32",
+                        "source": "string"},
     "audio": {"audio_lengths": "int64", "sample_rate": "int32", "width": "int32", "height": "int32",
               "source": "string"},
     "text": {"caption": "string"},

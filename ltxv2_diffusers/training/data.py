@@ -25,13 +25,17 @@ class TrainData:
     """Batches per epoch and iteration from a position, for `args.mode` and `args.seed`."""
 
     def __init__(self, args, world_size: int = 1):
+        from ltxv2_diffusers.conditioning import ConditioningOptions
         from ltxv2_diffusers.data.batching import BatchManager
         from ltxv2_diffusers.data.config import load_dataset_config
 
         config = load_dataset_config(args.dataset_config, require_media=False)
         self.world_size = int(world_size)
+        options = ConditioningOptions.from_args(args)
+        references = tuple(kind for kind, used in (("video", options.uses_video_reference),
+                                                   ("audio", options.uses_audio_reference)) if used)
         self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed, processes=self.world_size,
-                                                text_dims=model_text_widths(args))
+                                                text_dims=model_text_widths(args), references=references)
         if len(self.manager) == 0:
             raise ValueError(f"--dataset_config {args.dataset_config}: no cached items to train on"
                              + (f" (no bucket has {self.world_size} items, one per process)" if self.world_size > 1
