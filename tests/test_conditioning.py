@@ -185,7 +185,7 @@ def test_av_reference_train_step_backward(comps):
     batch = batch_for(adapter.transformer, (3, 2, 2), b=2, audio=4)
     batch["reference_latents"] = torch.randn(2, 128, 3, 1, 1)
     args = SimpleNamespace(mode=adapter.mode, independent_audio_sigmas=False, ic_lora_strategy="video_ref_only_av",
-                           first_frame_conditioning_p=1.0, weighting_scheme="none", video_loss_weight=1.0,
+                           first_frame_conditioning_p=1.0, reference_downscale=2, weighting_scheme="none", video_loss_weight=1.0,
                            audio_loss_weight=1.0, timestep_sampling=None)
     step = TrainStep(adapter, args)
     adapter.zero_grad()
@@ -227,3 +227,11 @@ def test_plugin_conditioning_masks_reach_the_model(comps):
         plugins.unregister_plugin("left_half_plugin")
     clean = (seen["timestep"][0] == 0).view(2, 2, 4)
     assert clean[:, :, :2].all() and not clean[:, :, 2:].any()
+
+
+def test_reference_factor_flags_must_match_the_cached_shapes():
+    batch = {"latents": torch.zeros(1, 128, 3, 4, 4), "reference_latents": torch.zeros(1, 128, 3, 2, 2)}
+    sig = {"video": torch.tensor([0.5])}
+    apply_conditioning(batch, sig, ConditioningOptions(ic_lora_strategy="v2v", reference_downscale=2))
+    with pytest.raises(ValueError, match="--reference_downscale is 1: train with --reference_downscale 2"):
+        apply_conditioning(batch, sig, ConditioningOptions(ic_lora_strategy="v2v"))

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .layout import conditioned_sigmas, temporal_mask
+from .layout import conditioned_sigmas, infer_reference_scales, temporal_mask
 
 # IC-LoRA strategies (musubi's names) -> (uses a video reference, uses an audio reference).
 IC_LORA_STRATEGIES: dict[str, tuple[bool, bool]] = {
@@ -42,6 +42,8 @@ class ConditioningOptions:
     ic_lora_strategy: str | None = None
     ref_probability: float = 1.0
     audio_ref_negative_positions: bool = False
+    reference_downscale: int = 1
+    reference_temporal_scale: int = 1
 
     @classmethod
     def from_args(cls, args: Any) -> "ConditioningOptions":
@@ -63,6 +65,8 @@ class ConditioningOptions:
             ic_lora_strategy=strategy,
             ref_probability=float(get("ic_lora_ref_probability", 1.0)),
             audio_ref_negative_positions=bool(getattr(args, "audio_ref_use_negative_positions", False)),
+            reference_downscale=int(get("reference_downscale", 1)),
+            reference_temporal_scale=int(get("reference_temporal_scale", 1)),
         )
 
     @property
@@ -124,6 +128,20 @@ def audio_clean_mask(audio_latents: torch.Tensor, options: ConditioningOptions,
     return _per_sample(ext, options.audio_extend_p, generator)
 
 
+def check_reference_scales(target_grid: tuple[int, int, int], reference_grid: tuple[int, int, int],
+                           options: ConditioningOptions) -> None:
+    """Fail when cached references do not have the factors the run says (the LoRA metadata records the flags)."""
+    spatial, temporal = infer_reference_scales(target_grid, reference_grid)
+    if spatial != options.reference_downscale:
+        raise ValueError(f"the cached references are 1/{spatial} of the target's size but --reference_downscale is "
+                         f"{options.reference_downscale}: train with --reference_downscale {spatial} or re-cache them "
+                         f"with ltxv2-cache-latents --reference_downscale {options.reference_downscale}")
+    if temporal != options.reference_temporal_scale and reference_grid[0] > 1:
+        raise ValueError(f"the cached references have 1/{temporal} of the target's frame rate but "
+                         f"--reference_temporal_scale is {options.reference_temporal_scale}: train with "
+                         f"--reference_temporal_scale {temporal} or re-cache them with that factor")
+
+
 def apply_conditioning(batch: Mapping[str, Any], sigmas: Mapping[str, torch.Tensor], options: ConditioningOptions,
                        generator: Generators = None, extra_masks: Mapping[str, torch.Tensor] | None = None):
     """`(batch, sigmas)` for this step: references the strategy does not use (or the reference dropout
@@ -141,6 +159,9 @@ def apply_conditioning(batch: Mapping[str, Any], sigmas: Mapping[str, torch.Tens
         batch.pop("reference_latents", None)
     if not (options.uses_audio_reference and (keep_refs or not options.uses_video_reference)):
         batch.pop("reference_audio_latents", None)
+    reference = batch.get("reference_latents")
+    if reference is not None and batch.get("latents") is not None:
+        check_reference_scales(tuple(batch["latents"].shape[2:]), tuple(reference.shape[2:]), options)
     if options.uses_audio_reference and options.audio_ref_negative_positions:
         batch["reference_audio_negative_positions"] = True
     masks: dict[str, torch.Tensor | None] = {}
