@@ -154,8 +154,10 @@ def fit_audio_stats(audio_vae, audio_in_channels: int) -> None:
         audio_vae.register_buffer(name, fitted, persistent=True)
 
 
-def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None):
-    """The stock `LTX2Pipeline` around the training transformer, with no text encoder."""
+def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None, pipeline_class=None):
+    """The stock `LTX2Pipeline` (or `pipeline_class`: `LTX2ImageToVideoPipeline`, `LTX2ConditionPipeline`,
+    `LTX2InContextPipeline`, which take the same components) around the training transformer, with no text
+    encoder."""
     from diffusers import LTX2Pipeline
 
     from ltxv2_diffusers.models.adapter import context_widths
@@ -166,7 +168,7 @@ def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None)
         scheduler = LTXV2FlowMatchScheduler()
     video_width, audio_width = context_widths(transformer.config)
     fit_audio_stats(audio_vae, int(transformer.config.audio_in_channels))
-    return LTX2Pipeline(
+    return (pipeline_class or LTX2Pipeline)(
         scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
         connectors=CachedContextConnectors(video_width, audio_width), transformer=transformer, vocoder=vocoder,
     )
