@@ -6,7 +6,8 @@ import torch
 from ltxv2_diffusers.cli import cache_audio_latents, cache_latents, cache_text
 from ltxv2_diffusers.data.batching import BatchManager
 from ltxv2_diffusers.data.config import load_dataset_config
-from ltxv2_diffusers.data.jobs import load_sample_prompt_embeddings, parse_sample_prompts
+from ltxv2_diffusers.data.jobs import load_sample_prompt_embeddings
+from ltxv2_diffusers.data.prompts import parse_sample_prompts
 from ltxv2_diffusers.data.stores import CacheStore
 from ltxv2_diffusers.data.synthetic import make_dataset, write_video
 from ltxv2_diffusers.models.loading import save_official_checkpoint

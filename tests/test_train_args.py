@@ -150,7 +150,7 @@ def test_list_plugins_alone(capsys):
 
 def test_examples_parse():
     from ltxv2_diffusers.training.args import build_parser, load_config_file
-    from ltxv2_diffusers.training.previews import load_prompts
+    from ltxv2_diffusers.data.prompts import load_prompts
 
     examples = Path(__file__).resolve().parents[1] / "examples"
     values = load_config_file(examples / "train_av.toml", build_parser())

@@ -16,9 +16,8 @@ from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.timesteps import TimestepFormat
 from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.losses import apply_sqrt_weight, compute_losses, masked_mse
-from ltxv2_diffusers.training.previews import (
-    PreviewPrompt, build_preview_pipeline, load_prompts, parse_prompt_line, render_preview,
-)
+from ltxv2_diffusers.data.prompts import PreviewPrompt, load_prompts, parse_prompt_line
+from ltxv2_diffusers.training.previews import build_preview_pipeline, render_preview
 from ltxv2_diffusers.training.step import TrainStep
 
 

@@ -27,7 +27,8 @@ def build_parser():
 def _main(argv=None) -> int:
     from ltxv2_diffusers.data.batching import cache_directories
     from ltxv2_diffusers.data.encoders import TextEmbeddingEncoder
-    from ltxv2_diffusers.data.jobs import cache_sample_prompts, parse_sample_prompts
+    from ltxv2_diffusers.data.jobs import cache_sample_prompts
+    from ltxv2_diffusers.data.prompts import parse_sample_prompts
 
     args = build_parser().parse_args(argv)
     common.warn_ignored(args)

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import torch
 
+from ltxv2_diffusers.models.loading import load_required_components
+
 from .stores import tensor_to_columns
 
 logger = logging.getLogger(__name__)
@@ -62,19 +64,6 @@ def _announce(what: str, rank: int | None, device: torch.device) -> None:
         import sys
 
         print(f"map worker {rank if rank is not None else 0}: {what} on {device}", file=sys.stderr)
-
-
-def load_model_components(path: str, names: list[str]) -> dict[str, torch.nn.Module]:
-    """Load `names` from an official single file or a diffusers folder through `models.loading`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file or folder {path!r} does not exist (check --vae / --ltxv2_model).")
-    from ltxv2_diffusers.models.loading import load_components
-
-    comps = load_components(path, components=list(names))
-    missing = [n for n in names if n not in comps]
-    if missing:
-        raise ValueError(f"{path} has no {', '.join(missing)} weights; pass the checkpoint that contains them.")
-    return comps
 
 
 def item_to_row(item) -> dict[str, Any]:
@@ -218,7 +207,7 @@ class VideoLatentEncoder(ItemEncoder):
 
     def _model(self, rank):
         if not hasattr(self, "_m_vae"):
-            self._m_vae = load_model_components(self.vae, ["vae"])["vae"]
+            self._m_vae = load_required_components(self.vae, ["vae"])["vae"]
         vae = self._m_vae
         dev = resolve_device(self.device, rank)
         if vae.device != dev or vae.dtype != self.dtype:
@@ -297,7 +286,7 @@ class AudioLatentEncoder(ItemEncoder):
 
     def _model(self, rank):
         if not hasattr(self, "_m_vae"):
-            self._m_vae = load_model_components(self.vae, ["audio_vae"])["audio_vae"]
+            self._m_vae = load_required_components(self.vae, ["audio_vae"])["audio_vae"]
         dev = resolve_device(self.device, rank)
         if self._m_vae.device != dev or self._m_vae.dtype != self.dtype:
             self._m_vae = self._m_vae.to(dev, self.dtype).eval()

@@ -215,20 +215,6 @@ def _map(ds, encoder, job_fp, kind, shard_size, map_batch_size, num_proc, keys):
 # sample prompts
 
 
-def parse_sample_prompts(path: str) -> list[str]:
-    """Every text the previews of `path` will look up: each line's prompt and its negative prompt
-    (`--n`, or the empty default). Parsed by the trainer's own parser, so cache and lookup agree."""
-    from ltxv2_diffusers.training.previews import load_prompts
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--sample_prompts {path!r} does not exist.")
-    texts: dict[str, None] = {}
-    for p in load_prompts(path):
-        texts.setdefault(p.prompt, None)
-        texts.setdefault(p.negative_prompt, None)
-    return list(texts)
-
-
 def cache_sample_prompts(prompts: list[str], encoder: TextEmbeddingEncoder, cache_directory: str,
                          batch_size: int = 8) -> JobReport:
     """Cache text embeddings of sample prompts (keyed by the prompt text) so training needs no text encoder."""

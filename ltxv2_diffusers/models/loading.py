@@ -335,6 +335,17 @@ def load_transformer(
     return out["transformer"]
 
 
+def load_required_components(path: str, names: list[str]) -> dict[str, torch.nn.Module]:
+    """`load_components` for a job that cannot run without every one of `names` (clear error if absent)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file or folder {path!r} does not exist (check --vae / --ltxv2_model).")
+    comps = load_components(path, components=list(names))
+    missing = [n for n in names if n not in comps]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)} weights; pass the checkpoint that contains them.")
+    return comps
+
+
 # ---------------------------------------------------------------------------------------------------
 # saving
 # ---------------------------------------------------------------------------------------------------

@@ -84,6 +84,6 @@ class GemmaTextBackend(TextBackend):
 
 
 def _load_connectors(path: str):
-    from ltxv2_diffusers.data.encoders import load_model_components
+    from ltxv2_diffusers.models.loading import load_required_components
 
-    return load_model_components(path, ["connectors"])["connectors"]
+    return load_required_components(path, ["connectors"])["connectors"]

@@ -29,7 +29,8 @@ class TrainingBundle:
 
     def prepare_prompts(self, args, device) -> None:
         """Parse `--sample_prompts` and get every prompt's text context once (cache or text encoder)."""
-        from ltxv2_diffusers.training.previews import PromptCache, load_prompts
+        from ltxv2_diffusers.data.prompts import load_prompts
+        from ltxv2_diffusers.training.previews import PromptCache
 
         self.prompts = load_prompts(args.sample_prompts)
         texts = [p.prompt for p in self.prompts]
