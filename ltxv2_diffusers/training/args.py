@@ -139,6 +139,8 @@ FLAGS: tuple[Flag, ...] = (
       group="conditioning", aliases=("--ltx2_audio_extend_suffix_frames",)),
     F("--audio_extend_p", float, 1.0, "probability per item that the audio extension frames are given",
       group="conditioning", aliases=("--ltx2_audio_extend_p",)),
+    F("--sample_include_reference", bool, False, "previews of --sample_prompts lines with --v REFERENCE show the "
+      "reference left of the output", group="conditioning"),
     # --- run ---
     F("--config_file", Path, None, "TOML file of flags (keys = flag names); flags given on the command "
       "line override it", group="run"),

@@ -152,17 +152,29 @@ def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, st
 
 def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int) -> list[Path]:
     """One preview file per `--sample_prompts` line with the current LoRA."""
-    from ltxv2_diffusers.training.previews import build_preview_pipeline, preview_name, render_preview
+    from ltxv2_diffusers.training.previews import (
+        build_preview_pipeline,
+        preview_name,
+        preview_pipeline_class,
+        render_preview,
+    )
 
     parts = bundle.preview_parts
-    pipeline = build_preview_pipeline(bundle.transformer, parts["vae"], parts["audio_vae"], parts["vocoder"])
-    pipeline.set_progress_bar_config(disable=True)
+    pipelines: dict[type, Any] = {}  # one stock pipeline per kind of prompt line (--i, --v), sharing the parts
     written = []
     for prompt in bundle.prompts:
+        kind = preview_pipeline_class(prompt)
+        if kind not in pipelines:
+            pipelines[kind] = build_preview_pipeline(bundle.transformer, parts["vae"], parts["audio_vae"],
+                                                     parts["vocoder"], pipeline_class=kind)
+            pipelines[kind].set_progress_bar_config(disable=True)
+        pipeline = pipelines[kind]
         guidance = args.sample_guidance_scale if prompt.guidance_scale is None else prompt.guidance_scale
         negative = bundle.prompt_cache[prompt.negative_prompt] if guidance > 1.0 else None
         written.append(render_preview(
             pipeline, prompt, bundle.prompt_cache[prompt.prompt], negative, bundle.mode,
             Path(out_dir) / preview_name(step, prompt), default_steps=args.sample_steps,
-            default_guidance=args.sample_guidance_scale, seed=args.seed))
+            default_guidance=args.sample_guidance_scale, seed=args.seed,
+            reference_downscale=getattr(args, "reference_downscale", 1),
+            include_reference=getattr(args, "sample_include_reference", False)))
     return written
