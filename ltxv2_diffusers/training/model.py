@@ -5,6 +5,7 @@ render previews. The trainer talks to models/ and lora/ only through this module
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import torch
 
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -161,6 +164,9 @@ def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int) -> l
 
     parts = bundle.preview_parts
     pipelines: dict[type, Any] = {}  # one stock pipeline per kind of prompt line (--i, --v), sharing the parts
+    if getattr(args, "reference_temporal_scale", 1) != 1 and any(p.reference for p in bundle.prompts):
+        logger.warning("--v previews: diffusers' LTX2InContextPipeline has no temporal reference factor; the "
+                       "reference is placed as if --reference_temporal_scale were 1")
     written = []
     for prompt in bundle.prompts:
         kind = preview_pipeline_class(prompt)
