@@ -36,6 +36,19 @@ def find_reference(folder: str, stem: str, extensions: Iterable[str]) -> str | N
     return None
 
 
+def _stream_files(item: Item, folders, caches, extensions, what: str, bad: list) -> list[tuple[str, str]] | None:
+    """`(file, cache directory)` of an item's reference in every stream, or None (and a `bad` entry) when one
+    stream has none."""
+    found = []
+    for folder, cache in zip(folders, caches):
+        path = find_reference(folder, _media_stem(item), extensions)
+        if path is None:
+            bad.append((item.video_path, f"no {what} named {_media_stem(item)}.* in {folder}"))
+            return None
+        found.append((path, cache))
+    return found
+
+
 def reference_frame_plan(target_frames: int, reference_frames: int | None, temporal_scale: int) -> tuple[int, int]:
     """`(frames decoded from the source span, frames kept)` of a video reference; raises ValueError when the
     span cannot be subsampled onto the target's temporal grid (8k+1 frames, the factor dividing k)."""
@@ -67,14 +80,9 @@ def reference_items(items: list[Item], config: DatasetConfig, downscale: int = 1
                         f"multiple of {SPATIAL_MULTIPLE} pixels; use a resolution that is a multiple of "
                         f"{SPATIAL_MULTIPLE * downscale}"))
             continue
-        found = []
-        for folder, cache in zip(entry.reference_directories, entry.reference_cache_directories):
-            path = find_reference(folder, _media_stem(item), (*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS))
-            if path is None:
-                bad.append((item.video_path, f"no reference named {_media_stem(item)}.* in {folder}"))
-                break
-            found.append((path, cache))
-        if len(found) != len(entry.reference_directories):
+        found = _stream_files(item, entry.reference_directories, entry.reference_cache_directories,
+                              (*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS), "reference", bad)
+        if found is None:
             continue
         frames = entry.reference_frames or reference_frames
         try:
@@ -98,14 +106,9 @@ def reference_audio_items(items: list[Item], config: DatasetConfig) -> tuple[lis
     entries = {e.index: e for e in config.datasets}
     for item in items:
         entry = entries[item.dataset_index]
-        found = []
-        for folder, cache in zip(entry.reference_audio_directories, entry.reference_audio_cache_directories):
-            path = find_reference(folder, _media_stem(item), (*AUDIO_EXTENSIONS, *VIDEO_EXTENSIONS))
-            if path is None:
-                bad.append((item.video_path, f"no reference audio named {_media_stem(item)}.* in {folder}"))
-                break
-            found.append((path, cache))
-        if len(found) != len(entry.reference_audio_directories):
+        found = _stream_files(item, entry.reference_audio_directories, entry.reference_audio_cache_directories,
+                              (*AUDIO_EXTENSIONS, *VIDEO_EXTENSIONS), "reference audio", bad)
+        if found is None:
             continue
         refs.extend(dataclasses.replace(item, video_path=path, audio_path=path, cache_directory=cache, has_audio=True)
                     for path, cache in found)

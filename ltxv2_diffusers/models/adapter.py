@@ -402,6 +402,16 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             )
         return given.to(device=x0.device, dtype=torch.float32)
 
+    def _normalized_video(self, latents: torch.Tensor, device) -> torch.Tensor:
+        """Un-normalized VAE means `[B,C,F,H,W]` -> the model's normalized float32 latents."""
+        x0 = latents.to(device=device, dtype=torch.float32)
+        mean, std = self._stat("latents_mean", device), self._stat("latents_std", device)
+        if mean is not None or std is not None or self.config.scaling_factor != 1.0:
+            mean = mean if mean is not None else torch.zeros(self.video_latent_channels, device=device)
+            std = std if std is not None else torch.ones(self.video_latent_channels, device=device)
+            x0 = normalize_video_latents(x0, mean, std, self.config.scaling_factor)
+        return x0
+
     def _prepare_video(self, batch, sigmas, given_noise, generator, batch_size, device) -> dict[str, Any]:
         tc = self.transformer.config
         latents = self._require(batch, "latents", 5)
@@ -411,12 +421,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
                 f"{self.video_latent_channels}, F, H, W] (batch size from batch['text'])"
             )
         p, pt = tc.patch_size, tc.patch_size_t
-        x0 = latents.to(device=device, dtype=torch.float32)
-        mean, std = self._stat("latents_mean", device), self._stat("latents_std", device)
-        if mean is not None or std is not None or self.config.scaling_factor != 1.0:
-            mean = mean if mean is not None else torch.zeros(self.video_latent_channels, device=device)
-            std = std if std is not None else torch.ones(self.video_latent_channels, device=device)
-            x0 = normalize_video_latents(x0, mean, std, self.config.scaling_factor)
+        x0 = self._normalized_video(latents, device)
         _, _, f, h, w = x0.shape
         x0 = pack_video_latents(x0, p, pt)
         n = x0.shape[1]
@@ -439,12 +444,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         if reference.ndim != 5 or reference.shape[0] != batch_size or reference.shape[1] != self.video_latent_channels:
             raise ValueError(f"batch['reference_latents'] has shape {tuple(reference.shape)}; expected [{batch_size}, "
                              f"{self.video_latent_channels}, F, H, W]")
-        r0 = reference.to(device=device, dtype=torch.float32)
-        mean, std = self._stat("latents_mean", device), self._stat("latents_std", device)
-        if mean is not None or std is not None or self.config.scaling_factor != 1.0:
-            mean = mean if mean is not None else torch.zeros(self.video_latent_channels, device=device)
-            std = std if std is not None else torch.ones(self.video_latent_channels, device=device)
-            r0 = normalize_video_latents(r0, mean, std, self.config.scaling_factor)
+        r0 = self._normalized_video(reference, device)
         rgrid = (r0.shape[2] // pt, r0.shape[3] // p, r0.shape[4] // p)
         spatial, temporal = infer_reference_scales(grid, rgrid)
         tokens = pack_video_latents(r0, p, pt)
