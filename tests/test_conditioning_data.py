@@ -85,3 +85,13 @@ def test_reference_caches_batches_and_training(ws, capsys, tmp_path):
     # what the official ltx_pipelines.iclora_utils.read_lora_reference_downscale_factor reads
     assert int(meta.get("reference_downscale_factor", 1)) == 2
     assert meta["ss_ic_lora_strategy"] == "av_ic" and json.loads(meta["ss_ltx2_first_frame_conditioning_p"]) == 0.5
+
+
+def test_reference_frame_plan():
+    from ltxv2_diffusers.data.references import reference_frame_plan
+
+    assert reference_frame_plan(17, None, 1) == (17, 17)
+    assert reference_frame_plan(17, None, 2) == (17, 9)  # first frame, then every second: 3 -> 2 latent frames
+    assert reference_frame_plan(33, 9, 1) == (9, 9)
+    with pytest.raises(ValueError, match="cannot be subsampled by 2"):
+        reference_frame_plan(9, None, 2)

@@ -37,6 +37,8 @@ def cache_references(args, config, listing, encoder) -> int | None:
         return None
     if args.reference_downscale < 1 or args.reference_temporal_scale < 1:
         raise ValueError("--reference_downscale and --reference_temporal_scale must be >= 1")
+    if args.reference_frames is not None and (args.reference_frames < 1 or (args.reference_frames - 1) % 8):
+        raise ValueError(f"--reference_frames {args.reference_frames} must be 8k+1 (1, 9, 17, ...)")
     items, bad = reference_items(listing.items, config, args.reference_downscale, args.reference_temporal_scale,
                                  args.reference_frames)
     ref_encoder = ReferenceLatentEncoder(

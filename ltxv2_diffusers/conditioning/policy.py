@@ -96,6 +96,14 @@ def _first_generator(generator: Generators) -> torch.Generator | None:
     return generator[0] if len(generator) else None
 
 
+def _to_device(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU mask to `device`; to a GPU through pinned memory, since a copy from pageable memory would make the
+    host wait for all queued GPU work (the training step never waits for the GPU)."""
+    if mask.device == torch.device(device) or torch.device(device).type != "cuda":
+        return mask.to(device)
+    return mask.pin_memory().to(device, non_blocking=True)
+
+
 def _per_sample(mask: torch.Tensor, probability: float, generator: Generators) -> torch.Tensor:
     """`mask` kept for the items a Bernoulli(`probability`) draw selects (a draw is made even at p = 1,
     so the stream of draws does not depend on the probability)."""
@@ -176,5 +184,5 @@ def apply_conditioning(batch: Mapping[str, Any], sigmas: Mapping[str, torch.Tens
     for name, clean in masks.items():
         if clean is not None:
             s = sigmas[name]
-            sigmas[name] = conditioned_sigmas(s, clean.to(s.device))
+            sigmas[name] = conditioned_sigmas(s, _to_device(clean, s.device))
     return batch, sigmas
