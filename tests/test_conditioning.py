@@ -235,3 +235,25 @@ def test_reference_factor_flags_must_match_the_cached_shapes():
     apply_conditioning(batch, sig, ConditioningOptions(ic_lora_strategy="v2v", reference_downscale=2))
     with pytest.raises(ValueError, match="--reference_downscale is 1: train with --reference_downscale 2"):
         apply_conditioning(batch, sig, ConditioningOptions(ic_lora_strategy="v2v"))
+
+
+def test_appended_reference_equals_the_official_trainers_prepended_layout(comps):
+    """The official trainer puts reference tokens before the target, inference after it: attention is
+    bidirectional and positional, so the target's prediction is the same either way."""
+    adapter = LTXV2ModelAdapter.from_components(comps["transformer"], vae=comps["vae"])
+    batch = batch_for(adapter.transformer, (3, 2, 2), b=1)
+    batch["reference_latents"] = torch.randn(1, 128, 3, 1, 1)
+    options = ConditioningOptions(ic_lora_strategy="v2v", reference_downscale=2)
+    batch, sigmas = apply_conditioning(batch, {"video": torch.tensor([0.6])}, options)
+    seen, handle = capture(adapter)
+    with torch.no_grad():
+        ours = adapter(batch, sigmas=sigmas)["video"].pred
+    handle.remove()
+    n = ours.shape[1]
+    moved = dict(seen)
+    for key, dim in (("hidden_states", 1), ("timestep", 1), ("video_coords", 2)):
+        target, ref = seen[key].narrow(dim, 0, n), seen[key].narrow(dim, n, seen[key].shape[dim] - n)
+        moved[key] = torch.cat([ref, target], dim=dim)
+    with torch.no_grad():
+        prepended = adapter.transformer(**moved)[0]
+    torch.testing.assert_close(prepended[:, -n:], ours, rtol=1e-5, atol=1e-5)
