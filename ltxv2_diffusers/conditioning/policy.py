@@ -111,7 +111,8 @@ def _per_sample(mask: torch.Tensor, probability: float, generator: Generators) -
     return mask & chosen.to(mask.device).unsqueeze(1)
 
 
-def video_clean_mask(latents: torch.Tensor, options: ConditioningOptions, generator: Generators = None) -> torch.Tensor | None:
+def video_clean_mask(latents: torch.Tensor, options: ConditioningOptions,
+                     generator: Generators = None) -> torch.Tensor | None:
     """Bool `[B, F*H*W]` of target video tokens kept clean this step (first frame, extension), or None."""
     b, _, f, h, w = latents.shape
     clean = None

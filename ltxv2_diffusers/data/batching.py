@@ -201,8 +201,9 @@ class BatchManager:
         out = {}
         for kind in self.references:
             if not dirs[kind]:
-                raise ValueError(f"{src.cache_directory}: the dataset has no reference_{'audio_' if kind == 'audio' else ''}"
-                                 f"directory, but the --ic_lora_strategy trains with {kind} references{self._config_hint}.")
+                key = "reference_audio_directory" if kind == "audio" else "reference_directory"
+                raise ValueError(f"{src.cache_directory}: the dataset has no {key}, but the --ic_lora_strategy trains "
+                                 f"with {kind} references{self._config_hint}.")
             stores = [CacheStore(d, _REFERENCES[kind][0]) for d in dirs[kind]]
             out[kind] = []
             for store in stores:

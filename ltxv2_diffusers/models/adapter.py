@@ -450,8 +450,9 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         tokens = pack_video_latents(r0, p, pt)
         base = self._base_video_coords(*rgrid, device).repeat(batch_size, 1, 1, 1)
         fps_value = DEFAULT_FPS if fps is None else torch.as_tensor(fps, dtype=torch.float32).flatten()
-        if isinstance(fps_value, torch.Tensor) and fps_value.device.type == "cpu" and bool((fps_value == fps_value[0]).all()):
-            fps_value = float(fps_value[0])  # a Python-float divisor, as the target's positions and the official code
+        if isinstance(fps_value, torch.Tensor) and fps_value.device.type == "cpu":
+            if bool((fps_value == fps_value[0]).all()):
+                fps_value = float(fps_value[0])  # a Python-float divisor, as the target's positions and official code
         coords = reference_video_coords(base, fps_value, out["coords"][:, 0, 0:1, 1:2], spatial, temporal)
         _append_clean(out, tokens, coords)
 
@@ -484,7 +485,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         out = _noised(x0, eps, s, per_sample, mask, self._audio_coords(n, batch_size, device))
         reference = batch.get("reference_audio_latents")
         if reference is not None:
-            if reference.ndim != 4 or reference.shape[0] != batch_size or reference.shape[1] != c or reference.shape[3] != m:
+            if reference.ndim != 4 or tuple(reference.shape[:2]) != (batch_size, c) or reference.shape[3] != m:
                 raise ValueError(f"batch['reference_audio_latents'] has shape {tuple(reference.shape)}; expected "
                                  f"[{batch_size}, {c}, T, {m}]")
             r0 = pack_audio_latents(reference.to(device=device, dtype=torch.float32))
