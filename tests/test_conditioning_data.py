@@ -95,3 +95,21 @@ def test_reference_frame_plan():
     assert reference_frame_plan(33, 9, 1) == (9, 9)
     with pytest.raises(ValueError, match="cannot be subsampled by 2"):
         reference_frame_plan(9, None, 2)
+
+
+def test_musubi_reference_cache_files_are_read(tmp_path):
+    """musubi writes a reference's latents under the item's own cache file name in reference_cache_directory."""
+    from ltxv2_diffusers.data import musubi
+    from ltxv2_diffusers.data.batching import CacheSource
+
+    cache, refs = tmp_path / "cache", tmp_path / "cache_ref"
+    cache.mkdir()
+    refs.mkdir()
+    target = torch.randn(128, 3, 2, 2)
+    reference = torch.randn(128, 3, 1, 1).to(torch.bfloat16)
+    musubi.write_video(str(cache), "clip_00000-017", (64, 64), target)
+    musubi.write_text(str(cache), "clip_00000-017", torch.randn(4, 24), torch.ones(4, dtype=torch.int32))
+    musubi.write_video(str(refs), "clip_00000-017", (64, 64), reference)
+    source = CacheSource(str(cache), 1, 1, reference_cache_directories=(str(refs),))
+    batch = next(BatchManager([source], "video", references=("video",)).iter_epoch(0))
+    assert torch.equal(batch["reference_latents"][0], reference) and torch.equal(batch["latents"][0], target)

@@ -55,9 +55,10 @@ class CacheSource:
 class _KindReader:
     """One kind (`video`, `audio`, `text`) of one cache directory: Arrow rows first, musubi files after."""
 
-    def __init__(self, cache_directory: str, kind: str, entries: dict[str, musubi.MusubiEntry]):
+    def __init__(self, cache_directory: str, kind: str, entries: dict[str, musubi.MusubiEntry],
+                 store_kind: str | None = None):
         self.kind = kind
-        self.store = CacheStore(cache_directory, kind)
+        self.store = CacheStore(cache_directory, store_kind or kind)  # references: kind `reference[_audio]`
         self.rows = self.store.index()
         self.files = {k: getattr(e, kind) for k, e in entries.items() if getattr(e, kind)}
         self._shapes: dict[str, list] = {}
@@ -123,7 +124,7 @@ class BatchManager:
         self.processes = max(1, int(processes))
         self.text_dims = tuple(text_dims) if text_dims else None
         self.references = tuple(references)  # which IC-LoRA references to load: "video", "audio"
-        self._reference_stores: list[dict[str, list[tuple[CacheStore, dict[str, int], list]]]] = []
+        self._reference_stores: list[dict[str, list[_KindReader]]] = []
         self._config_hint = f" --dataset_config {dataset_config}" if dataset_config else " --dataset_config <your toml>"
         self._readers: list[dict[str, _KindReader]] = []
         self._records: list[list[tuple[str, tuple]]] = []  # per source: (key, bucket)
@@ -196,7 +197,9 @@ class BatchManager:
         self._records.append(records)
         self._reference_stores.append(stores)
 
-    def _index_references(self, src: CacheSource) -> dict[str, list[tuple[CacheStore, dict[str, int], list]]]:
+    def _index_references(self, src: CacheSource) -> dict[str, list[_KindReader]]:
+        """Per reference kind, one reader per reference stream: our Arrow caches, and musubi's per-item files
+        (named like the item's own cache file) when the reference cache is a folder of its own."""
         dirs = {"video": src.reference_cache_directories, "audio": src.reference_audio_cache_directories}
         out = {}
         for kind in self.references:
@@ -204,22 +207,20 @@ class BatchManager:
                 key = "reference_audio_directory" if kind == "audio" else "reference_directory"
                 raise ValueError(f"{src.cache_directory}: the dataset has no {key}, but the --ic_lora_strategy trains "
                                  f"with {kind} references{self._config_hint}.")
-            stores = [CacheStore(d, _REFERENCES[kind][0]) for d in dirs[kind]]
-            out[kind] = []
-            for store in stores:
-                ds = store.load()
-                shapes = [] if ds is None else ds[f"{_REFERENCES[kind][1]}_shape"]  # one column, not the tensors
-                out[kind].append((store, store.index(), shapes))
+            out[kind] = [
+                _KindReader(d, kind, {} if not os.path.isdir(d) or os.path.samefile(d, src.cache_directory)
+                            else musubi.scan_musubi_cache(d), store_kind=_REFERENCES[kind][0])
+                for d in dirs[kind]]
         return out
 
     @staticmethod
-    def _reference_shape(stores, key: str) -> tuple[int, ...] | None:
+    def _reference_shape(readers: list[_KindReader], key: str) -> tuple[int, ...] | None:
         """Shape of an item's references concatenated along time, or None when one is missing."""
         shape = None
-        for _store, index, shapes in stores:
-            if key not in index:
+        for reader in readers:
+            if key not in reader:
                 return None
-            one = tuple(int(v) for v in shapes[index[key]])
+            one = tuple(int(v) for v in reader.shape(key, _REFERENCES[reader.kind][1]))
             shape = one if shape is None else (shape[0], shape[1] + one[1], *shape[2:])
         return shape
 
@@ -332,7 +333,8 @@ class BatchManager:
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
         for kind in self.references:
             _, name, batch_key, dim, _ = _REFERENCES[kind]
-            parts = [store.read(index[key])[name] for store, index, _ in self._reference_stores[source][kind]]
+            parts = [_squeeze_batch(reader.read(key)[name], 4 if kind == "video" else 3)
+                     for reader in self._reference_stores[source][kind]]
             out[batch_key] = torch.cat(parts, dim=dim) if len(parts) > 1 else parts[0]
         row = readers["text"].read(key)
         out["text"] = _squeeze_batch(row["text"], 2)
