@@ -67,3 +67,12 @@ def test_metadata_as_official_and_musubi_write_it():
     assert conditioning_metadata(SimpleNamespace(first_frame_conditioning_p=0.5)) == {
         "ss_i2v_training": True, "ss_ltx2_first_frame_conditioning_p": 0.5}
     assert conditioning_metadata(SimpleNamespace()) == {}
+
+
+def test_audio_only_ic_lora_records_no_first_frame():
+    from ltxv2_diffusers.modes import LtxMode
+
+    md = conditioning_metadata(SimpleNamespace(ic_lora_strategy="audio_ref_ic", mode=LtxMode.AUDIO,
+                                               audio_ref_use_negative_positions=True))
+    assert md == {"ss_ic_lora_strategy": "audio_ref_ic", "ss_audio_ref_ic_training": True,
+                  "ss_audio_ref_use_negative_positions": True}

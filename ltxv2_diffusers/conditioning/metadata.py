@@ -3,6 +3,7 @@ so the official IC-LoRA pipelines, ComfyUI and musubi pick up the reference fact
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from .policy import ConditioningOptions
@@ -20,6 +21,9 @@ def conditioning_metadata(args: Any) -> dict[str, object]:
     the official names and musubi's `ss_` names; the temporal factor as `reference_temporal_scale_factor`.
     """
     options = ConditioningOptions.from_args(args)
+    mode = getattr(args, "mode", None)
+    if mode is not None and not mode.has_video:  # the first-frame default of IC-LoRAs conditions no audio
+        options = dataclasses.replace(options, first_frame_p=0.0)
     md: dict[str, object] = {}
     strategy = options.ic_lora_strategy
     down = int(getattr(args, "reference_downscale", None) or 1)
