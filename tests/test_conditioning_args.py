@@ -76,3 +76,12 @@ def test_audio_only_ic_lora_records_no_first_frame():
                                                audio_ref_use_negative_positions=True))
     assert md == {"ss_ic_lora_strategy": "audio_ref_ic", "ss_audio_ref_ic_training": True,
                   "ss_audio_ref_use_negative_positions": True}
+
+
+def test_audio_previews_with_video_conditions_fail_at_parse_time(argv, capsys, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    (tmp_path / "ref.png").write_bytes(b"x")
+    prompts.write_text("a voice\na voice --v ref.png\n")
+    with pytest.raises(SystemExit):
+        parse_args(argv("--ltx_mode", "audio", "--sample_prompts", str(prompts)))
+    assert "prompts [2] have --i / --v" in capsys.readouterr().err

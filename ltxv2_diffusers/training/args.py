@@ -534,6 +534,16 @@ def conditioning_problems(args: argparse.Namespace, mode) -> list[str]:
         elif (prefix or suffix) and not has:
             problems.append(f"--{kind}extend_prefix_frames / --{kind}extend_suffix_frames extend "
                             f"{'audio' if kind else 'video'}; --ltx_mode {mode.value} does not train it")
+    if not mode.has_video and args.sample_prompts is not None and Path(args.sample_prompts).is_file():
+        from ltxv2_diffusers.data.prompts import load_prompts
+
+        try:
+            conditioned = [p.index + 1 for p in load_prompts(args.sample_prompts) if p.image or p.reference]
+        except ValueError as exc:
+            conditioned, problems = [], [*problems, str(exc)]
+        if conditioned:
+            problems.append(f"--sample_prompts {args.sample_prompts}: prompts {conditioned} have --i / --v, which "
+                            f"condition video; --ltx_mode {mode.value} renders none")
     return problems
 
 
