@@ -257,3 +257,13 @@ def test_appended_reference_equals_the_official_trainers_prepended_layout(comps)
     with torch.no_grad():
         prepended = adapter.transformer(**moved)[0]
     torch.testing.assert_close(prepended[:, -n:], ours, rtol=1e-5, atol=1e-5)
+
+
+def test_audio_extension_suffix_ends_at_each_items_valid_length():
+    from ltxv2_diffusers.conditioning import audio_clean_mask
+
+    options = ConditioningOptions(audio_extend_prefix_frames=1, audio_extend_suffix_frames=2)
+    mask = audio_clean_mask(torch.zeros(3, 8, 8, 16), options, lengths=torch.tensor([8, 5, 3]))
+    assert mask[0].tolist() == [True, False, False, False, False, False, True, True]
+    assert mask[1].tolist() == [True, False, False, True, True, False, False, False]  # padding stays out
+    assert not mask[2].any()  # 3 valid frames: prefix + suffix would cover them all

@@ -108,7 +108,7 @@ def _per_sample(mask: torch.Tensor, probability: float, generator: Generators) -
     """`mask` kept for the items a Bernoulli(`probability`) draw selects (a draw is made even at p = 1,
     so the stream of draws does not depend on the probability)."""
     chosen = _uniform(generator, mask.shape[0]) < probability
-    return mask & chosen.to(mask.device).unsqueeze(1)
+    return mask & _to_device(chosen, mask.device).unsqueeze(1)
 
 
 def video_clean_mask(latents: torch.Tensor, options: ConditioningOptions,
@@ -126,14 +126,18 @@ def video_clean_mask(latents: torch.Tensor, options: ConditioningOptions,
     return clean
 
 
-def audio_clean_mask(audio_latents: torch.Tensor, options: ConditioningOptions,
-                     generator: Generators = None) -> torch.Tensor | None:
-    """Bool `[B, Fa]` of target audio tokens kept clean this step (audio extension), or None."""
+def audio_clean_mask(audio_latents: torch.Tensor, options: ConditioningOptions, generator: Generators = None,
+                     lengths: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Bool `[B, Fa]` of target audio tokens kept clean this step (audio extension), or None. A suffix ends at
+    each item's valid length (`audio_lengths`), not in its padding."""
     b, _, n, _ = audio_latents.shape
-    span = options.audio_extend_prefix_frames + options.audio_extend_suffix_frames
-    if not span or n <= span:
+    prefix, suffix = options.audio_extend_prefix_frames, options.audio_extend_suffix_frames
+    if not prefix + suffix:
         return None
-    ext = temporal_mask(b, n, 1, options.audio_extend_prefix_frames, options.audio_extend_suffix_frames)
+    valid = torch.full((b, 1), n) if lengths is None else torch.as_tensor(lengths).reshape(b, 1)
+    positions = torch.arange(n, device=valid.device).unsqueeze(0)
+    ext = (positions < prefix) | ((positions >= valid - suffix) & (positions < valid))
+    ext &= valid > prefix + suffix  # a span covering the whole clip would leave nothing to learn
     return _per_sample(ext, options.audio_extend_p, generator)
 
 
@@ -177,7 +181,7 @@ def apply_conditioning(batch: Mapping[str, Any], sigmas: Mapping[str, torch.Tens
     if "video" in sigmas and batch.get("latents") is not None:
         masks["video"] = video_clean_mask(batch["latents"], options, generator)
     if "audio" in sigmas and batch.get("audio_latents") is not None:
-        masks["audio"] = audio_clean_mask(batch["audio_latents"], options, generator)
+        masks["audio"] = audio_clean_mask(batch["audio_latents"], options, generator, batch.get("audio_lengths"))
     for name, extra in (extra_masks or {}).items():
         if name in sigmas and extra is not None:
             extra = extra.to(torch.bool).cpu()
