@@ -267,3 +267,13 @@ def test_audio_extension_suffix_ends_at_each_items_valid_length():
     assert mask[0].tolist() == [True, False, False, False, False, False, True, True]
     assert mask[1].tolist() == [True, False, False, True, True, False, False, False]  # padding stays out
     assert not mask[2].any()  # 3 valid frames: prefix + suffix would cover them all
+
+
+def test_reference_frames_flag_must_match_the_cache():
+    batch = {"latents": torch.zeros(1, 128, 3, 2, 2), "reference_latents": torch.zeros(1, 128, 2, 2, 2)}
+    sig = {"video": torch.tensor([0.5])}
+    apply_conditioning(batch, sig, ConditioningOptions(ic_lora_strategy="v2v", reference_frames=17,
+                                                       reference_temporal_scale=2))
+    with pytest.raises(ValueError, match="--reference_frames 33"):
+        apply_conditioning(batch, sig, ConditioningOptions(ic_lora_strategy="v2v", reference_frames=33,
+                                                           reference_temporal_scale=2))

@@ -44,6 +44,7 @@ class ConditioningOptions:
     audio_ref_negative_positions: bool = False
     reference_downscale: int = 1
     reference_temporal_scale: int = 1
+    reference_frames: int | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> "ConditioningOptions":
@@ -67,6 +68,7 @@ class ConditioningOptions:
             audio_ref_negative_positions=bool(getattr(args, "audio_ref_use_negative_positions", False)),
             reference_downscale=int(get("reference_downscale", 1)),
             reference_temporal_scale=int(get("reference_temporal_scale", 1)),
+            reference_frames=getattr(args, "reference_frames", None),
         )
 
     @property
@@ -153,6 +155,13 @@ def check_reference_scales(target_grid: tuple[int, int, int], reference_grid: tu
         raise ValueError(f"the cached references have 1/{temporal} of the target's frame rate but "
                          f"--reference_temporal_scale is {options.reference_temporal_scale}: train with "
                          f"--reference_temporal_scale {temporal} or re-cache them with that factor")
+    if options.reference_frames is not None:
+        # one latent frame for the first video frame, one per 8 after it, of the frames kept after subsampling
+        latent = ((options.reference_frames - 1) // options.reference_temporal_scale) // 8 + 1
+        if reference_grid[0] != latent:
+            raise ValueError(f"the cached references have {reference_grid[0]} latent frames, which --reference_frames "
+                             f"{options.reference_frames} (= {latent} latent frames per reference) does not give: "
+                             "pass the value they were cached with")
 
 
 def apply_conditioning(batch: Mapping[str, Any], sigmas: Mapping[str, torch.Tensor], options: ConditioningOptions,

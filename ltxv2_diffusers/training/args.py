@@ -124,6 +124,8 @@ FLAGS: tuple[Flag, ...] = (
       group="conditioning"),
     F("--reference_temporal_scale", int, 1, "references are cached at 1/N of the target's frame rate (first frame, "
       "then every N-th); same value as at caching", group="conditioning"),
+    F("--reference_frames", int, None, "video frames of each cached reference (8k+1, as given to "
+      "ltxv2-cache-latents); checked against the cache", group="conditioning"),
     F("--audio_ref_use_negative_positions", bool, False, "reference audio at negative positions (ending 0.04 s "
       "before the target starts), as the official Dub-It pipeline feeds it", group="conditioning"),
     F("--extend_prefix_frames", int, 0, "video extension: the first N latent frames given clean (forward "
@@ -523,6 +525,16 @@ def conditioning_problems(args: argparse.Namespace, mode) -> list[str]:
             problems.append(f"--{flag} must be >= 1 (got {value})")
         elif value != 1 and not video_ref:
             problems.append(f"--{flag} {value} applies to video references: it needs --ic_lora_strategy v2v, av_ic "
+                            "or video_ref_only_av")
+    if args.reference_frames is not None:
+        if args.reference_frames < 1 or (args.reference_frames - 1) % 8:
+            problems.append(f"--reference_frames {args.reference_frames} must be 8k+1 (1, 9, 17, ...)")
+        elif args.reference_temporal_scale > 1 and ((args.reference_frames - 1) // 8) % args.reference_temporal_scale:
+            problems.append(f"--reference_frames {args.reference_frames} cannot be subsampled by "
+                            f"--reference_temporal_scale {args.reference_temporal_scale}: use 8k+1 with k a multiple "
+                            "of the factor")
+        elif not video_ref:
+            problems.append("--reference_frames applies to video references: it needs --ic_lora_strategy v2v, av_ic "
                             "or video_ref_only_av")
     if args.audio_ref_use_negative_positions and strategy not in ("av_ic", "audio_ref_ic"):
         problems.append("--audio_ref_use_negative_positions needs an audio reference: --ic_lora_strategy audio_ref_ic "
