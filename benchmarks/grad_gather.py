@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ltxv2_diffusers.models.acceleration.master_weights import flat_cat
+from ltxv2_diffusers.speed.optim.master_weights import flat_cat
 
 
 def main(argv=None) -> dict:

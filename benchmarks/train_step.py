@@ -48,7 +48,7 @@ def parse(argv=None):
                    help="naive: autocast + fp32 LoRA, eager; default: the trainer's fast path")
     p.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
-    p.add_argument("--fp8_base", action="store_true", help="fp8 base weights and matmuls (models/acceleration/fp8.py)")
+    p.add_argument("--fp8_base", action="store_true", help="fp8 base weights and matmuls (speed/quant/fp8.py)")
     p.add_argument("--blocks_to_swap", type=int, default=None)
     p.add_argument("--no_compile", action="store_true")
     p.add_argument("--offload_optimizer", action="store_true",
@@ -60,7 +60,7 @@ def parse(argv=None):
                    help="comma list, measured one after the other on the same model: 'keep' (the default: compiled "
                         "blocks recompute, keeping what keep_attention_policy says), 'ckpt' (diffusers' per-block "
                         "gradient checkpointing around compiled blocks) or a number in [0, 1] (compiled blocks "
-                        "recompute within that activation memory budget) or 'none' (no recomputation); see training/speed.py. Suffix '+cg' "
+                        "recompute within that activation memory budget) or 'none' (no recomputation); see speed/setup.py. Suffix '+cg' "
                         "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cdt' with its coordinate-descent tuning of elementwise and reduction kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '+keepall' lets blocks without recompute keep what the partitioner keeps by default (not keep_matmul_outputs_policy), '+nofo' has backward fetch the text keys' and values' weights of swapped blocks too (as before they were left to the forward), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
@@ -322,7 +322,7 @@ def main(argv=None) -> dict:
     from ltxv2_diffusers.models.adapter import adapter_class_for_mode
     from ltxv2_diffusers.models.presets import build_components
     from ltxv2_diffusers.training.args import parse_args
-    from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options, freeze_host_objects, thaw_host_objects
+    from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options, freeze_host_objects, thaw_host_objects
     from ltxv2_diffusers.training.step import TrainStep
 
     cuda = a.device.startswith("cuda")
@@ -403,7 +403,7 @@ def main(argv=None) -> dict:
         if swapper is None:
             return None
         if tail is not None and not swapper.rerun_in_backward:
-            from ltxv2_diffusers.models.acceleration import BlockSwapper
+            from ltxv2_diffusers.speed import BlockSwapper
 
             swapper.remove()
             swapper = BlockSwapper(transformer, opts.blocks_to_swap, device=a.device, rerun_in_backward=False,
@@ -463,7 +463,7 @@ def main(argv=None) -> dict:
     results = []
     for n, variant in enumerate(variants):
         if n:  # same model, optimizer and LoRA state; only recomputation and swapping change
-            from ltxv2_diffusers.training.speed import configure_recompute, make_swapper
+            from ltxv2_diffusers.speed.setup import configure_recompute, make_swapper
 
             if speed.swapper is not None:
                 speed.swapper.remove()

@@ -1,6 +1,12 @@
 """ltxv2-diffusers: LoRA training for Lightricks LTX-2 on Hugging Face diffusers.
 
 Public API is imported lazily so `import ltxv2_diffusers` stays cheap (CLI start-up, plugin discovery).
+
+This package is also a library diffusers loads pipeline components from: our components
+(scheduler, connectors, adapters) name `ltxv2_diffusers` as their module (`DIFFUSERS_COMPONENTS`),
+so a saved pipeline's `model_index.json` lists them as `["ltxv2_diffusers", "<class>"]` whatever
+file defines them, and diffusers finds each one and its base class (`ModelMixin` /
+`SchedulerMixin`) here. diffusers imports no library a folder names: `import ltxv2_diffusers` first.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ _EXPORTS = {
     "ModalityOutput": "ltxv2_diffusers.models.adapter",
     "adapter_class_for_mode": "ltxv2_diffusers.models.adapter",
     "LTXV2FlowMatchScheduler": "ltxv2_diffusers.models.scheduler",
+    "CachedContextConnectors": "ltxv2_diffusers.training.previews",
     "add_lora": "ltxv2_diffusers.lora",
     "apply_lora": "ltxv2_diffusers.lora",
     "read_lora": "ltxv2_diffusers.lora",
@@ -68,9 +75,21 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+DIFFUSERS_COMPONENTS = ("LTXV2FlowMatchScheduler", "CachedContextConnectors", "LTXV2ModelAdapter",
+                        "LTXAVModelAdapter", "LTXAudioModelAdapter")
+# diffusers' loader looks a component's base classes up in the library it comes from.
+_DIFFUSERS_BASES = {"ModelMixin": "diffusers", "SchedulerMixin": "diffusers"}
+
+
+def diffusers_component(cls: type) -> type:
+    """Class decorator: diffusers records (and finds) `cls` under this package's name."""
+    assert cls.__name__ in DIFFUSERS_COMPONENTS, f"add {cls.__name__} to DIFFUSERS_COMPONENTS"
+    cls.__module__ = __name__
+    return cls
+
 
 def __getattr__(name: str):
-    module = _EXPORTS.get(name)
+    module = _EXPORTS.get(name) or _DIFFUSERS_BASES.get(name)
     if module is None:
         raise AttributeError(f"module 'ltxv2_diffusers' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

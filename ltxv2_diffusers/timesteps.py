@@ -33,6 +33,9 @@ _BOUNDS = {
 
 FORMAT_CHOICES = tuple(f.value for f in TimestepFormat)
 
+# Training sigma distributions of the scheduler's sampler (`--sigma_sampling`).
+SIGMA_SAMPLING_CHOICES = ("shifted_logit_normal", "uniform")
+
 
 def parse_timestep_format(value: str | None) -> TimestepFormat:
     """Parse `--ltxv2_timestep_format`; there is no default, a missing value is an error."""

@@ -5,10 +5,10 @@ frozen weight, and are refused where a GPU cannot multiply in fp8."""
 import pytest
 import torch
 
-from ltxv2_diffusers.models import acceleration
-from ltxv2_diffusers.models.acceleration.fp8 import E4M3_MAX, quantize_rows
+from ltxv2_diffusers import speed as acceleration
+from ltxv2_diffusers.speed.quant.fp8 import E4M3_MAX, fp8_supported, quantize_rows
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
-from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
 from test_speed import _batch, _grads, _lora_model, _loss
 
@@ -64,7 +64,7 @@ def test_fp8_base_weights_replace_only_frozen_layers_fp8_can_take():
     assert len(linears) == count + lora  # the tiny model's base linears are all multiples of 16 wide
     assert acceleration.fp8_base_weights(model, min_features=16) == 0  # already replaced
     odd = torch.nn.Linear(24, 40)
-    assert not acceleration.fp8.fp8_supported(odd) and acceleration.fp8.fp8_supported(torch.nn.Linear(32, 48))
+    assert not fp8_supported(odd) and fp8_supported(torch.nn.Linear(32, 48))
 
 
 def _fp8_run(**options):
@@ -165,7 +165,7 @@ def test_swapped_blocks_free_their_device_copy_after_the_forward(fp8, monkeypatc
     stays alive until that block's backward, where activations peak."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
-    from ltxv2_diffusers.models.acceleration.block_swap import _HostCopy
+    from ltxv2_diffusers.speed.block_swap import _HostCopy
 
     copies = []
     fetch = _HostCopy.fetch

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_train_workspace import _locked_build, session_dir
+from conftest import locked_build, session_dir
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_lora_pulls_pipeline_samples_toward_the_trained_item():
     from ltxv2_diffusers.training.previews import build_preview_pipeline
     from ltxv2_diffusers.training.trainer import Trainer
 
-    root = _locked_build(session_dir(), "ltxv2_learning_ws", _build)
+    root = locked_build(session_dir(), "ltxv2_learning_ws", _build)
     ws = DemoWorkspace(root, root / "model" / "ltx-2-tiny.safetensors", root / "gemma-3-tiny",
                        root / "data" / "dataset.toml", root / "prompts.txt")
     args = parse_args(ws.train_argv(root / "out", 100, ["--learning_rate", "3e-3", "--network_dim", "16",

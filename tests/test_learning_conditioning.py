@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_train_workspace import _locked_build, session_dir
+from conftest import locked_build, session_dir
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def _frames(path: Path):
 
 @pytest.fixture(scope="module")
 def ws():
-    return _locked_build(session_dir(), "ltxv2_learning_cond_ws", _build)
+    return locked_build(session_dir(), "ltxv2_learning_cond_ws", _build)
 
 
 def _sampler(root: Path, pipeline_class):

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from ltxv2_diffusers.models.acceleration import MasterWeights
+from ltxv2_diffusers.speed import MasterWeights
 
 
 def _model(seed: int) -> nn.Module:
@@ -72,7 +72,7 @@ def test_master_weights_under_ddp_match_one_process(tmp_path):
 
 
 def _offload_worker(rank: int, world: int, port: int, out: str) -> None:
-    from ltxv2_diffusers.models.acceleration import HostMasterWeights, OffloadedAdamW
+    from ltxv2_diffusers.speed import HostMasterWeights, OffloadedAdamW
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -6,10 +6,10 @@ exercise the side-stream copies."""
 import pytest
 import torch
 
-from ltxv2_diffusers.models import acceleration
+from ltxv2_diffusers import speed as acceleration
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
 from ltxv2_diffusers.training.args import ArgsError, parse_args, validate_args
-from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
 from test_speed import _batch, _lora_model, _loss
 
@@ -159,8 +159,8 @@ def test_block_runs_group_parameters_by_block():
 
 
 def test_offload_optimizer_flag_errors(tmp_path):
-    with pytest.raises(ValueError, match="--offload_optimizer.*this run is on cpu"):
-        SpeedOptions.for_device("cpu", offload_optimizer=True)
+    assert any("--offload_optimizer need a CUDA device" in p and "this run is on cpu" in p
+               for p in SpeedOptions.for_device("cpu", offload_optimizer=True).problems())
     with pytest.raises(ValueError, match="--offload_optimizer .*needs bf16 compute"):
         apply_speed_options(_lora_model(torch.float32, num_layers=2),
                             SpeedOptions(naive=True, compile=False, offload_optimizer=True), device="cpu")
@@ -168,10 +168,12 @@ def test_offload_optimizer_flag_errors(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     base = ["--dataset_config", str(tmp_path / "data.toml"), "--ltxv2_model", str(tmp_path / "model.safetensors"),
             "--ltxv2_timestep_format", "sd3_0_1", "--output_dir", str(tmp_path / "out"), "--offload_optimizer"]
-    for extra, message in ((["--speed", "naive"], "drop --speed naive"),
+    for extra, message in (("naive", "drop --speed naive"),  # `speed` is the benchmarks' and library callers'
                            (["--optimizer_type", "AdamW8bit"], "implements AdamW"),
                            ([], "need a CUDA device") if not torch.cuda.is_available() else ([], None)):
-        args = parse_args(base + extra, validate=False)
+        args = parse_args(base + ([] if extra == "naive" else extra), validate=False)
+        if extra == "naive":
+            args.speed = "naive"
         if message is None:
             validate_args(args)
             continue
@@ -183,7 +185,7 @@ def test_offload_optimizer_flag_errors(tmp_path):
 
 
 def test_offload_refuses_more_than_the_host_memory(monkeypatch):
-    from ltxv2_diffusers.models.acceleration import block_swap
+    from ltxv2_diffusers.speed import block_swap
 
     monkeypatch.setattr(block_swap, "available_host_memory", lambda: 2**10)  # 1 KiB free
     with pytest.raises(ValueError, match=r"--offload_optimizer keeps .* of optimizer state in host memory, but only "

@@ -84,8 +84,6 @@ def plugin_sites(tmp_path_factory) -> dict[str, Path]:
 
 def use_site(site: Path, monkeypatch):
     """Put an installed-plugins folder on sys.path and reload the plugin manager; returns an undo."""
-    monkeypatch.delenv("LTXV2_DISABLE_PLUGINS", raising=False)
-    monkeypatch.delenv("LTXV2_BLOCK_PLUGINS", raising=False)
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()
 
@@ -218,22 +216,10 @@ def test_plugins_flag_blocks_allows_and_disables_entry_points(installed):
     plugins.configure("none")
     rows = infos()
     assert {rows[n].status for n in ("p2_weighting", "audio_delta_loss")} == {"off (autoload disabled)"}
+    assert "autoload off" in plugins.describe_plugins().splitlines()[0]
     assert "p2" not in plugins.weighting_schemes() and "cosmap" in plugins.weighting_schemes()
     with pytest.raises(PluginError, match="--plugins names not_installed, not installed .*audio_delta_loss, p2_weighting"):
         plugins.configure("not_installed")
-
-
-def test_environment_switches(installed, monkeypatch):
-    monkeypatch.setenv("LTXV2_DISABLE_PLUGINS", "1")
-    plugins.configure(None)
-    assert "p2" not in plugins.weighting_schemes()
-    assert "autoload off" in plugins.describe_plugins().splitlines()[0]
-    monkeypatch.setenv("LTXV2_DISABLE_PLUGINS", "0")
-    monkeypatch.setenv("LTXV2_BLOCK_PLUGINS", "p2_weighting")
-    plugins.configure(None)
-    assert "p2" not in plugins.weighting_schemes() and infos()["audio_delta_loss"].status == "loaded"
-
-
 
 
 def test_broken_plugins_fail_loudly_with_their_names(plugin_sites, monkeypatch):

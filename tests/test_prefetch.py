@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from test_train_workspace import baseline_argv, workspace
+from conftest import baseline_argv, workspace
 
 from ltxv2_diffusers.training.args import parse_args
 from ltxv2_diffusers.training.logging import read_metrics

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from test_train_workspace import (
+from conftest import (
     REPO, SCRIPT, baseline_argv, baseline_run, lora_tensors, subprocess_env, workspace,
 )
 from ltxv2_diffusers.training.checkpoints import CheckpointDir

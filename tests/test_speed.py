@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ltxv2_diffusers.lora import add_lora
-from ltxv2_diffusers.models import acceleration
+from ltxv2_diffusers import speed as acceleration
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
 from ltxv2_diffusers.models.presets import build_components
-from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
+from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
 
 def _batch(seed=0):
@@ -484,7 +484,7 @@ def test_text_keys_and_values_are_fetched_by_the_forward_only(device, compiled):
 
 
 def test_blocks_without_recompute_are_spread_or_last():
-    from ltxv2_diffusers.training.speed import blocks_without_recompute
+    from ltxv2_diffusers.speed.setup import blocks_without_recompute
 
     model = _lora_model(torch.float32, num_layers=6)
     assert blocks_without_recompute(model, SpeedOptions()) == set()
@@ -630,7 +630,7 @@ def test_memory_peak_breakdown_replays_an_allocator_trace(bench_script):
     """`benchmarks/memory_peak.py` on a trace in the CUDA allocator's format: the peak counts what was
     allocated before the trace, less what the trace freed of it, and groups live blocks by their code."""
     mp = bench_script("memory_peak")
-    swap = [{"filename": "/x/site-packages/ltxv2_diffusers/models/acceleration/block_swap.py", "name": "fetch",
+    swap = [{"filename": "/x/site-packages/ltxv2_diffusers/speed/block_swap.py", "name": "fetch",
              "line": 120}]
     graph = [{"filename": "/usr/lib/python3/site-packages/torch/_inductor/output_code.py", "name": "__call__", "line": 1},
              {"filename": "/tmp/torchinductor_u/ab/cabcdefghijk.py", "name": "call", "line": 99}]
@@ -647,12 +647,12 @@ def test_memory_peak_breakdown_replays_an_allocator_trace(bench_script):
     got = mp.peak_breakdown(trace, before=10 * gib)
     assert got["peak_gib"] == 13.0 and got["event"] == 4
     assert got["sites"] == [["allocated before the step", 8.0, 0], ["compiled graph cabcdefghi:call", 4.0, 2],
-                            ["models/acceleration/block_swap.py:fetch:120", 1.0, 1]]
+                            ["speed/block_swap.py:fetch:120", 1.0, 1]]
 
 
 def test_block_counts_are_checked_against_the_models_depth():
     """What the trainer checks from the model's config before a 19B load."""
-    from ltxv2_diffusers.training.speed import check_options
+    from ltxv2_diffusers.speed.setup import check_options
 
     with pytest.raises(ValueError, match=r"--blocks_to_swap must be between 1 and 47 for this 48-block model \(got 48\)"):
         check_options(SpeedOptions(blocks_to_swap=48), 48, checkpointing=True)  # fetched by gradient hooks

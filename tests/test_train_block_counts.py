@@ -5,11 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from test_train_workspace import baseline_argv, workspace
+from conftest import baseline_argv, workspace
 
 from ltxv2_diffusers.models.loading import read_transformer_config
 from ltxv2_diffusers.training.args import parse_args
-from ltxv2_diffusers.training.speed import SpeedOptions
+from ltxv2_diffusers.speed.setup import SpeedOptions
 from ltxv2_diffusers.training.trainer import Trainer, TrainingFailed
 
 

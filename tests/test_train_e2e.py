@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_workspace import (
+from conftest import (
     REPO, STEPS, accelerate_launch, baseline_argv, baseline_run, lora_tensors, workspace,
 )
 from ltxv2_diffusers.training.logging import read_metrics
@@ -73,8 +73,6 @@ def installed_plugin(tmp_path, monkeypatch):
     from ltxv2_diffusers import plugins
 
     site = _install_plugin(tmp_path)
-    monkeypatch.delenv("LTXV2_DISABLE_PLUGINS", raising=False)
-    monkeypatch.delenv("LTXV2_BLOCK_PLUGINS", raising=False)
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()
     yield site

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_workspace import baseline_argv, workspace
+from conftest import baseline_argv, workspace
 from ltxv2_diffusers.training.args import parse_args
 from ltxv2_diffusers.training.logging import read_metrics
 from ltxv2_diffusers.training.trainer import Trainer

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from test_train_workspace import baseline_argv, workspace
+from conftest import PoisonSteps, baseline_argv, workspace
 from ltxv2_diffusers import plugins
 from ltxv2_diffusers.hookspecs import hookimpl
 from ltxv2_diffusers.training.args import parse_args
@@ -17,19 +17,6 @@ from ltxv2_diffusers.training.logging import read_metrics
 from ltxv2_diffusers.training.trainer import Trainer, TrainingDiverged, TrainingOutOfMemory
 
 pytestmark = pytest.mark.slow
-
-
-class PoisonSteps:
-    """A real plugin whose extra loss is NaN on chosen calls (one call per step without accumulation)."""
-
-    def __init__(self, bad_calls):
-        self.bad_calls, self.calls = set(bad_calls), 0
-
-    @hookimpl
-    def ltxv2_extra_losses(self, outputs):
-        self.calls += 1
-        value = float("nan") if self.calls in self.bad_calls else 0.0
-        return [("poison", outputs["video"].pred.sum() * 0.0 + value)]
 
 
 @pytest.fixture()

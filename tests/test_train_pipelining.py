@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_nonfinite import PoisonSteps
-from test_train_workspace import baseline_argv, workspace
+from conftest import PoisonSteps
+from conftest import baseline_argv, workspace
 from ltxv2_diffusers import plugins
 from ltxv2_diffusers.hookspecs import hookimpl
 from ltxv2_diffusers.training.args import parse_args

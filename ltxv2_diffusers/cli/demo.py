@@ -1,4 +1,4 @@
-"""`ltxv2-demo`: the whole workflow offline on a tiny random LTX-2, in a few minutes on a CPU.
+"""`ltxv2-demo`: the whole workflow offline on a tiny random LTX-2, in well under a minute on a CPU.
 
 Writes a tiny random LTX-2 as an official single-file checkpoint (all components), a tiny Gemma-3
 with its tokenizer, synthetic clips with sound and captions, a dataset.toml and a prompts file; runs

@@ -300,6 +300,26 @@ class BatchManager:
         """Batches per epoch (independent of the epoch)."""
         return sum(n // bs + (1 if n % bs and self._splits(n % bs) else 0) for bs, n in self._bucket_counts())
 
+    def largest_batch(self) -> dict[str, int]:
+        """The bucket with the most latent elements per batch (what sizes a run's memory): its `batch` size
+        and per-item `video` latent frames x height x width (0 in audio mode) and `audio` latent frames (its
+        longest item), read from shapes alone."""
+        best: dict[str, int] = {"batch": 1, "video": 0, "audio": 0}
+        for src, readers, records in zip(self.sources, self._readers, self._records):
+            by_bucket: dict[tuple, list[str]] = {}
+            for key, bucket in records:
+                by_bucket.setdefault(bucket, []).append(key)
+            for bucket, keys in by_bucket.items():
+                batch = min(max(1, int(src.batch_size)), len(keys) * max(1, int(src.num_repeats)))
+                batch = max(1, batch // self.processes)
+                video = int(bucket[1] * bucket[2] * bucket[3]) if self.mode.has_video else 0
+                audio = 0
+                if self.mode.has_audio:
+                    audio = max(int(readers["audio"].shape(k, "audio_latents")[-2]) for k in keys[:8])
+                if batch * (video + audio) > best["batch"] * (best["video"] + best["audio"]):
+                    best = {"batch": batch, "video": video, "audio": audio}
+        return best
+
     def position(self, step: int) -> tuple[int, int]:
         """`(epoch, batch index)` of the `step`-th batch since the start of training."""
         return divmod(int(step), len(self))

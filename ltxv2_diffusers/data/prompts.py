@@ -54,6 +54,7 @@ def parse_prompt_line(line: str, index: int = 0, source: str = "--sample_prompts
     prompt = PreviewPrompt(prompt=parts[0].strip(), index=index)
     for part in parts[1:]:
         key, _, value = part.strip().partition(" ")
+        key = key.lower()  # musubi reads --W and --w alike
         if key not in _OVERRIDES:
             raise ValueError(f"{source} line {index + 1}: unknown override --{key}; use "
                              "--w --h --f --s --g --d --n --fps --i --v")

@@ -29,6 +29,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from ltxv2_diffusers import diffusers_component
 from ltxv2_diffusers.conditioning.layout import (
     infer_reference_scales,
     reference_audio_coords,
@@ -522,18 +523,21 @@ def _append_clean(out: dict[str, Any], tokens: torch.Tensor, coords: torch.Tenso
     out["coords"] = torch.cat([out["coords"], coords.to(out["coords"].dtype)], dim=2)
 
 
+@diffusers_component
 class LTXV2ModelAdapter(LTXModelAdapterBase):
     """Video-only (LTXV) training: audio runs as an isolated 1-token dummy."""
 
     mode = LtxMode.VIDEO
 
 
+@diffusers_component
 class LTXAVModelAdapter(LTXModelAdapterBase):
     """Joint audio+video (LTXAV) training with independent video and audio sigmas."""
 
     mode = LtxMode.AV
 
 
+@diffusers_component
 class LTXAudioModelAdapter(LTXModelAdapterBase):
     """Audio-only training: video runs as an isolated 1-token dummy."""
 

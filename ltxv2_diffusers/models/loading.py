@@ -262,9 +262,7 @@ def _load_diffusers(path_or_repo, torch_dtype, wanted: tuple[str, ...]) -> dict[
             return {component: _from_pretrained(cls, str(path), None, torch_dtype)}
         model_index = json.loads(index.read_text())
     else:
-        from huggingface_hub import hf_hub_download
-
-        model_index = json.loads(Path(hf_hub_download(str(path_or_repo), "model_index.json")).read_text())
+        model_index = json.loads(Path(_hub_file(str(path_or_repo), "model_index.json")).read_text())
     out = {}
     for component in wanted:
         entry = model_index.get(component)
@@ -273,6 +271,20 @@ def _load_diffusers(path_or_repo, torch_dtype, wanted: tuple[str, ...]) -> dict[
         cls = _diffusers_class(entry[1])
         out[component] = _from_pretrained(cls, str(path_or_repo), component, torch_dtype)
     return out
+
+
+def _hub_file(repo_id: str, filename: str) -> str:
+    """A file of a Hub repo (from the local cache when offline); an id that cannot be found is one clear error."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id, filename)
+    except LocalEntryNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{repo_id}: not a local file or folder, and not in the Hugging Face cache while the Hub cannot be "
+            f"reached (offline, or HF_HUB_OFFLINE=1); pass a local path, or download it first: hf download {repo_id}"
+        ) from exc
 
 
 def _component_of_class(class_name: str, where) -> str:

@@ -11,14 +11,10 @@ from typing import Literal
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
-# diffusers' pipeline loader finds the load method of a custom component by looking up base classes
-# (`SchedulerMixin`) in the component's own module, so that name must be importable from here.
-
+from ltxv2_diffusers import diffusers_component
+from ltxv2_diffusers.timesteps import SIGMA_SAMPLING_CHOICES as SAMPLING_CHOICES
 from ltxv2_diffusers.timesteps import TimestepFormat, parse_timestep_format, timesteps_to_sigmas
-
-SAMPLING_CHOICES = ("shifted_logit_normal", "uniform")
 
 # Standard-normal quantiles the official trainer stretches its logit-normal between (0.5 % and 99.9 %).
 _NORMAL_Q005 = -2.5758
@@ -59,6 +55,7 @@ def token_shift(num_tokens: int, base_shift: float, max_shift: float, base_seq_l
     return base_shift + slope * (num_tokens - base_seq_len)
 
 
+@diffusers_component
 class LTXV2FlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
     """`FlowMatchEulerDiscreteScheduler` with LTX-2's inference defaults (dynamic shift 0.95 → 2.05 over
     1024 → 4096 tokens, terminal sigma 0.1), accepted as `scheduler` by the stock `LTX2Pipeline`, plus the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import logging
 import os
 import sys
 import tomllib
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
-from ltxv2_diffusers.timesteps import FORMAT_CHOICES, parse_timestep_format
+from ltxv2_diffusers.timesteps import FORMAT_CHOICES, SIGMA_SAMPLING_CHOICES, parse_timestep_format
 
 NETWORK_MODULE = "ltxv2_diffusers.lora"  # the help text only; lora.resolve_network_module decides
 OPTIMIZERS = ("AdamW", "AdamW8bit")
@@ -104,8 +105,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--network_alpha", float, None, "LoRA alpha (default: = rank)", group="network"),
     F("--network_args", list, None, "extra LoRA options as key=value (e.g. include_ff=True)", group="network"),
     F("--network_weights", Path, None, "start from this LoRA file", group="network"),
-    F("--sample_prompts", Path, None, "preview prompts, one per line, with --W/--H/--f/--s/--g/--d/--n "
-      "overrides", group="previews"),
+    F("--sample_prompts", Path, None, "preview prompts, one per line, with --w/--h/--f/--s/--g/--d/--n "
+      "overrides (musubi style, any case)", group="previews"),
     F("--video_loss_weight", float, 1.0, "video loss weight (prediction and target scaled by sqrt)",
       group="loss"),
     F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
@@ -155,7 +156,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--plugins", str, None, "plugins to use: 'none', a comma list to allow, '-name' to block",
       group="run"),
     F("--list_plugins", bool, False, "print the plugins and their hooks, then exit", group="run"),
-    F("--log_with", str, "tensorboard", "experiment tracker", choices=LOG_WITH, group="run"),
+    F("--log_with", str, None, "experiment tracker (default: tensorboard when installed, else none)",
+      choices=LOG_WITH, group="run"),
     F("--logging_dir", Path, None, "tracker directory (default: OUTPUT_DIR/logs)", group="run"),
     # --- optimization ---
     F("--learning_rate", float, 1e-4, "peak learning rate"),
@@ -171,39 +173,34 @@ FLAGS: tuple[Flag, ...] = (
     F("--adam_epsilon", float, 1e-8, "AdamW epsilon"),
     F("--max_grad_norm", float, 1.0, "gradient clipping norm (0 = off)"),
     F("--weighting_scheme", str, "none", "loss weighting over sigma (registered by plugins)", group="loss"),
+    F("--sigma_sampling", str, SIGMA_SAMPLING_CHOICES[0], "training sigma distribution of the built-in sampler: "
+      "the official LTX-2 shifted logit-normal (shift grows with token count) or uniform (pair it with "
+      "--weighting_scheme logit_normal for the SD3 objective)", choices=SIGMA_SAMPLING_CHOICES, group="loss"),
     F("--independent_audio_sigmas", bool, False, "draw audio sigmas independently of video sigmas (av)",
       group="loss"),
     F("--max_nonfinite_steps", int, 5, "stop after this many non-finite losses in a row", group="loss"),
-    # --- speed (training/speed.py; on a CPU every choice runs eager fp32) ---
-    F("--speed", str, "fast", "fast: bf16 LoRA compute with fp32 master weights, fused AdamW, compiled blocks "
-      "(CUDA); naive: autocast with fp32 LoRA weights, eager (diffusers' recipe)", choices=("fast", "naive"),
-      group="speed"),
-    F("--no_compile", bool, False, "skip torch.compile of the transformer blocks", group="speed"),
-    F("--attention_backend", str, None, "diffusers attention backend (e.g. flash, _native_cudnn)", group="speed"),
-    F("--low_memory", bool, False, "int8 frozen base weights and 8 swapped blocks (about 24 GiB)", group="speed"),
+    # --- speed (ltxv2_diffusers/speed/; docs/speed.md). On a CPU every choice runs eager fp32 ---
+    F("--memory_budget", str, "auto", "GiB of GPU memory the run may use: the memory planner picks the fastest "
+      "combination of streamed blocks, recomputation, optimizer offload and (only when nothing else fits) int8 base "
+      "weights that fits, prints it in one line and checks it on the first step; 'auto' (default): the GPU's free "
+      "memory; 'off': only the advanced flags below, as given", group="speed"),
     F("--fp8_base", bool, False, "frozen base linears of the transformer blocks in fp8 (e4m3, one scale per output "
       "channel) multiplied in fp8, activations scaled per token: half the weights' memory and faster matmuls, "
-      "within fp8 rounding of bf16 (not bit-comparable to it); needs an Ada/Hopper GPU or newer, --speed fast; with "
-      "--low_memory it replaces the int8 weights (musubi's --fp8_scaled is the same flag: ours is always scaled)",
-      group="speed", aliases=("--fp8_scaled",)),
+      "within fp8 rounding of bf16 (not bit-comparable to it); needs an Ada/Hopper GPU or newer (musubi's "
+      "--fp8_scaled is the same flag: ours is always scaled)", group="speed", aliases=("--fp8_scaled",)),
+    # --- advanced: hand-set levers; each one given is kept by the planner, which chooses the others ---
     F("--blocks_to_swap", int, None, "keep the frozen weights of N blocks in CPU memory, copied to the GPU ahead "
-      "of use (about 0.73 GiB each for LTX-2 19B); with compiled recompute they are spread over all blocks but the "
-      "last two and cross the host link once per step, during backward", group="speed"),
-    F("--blocks_without_recompute", int, 0, "with --gradient_checkpointing and compiled recompute: N blocks "
-      "(spread over the model) keep their matmul and attention outputs instead of recomputing them, recomputing only "
-      "elementwise work (about 0.7 GiB each at 768x512x121, ~6 ms/step faster each on an H100); pay for them with "
-      "--blocks_to_swap and --offload_optimizer, e.g. --blocks_to_swap 40 --blocks_without_recompute 44 "
-      "--offload_optimizer fits 45 GiB (43.3 GiB; 42/48, the fastest measured, 44.5)", group="speed"),
+      "of use (about 0.73 GiB each for LTX-2 19B)", group="advanced"),
+    F("--blocks_without_recompute", int, None, "N blocks (spread over the model) keep their matmul and attention "
+      "outputs instead of recomputing them in backward (about 0.7 GiB each at 768x512x121, ~6 ms/step faster each "
+      "on an H100); needs compiled blocks", group="advanced"),
     F("--offload_optimizer", bool, False, "keep the fp32 master weights and AdamW moments (12 bytes per LoRA "
       "parameter, 2.4 GiB for a rank-32 AV LoRA) in pinned CPU memory; each step's update is applied four blocks "
-      "at a time during the next forward (fast path, AdamW, CUDA)", group="speed"),
-    F("--recompute", str, "compiled", "how --gradient_checkpointing recomputes: compiled (each compiled block "
-      "recomputes inside its backward and keeps its large self-attention outputs; fastest) or checkpoint (re-run "
-      "whole blocks, least memory; always used with --no_compile and --low_memory)",
-      choices=("compiled", "checkpoint"), group="speed"),
-    F("--activation_memory_budget", float, None, "with --recompute compiled: let torch.compile choose what each "
-      "block keeps, from 0 (only its inputs) to 1 (all it would keep without checkpointing), instead of keeping "
-      "the self-attention outputs", group="speed"),
+      "at a time during the next forward (AdamW, CUDA)", group="advanced"),
+    F("--low_memory", bool, False, "a fixed recipe instead of the planner: int8 frozen base weights and 8 blocks "
+      "re-run and streamed (about 21 GiB at 768x512x121)", group="advanced"),
+    F("--no_compile", bool, False, "skip torch.compile of the transformer blocks", group="advanced"),
+    F("--attention_backend", str, None, "diffusers attention backend (e.g. flash, _native_cudnn)", group="advanced"),
     # --- state ---
     F("--save_every_n_steps", int, None, "save LoRA + training state every N steps", group="state"),
     F("--save_every_n_epochs", int, None, "save LoRA + training state every N epochs", group="state"),
@@ -227,7 +224,9 @@ FLAGS: tuple[Flag, ...] = (
 FLAG_BY_DEST = {flag.dest: flag for flag in FLAGS}
 _GROUP_TITLES = {
     "data": "data", "model": "model", "network": "LoRA network", "loss": "loss", "run": "run",
-    "training": "optimization", "conditioning": "conditioning (I2V, extension, IC-LoRA)", "speed": "speed and memory", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
+    "training": "optimization", "conditioning": "conditioning: I2V, extension, IC-LoRA (docs/conditioning.md)",
+    "speed": "speed and memory (docs/speed.md)",
+    "advanced": "advanced speed and memory (hand-set levers; the planner chooses the rest)", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
 }
 
 
@@ -436,42 +435,9 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.optimizer_type == "AdamW8bit":
         need(importlib.util.find_spec("bitsandbytes") is not None,
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
-    if args.blocks_to_swap:
-        need(args.blocks_to_swap > 0, "--blocks_to_swap must be > 0")
-    if args.offload_optimizer:
-        need(args.speed == "fast", "--offload_optimizer offloads the fast path's fp32 master weights; drop --speed naive")
-        need(args.optimizer_type == "AdamW", f"--offload_optimizer implements AdamW; drop it or use --optimizer_type "
-             f"AdamW (got {args.optimizer_type})")
-        need(args.mixed_precision != "fp16", "--offload_optimizer has no fp16 gradient scaling; use bf16")
-    if args.fp8_base:
-        need(args.speed == "fast", "--fp8_base multiplies the fast path's bf16 activations in fp8; drop --speed naive")
-    if args.low_memory:
-        need(args.gradient_checkpointing, "--low_memory swaps blocks, which needs --gradient_checkpointing")
-    inside = False
-    if args.activation_memory_budget is not None or args.blocks_without_recompute:
-        from ltxv2_diffusers.training.speed import compiled_recompute
+    from ltxv2_diffusers.speed.options import args_problems
 
-        # Whether the compiled blocks will do the recomputation (--low_memory always re-runs whole blocks).
-        inside = compiled_recompute(compile=not args.no_compile, recompute=args.recompute,
-                                    checkpointing=args.gradient_checkpointing) and not args.low_memory
-    if args.activation_memory_budget is not None:
-        need(0.0 <= args.activation_memory_budget <= 1.0, "--activation_memory_budget must lie in [0, 1]")
-        need(inside,
-             "--activation_memory_budget sets what compiled blocks keep when they recompute: it needs "
-             "--gradient_checkpointing and --recompute compiled, without --no_compile or --low_memory")
-    if args.blocks_without_recompute:
-        need(args.blocks_without_recompute > 0, "--blocks_without_recompute must be > 0")
-        need(inside and args.activation_memory_budget is None,
-             "--blocks_without_recompute exempts blocks from the compiled blocks' recomputation: it needs "
-             "--gradient_checkpointing and --recompute compiled, without --no_compile, --low_memory or "
-             "--activation_memory_budget")
-    if (args.low_memory or args.blocks_to_swap or args.activation_memory_budget is not None
-            or args.blocks_without_recompute or args.offload_optimizer):
-        import torch
-
-        need(torch.cuda.is_available(), "--low_memory / --blocks_to_swap / --activation_memory_budget / "
-             "--blocks_without_recompute / --offload_optimizer need a CUDA device and none is available; drop them "
-             "to train on this machine")
+    problems.extend(args_problems(args))
     if args.save_last_n_steps is not None:
         need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
              "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")
@@ -481,6 +447,10 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "--sample_every_n_steps/--sample_every_n_epochs/--sample_at_first need --sample_prompts FILE")
     if args.sample_prompts is not None:
         need(Path(args.sample_prompts).is_file(), f"--sample_prompts {args.sample_prompts}: no such file")
+        if not sampling:
+            logging.getLogger(__name__).warning(
+                "--sample_prompts renders no previews without --sample_every_n_steps N, --sample_every_n_epochs N "
+                "or --sample_at_first")
     need(args.sample_steps >= 1, "--sample_steps must be >= 1")
     if args.push_to_hub:
         need(bool(args.hub_model_id), "--push_to_hub needs --hub_model_id user/name")
@@ -492,8 +462,11 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
              "(pass a checkpoint folder or 'latest')")
     if args.log_with == "wandb":
         need(importlib.util.find_spec("wandb") is not None, "--log_with wandb needs wandb: pip install wandb")
-    if args.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        args.log_with = "none"  # default tracker absent: train without it rather than fail
+    if args.log_with is None:
+        args.log_with = "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    elif args.log_with == "tensorboard":
+        need(importlib.util.find_spec("tensorboard") is not None,
+             "--log_with tensorboard needs tensorboard: pip install tensorboard (or --log_with none)")
     if problems:
         raise ArgsError("\n  ".join(["invalid arguments:", *problems]))
     if args.logging_dir is None:

@@ -170,7 +170,7 @@ def save_training_state(directory: Path, model: torch.nn.Module, optimizer, lr_s
                         progress: TrainingProgress, extra: dict[str, Any] | None = None, master=None) -> None:
     """Write trainable weights, optimizer/scheduler/RNG states and progress into `directory`.
 
-    `master`: the fp32 master weights (`models.acceleration.MasterWeights`) of a bf16-compute run; saved
+    `master`: the fp32 master weights (`speed.MasterWeights`) of a bf16-compute run; saved
     too, because the bf16 LoRA alone would lose what the optimizer steps.
     """
     save_file(trainable_state_dict(model), str(directory / "trainable.safetensors"))

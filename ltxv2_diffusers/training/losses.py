@@ -11,17 +11,8 @@ from typing import Any, Mapping
 
 import torch
 
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over valid tokens and all channels; `mask` is `[B,N]` (True = counts)."""
-    err = (pred.float() - target.float()).square()
-    if mask is None:
-        return err.mean()
-    mask = mask.to(err.device, torch.bool)
-    valid = mask.sum() * err.shape[-1]
-    # All tokens padded: 0, still connected to the graph for DDP. No host check of `valid`: reading it
-    # would make the CPU wait for the whole forward before it may queue the backward.
-    return (err * mask.unsqueeze(-1)).sum() / valid.clamp(min=1)
+from ltxv2_diffusers import plugins
+from ltxv2_diffusers.default_plugins.audio_loss import masked_mse
 
 
 def apply_sqrt_weight(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | float):
@@ -55,8 +46,6 @@ def compute_losses(outputs: Mapping[str, Any], batch: Mapping[str, Any], args) -
     each already multiplied by its loss weight and sigma weighting, plus every `ltxv2_extra_losses`
     term under `loss/<name>`. Returns `(total, terms)` with detached terms for logging.
     """
-    from ltxv2_diffusers import plugins
-
     schemes = plugins.weighting_schemes()
     terms: dict[str, torch.Tensor] = {}
     total: torch.Tensor | None = None

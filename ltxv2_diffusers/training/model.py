@@ -99,7 +99,7 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
         transformer.enable_gradient_checkpointing()
     adapter = adapter_class_for_mode(mode).from_components(transformer, vae=parts["vae"], audio_vae=parts["audio_vae"])
     if getattr(args, "low_memory", False) or getattr(args, "blocks_to_swap", None):
-        # The blocks stay on the CPU: the block swapper (training/speed.py) sends the swapped ones to
+        # The blocks stay on the CPU: the block swapper (speed/setup.py) sends the swapped ones to
         # pinned host memory and moves the rest, so the GPU never holds every weight at once.
         _apply_except(adapter, lambda t: t.to(device), transformer.transformer_blocks)
     else:

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+RAW, SMOOTH, SKIPPED = (170, 170, 170), (20, 80, 200), (220, 0, 0)
+
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
     """Trailing moving average (the raw curve of a small-batch run is mostly noise)."""
@@ -20,7 +22,8 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
 
 def plot_loss_curve(history: Sequence[tuple[int, float]], path: str | Path, skipped: Sequence[int] = (),
                     size: tuple[int, int] = (800, 400)) -> Path | None:
-    """Draw loss over steps (raw in grey, smoothed in blue, skipped steps as red ticks) into `path`.
+    """Draw loss over steps (raw in grey, smoothed in blue, skipped steps as red ticks), with axis
+    labels and a legend, into `path`.
 
     Returns the path, or None when there is nothing finite to draw.
     """
@@ -51,20 +54,28 @@ def plot_loss_curve(history: Sequence[tuple[int, float]], path: str | Path, skip
         value = lo + frac * (hi - lo)
         _, y = xy(s0, value)
         draw.text((4, y - 6), f"{value:.4g}", fill="black")
-    draw.text((left, height - bottom + 8), f"step {s0}", fill="black")
-    draw.text((width - right - 90, height - bottom + 8), f"step {s1}", fill="black")
-    draw.text((width // 2 - 20, height - bottom + 8), "loss", fill="black")
+    draw.text((left, height - bottom + 8), f"{s0}", fill="black")
+    draw.text((width - right - 40, height - bottom + 8), f"{s1}", fill="black")
+    draw.text((width // 2 - 40, height - bottom + 22), "optimizer step", fill="black")  # x-axis label
+    draw.text((4, 4), "loss", fill="black")  # y-axis label, above the value ticks
+    window = max(1, len(points) // 20)
     if len(points) > 1:
-        draw.line([xy(s, v) for s, v in points], fill=(170, 170, 170), width=1)
-        window = max(1, len(points) // 20)
-        draw.line([xy(s, v) for s, v in zip(steps, smooth(losses, window))], fill=(20, 80, 200), width=2)
+        draw.line([xy(s, v) for s, v in points], fill=RAW, width=1)
+        draw.line([xy(s, v) for s, v in zip(steps, smooth(losses, window))], fill=SMOOTH, width=2)
     else:
         x, y = xy(*points[0])
-        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(20, 80, 200))
-    for step in skipped:
-        if s0 <= step <= s1:
-            x, _ = xy(step, lo)
-            draw.line([(x, height - bottom - 8), (x, height - bottom)], fill="red", width=2)
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=SMOOTH)
+    marked = [step for step in skipped if s0 <= step <= s1]
+    for step in marked:
+        x, _ = xy(step, lo)
+        draw.line([(x, height - bottom - 8), (x, height - bottom)], fill=SKIPPED, width=2)
+    legend = [(RAW, "loss per step"), (SMOOTH, f"mean of {window} steps")]
+    legend += [(SKIPPED, "skipped (non-finite)")] if marked else []
+    for i, (colour, label) in enumerate(legend):
+        y = top + 8 + 14 * i
+        x = width - right - 170
+        draw.line([(x, y + 5), (x + 20, y + 5)], fill=colour, width=3)
+        draw.text((x + 26, y), label, fill="black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

@@ -19,10 +19,12 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from ltxv2_diffusers import diffusers_component
 from ltxv2_diffusers.data.prompts import PreviewPrompt
 from ltxv2_diffusers.modes import LtxMode
 
 
+@diffusers_component
 class CachedContextConnectors(ModelMixin, ConfigMixin):
     """Stands in for `LTX2TextConnectors` in the pipeline when prompts are already connector outputs.
 
@@ -35,8 +37,9 @@ class CachedContextConnectors(ModelMixin, ConfigMixin):
         super().__init__()
         self.video_width = video_width
         self.audio_width = audio_width
-        # a parameter-less module has no device; the pipeline asks every component for one
-        self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)
+        # A parameter-less module has no device (the pipeline asks every component for one) and saves no
+        # weights file (diffusers' from_pretrained needs one): one persistent scalar gives it both.
+        self.register_buffer("_device_anchor", torch.zeros(()), persistent=True)
 
     def forward(self, text: torch.Tensor, attention_mask: torch.Tensor, padding_side: str = "left", **_):
         width = text.shape[-1]

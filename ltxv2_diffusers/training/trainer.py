@@ -27,7 +27,7 @@ from ltxv2_diffusers.training.args import args_to_dict
 from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.outcome import StepOutcome
 from ltxv2_diffusers.training.prefetch import Prefetcher
-from ltxv2_diffusers.training.speed import freeze_host_objects, thaw_host_objects
+from ltxv2_diffusers.speed.setup import freeze_host_objects, thaw_host_objects
 from ltxv2_diffusers.training.step import TrainStep
 
 logger = logging.getLogger("ltxv2_diffusers.training")
@@ -76,6 +76,7 @@ class Trainer:
         self._checkpoint_step = -1
         self.previews_written: list[Path] = []
         self.metrics = MetricsLog(Path(args.logging_dir) / "metrics.jsonl")
+        self.plan = None  # the memory planner's choice (`_plan_memory`), when a budget applies
 
     # ------------------------------------------------------------------ setup
     def _setup_accelerator(self):
@@ -84,9 +85,9 @@ class Trainer:
 
         args = self.args
         log_with = None if args.log_with == "none" else args.log_with
-        # The fast path (training/speed.py) computes in bf16 natively; autocast would only add the
+        # The fast path (speed/setup.py) computes in bf16 natively; autocast would only add the
         # fp32 round trips of norms and casts that path exists to avoid.
-        native_bf16 = args.speed == "fast" and torch.cuda.is_available()
+        native_bf16 = getattr(args, "speed", "fast") == "fast" and torch.cuda.is_available()
         self.accelerator = Accelerator(
             # On a host without CUDA, cpu=True is what makes torchrun workers join one gloo group.
             cpu=not torch.cuda.is_available(),
@@ -123,8 +124,8 @@ class Trainer:
     def _check_block_counts(self, options) -> None:
         """Block counts in the speed flags against the model's depth, from its config, before the weights
         load (a 19B load takes minutes); models whose config cannot be read are checked after loading."""
+        from ltxv2_diffusers.speed.options import check_options
         from ltxv2_diffusers.training.model import model_config
-        from ltxv2_diffusers.training.speed import check_options
 
         if not (options.blocks_to_swap or options.blocks_without_recompute):
             return
@@ -132,22 +133,61 @@ class Trainer:
         if config is None or "num_layers" not in config:
             return
         try:
-            check_options(options, int(config["num_layers"]), self.args.gradient_checkpointing)
+            check_options(options, int(config["num_layers"]), self.args.gradient_checkpointing or options.planned)
         except ValueError as exc:
             raise TrainingFailed(f"{exc} (--ltxv2_model {self.args.ltxv2_model})") from None
 
-    def _setup_model(self):
+    def _plan_memory(self, options, correction: float = 1.0):
+        """With a memory budget on CUDA: the levers the user left unset, chosen by the memory planner from
+        the model's config and the largest batch (before any weight loads); prints the plan. Returns the
+        options to apply. `correction`: a first step's measured peak over the plan's (`_confirm_plan`)."""
+        from ltxv2_diffusers.speed import planner
+        from ltxv2_diffusers.training.model import model_config
+
+        self.plan = None
+        if not options.planned:
+            return options
+        if correction != 1.0:  # re-planning: same model, data and budget
+            plan = planner.plan_for(options, self.figures, self.workload, self.budget_gib, correction=correction)
+            return self._adopt(plan, options)
+        config = model_config(self.args)
+        if config is None:
+            self.accelerator.print("memory plan: none (the model's config cannot be read before loading); "
+                                   "using the advanced flags as given")
+            return options
+        largest = self.data.manager.largest_batch()
+        from ltxv2_diffusers.lora import target_options_from_network_args
+        from ltxv2_diffusers.training.args import network_kwargs
+
+        self.figures = planner.ModelFigures.from_config(config, self.args.mode.value, self.args.network_dim,
+                                                        target_options_from_network_args(network_kwargs(self.args)))
+        self.workload = planner.Workload(video_tokens=largest["video"], audio_tokens=largest["audio"],
+                                         batch=largest["batch"])
+        self.budget_gib = planner.resolve_budget(options.memory_budget, self.accelerator.device)
+        return self._adopt(planner.plan_for(options, self.figures, self.workload, self.budget_gib), options)
+
+    def _adopt(self, plan, options):
+        from ltxv2_diffusers.speed import planner
+
+        self.accelerator.print(plan.describe())
+        if not plan.fits:
+            raise TrainingFailed(planner.explain(self.figures, self.workload, plan))
+        self.plan = plan
+        # The plan's levers need checkpointing, and the loader keeps streamed blocks off the GPU.
+        self.args.gradient_checkpointing = True
+        self.args.blocks_to_swap = plan.blocks_to_swap or None
+        return planner.planned_options(options, plan)
+
+    def _setup_model(self, correction: float = 1.0):
+        from ltxv2_diffusers.speed.options import SpeedOptions
+        from ltxv2_diffusers.speed.setup import apply_speed_options
         from ltxv2_diffusers.training.model import build_training_model
-        from ltxv2_diffusers.training.speed import SpeedOptions, apply_speed_options
 
         args, device = self.args, self.accelerator.device
-        options = SpeedOptions.for_device(device, naive=args.speed == "naive", compile=not args.no_compile,
-                                          attention_backend=args.attention_backend, low_memory=args.low_memory,
-                                          blocks_to_swap=args.blocks_to_swap, recompute=args.recompute,
-                                          activation_memory_budget=args.activation_memory_budget,
-                                          blocks_without_recompute=args.blocks_without_recompute,
-                                          offload_optimizer=args.offload_optimizer, fp8_base=args.fp8_base)
-        self._check_block_counts(options)
+        if correction == 1.0:  # what the user asked for, before a plan fills args in
+            self.requested = SpeedOptions.from_args(args, device)
+            self._check_block_counts(self.requested)
+        options = self._plan_memory(self.requested, correction)
         self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
         self.accelerator.print(self.speed.summary())
@@ -193,6 +233,69 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.metrics.truncate_after(self.progress.global_step)
         self.accelerator.print(f"resumed from {path} at step {self.progress.global_step}")
+
+    def _confirm_plan(self, stream):
+        """Run the first batch's forward and backward once, without an update, and hold its peak against the
+        memory budget: over it (or out of memory), re-plan once with the measured error and rebuild the
+        model, instead of failing. Returns the stream with that batch still first."""
+        first = next(stream)
+        peak = self._probe(first)
+        plan, budget = self.plan, self.budget_gib
+        if peak is not None and peak[1] <= budget:
+            self.accelerator.print(f"memory plan confirmed: the first step peaked at {peak[0]:.1f} GiB allocated, "
+                                   f"{peak[1]:.1f} GiB reserved (predicted {plan.peak_gib:.1f}; budget {budget:.1f})")
+            return _prepend(first, stream)
+        if peak is None:
+            correction, what = 1.25, "ran out of memory"
+        else:
+            correction = 1.05 * max(peak[1] / budget, peak[0] / plan.peak_gib)
+            what = f"peaked at {peak[1]:.1f} GiB reserved"
+        self.accelerator.print(f"memory plan: the first step {what}, over the {budget:.1f} GiB budget; re-planning "
+                               f"for {correction:.2f}x the predicted peak")
+        self._teardown_model()
+        self._setup_model(correction=correction)
+        self._resume()
+        self.adapter.train()
+        return _prepend(first, stream)
+
+    def _probe(self, entry) -> tuple[float, float] | None:
+        """(allocated, reserved) GiB at the peak of one forward and backward of `entry`'s batch, or None
+        when it ran out of memory; the gradients are discarded."""
+        import gc
+
+        acc, device = self.accelerator, self.accelerator.device
+        _, _, batch = entry
+        local = self._local(batch)
+        offset = local.pop("_global_offset")
+        gens = self._generators(self.progress.global_step, 0, offset, len(local["keys"]))
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        peak = None
+        try:
+            with acc.autocast(), self.speed.autocast():
+                loss, _ = self.step_fn(local, gens)
+            acc.backward(loss)
+            torch.cuda.synchronize(device)
+            peak = (torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30)
+        except torch.OutOfMemoryError:
+            pass
+        loss = None
+        acc.unwrap_model(self.adapter).zero_grad(set_to_none=True)
+        self.speed.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
+        return peak
+
+    def _teardown_model(self) -> None:
+        """Drop the model, its speed setup and optimizer (before `_setup_model` builds them again)."""
+        import gc
+
+        for name in ("adapter", "optimizer", "lr_scheduler", "step_fn", "bundle", "speed"):
+            setattr(self, name, None)
+        self.accelerator.free_memory()  # accelerate's own references to the prepared model and optimizer
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ the loop
     def _batch_stream(self):
@@ -439,6 +542,8 @@ class Trainer:
             self.sample()
         self.adapter.train()
         stream = self._batch_stream()
+        if self.plan is not None:
+            stream = self._confirm_plan(stream)
         if args.prefetch_batches:
             stream = Prefetcher(stream, depth=args.prefetch_batches, prepare=self._pinned)
         bar = tqdm(total=self.max_steps, initial=self.progress.global_step, disable=not acc.is_local_main_process,
@@ -494,17 +599,18 @@ class Trainer:
         peak = (f" ({torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB allocated at the peak)"
                 if device.type == "cuda" else "")
         levers = []
-        if not args.gradient_checkpointing:
-            levers.append("--gradient_checkpointing")
-        if args.blocks_without_recompute:
-            levers.append(f"fewer --blocks_without_recompute (now {args.blocks_without_recompute})")
-        levers.append("more --blocks_to_swap" if args.blocks_to_swap else "--blocks_to_swap N")
-        if not args.offload_optimizer and args.speed == "fast" and args.optimizer_type == "AdamW":
-            levers.append("--offload_optimizer")
-        if not args.fp8_base and args.speed == "fast":
+        plan = getattr(self, "plan", None)
+        if plan is not None:
+            levers.append(f"a smaller --memory_budget (the plan predicted {plan.peak_gib:.1f} GiB)")
+        else:
+            if args.blocks_without_recompute:
+                levers.append(f"fewer --blocks_without_recompute (now {args.blocks_without_recompute})")
+            levers.append("--memory_budget GiB (the planner picks the levers)")
+            levers.append("more --blocks_to_swap" if args.blocks_to_swap else "--blocks_to_swap N")
+            if not args.low_memory:
+                levers.append("--low_memory")
+        if not args.fp8_base and getattr(args, "speed", "fast") == "fast":
             levers.append("--fp8_base")
-        if not args.low_memory:
-            levers.append("--low_memory")
         levers.append("smaller buckets or --batch_size in the dataset config")
         keep = self.last_good_checkpoint or "none saved yet"
         return (f"the GPU ran out of memory in step {self.progress.global_step + 1}{peak}. Use less: "
@@ -517,6 +623,7 @@ class Trainer:
         from ltxv2_diffusers.training.plotting import plot_loss_curve
 
         acc, args = self.accelerator, self.args
+        push_error = None
         if (args.save_every_n_steps or args.save_every_n_epochs) and self._checkpoint_step != self.progress.global_step:
             self.save_checkpoint()
         final = self.output_dir / f"{args.output_name}.safetensors"
@@ -525,16 +632,20 @@ class Trainer:
             final = save_lora_files(self.bundle, args, self.output_dir, args.output_name, self.progress.global_step)
             plot_loss_curve(self.progress.loss_history, self.output_dir / "loss.png",
                             skipped=self.progress.skipped_steps)
-            if args.push_to_hub:
-                from ltxv2_diffusers.training.hub import push_lora
-
-                url = push_lora(args, self.output_dir, final, self.progress.global_step,
-                                previews=self.previews_written)
-                acc.print(f"pushed to {url}")
             acc.print(f"LoRA: {final}")
+            if args.push_to_hub:
+                from ltxv2_diffusers.training.hub import HubUploadError, push_lora
+
+                try:
+                    url = push_lora(args, self.output_dir, final, self.progress.global_step, previews=self.previews_written)
+                    acc.print(f"pushed to {url}")
+                except HubUploadError as exc:
+                    push_error = str(exc)
         acc.wait_for_everyone()
         plugins.on_train_end(output_dir=self.output_dir)
         acc.end_training()
+        if push_error:  # after every hook ran: the run itself finished and its files are complete
+            raise TrainingFailed(push_error)
         return final
 
 
@@ -558,6 +669,12 @@ class _StepClock:
             self.last = self.after_first = time.perf_counter()  # the one-off collection counts in no step
             return elapsed, elapsed
         return elapsed, (now - self.after_first) / (step - self.done_at_start - 1)
+
+
+def _prepend(first, rest):
+    """`first`, then what `rest` yields (a generator, so the loop can close it)."""
+    yield first
+    yield from rest
 
 
 def _due(step: int, finished_epochs: list[int], every_n_steps: int | None, every_n_epochs: int | None) -> bool:

@@ -1,4 +1,4 @@
-"""How a training run uses the speed and memory levers of `models/acceleration/`.
+"""How a training run uses the speed and memory levers of this package.
 
 `SpeedOptions` is what the flags ask for; `apply_speed_options` changes the LoRA'd transformer
 accordingly and returns a `SpeedSetup` that the trainer and `benchmarks/train_step.py` use the same
@@ -15,92 +15,23 @@ from typing import Any
 
 import torch
 
-from ltxv2_diffusers.models import acceleration
+from .block_swap import LTX2_TEXT_KEYS_VALUES, BlockSwapper, evenly_spaced
+from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
+from .options import SpeedOptions, check_options, compiled_recompute
+from .optim.master_weights import MasterWeights
+from .optim.optimizer_offload import HostMasterWeights, OffloadedAdamW
+from .quant.fp8 import check_fp8_device, fp8_base_weights
+from .quant.int8 import quantize_base_weights
 
 logger = logging.getLogger("ltxv2_diffusers.training")
-
-
-@dataclasses.dataclass
-class SpeedOptions:
-    """`naive`: autocast with fp32 LoRA weights (diffusers' documented recipe), eager.
-    Otherwise: bf16 LoRA compute with fp32 master weights, fused AdamW, regional `torch.compile`
-    (`compile`), an optional diffusers attention backend, and the low-memory levers."""
-
-    naive: bool = False
-    compile: bool = True
-    # With gradient checkpointing on: "compiled" recomputes inside each compiled block (keeping what
-    # `keep_attention_policy` or `activation_memory_budget` says), "checkpoint" re-runs whole blocks
-    # through diffusers' torch.utils.checkpoint (needed by block swapping and eager runs).
-    recompute: str = "compiled"
-    attention_backend: str | None = None
-    int8_base: bool = False
-    # Frozen base linears in e4m3 with fp8 matmuls (models/acceleration/fp8.py): not bf16-exact, opt-in
-    fp8_base: bool = False
-    quantize_min_features: int = 256  # int8/fp8 leave linears narrower than this in the compute dtype
-    blocks_to_swap: int = 0
-    activation_memory_budget: float | None = None
-    # With compiled recompute: how many blocks recompute no matmul and keep their outputs instead
-    # (~0.7 GiB each at 768x512x121, about -6 ms/step each on an H100), e.g. paid for with memory that
-    # block swapping freed. "spread" (default): spread evenly, so fast (exempt) and slow backward
-    # blocks alternate and the swapped blocks' copies keep pace (measured 12 ms/step faster than
-    # "last" at 40/26, benchmarks/RESULTS.md); "last": the last blocks (slightly less memory).
-    blocks_without_recompute: int = 0
-    without_recompute_placement: str = "spread"
-    # Those blocks still recompute elementwise work (norms, modulation, RoPE) inside their backward
-    # instead of keeping its results (`keep_matmul_outputs_policy`: ~0.79 instead of ~1.11 GiB each
-    # at full size); False keeps what the partitioner keeps by default (benchmark comparisons).
-    lean_without_recompute: bool = True
-    # fp32 masters and AdamW moments in pinned host memory, updated during the next forward (-2.4 GiB at
-    # full size, rank 32); see models/acceleration/optimizer_offload.py
-    offload_optimizer: bool = False
-    # Swapped blocks that recompute nothing leave the text keys' and values' weights, which their
-    # backward never reads, to be fetched by the next forward (`BlockSwapper(forward_only=...)`)
-    split_forward_only: bool = True
-    compile_backend: str = "inductor"
-    compile_mode: str | None = None  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
-    compute_dtype: torch.dtype = torch.bfloat16
-
-    @classmethod
-    def for_device(cls, device: str | torch.device, *, naive: bool = False, compile: bool = True,
-                   attention_backend: str | None = None, low_memory: bool = False,
-                   blocks_to_swap: int | None = None, recompute: str = "compiled",
-                   activation_memory_budget: float | None = None, blocks_without_recompute: int = 0,
-                   offload_optimizer: bool = False, fp8_base: bool = False) -> "SpeedOptions":
-        """Defaults per device: the fast path needs CUDA; on CPU the step stays eager in fp32."""
-        cuda = torch.device(device).type == "cuda"
-        if not cuda:
-            if low_memory or blocks_to_swap:
-                raise ValueError(f"--low_memory and --blocks_to_swap stream weights to a CUDA device; this run is on "
-                                 f"{device}. Drop them, or run on a GPU.")
-            if offload_optimizer:
-                raise ValueError(f"--offload_optimizer offloads the CUDA fast path's fp32 master weights; this run "
-                                 f"is on {device}, which trains in fp32 without them. Drop it, or run on a GPU.")
-            if activation_memory_budget is not None:
-                raise ValueError(f"--activation_memory_budget steers compiled CUDA blocks; this run is on {device}, "
-                                 f"where blocks run eager. Drop it, or run on a GPU.")
-            return cls(naive=True, compile=False, recompute="checkpoint", compute_dtype=torch.float32,
-                       fp8_base=fp8_base)
-        swap = blocks_to_swap if blocks_to_swap is not None else (8 if low_memory else 0)
-        # The 24 GiB mode re-runs whole blocks: keeping attention outputs would cost 2.3 GiB. With --fp8_base its
-        # base weights are fp8 instead of int8 (the same bytes, multiplied in fp8 instead of dequantized).
-        return cls(naive=naive, compile=compile and not naive, attention_backend=attention_backend,
-                   int8_base=low_memory and not fp8_base, fp8_base=fp8_base, blocks_to_swap=swap,
-                   recompute="checkpoint" if low_memory else recompute,
-                   activation_memory_budget=activation_memory_budget, blocks_without_recompute=blocks_without_recompute,
-                   offload_optimizer=offload_optimizer)
-
-    def describe(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["compute_dtype"] = str(self.compute_dtype).replace("torch.", "")
-        return d
 
 
 @dataclasses.dataclass
 class SpeedSetup:
     options: SpeedOptions
     trainable_params: list[torch.nn.Parameter]
-    master: acceleration.MasterWeights | None = None
-    swapper: acceleration.BlockSwapper | None = None
+    master: MasterWeights | None = None
+    swapper: BlockSwapper | None = None
     device_type: str = "cpu"
     recompute: str = "none"  # who recomputes activations in backward, in words
     optimizer: torch.optim.Optimizer | None = None  # the one `make_optimizer` built
@@ -132,7 +63,7 @@ class SpeedSetup:
 
     @property
     def offloaded(self) -> bool:
-        return isinstance(self.master, acceleration.HostMasterWeights)
+        return isinstance(self.master, HostMasterWeights)
 
     @property
     def optimizer_params(self) -> list[torch.nn.Parameter]:
@@ -145,7 +76,7 @@ class SpeedSetup:
         if self.offloaded:
             if cls is not torch.optim.AdamW:
                 raise ValueError(f"--offload_optimizer implements AdamW, not {cls.__name__}; drop one of them")
-            self.optimizer = acceleration.OffloadedAdamW(self.master, **kwargs)
+            self.optimizer = OffloadedAdamW(self.master, **kwargs)
             return self.optimizer
         if cls is torch.optim.AdamW:  # one kernel; and it can skip a non-finite step by itself (`skip_if`)
             kwargs.setdefault("fused", True)
@@ -157,7 +88,7 @@ class SpeedSetup:
         """Whether the optimizer `make_optimizer` built can skip a step on the device's own verdict
         (`skip_if`), so the host need not wait for it: torch's fused AdamW and `OffloadedAdamW` can."""
         opt = self.optimizer
-        if isinstance(opt, acceleration.OffloadedAdamW):
+        if isinstance(opt, OffloadedAdamW):
             return True
         return isinstance(opt, torch.optim.AdamW) and all(g.get("fused") for g in opt.param_groups)
 
@@ -179,7 +110,7 @@ class SpeedSetup:
     def flush(self) -> None:
         """Make the model's LoRA tensors current for what the device runs next (an offloaded optimizer
         applies updates lazily, during the next forward); call before saving or sampling."""
-        if isinstance(self.optimizer, acceleration.OffloadedAdamW):
+        if isinstance(self.optimizer, OffloadedAdamW):
             self.optimizer.apply_pending()
 
     def autocast(self):
@@ -237,13 +168,11 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     _recompute_inside(transformer, options)  # checks the options before the model changes
     quantized = 0
     if options.int8_base:
-        quantized = acceleration.quantize_base_weights(transformer, options.quantize_min_features)
+        quantized = quantize_base_weights(transformer, options.quantize_min_features)
     if options.fp8_base:
-        acceleration.check_fp8_device(device)
-        if options.naive and device.type == "cuda":
-            raise ValueError("--fp8_base multiplies in fp8 on the fast path's bf16 activations; drop --speed naive")
+        check_fp8_device(device)
         # quantized on the training device (fast), wherever the weights are kept
-        quantized = acceleration.fp8_base_weights(transformer, options.quantize_min_features, device=device)
+        quantized = fp8_base_weights(transformer, options.quantize_min_features, device=device)
     if (options.int8_base or options.fp8_base) and not quantized:
         logger.warning("%s: no frozen linear layer of the transformer blocks is at least %d wide, so none was "
                        "quantized (a small test model?)", "--fp8_base" if options.fp8_base else "--low_memory's int8",
@@ -262,9 +191,9 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     master = None
     if fast and options.offload_optimizer:
-        master = acceleration.HostMasterWeights(trainable, list(transformer.transformer_blocks), options.compute_dtype)
+        master = HostMasterWeights(trainable, list(transformer.transformer_blocks), options.compute_dtype)
     elif fast:
-        master = acceleration.MasterWeights(trainable, options.compute_dtype)
+        master = MasterWeights(trainable, options.compute_dtype)
     else:
         for p in trainable:
             p.data = p.data.float()
@@ -280,11 +209,11 @@ def blocks_without_recompute(transformer: torch.nn.Module, options: SpeedOptions
         return set()
     if options.without_recompute_placement == "last":
         return set(range(n - k, n))
-    return set(acceleration.evenly_spaced(n, k))
+    return set(evenly_spaced(n, k))
 
 
 def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
-                 device: str | torch.device = "cuda") -> acceleration.BlockSwapper | None:
+                 device: str | torch.device = "cuda") -> BlockSwapper | None:
     """The block swapper `options` ask for (None without `blocks_to_swap`); call before
     `configure_recompute`, with diffusers' gradient checkpointing as the user set it."""
     if not options.blocks_to_swap:
@@ -299,44 +228,9 @@ def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
         plain = blocks_without_recompute(transformer, options) if options.activation_memory_budget is None else set()
     else:
         plain = set(range(len(transformer.transformer_blocks)))
-    return acceleration.BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
-                                     rerun_in_backward=rerun, forward_only=acceleration.LTX2_TEXT_KEYS_VALUES,
+    return BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
+                                     rerun_in_backward=rerun, forward_only=LTX2_TEXT_KEYS_VALUES,
                                      forward_only_blocks=plain)
-
-
-def compiled_recompute(*, compile: bool, recompute: str, checkpointing: bool) -> bool:
-    """Whether the compiled blocks do the recomputation themselves instead of diffusers' checkpointing
-    (the one rule, shared by the flag checks and `configure_recompute`)."""
-    return compile and recompute == "compiled" and checkpointing
-
-
-def check_options(options: SpeedOptions, num_blocks: int, checkpointing: bool) -> bool:
-    """Validate `options` for a model of `num_blocks` transformer blocks with diffusers' gradient
-    checkpointing as the user set it; needs only the model's config, so the trainer calls it before
-    any weight loads. Returns whether the compiled blocks recompute (`compiled_recompute`)."""
-    if options.offload_optimizer and (options.naive or options.compute_dtype == torch.float32):
-        raise ValueError("--offload_optimizer offloads the fast path's fp32 master weights; it needs bf16 compute "
-                         "(drop --speed naive)")
-    if options.recompute not in ("compiled", "checkpoint"):
-        raise ValueError(f"--recompute must be 'compiled' or 'checkpoint', got {options.recompute!r}")
-    inside = compiled_recompute(compile=options.compile, recompute=options.recompute, checkpointing=checkpointing)
-    if options.activation_memory_budget is not None and not inside:
-        raise ValueError("--activation_memory_budget tells the compiled blocks what to keep when they recompute; it "
-                         "needs --gradient_checkpointing, compiled blocks and --recompute compiled")
-    if options.blocks_without_recompute:
-        if not inside or options.activation_memory_budget is not None:
-            raise ValueError("--blocks_without_recompute exempts blocks from the compiled blocks' recomputation; it "
-                             "needs --gradient_checkpointing, compiled blocks and --recompute compiled, without "
-                             "--activation_memory_budget")
-        if not 0 < options.blocks_without_recompute <= num_blocks:
-            raise ValueError(f"--blocks_without_recompute must be between 1 and {num_blocks} for this "
-                             f"{num_blocks}-block model (got {options.blocks_without_recompute})")
-        if options.without_recompute_placement not in ("spread", "last"):
-            raise ValueError(f"without_recompute_placement must be 'spread' or 'last', "
-                             f"got {options.without_recompute_placement!r}")
-    if options.blocks_to_swap:
-        acceleration.check_swap_count(options.blocks_to_swap, num_blocks)
-    return inside
 
 
 def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bool:
@@ -355,11 +249,11 @@ def configure_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> 
     if inside:
         transformer.disable_gradient_checkpointing()  # the compiled blocks recompute instead
     if options.compile:
-        policy = acceleration.keep_attention_policy() if inside and budget is None else None
+        policy = keep_attention_policy() if inside and budget is None else None
         if policy is not None and options.blocks_without_recompute:
-            lean = acceleration.keep_matmul_outputs_policy() if options.lean_without_recompute else None
+            lean = keep_matmul_outputs_policy() if options.lean_without_recompute else None
             policy = [lean if i in exempt else policy for i in range(len(transformer.transformer_blocks))]
-        acceleration.compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
+        compile_blocks(transformer, mode=options.compile_mode, recompute_policy=policy,
                                     activation_memory_budget=budget, backend=options.compile_backend)
     if inside:
         if budget is not None:

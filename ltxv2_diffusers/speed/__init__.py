@@ -33,10 +33,10 @@ One module per lever: `compile`, `master_weights`, `optimizer_offload`, `int8`, 
 from .block_swap import (LTX2_TEXT_KEYS_VALUES, BlockSwapper, ForwardOnly, available_host_memory, check_host_memory,
                          check_swap_count, evenly_spaced, spread_blocks)
 from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
-from .fp8 import Fp8Linear, check_fp8_device, fp8_base_weights
-from .int8 import Int8WeightLinear, quantize_base_weights
-from .master_weights import MasterWeights
-from .optimizer_offload import HostMasterWeights, OffloadedAdamW, block_runs
+from .quant.fp8 import Fp8Linear, check_fp8_device, fp8_base_weights
+from .quant.int8 import Int8WeightLinear, quantize_base_weights
+from .optim.master_weights import MasterWeights
+from .optim.optimizer_offload import HostMasterWeights, OffloadedAdamW, block_runs
 
 __all__ = ["LTX2_TEXT_KEYS_VALUES", "BlockSwapper", "ForwardOnly", "Fp8Linear", "HostMasterWeights", "Int8WeightLinear",
            "MasterWeights", "OffloadedAdamW", "available_host_memory", "block_runs", "check_fp8_device",

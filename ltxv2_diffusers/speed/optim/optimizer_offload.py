@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .block_swap import check_host_memory
+from ..block_swap import check_host_memory
 from .master_weights import MasterWeights, flat_cat
 
 

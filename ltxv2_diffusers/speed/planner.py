@@ -1,0 +1,316 @@
+"""The memory planner: the fastest combination of memory levers that fits a GPU memory budget.
+
+From the model's shape (block weights, widths, depth), the largest batch's token counts and the LoRA's
+size, `plan_memory` predicts the peak of every combination of
+
+- blocks streamed from pinned host memory (`blocks_to_swap`),
+- blocks that recompute no matmul in backward (`blocks_without_recompute`, compiled recompute only),
+- whole-block re-runs instead of compiled recompute (`rerun`: least activation memory; the mode in which
+  every block but one can be streamed, since the forward drops what it fetched),
+- the fp32 masters and AdamW moments in host memory (`offload_optimizer`),
+- int8 or fp8 base weights (only when no bf16 combination fits),
+
+and a step time relative to the model's forward, and keeps the fastest that fits. The figures per block
+(kept activations, working memory, how long the host link takes per block) are calibrated on the
+full-size model's measured peaks (benchmarks/RESULTS.md); the trainer confirms a plan with the first
+step's measured peak and re-plans once with the measured error (`Plan.corrected`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterable
+
+GiB = 2**30
+
+# Activation figures in units of one block's bf16 hidden states (batch x (video tokens x video width +
+# audio tokens x audio width) x 2 bytes), fitted to the full-size peaks at 768x512x121: a compiled block
+# that recomputes keeps its input and its self-attention outputs; one without recompute keeps its matmul
+# and attention outputs (`keep_matmul_outputs_policy`); a re-run block keeps its input only; the block
+# whose backward runs at the peak needs its own activations and their gradients on top.
+KEPT_RECOMPUTE = 2.0
+KEPT_WITHOUT_RECOMPUTE = 16.0
+KEPT_RERUN = 1.0
+WORKING = 24.0
+# The allocator's reserve above what is allocated (fragmentation), so a plan's allocated peak stays
+# this far under the budget it is measured against.
+ALLOCATOR_SLACK = 0.92
+# Relative step times (in forwards of the whole model in bf16): backward is twice the forward; compiled
+# recompute of a block costs most of its forward again (attention outputs are kept); a re-run costs a
+# whole forward; int8 base weights are dequantized on every use, fp8 ones multiply faster.
+BACKWARD = 2.0
+RECOMPUTE = 0.75
+RERUN = 1.4
+BASE_SPEED = {"bf16": 1.0, "fp8": 0.88, "int8": 1.12}
+OFFLOAD_COST = 0.01  # the host-side AdamW runs beside the next forward: almost free
+SWAP_COST = 0.001  # per streamed block, host work and hooks, so equal plans stream no more than they must
+# LoRA bytes per parameter on the GPU: bf16 weight and gradient (4) + fp32 master, its gradient and the
+# two AdamW moments (16); with the optimizer offloaded, master and moments (12) live in host memory.
+LORA_BYTES = 20
+LORA_BYTES_OFFLOADED = 8
+# The rate at which `forward_seconds`' FLOP count (which counts every linear on every token, so over-counts
+# the audio layers) runs in a compiled bf16 step: fitted to the full-size forward's 0.32 s on an H100 and
+# an H200; and the host link's rate for pinned copies (55 GB/s measured, less for many copies at once).
+MATMUL_RATE = 830e12
+LINK_RATE = 50e9
+BASES = ("bf16", "int8", "fp8")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFigures:
+    """What the planner needs to know about a transformer and its LoRA, in bytes and parameters."""
+
+    num_blocks: int
+    block_bytes: int  # one block's frozen matrices in bf16 (what a swapped block streams)
+    block_quantized_bytes: int  # the same with int8/fp8 base weights (narrow layers stay bf16)
+    block_vector_bytes: int  # biases, norms, tables: stay on the device
+    other_bytes: int  # everything outside the blocks
+    video_width: int
+    audio_width: int
+    lora_params: int
+    linear_params_per_block: int  # for the forward's FLOP count
+
+    @classmethod
+    def from_transformer(cls, transformer, lora_params: int, min_features: int = 256) -> "ModelFigures":
+        """Count a (possibly meta-device) diffusers LTX-2 transformer; `lora_params` trainable LoRA parameters."""
+        from torch import nn
+
+        blocks = list(transformer.transformer_blocks)
+        block = blocks[0]
+        matrix = vector = quantized = linear = 0
+        quantizable = set()
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear) and "lora_" not in name:
+                linear += module.weight.numel()
+                if min(module.in_features, module.out_features) >= min_features:
+                    quantizable.add(id(module.weight))
+        for name, p in itertools.chain(block.named_parameters(), block.named_buffers()):
+            if "lora_" in name:
+                continue
+            nbytes = p.numel() * 2
+            if sum(d > 1 for d in p.shape) > 1:
+                matrix += nbytes
+                quantized += p.numel() + 4 * p.shape[0] if id(p) in quantizable else nbytes
+            else:
+                vector += nbytes
+        in_blocks = {id(p) for b in blocks for p in b.parameters()}
+        other = sum(p.numel() * 2 for n, p in transformer.named_parameters() if id(p) not in in_blocks and "lora_" not in n)
+        config = transformer.config
+        return cls(num_blocks=len(blocks), block_bytes=matrix, block_quantized_bytes=quantized,
+                   block_vector_bytes=vector, other_bytes=other,
+                   video_width=config.num_attention_heads * config.attention_head_dim,
+                   audio_width=config.audio_num_attention_heads * config.audio_attention_head_dim,
+                   lora_params=int(lora_params), linear_params_per_block=linear)
+
+    @classmethod
+    def from_config(cls, config: dict, mode: str = "av", rank: int = 32, target_options=None,
+                    min_features: int = 256) -> "ModelFigures":
+        """From a diffusers transformer config alone (no weights: one block built on the meta device) and
+        a LoRA of `rank` on the targets `mode` selects."""
+        import torch
+        from diffusers import LTX2VideoTransformer3DModel
+
+        from ltxv2_diffusers.lora import select_lora_targets
+
+        num_blocks = int(config.get("num_layers", 48))
+        known = LTX2VideoTransformer3DModel.extract_init_dict(dict(config))[0]
+        with torch.device("meta"):
+            model = LTX2VideoTransformer3DModel(**{**known, "num_layers": 1})
+        targets = select_lora_targets(model, mode, target_options)
+        modules = dict(model.named_modules())
+        per_block = sum(rank * (modules[t].in_features + modules[t].out_features) for t in targets)
+        figures = cls.from_transformer(model, per_block * num_blocks, min_features)
+        return dataclasses.replace(figures, num_blocks=num_blocks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """The largest batch a run trains on: items per process and tokens per item."""
+
+    video_tokens: int
+    audio_tokens: int = 0
+    batch: int = 1
+    text_tokens: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One combination of levers, with its predicted peak (GiB allocated) and step time (seconds)."""
+
+    blocks_to_swap: int = 0
+    blocks_without_recompute: int = 0
+    rerun: bool = False  # whole-block re-runs (torch.utils.checkpoint) instead of compiled recompute
+    offload_optimizer: bool = False
+    base: str = "bf16"
+    peak_gib: float = 0.0
+    seconds: float = 0.0
+    budget_gib: float | None = None
+    fits: bool = True
+
+    def describe(self) -> str:
+        """The plan in one line, for the run's log."""
+        base = {"bf16": "bf16 base", "int8": "int8 base", "fp8": "fp8 base"}[self.base]
+        recompute = ("whole blocks re-run in backward" if self.rerun else
+                     f"{self.blocks_without_recompute} blocks without recompute")
+        parts = [base, f"{self.blocks_to_swap} blocks streamed from host memory", recompute,
+                 "optimizer in host memory" if self.offload_optimizer else "optimizer on the GPU"]
+        budget = f" of a {self.budget_gib:.1f} GiB budget" if self.budget_gib is not None else ""
+        verdict = "" if self.fits else " (DOES NOT FIT)"
+        return (f"memory plan: {', '.join(parts)}; predicted peak {self.peak_gib:.1f} GiB{budget}{verdict}, "
+                f"about {self.seconds:.2f} s/step")
+
+    def speed_options(self) -> dict:
+        """The `SpeedOptions` fields this plan sets."""
+        return dict(blocks_to_swap=self.blocks_to_swap, blocks_without_recompute=self.blocks_without_recompute,
+                    recompute="checkpoint" if self.rerun else "compiled", offload_optimizer=self.offload_optimizer,
+                    int8_base=self.base == "int8", fp8_base=self.base == "fp8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+    """Levers the user set by hand (None: the planner chooses)."""
+
+    blocks_to_swap: int | None = None
+    blocks_without_recompute: int | None = None
+    rerun: bool | None = None
+    offload_optimizer: bool | None = None
+    base: str | None = None
+
+
+def _hidden_bytes(fig: ModelFigures, work: Workload) -> float:
+    return work.batch * (work.video_tokens * fig.video_width + work.audio_tokens * fig.audio_width) * 2
+
+
+def forward_seconds(fig: ModelFigures, work: Workload, rate: float = MATMUL_RATE) -> float:
+    """Seconds of one bf16 forward of every block (matmuls, self- and cross-attention)."""
+    tokens = work.video_tokens + work.audio_tokens
+    linear = 2 * fig.linear_params_per_block * tokens
+    attention = 4 * (work.video_tokens**2 * fig.video_width + work.audio_tokens**2 * fig.audio_width)
+    cross = 4 * tokens * work.text_tokens * fig.video_width
+    return work.batch * fig.num_blocks * (linear + attention + cross) / rate
+
+
+def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
+    """Predicted peak of allocated GPU memory in bytes."""
+    n, s, k = fig.num_blocks, plan.blocks_to_swap, plan.blocks_without_recompute
+    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    unit = _hidden_bytes(fig, work)
+    fixed = fig.other_bytes + n * fig.block_vector_bytes
+    lora = fig.lora_params * (LORA_BYTES_OFFLOADED if plan.offload_optimizer else LORA_BYTES)
+    if plan.rerun:  # the re-run block and the next one in flight
+        return fixed + (n - s) * w + (2 * w if s else 0) + (n * KEPT_RERUN + WORKING) * unit + lora
+    kept = k * KEPT_WITHOUT_RECOMPUTE + (n - k) * KEPT_RECOMPUTE
+    backward_start = fixed + (n - s) * w + (w if s else 0) + (kept + WORKING) * unit + lora
+    # Blocks fetched for backward stay into the next forward: between steps every weight is on the GPU.
+    between_steps = fixed + n * w + lora + WORKING * unit
+    return max(backward_start, between_steps)
+
+
+def predict_seconds(fig: ModelFigures, work: Workload, plan: Plan, rate: float = MATMUL_RATE,
+                    link: float = LINK_RATE) -> float:
+    """Predicted seconds per step: compute, plus what the host link adds where streaming outlasts it."""
+    n, s, k = fig.num_blocks, plan.blocks_to_swap, plan.blocks_without_recompute
+    f = forward_seconds(fig, work, rate) * BASE_SPEED[plan.base]
+    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    copy = s * w / link
+    if plan.rerun:  # fetched twice: for the forward and for the re-run before backward
+        seconds = max(f, copy) + max(f * (RERUN + BACKWARD), copy)
+    else:  # fetched once, during backward; kept into the next forward
+        backward = f * (BACKWARD + RECOMPUTE * (n - k) / n)
+        seconds = f + max(backward, copy)
+    return seconds + f * (SWAP_COST * s + (OFFLOAD_COST if plan.offload_optimizer else 0.0))
+
+
+def _candidates(fig: ModelFigures, bases: Iterable[str], fixed: Fixed) -> Iterable[Plan]:
+    n = fig.num_blocks
+    for base in bases:
+        for rerun in (False, True) if fixed.rerun is None else (fixed.rerun,):
+            for offload in (False, True) if fixed.offload_optimizer is None else (fixed.offload_optimizer,):
+                swaps = range(n) if fixed.blocks_to_swap is None else (fixed.blocks_to_swap,)
+                exempt = ((0,) if rerun else range(n + 1)) if fixed.blocks_without_recompute is None \
+                    else (fixed.blocks_without_recompute,)
+                for s in swaps:
+                    for k in exempt:
+                        yield Plan(blocks_to_swap=s, blocks_without_recompute=k, rerun=rerun,
+                                   offload_optimizer=offload, base=base)
+
+
+def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantized: Iterable[str] = ("int8",),
+                fixed: Fixed = Fixed(), rate: float = MATMUL_RATE, link: float = LINK_RATE) -> Plan:
+    """The fastest plan whose predicted peak fits `budget_gib` (with the allocator's slack). bf16 base
+    weights first; `quantized` bases (in order of preference) only when no bf16 plan fits. When nothing
+    fits, the plan with the smallest peak, marked `fits=False` (`explain` says what would fit)."""
+    limit = budget_gib * GiB * ALLOCATOR_SLACK
+    bases = [fixed.base] if fixed.base else ["bf16", *[b for b in quantized if b != "bf16"]]
+    smallest: Plan | None = None
+    for tier in ([bases[0]], bases[1:]) if not fixed.base else ([fixed.base],):
+        best: Plan | None = None
+        for plan in _candidates(fig, tier, fixed):
+            peak = predict_peak(fig, work, plan)
+            plan = dataclasses.replace(plan, peak_gib=peak / GiB, budget_gib=budget_gib)
+            if smallest is None or peak < smallest.peak_gib * GiB:
+                smallest = plan
+            if peak > limit:
+                continue
+            seconds = predict_seconds(fig, work, plan, rate, link)
+            if best is None or (seconds, peak) < (best.seconds, best.peak_gib * GiB):
+                best = dataclasses.replace(plan, seconds=seconds)
+        if best is not None:
+            return best
+    assert smallest is not None
+    return dataclasses.replace(smallest, fits=False, seconds=predict_seconds(fig, work, smallest, rate, link))
+
+
+def explain(fig: ModelFigures, work: Workload, plan: Plan) -> str:
+    """For a plan that does not fit: what would (a larger budget, fewer tokens), in one sentence."""
+    need = plan.peak_gib / ALLOCATOR_SLACK
+    tokens, lo = work.video_tokens, 1
+    # The largest video token count (same frames/size ratio) whose smallest plan fits.
+    hi = tokens
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        smaller = dataclasses.replace(work, video_tokens=mid, audio_tokens=work.audio_tokens * mid // max(tokens, 1))
+        if predict_peak(fig, smaller, dataclasses.replace(plan, peak_gib=0)) <= plan.budget_gib * GiB * ALLOCATOR_SLACK:
+            lo = mid
+        else:
+            hi = mid - 1
+    fewer = (f", or buckets of at most {lo} video tokens per batch (now {tokens}; "
+             f"tokens = frames/8+1 x height/32 x width/32 x batch)") if lo > 1 else ""
+    return (f"nothing fits {plan.budget_gib:.1f} GiB: the leanest plan needs about {need:.1f} GiB (--memory_budget "
+            f"{need:.0f}){fewer}")
+
+
+def resolve_budget(budget: float | str, device=None, margin_gib: float = 1.5) -> float:
+    """GiB for a `--memory_budget`: a number as given; 'auto' is the device's free memory less `margin_gib`."""
+    if budget != "auto":
+        return float(budget)
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(free / GiB - margin_gib, 0.5)
+
+
+def fixed_levers(options) -> Fixed:
+    """The levers of `SpeedOptions` the user set by hand (`options.fixed`), which the planner keeps."""
+    f = options.fixed
+    no_compiled_recompute = not options.compile or options.recompute != "compiled"
+    return Fixed(blocks_to_swap=options.blocks_to_swap if "blocks_to_swap" in f else None,
+                 blocks_without_recompute=options.blocks_without_recompute if "blocks_without_recompute" in f else None,
+                 rerun=True if no_compiled_recompute else None,
+                 offload_optimizer=True if "offload_optimizer" in f else None,
+                 base="fp8" if options.fp8_base else None)
+
+
+def planned_options(options, plan: Plan):
+    """`options` with the levers `plan` chose."""
+    return dataclasses.replace(options, **plan.speed_options())
+
+
+def plan_for(options, figures: ModelFigures, work: Workload, budget_gib: float, *, correction: float = 1.0) -> Plan:
+    """The plan for `SpeedOptions` with a budget: the user's levers fixed, int8 base weights when nothing in
+    bf16 fits (fp8 only when asked for: `--fp8_base`). `correction` (measured peak over predicted) scales
+    the budget down after a first step that overshot."""
+    plan = plan_memory(figures, work, budget_gib / max(correction, 1.0), fixed=fixed_levers(options),
+                       quantized=("int8",))
+    return dataclasses.replace(plan, budget_gib=budget_gib)

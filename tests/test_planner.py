@@ -1,0 +1,136 @@
+"""The memory planner on the CPU: its predicted peaks against the peaks measured at full size, and its
+choices for a table of (model, tokens, budget) cases."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ltxv2_diffusers.models.presets import preset_config
+from ltxv2_diffusers.speed import planner
+from ltxv2_diffusers.speed.options import SpeedOptions, parse_memory_budget
+from ltxv2_diffusers.speed.planner import Fixed, ModelFigures, Plan, Workload, plan_memory, predict_peak
+
+GiB = 2**30
+FULL = Workload(video_tokens=6144, audio_tokens=126)  # 768x512x121 + audio
+VALIDATION = Workload(video_tokens=12 * 17 * 30, audio_tokens=93)  # 960x544x89, the official trainer's validation
+IMAGE = Workload(video_tokens=16 * 24, audio_tokens=1)  # one 768x512 frame
+
+
+@pytest.fixture(scope="module")
+def full() -> ModelFigures:
+    """The 19B AV transformer (LTX-2.0 preset) with a rank-32 LoRA, counted on the meta device."""
+    return ModelFigures.from_config(preset_config("ltx-2.0")["transformer"], "av", 32)
+
+
+def test_full_size_figures_are_counted_from_the_config(full):
+    assert full.num_blocks == 48 and full.video_width == 4096 and full.audio_width == 2048
+    assert 0.70 < full.block_bytes / GiB < 0.74  # ~745 MiB of frozen matrices per block
+    assert 0.49 < full.block_quantized_bytes / full.block_bytes < 0.51
+    assert full.lora_params == 213_909_504  # rank 32 on to_q/k/v/out.0 of the six attentions per block
+    assert 34.9 < (full.num_blocks * (full.block_bytes + full.block_vector_bytes) + full.other_bytes) / GiB < 35.5
+
+
+@pytest.mark.parametrize("plan, measured_gib", [
+    (Plan(42, 48, offload_optimizer=True), 44.5),  # the fastest bf16 recipe
+    (Plan(40, 44, offload_optimizer=True), 43.3),
+    (Plan(40, 48, offload_optimizer=True, base="fp8"), 43.1),
+    (Plan(0, 0), 44.2),  # --gradient_checkpointing alone
+    (Plan(8, 0, rerun=True, offload_optimizer=True, base="int8"), 20.7),  # --low_memory --offload_optimizer
+    (Plan(0, 48, offload_optimizer=True, base="fp8"), 57.0),
+])
+def test_predicted_peaks_match_the_measured_full_size_peaks(full, plan, measured_gib):
+    """Peaks measured on H100/H200 at 768x512x121 (benchmarks/history.md)."""
+    assert predict_peak(full, FULL, plan) / GiB == pytest.approx(measured_gib, abs=1.0)
+
+
+@pytest.mark.parametrize("work, budget, expect", [
+    # a large card: nothing streamed, no block recomputes a matmul, the optimizer stays on the GPU
+    (FULL, 139, dict(blocks_to_swap=0, blocks_without_recompute=48, rerun=False, offload_optimizer=False, base="bf16")),
+    # an 80 GB card: a few streamed blocks pay for keeping every block's outputs
+    (FULL, 76, dict(blocks_without_recompute=48, rerun=False, base="bf16")),
+    # between steps every weight of a spread-swapping run is back on the GPU: below ~38 GiB only re-runs fit
+    (FULL, 36, dict(rerun=True, base="bf16")),
+    (FULL, 24, dict(rerun=True, offload_optimizer=True, base="bf16")),
+    (FULL, 16, dict(rerun=True, offload_optimizer=True, base="bf16")),
+    (FULL, 8, dict(rerun=True, offload_optimizer=True, base="int8")),  # quantized only when bf16 cannot fit
+    (VALIDATION, 24, dict(rerun=True, base="bf16")),
+    (IMAGE, 139, dict(blocks_to_swap=0, blocks_without_recompute=48, base="bf16")),
+    (IMAGE, 16, dict(rerun=True, base="bf16")),
+])
+def test_plans_fit_their_budget_and_choose_the_expected_levers(full, work, budget, expect):
+    plan = plan_memory(full, work, budget)
+    assert plan.fits and plan.peak_gib <= budget * planner.ALLOCATOR_SLACK
+    assert {k: getattr(plan, k) for k in expect} == expect
+    line = plan.describe()
+    assert "\n" not in line and f"of a {budget:.1f} GiB budget" in line and "s/step" in line
+    # the fastest that fits: no cheaper plan (fewer streamed blocks) fits
+    if plan.blocks_to_swap and not plan.rerun:
+        fewer = dataclasses.replace(plan, blocks_to_swap=plan.blocks_to_swap - 1)
+        assert predict_peak(full, work, fewer) > budget * GiB * planner.ALLOCATOR_SLACK \
+            or planner.predict_seconds(full, work, fewer) >= plan.seconds
+
+
+def test_smaller_budgets_never_plan_more_memory_or_less_time(full):
+    plans = [plan_memory(full, FULL, b) for b in (139, 76, 48, 36, 24, 16, 12)]
+    assert all(a.peak_gib >= b.peak_gib for a, b in zip(plans, plans[1:]))
+    assert all(a.seconds <= b.seconds + 1e-9 for a, b in zip(plans, plans[1:]))
+
+
+def test_hand_set_levers_are_kept(full):
+    plan = plan_memory(full, FULL, 48, fixed=Fixed(blocks_to_swap=40, base="fp8"))
+    assert plan.blocks_to_swap == 40 and plan.base == "fp8" and plan.fits
+    options = SpeedOptions.for_device("cuda", blocks_to_swap=40, fp8_base=True, memory_budget=48.0)
+    assert options.planned and options.fixed == {"blocks_to_swap", "base"}
+    chosen = planner.plan_for(options, full, FULL, 48.0)
+    assert chosen.blocks_to_swap == 40 and chosen.base == "fp8"
+    applied = planner.planned_options(options, chosen)
+    assert applied.fp8_base and applied.blocks_to_swap == 40 and applied.recompute in ("compiled", "checkpoint")
+    # --no_compile: only whole-block re-runs recompute
+    assert planner.plan_for(SpeedOptions.for_device("cuda", compile=False, memory_budget=139.0), full, FULL, 139).rerun
+
+
+def test_a_plan_that_does_not_fit_says_what_would(full):
+    plan = plan_memory(full, FULL, 4)
+    assert not plan.fits and "DOES NOT FIT" in plan.describe()
+    why = planner.explain(full, FULL, plan)
+    assert why.startswith("nothing fits 4.0 GiB: the leanest plan needs about") and "--memory_budget" in why
+    assert "buckets of at most" in why  # fewer tokens per batch would fit
+    smaller = int(why.split("buckets of at most ")[1].split()[0])
+    assert plan_memory(full, dataclasses.replace(FULL, video_tokens=smaller, audio_tokens=0), 4).fits
+
+
+def test_a_correction_after_an_overshoot_plans_less_memory(full):
+    options = SpeedOptions.for_device("cuda", memory_budget=24.0)
+    first = planner.plan_for(options, full, FULL, 24.0)
+    again = planner.plan_for(options, full, FULL, 24.0, correction=1.2)
+    assert again.peak_gib < first.peak_gib and again.budget_gib == 24.0 and again.fits
+
+
+def test_figures_of_a_real_tiny_model_match_its_tensors():
+    from ltxv2_diffusers.lora import add_lora
+    from ltxv2_diffusers.models.presets import build_components
+
+    transformer = build_components("tiny", components=("transformer",))["transformer"]
+    add_lora(transformer, "av", 4, 4)
+    lora = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n)
+    fig = ModelFigures.from_transformer(transformer, lora, min_features=16)
+    frozen = sum(p.numel() * 2 for n, p in transformer.named_parameters() if "lora_" not in n)
+    blocks = fig.num_blocks * (fig.block_bytes + fig.block_vector_bytes)
+    assert blocks + fig.other_bytes == frozen
+    from_config = ModelFigures.from_config(dict(transformer.config), "av", 4, min_features=16)
+    assert from_config == fig
+
+
+def test_memory_budget_values():
+    assert parse_memory_budget("auto") == "auto" and parse_memory_budget("off") is None
+    assert parse_memory_budget("24") == 24.0 and parse_memory_budget("15.5GiB") == 15.5
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(ValueError, match="--memory_budget must be"):
+            parse_memory_budget(bad)
+    assert not SpeedOptions.for_device("cpu", memory_budget=16.0).planned  # the CPU path is eager fp32
+    assert not SpeedOptions.for_device("cuda", low_memory=True, memory_budget=16.0).planned  # a fixed recipe
+    assert SpeedOptions.for_device("cuda", memory_budget="auto").planned
+    assert torch.float32 == SpeedOptions.for_device("cpu").compute_dtype
