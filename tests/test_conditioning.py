@@ -277,3 +277,36 @@ def test_reference_frames_flag_must_match_the_cache():
     with pytest.raises(ValueError, match="--reference_frames 33"):
         apply_conditioning(batch, sig, ConditioningOptions(ic_lora_strategy="v2v", reference_frames=33,
                                                            reference_temporal_scale=2))
+
+
+def test_model_inputs_equal_the_official_trainers(comps):
+    """One IC-LoRA batch with first-frame conditioning, half-size reference, 25 fps: model input, per-token
+    timesteps, positions, flow-matching targets and loss mask equal what the official trainer's
+    video_to_video strategy builds from the same latents, sigmas and noise (its reference tokens come first)."""
+    t = {k.removeprefix("trainer."): v for k, v in FIXTURES.items() if k.startswith("trainer.")}
+    n_ref, fps, down = t["meta"].tolist()
+    n_ref = int(n_ref)
+    # the official trainer reads normalized latents: give the adapter identity statistics
+    adapter = LTXV2ModelAdapter.from_components(comps["transformer"])
+    b = t["latents"].shape[0]
+    vw, aw = context_widths(adapter.transformer.config)
+    batch = {"latents": t["latents"], "reference_latents": t["reference"], "fps": torch.full((b,), fps),
+             "text": torch.zeros(b, 4, vw + aw), "text_mask": torch.ones(b, 4, dtype=torch.bool)}
+    options = ConditioningOptions(ic_lora_strategy="v2v", first_frame_p=1.0, reference_downscale=int(down))
+    batch, sigmas = apply_conditioning(batch, {"video": t["sigma"]}, options)
+    seen, handle = capture(adapter)
+    with torch.no_grad():
+        out = adapter(batch, sigmas=sigmas, noise={"video": t["noise"]})["video"]
+    handle.remove()
+
+    def official_order(x, dim):  # ours: target then reference; the official trainer: reference then target
+        n = x.shape[dim] - n_ref
+        return torch.cat([x.narrow(dim, n, n_ref), x.narrow(dim, 0, n)], dim=dim)
+
+    torch.testing.assert_close(official_order(seen["hidden_states"], 1), t["model_input"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(official_order(seen["timestep"], 1) / 1000.0, t["timesteps"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(official_order(seen["video_coords"], 2), t["positions"], rtol=0, atol=0)
+    torch.testing.assert_close(out.target, t["targets"], rtol=1e-6, atol=1e-6)
+    assert torch.equal(out.mask, t["loss_mask"][:, n_ref:].bool())
+    assert not t["loss_mask"][:, :n_ref].any()  # the official trainer's reference tokens carry no loss either
+    torch.testing.assert_close(seen["sigma"] / 1000.0, t["sigma"])  # the per-sample sigma is the sampled one
