@@ -1,6 +1,8 @@
 """Conditioned training on the real tiny LTX-2 transformer: first-frame / extension tokens clean with
-timestep 0 and no loss, IC-LoRA reference tokens appended at the official positions (fixtures written
-by tests/fixtures/make_conditioning_fixtures.py from the official source), reference dropout, strategies."""
+timestep 0 and no loss, IC-LoRA reference tokens appended at the official positions, reference dropout,
+strategies. The official numbers (inference positions; the official trainer's video_to_video and flexible
+strategies' model inputs) are fixtures written by tests/fixtures/make_conditioning_fixtures.py from the
+official source at 400fd31."""
 
 from __future__ import annotations
 
@@ -310,3 +312,38 @@ def test_model_inputs_equal_the_official_trainers(comps):
     assert torch.equal(out.mask, t["loss_mask"][:, n_ref:].bool())
     assert not t["loss_mask"][:, :n_ref].any()  # the official trainer's reference tokens carry no loss either
     torch.testing.assert_close(seen["sigma"] / 1000.0, t["sigma"])  # the per-sample sigma is the sampled one
+
+
+def test_extension_and_audio_reference_inputs_equal_the_official_flexible_strategy(comps):
+    """Audio+video batch: video first frame + 2-frame prefix + 1-frame suffix, audio 2-frame prefix + 1-frame suffix
+    + an audio reference: the same model inputs as the official trainer's flexible strategy."""
+    t = {k.removeprefix("flexible."): v for k, v in FIXTURES.items() if k.startswith("flexible.")}
+    adapter = LTXAVModelAdapter.from_components(comps["transformer"])  # identity statistics: normalized latents
+    b = t["video"].shape[0]
+    vw, aw = context_widths(adapter.transformer.config)
+    batch = {"latents": t["video"], "audio_latents": t["audio"], "reference_audio_latents": t["reference_audio"],
+             "fps": torch.full((b,), 24.0), "text": torch.zeros(b, 4, vw + aw),
+             "text_mask": torch.ones(b, 4, dtype=torch.bool)}
+    options = ConditioningOptions(first_frame_p=1.0, extend_prefix_frames=2, extend_suffix_frames=1,
+                                  audio_extend_prefix_frames=2, audio_extend_suffix_frames=1,
+                                  ic_lora_strategy="audio_ref_ic")
+    batch, sigmas = apply_conditioning(batch, {"video": t["sigma"], "audio": t["sigma"]}, options)
+    seen, handle = capture(adapter)
+    with torch.no_grad():
+        out = adapter(batch, sigmas=sigmas, noise={"video": t["video.noise"], "audio": t["audio.noise"]})
+    handle.remove()
+    n_ref = t["reference_audio"].shape[2]
+
+    def ref_first(x, dim):
+        n = x.shape[dim] - n_ref
+        return torch.cat([x.narrow(dim, n, n_ref), x.narrow(dim, 0, n)], dim=dim)
+
+    torch.testing.assert_close(seen["hidden_states"], t["video.model_input"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(seen["timestep"] / 1000.0, t["video.timesteps"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(seen["video_coords"], t["video.positions"], rtol=0, atol=0)
+    torch.testing.assert_close(ref_first(seen["audio_hidden_states"], 1), t["audio.model_input"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ref_first(seen["audio_timestep"], 1) / 1000.0, t["audio.timesteps"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ref_first(seen["audio_coords"], 2), t["audio.positions"], rtol=0, atol=1e-6)
+    for name, official_mask in (("video", t["video.loss_mask"]), ("audio", t["audio.loss_mask"][:, n_ref:])):
+        torch.testing.assert_close(out[name].target, t[f"{name}.targets"], rtol=1e-6, atol=1e-6)
+        assert torch.equal(out[name].mask, official_mask.bool()), name
