@@ -158,7 +158,7 @@ def check_reference_scales(target_grid: tuple[int, int, int], reference_grid: tu
     if options.reference_frames is not None:
         # one latent frame for the first video frame, one per 8 after it, of the frames kept after subsampling
         latent = ((options.reference_frames - 1) // options.reference_temporal_scale) // 8 + 1
-        if reference_grid[0] != latent:
+        if reference_grid[0] % latent:  # several reference streams are concatenated along time
             raise ValueError(f"the cached references have {reference_grid[0]} latent frames, which --reference_frames "
                              f"{options.reference_frames} (= {latent} latent frames per reference) does not give: "
                              "pass the value they were cached with")
@@ -193,8 +193,9 @@ def apply_conditioning(batch: Mapping[str, Any], sigmas: Mapping[str, torch.Tens
         masks["audio"] = audio_clean_mask(batch["audio_latents"], options, generator, batch.get("audio_lengths"))
     for name, extra in (extra_masks or {}).items():
         if name in sigmas and extra is not None:
-            extra = extra.to(torch.bool).cpu()
-            masks[name] = extra if masks.get(name) is None else masks[name] | extra
+            extra = extra.to(torch.bool)
+            own = masks.get(name)
+            masks[name] = extra if own is None else _to_device(own, extra.device) | extra
     for name, clean in masks.items():
         if clean is not None:
             s = sigmas[name]
