@@ -158,3 +158,15 @@ class PoisonSteps:
         self.calls += 1
         value = float("nan") if self.calls in self.bad_calls else 0.0
         return [("poison", outputs["video"].pred.sum() * 0.0 + value)]
+
+
+@pytest.fixture()
+def tiny_train(tmp_path_factory):
+    """`(workspace, argv(output_dir, steps, *extra))` for short training runs on the session's shared tiny
+    av workspace (model, Gemma, clips and their three caches, built once)."""
+    ws = workspace(tmp_path_factory)
+
+    def argv(output_dir, steps: int = 2, *extra: str) -> list[str]:
+        return ws.train_argv(output_dir, steps, ["--network_dim", "4", "--network_alpha", "2", *extra])
+
+    return ws, argv

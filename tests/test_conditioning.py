@@ -347,3 +347,22 @@ def test_extension_and_audio_reference_inputs_equal_the_official_flexible_strate
     for name, official_mask in (("video", t["video.loss_mask"]), ("audio", t["audio.loss_mask"][:, n_ref:])):
         torch.testing.assert_close(out[name].target, t[f"{name}.targets"], rtol=1e-6, atol=1e-6)
         assert torch.equal(out[name].mask, official_mask.bool()), name
+
+
+@pytest.mark.parametrize("case", ["same", "down2"])
+def test_ltx25_keyframe_marker_leaves_reference_tokens_unmarked(case):
+    """LTX-2.5: a target keyframe marker (first latent frame) reaches the model extended over the appended
+    reference tokens as official inference builds it: reference tokens are never marked."""
+    tf, th, tw, rf, rh, rw, down, temporal, fps = FIXTURES[f"{case}.meta"].tolist()
+    parts = build_components("tiny-2.5", seed=3, components=("transformer",))
+    adapter = LTXV2ModelAdapter.from_components(parts["transformer"])
+    batch = batch_for(adapter.transformer, (int(tf), int(th), int(tw)), fps=fps)
+    batch["reference_latents"] = torch.randn(1, 128, int(rf), int(rh), int(rw))
+    n = int(tf * th * tw)
+    batch["keyframes_mask"] = torch.arange(n).unsqueeze(0) < th * tw  # the target's first latent frame
+    seen, handle = capture(adapter)
+    with torch.no_grad():
+        adapter(batch, sigmas={"video": torch.tensor([0.7])})
+    handle.remove()
+    official = FIXTURES[f"{case}.keyframes_mask"].bool()
+    assert torch.equal(seen["video_keyframes_mask"][..., 0].bool(), official)

@@ -113,3 +113,22 @@ def test_musubi_reference_cache_files_are_read(tmp_path):
     source = CacheSource(str(cache), 1, 1, reference_cache_directories=(str(refs),))
     batch = next(BatchManager([source], "video", references=("video",)).iter_epoch(0))
     assert torch.equal(batch["reference_latents"][0], reference) and torch.equal(batch["latents"][0], target)
+
+
+def test_a_bad_reference_leaves_only_its_item_out(tmp_path, caplog):
+    """Reference latents are validated like the target's: a NaN reference is named and its item left out."""
+    from ltxv2_diffusers.data import musubi
+    from ltxv2_diffusers.data.batching import CacheSource
+
+    cache, refs = tmp_path / "cache", tmp_path / "cache_ref"
+    cache.mkdir()
+    refs.mkdir()
+    for key, ref_value in (("good_00000-017", 0.5), ("nan_00000-017", float("nan"))):
+        musubi.write_video(str(cache), key, (64, 64), torch.randn(128, 3, 2, 2))
+        musubi.write_text(str(cache), key, torch.randn(4, 24), torch.ones(4, dtype=torch.int32))
+        musubi.write_video(str(refs), key, (64, 64), torch.full((128, 3, 1, 1), ref_value))
+    source = CacheSource(str(cache), 1, 1, reference_cache_directories=(str(refs),))
+    with caplog.at_level("WARNING"):
+        manager = BatchManager([source], "video", references=("video",))
+    assert manager.num_items == 1 and manager.left_out == ["nan_00000-017"]
+    assert "NaN" in caplog.text and "nan_00000-017" in caplog.text

@@ -59,12 +59,17 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path_factory, tmp_path, ca
 
 
 def test_resume_rejects_a_different_lora(tmp_path_factory, tmp_path):
-    """Resuming with other network flags is a clear error, not a silent mismatch."""
+    """Resuming with other network flags is a clear error before the model loads, not a silent mismatch;
+    forced through with --resume_override, the LoRA's own check still refuses it."""
     from ltxv2_diffusers.training.args import parse_args
     from ltxv2_diffusers.training.trainer import Trainer
 
     ws = workspace(tmp_path_factory)
     state = baseline_run(tmp_path_factory) / "checkpoints" / "step-00000002"
     args = parse_args(baseline_argv(ws, tmp_path, extra=["--network_args", "include_ff=True", "--resume", str(state)]))
+    with pytest.raises(ValueError, match=r"--network_args None -> \['include_ff=True'\].*--resume_override network_args"):
+        Trainer(args).run()
+    args = parse_args(baseline_argv(ws, tmp_path, extra=["--network_args", "include_ff=True", "--resume", str(state),
+                                                         "--resume_override", "network_args"]))
     with pytest.raises(ValueError, match="its LoRA does not match this run's"):
         Trainer(args).run()

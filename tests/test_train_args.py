@@ -160,8 +160,8 @@ def test_examples_parse():
     assert len(prompts) == 2 and prompts[0].negative_prompt == "worst quality, blurry"
 
 
-def test_missing_caches_fail_before_the_model_loads(tmp_path):
-    """No caches yet: the error names the cache command; the (bogus) model file is never opened."""
+def test_missing_caches_fail_before_the_model_loads(tmp_path, capsys):
+    """No caches yet: one error line names the cache command (exit 2); the (bogus) model file is never opened."""
     from ltxv2_diffusers.cli.train import main
     from ltxv2_diffusers.data.synthetic import make_dataset
 
@@ -169,9 +169,13 @@ def test_missing_caches_fail_before_the_model_loads(tmp_path):
                            target_frames=(9,))
     model = tmp_path / "broken.safetensors"
     model.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="ltxv2-cache-latents"):
-        main(["--dataset_config", str(dataset), "--ltxv2_model", str(model), "--ltx_mode", "video",
-              "--ltxv2_timestep_format", "flowmatch_1_1000", "--output_dir", str(tmp_path / "o"), "--log_with", "none"])
+    argv = ["--dataset_config", str(dataset), "--ltxv2_model", str(model), "--ltx_mode", "video",
+            "--ltxv2_timestep_format", "flowmatch_1_1000", "--output_dir", str(tmp_path / "o"), "--log_with", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and "ltxv2-cache-latents" in err and "Traceback" not in err
+    assert main(argv + ["--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
 
 
 def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):

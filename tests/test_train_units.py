@@ -175,6 +175,9 @@ def test_checkpoint_write_is_atomic_and_never_overwrites(tmp_path):
 
     with pytest.raises(RuntimeError):
         d.write(5, boom)
+    assert d.latest() is None and not list(d.root.iterdir())  # a failed write leaves nothing
+    (d.root / ".tmp-step-00000005-1").mkdir()  # what a SIGKILL mid-write leaves
+    (d.root / ".tmp-step-00000005-1" / "half").write_text("x")
     assert d.latest() is None  # the half-written folder is invisible to --resume latest
     assert [p.name for p in d.clean_partial()] and not list(d.root.iterdir())
 

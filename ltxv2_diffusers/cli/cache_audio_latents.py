@@ -43,7 +43,7 @@ def _main(argv=None) -> int:
                                             decode_workers=args.num_workers,
                                             audio_vae_module=getattr(encoder, "_m_vae", None))
         ref_report = run_cache_job(items, ref_encoder, listing_bad=bad, batch_size=args.batch_size,
-                                   num_proc=args.num_proc, skip_existing=args.skip_existing)
+                                   num_proc=args.num_proc, skip_existing=args.skip_existing, repair=args.repair)
         dirs = sorted({d for e in config.datasets for d in e.reference_audio_cache_directories})
         code = max(code, common.finish(ref_report, args, dirs, items))
     return code

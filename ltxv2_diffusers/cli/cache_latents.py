@@ -46,7 +46,7 @@ def cache_references(args, config, listing, encoder) -> int | None:
         chunk_size=encoder.chunk_size, decode_workers=encoder.decode_workers,
         vae_module=getattr(encoder, "_m_vae", None))
     report = run_cache_job(items, ref_encoder, listing_bad=bad, batch_size=args.batch_size, num_proc=args.num_proc,
-                           skip_existing=args.skip_existing)
+                           skip_existing=args.skip_existing, repair=args.repair)
     dirs = sorted({d for e in config.datasets for d in e.reference_cache_directories})
     return common.finish(report, args, dirs, items)
 

@@ -47,6 +47,12 @@ def _main(argv=None) -> int:
     sample_prompts = parse_sample_prompts(args.sample_prompts) if args.sample_prompts else []
     # One process keeps the encoder loaded for both jobs; several GPUs only pay off for big datasets.
     report = common.run_job(args, listing, encoder)
+    if args.text_encoder_backend == "gemma":
+        from ltxv2_diffusers.text.gemma import text_encoder_family, write_text_cache_info
+
+        family = text_encoder_family(args.text_encoder)
+        if family is not None:
+            write_text_cache_info(cache_directories(config), family, args.text_encoder)
     if sample_prompts:
         target = args.sample_prompts_cache or cache_directories(config)[0]
         sp = cache_sample_prompts(sample_prompts, encoder, target, batch_size=args.batch_size)

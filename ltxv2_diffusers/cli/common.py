@@ -38,6 +38,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit non-zero when any item is bad")
     p.add_argument("--keep_cache", action="store_true",
                    help="keep cached rows of items no longer in the dataset (default: drop them, as musubi)")
+    p.add_argument("--repair", action="store_true",
+                   help="drop unreadable cache shards (naming each) and recompute their items, then go on as usual")
+    p.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     p.add_argument("--push_to_hub", metavar="REPO", default=None, help="push the cache as a Hub dataset")
     p.add_argument("--hub_private", action="store_true", help="make the pushed dataset private")
     for flag, why in _IGNORED_FLAGS.items():
@@ -103,7 +106,7 @@ def run_job(args: argparse.Namespace, listing, encoder):
     from ltxv2_diffusers.data.jobs import run_cache_job
 
     return run_cache_job(listing.items, encoder, listing_bad=listing.bad, batch_size=args.batch_size,
-                         num_proc=args.num_proc, skip_existing=args.skip_existing)
+                         num_proc=args.num_proc, skip_existing=args.skip_existing, repair=args.repair)
 
 
 def finish(report, args: argparse.Namespace, cache_dirs: list[str], items=None) -> int:
@@ -130,9 +133,8 @@ def finish(report, args: argparse.Namespace, cache_dirs: list[str], items=None) 
 
 
 def run_main(fn, argv=None) -> int:
+    """Run a cache command: errors end as one line and an exit code (`cli/errors.py`)."""
+    from .errors import run_cli
+
     setup_logging()
-    try:
-        return fn(argv)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(fn, argv)

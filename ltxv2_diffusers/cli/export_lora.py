@@ -27,20 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
         "written as <folder>/pytorch_lora_weights.safetensors)",
     )
     parser.add_argument("--dtype", choices=tuple(_DTYPES), default="keep", help="tensor dtype of the output")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the converter; returns the process exit status."""
-    from ..lora.io import LoraFormatError, read_lora, write_lora
+    """Run the converter; returns the process exit status (2: a bad input file or a LoRA holding NaN/inf)."""
+    from .errors import run_cli
+
+    return run_cli(_main, argv, prog="ltxv2-export-lora")
+
+
+def _main(argv: list[str] | None = None) -> int:
+    from ..lora.io import read_lora, write_lora
 
     args = build_parser().parse_args(argv)
-    try:
-        lora = read_lora(args.input)
-        path = write_lora(lora, args.output, args.format, dtype=_DTYPES[args.dtype])
-    except (LoraFormatError, FileNotFoundError) as exc:
-        print(f"ltxv2-export-lora: error: {exc}", file=sys.stderr)
-        return 2
+    lora = read_lora(args.input)
+    path = write_lora(lora, args.output, args.format, dtype=_DTYPES[args.dtype])
     rank, alpha = lora.main_rank_alpha()
     print(
         f"{args.input} ({lora.source_format}, {len(lora.modules)} modules, rank {rank}, alpha {alpha:g}) "

@@ -10,8 +10,7 @@ import sys
 from typing import Sequence
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse and validate flags, then train. Returns the exit code (0 ok, 1 training failed)."""
+def _main(argv: Sequence[str] | None = None) -> int:
     from ltxv2_diffusers import plugins
     from ltxv2_diffusers.training.args import parse_args
 
@@ -20,14 +19,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_plugins:
         print(plugins.describe_plugins())
         return 0
-    from ltxv2_diffusers.training.trainer import Trainer, TrainingFailed
+    from ltxv2_diffusers.training.trainer import Trainer
 
-    try:
-        Trainer(args).run()
-    except TrainingFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    Trainer(args).run()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse and validate flags, then train. Returns the exit code: 0 done, 2 wrong input (flags, dataset,
+    caches, checkpoint), 1 the run failed (no usable LoRA; the message names the last good checkpoint)."""
+    from ltxv2_diffusers.cli.errors import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

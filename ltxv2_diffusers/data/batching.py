@@ -24,13 +24,12 @@ import torch
 from ltxv2_diffusers.modes import LtxMode, resolve_mode
 
 from . import musubi
-from .stores import CacheStore
+from .stores import CACHE_COMMANDS as _COMMANDS
+from .stores import CacheError, CacheStore
+from .validation import ValidationMemo, check_files, check_tensors, squeeze_leading
 
-_COMMANDS = {
-    "video": "ltxv2-cache-latents",
-    "audio": "ltxv2-cache-audio-latents",
-    "text": "ltxv2-cache-text-encoder-outputs",
-}
+logger = logging.getLogger("ltxv2_diffusers.data")
+_SHOWN = 10  # bad items named one by one; the rest are counted
 _WHAT = {"video": "video latents", "audio": "audio latents", "text": "text embeddings"}
 DEFAULT_FPS = 24.0
 logger = logging.getLogger(__name__)
@@ -97,10 +96,26 @@ class _KindReader:
         return {"text": text, "text_mask": mask}
 
 
-def _squeeze_batch(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    while t.dim() > ndim and t.shape[0] == 1:
-        t = t[0]
-    return t
+def _image_keys(cache_dir: str) -> set[str]:
+    """Keys of the still images among the cached video latents (one frame)."""
+    ds = CacheStore(cache_dir, "video").load()
+    return set() if ds is None else {k for k, n in zip(ds["key"], ds["num_frames"]) if n == 1}
+
+
+def _musubi_problem(kind: str, path: str) -> str | None:
+    """Why one musubi per-item file of `kind` is unusable (unreadable, truncated, bad tensors), or None."""
+    try:
+        if kind == "video":
+            tensors = {"latents": musubi.read_video(path)}
+        elif kind == "audio":
+            latents, n = musubi.read_audio(path)
+            tensors = {"audio_latents": latents, "audio_lengths": torch.tensor(n)}
+        else:
+            text, mask = musubi.read_text(path)
+            tensors = {"text": text, "text_mask": mask}
+    except ValueError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    return check_tensors(kind, tensors)
 
 
 class BatchManager:
@@ -127,6 +142,7 @@ class BatchManager:
         self._reference_stores: list[dict[str, list[_KindReader]]] = []
         self._config_hint = f" --dataset_config {dataset_config}" if dataset_config else " --dataset_config <your toml>"
         self._readers: list[dict[str, _KindReader]] = []
+        self.left_out: list[str] = []  # keys of items some cache lacks or holds unusable (warned about)
         self._records: list[list[tuple[str, tuple]]] = []  # per source: (key, bucket)
         for src in self.sources:
             self._index_source(src)
@@ -157,8 +173,10 @@ class BatchManager:
     def _index_source(self, src: CacheSource) -> None:
         cache_dir = src.cache_directory
         entries = musubi.scan_musubi_cache(cache_dir)
-        readers = {k: _KindReader(cache_dir, k, entries) for k in ("video", "audio", "text")}
         primary_kind = "video" if self.mode.has_video else "audio"
+        needed = ["text"] + (["audio"] if self.mode.has_audio and primary_kind != "audio" else [])
+        bad = self._validate(cache_dir, [primary_kind, *needed], entries)
+        readers = {k: _KindReader(cache_dir, k, entries) for k in ("video", "audio", "text")}
         primary = readers[primary_kind]
         keys = sorted(primary.keys())
         if not keys:
@@ -166,33 +184,52 @@ class BatchManager:
                 f"{cache_dir} holds no cached {_WHAT[primary_kind]} ({self.mode.value} mode needs them): "
                 f"run {_COMMANDS[primary_kind]}{self._config_hint} first."
             )
-        needed = ["text"] + (["audio"] if self.mode.has_audio and primary_kind != "audio" else [])
+        # One item set: an item some needed cache lacks (its job rejected it, or has not run since it was
+        # added) is left out with the others that are bad, and said so; only no item at all is an error.
         for kind in needed:
             missing = [k for k in keys if k not in readers[kind]]
-            if missing:
+            if len(missing) == len(keys):
+                if kind == "audio" and set(missing) <= _image_keys(cache_dir):
+                    raise ValueError(f"{cache_dir} holds only images, which have no sound: {self.mode.value} mode "
+                                     "trains audio; train them with --ltx_mode video (or beside clips with sound)")
                 raise self._missing(kind, cache_dir, missing)
+            for key in missing:
+                bad.setdefault(key, f"no cached {_WHAT[kind]} (run {_COMMANDS[kind]}{self._config_hint})")
         stores = self._index_references(src)
+        for kind in self.references:
+            for reader in stores[kind]:  # reference latents are checked like the target's
+                memo = ValidationMemo(reader.store.cache_directory)
+                try:
+                    files = {path: key for key, path in reader.files.items()}
+                    self._validate_store(reader.store, kind, files, memo, bad)
+                finally:
+                    memo.save()
+        shapes: dict[str, tuple[int, ...]] = {}  # an item's references' shapes, one after the other
+        for key in keys:
+            found = [self._reference_shape(stores[kind], key) for kind in self.references]
+            missing_kinds = [kind for kind, shape in zip(self.references, found) if shape is None]
+            if missing_kinds:
+                kind = missing_kinds[0]
+                bad.setdefault(key, f"no cached {kind} reference (run {_REFERENCES[kind][4]}{self._config_hint} with "
+                                    f"reference_{'audio_' if kind == 'audio' else ''}directory in the dataset)")
+            else:
+                shapes[key] = tuple(x for shape in found for x in shape)
+        left_out = [k for k in keys if k in bad]
+        if left_out:
+            self._report_left_out(cache_dir, left_out, bad, len(keys))
+            keys = [k for k in keys if k not in bad]
+            if not keys:
+                raise ValueError(f"every cached item in {cache_dir} is unusable (listed above); fix or re-create "
+                                 "the caches")
+        self.left_out.extend(left_out)
         records = []
         for key in keys:
             if primary_kind == "video":
                 bucket = primary.shape(key, "latents")[-4:]
             else:
                 bucket = primary.shape(key, "audio_latents")[-3:]
-            shapes = [self._reference_shape(stores[kind], key) for kind in self.references]
-            if any(shape is None for shape in shapes):
-                continue
             # Items batch together only when their references have the same shape too.
-            records.append((key, tuple(bucket) + tuple(x for shape in shapes for x in shape)))
-        left_out = len(keys) - len(records)
-        if left_out:
-            logger.warning("%s: %d of %d items have no cached reference (%s) and are left out; see the reference "
-                           "job's report of ltxv2-cache-latents / ltxv2-cache-audio-latents", cache_dir, left_out,
-                           len(keys), ", ".join(self.references))
-        if keys and not records:
-            kind = next(k for k in self.references)
-            raise ValueError(f"{cache_dir}: no item has a cached {kind} reference (--ic_lora_strategy needs one): set "
-                             f"reference_{'audio_' if kind == 'audio' else ''}directory in the dataset config and run "
-                             f"{_REFERENCES[kind][4]}{self._config_hint}.")
+            records.append((key, tuple(bucket) + shapes[key]))
         self._readers.append(readers)
         self._records.append(records)
         self._reference_stores.append(stores)
@@ -223,6 +260,53 @@ class BatchManager:
             one = tuple(int(v) for v in reader.shape(key, _REFERENCES[reader.kind][1]))
             shape = one if shape is None else (shape[0], shape[1] + one[1], *shape[2:])
         return shape
+
+    def _validate(self, cache_dir: str, kinds: list[str], entries: dict[str, musubi.MusubiEntry]) -> dict[str, str]:
+        """Check every cached item of `kinds` (`data/validation.py`): `{key: why it is unusable}`. A damaged Arrow
+        shard is an error naming it and the repair command (its items cannot even be listed)."""
+        memo = ValidationMemo(cache_dir)
+        bad: dict[str, str] = {}
+        try:
+            for kind in kinds:
+                files = {getattr(e, kind): key for key, e in entries.items() if getattr(e, kind)}
+                self._validate_store(CacheStore(cache_dir, kind), kind, files, memo, bad)
+        finally:
+            memo.save()
+        return bad
+
+    def _validate_store(self, store: CacheStore, kind: str, files: dict[str, str], memo: ValidationMemo,
+                        bad: dict[str, str]) -> None:
+        """Check one Arrow cache and the musubi files `{path: key}` of the items it lacks, with the tensor rules
+        of `kind` (`video`, `audio`, `text`); unusable items go into `bad`."""
+        shards = store.shard_files()
+        damaged, bad_rows = check_files(shards, store.shard_items, memo)
+        if damaged:
+            listed = "; ".join(f"{path}: {why}" for path, why in damaged.items())
+            raise CacheError(f"damaged {_WHAT[kind]} cache shard(s): {listed}. Run {_COMMANDS[store.kind]}"
+                             f"{self._config_hint} --repair to drop them and recompute their items")
+        winner = {}
+        for shard in shards:  # the newest row of a key is the one training reads
+            winner.update((key, shard) for key in store.open_shard(shard)["key"])
+        for shard, problems in bad_rows.items():
+            for key, problem in problems.items():
+                if winner.get(key) == shard:
+                    bad.setdefault(key, f"{shard}: {problem}")
+        files = {path: key for path, key in files.items() if key not in winner}
+        _damaged, bad_files = check_files(files, lambda path: [(files[path], _musubi_problem(kind, path))], memo)
+        for path, problems in bad_files.items():
+            for key, problem in problems.items():
+                bad.setdefault(key, f"{path}: {problem}")
+
+    def _report_left_out(self, cache_dir: str, left_out: list[str], why: dict[str, str], total: int) -> None:
+        for key in left_out[:_SHOWN]:
+            logger.warning("left out of training: item %r: %s", key, why[key])
+        more = f" ({len(left_out) - _SHOWN} more not listed)" if len(left_out) > _SHOWN else ""
+        images = set(left_out) & _image_keys(cache_dir)
+        images = [k for k in images if "audio latents" in why[k]]
+        hint = (f"; {len(images)} of them are images, which have no sound: train them with --ltx_mode video or "
+                "in another run" if images else "")
+        logger.warning("%d of %d cached item(s) in %s are left out of training%s%s", len(left_out), total, cache_dir,
+                       more, hint)
 
     def _check_text_widths(self) -> None:
         widths: dict[int, str] = {}
@@ -258,6 +342,10 @@ class BatchManager:
         )
 
     # ------------------------------------------------------------------ order
+
+    def item_keys(self) -> list[str]:
+        """The keys of every item in the batches, sorted."""
+        return sorted(key for records in self._records for key, _ in records)
 
     @property
     def num_items(self) -> int:
@@ -344,20 +432,20 @@ class BatchManager:
         out: dict[str, Any] = {"key": key, "fps": DEFAULT_FPS}
         if self.mode.has_video:
             row = readers["video"].read(key)
-            out["latents"] = _squeeze_batch(row["latents"], 4)
+            out["latents"] = squeeze_leading(row["latents"], 4)
             if row.get("fps"):
                 out["fps"] = float(row["fps"])
         if self.mode.has_audio:
             row = readers["audio"].read(key)
-            out["audio_latents"] = _squeeze_batch(row["audio_latents"], 3)
+            out["audio_latents"] = squeeze_leading(row["audio_latents"], 3)
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
         for kind in self.references:
             _, name, batch_key, dim, _ = _REFERENCES[kind]
-            parts = [_squeeze_batch(reader.read(key)[name], 4 if kind == "video" else 3)
+            parts = [squeeze_leading(reader.read(key)[name], 4 if kind == "video" else 3)
                      for reader in self._reference_stores[source][kind]]
             out[batch_key] = torch.cat(parts, dim=dim) if len(parts) > 1 else parts[0]
         row = readers["text"].read(key)
-        out["text"] = _squeeze_batch(row["text"], 2)
+        out["text"] = squeeze_leading(row["text"], 2)
         out["text_mask"] = row["text_mask"].reshape(-1).bool()
         return out
 

@@ -16,6 +16,7 @@ from typing import Any
 
 FRAME_EXTRACTIONS = ("head", "chunk", "slide", "uniform", "full")
 SPATIAL_MULTIPLE = 32
+MAX_SIDE = 8192  # frames are scaled by FFmpeg, whose image size limit a larger side can exceed
 TEMPORAL_MULTIPLE = 8
 
 # Keys valid in `[general]` and in each `[[datasets]]` entry.
@@ -251,6 +252,11 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
             raise DatasetConfigError(
                 f"{where}: {origin('resolution')} key 'resolution' {name} {size} is not a positive multiple of "
                 f"{SPATIAL_MULTIPLE} (LTX-2's VAE downsamples by 32); try {max(SPATIAL_MULTIPLE, round(size / 32) * 32)}."
+            )
+        if size > MAX_SIDE:
+            raise DatasetConfigError(
+                f"{where}: {origin('resolution')} key 'resolution' {name} {size} is larger than {MAX_SIDE} pixels, "
+                "more than FFmpeg's scaler takes (every file would fail with 'Invalid argument'); use a smaller one."
             )
 
     target_frames = value("target_frames")

@@ -262,14 +262,18 @@ def frame_windows(num_frames: int, entry: DatasetEntry) -> list[tuple[int, int]]
 
 
 def read_caption(media_path: str, caption_extension: str) -> str:
-    """The caption beside a media file (`stem + caption_extension`), stripped; `MediaError` if missing."""
+    """The caption beside a media file (`stem + caption_extension`), stripped; `MediaError` if missing or empty."""
     caption_path = Path(media_path).with_suffix(caption_extension)
     if not caption_path.is_file():
         raise MediaError(media_path, f"missing caption {caption_path.name}")
     try:
-        return caption_path.read_text(encoding="utf-8").strip()
+        # utf-8-sig: editors on Windows start files with a byte-order mark, which is no part of the caption
+        caption = caption_path.read_text(encoding="utf-8-sig").strip()
     except UnicodeDecodeError:
         raise MediaError(str(caption_path), "caption is not UTF-8 text") from None
+    if not caption:  # rejected here, so every cache job reports it and none caches the item
+        raise MediaError(str(caption_path), "caption is empty")
+    return caption
 
 
 def find_audio(video_path: str, entry: DatasetEntry, info) -> tuple[str | None, float, float]:

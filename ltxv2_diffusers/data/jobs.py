@@ -45,6 +45,7 @@ class JobReport:
     skipped: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
+    removed_shards: list[tuple[str, str]] = field(default_factory=list)  # damaged shards --repair dropped
 
     @property
     def available(self) -> int:
@@ -52,6 +53,8 @@ class JobReport:
 
     def summary(self) -> str:
         lines = [f"{self.kind} cache: {self.cached} cached, {self.skipped} already cached, {len(self.bad)} bad"]
+        lines += [f"  removed damaged shard {path} ({reason}); its items were cached again"
+                  for path, reason in self.removed_shards]
         lines += [f"  bad: {path}: {reason}" for path, reason in self.bad]
         return "\n".join(lines)
 
@@ -60,8 +63,41 @@ class JobReport:
         return 1 if self.available == 0 or (strict and self.bad) else 0
 
 
+def _die_with(parent_pid: int | None) -> None:
+    """In a map worker: ask the kernel to kill this process when the job's process dies (Linux), so a
+    killed job leaves no workers encoding on for minutes; exit at once if it is already gone."""
+    global _WATCHED_PARENT
+    if parent_pid is None or parent_pid == os.getpid() or _WATCHED_PARENT == parent_pid:
+        return
+    _WATCHED_PARENT = parent_pid
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: on the death of the process that forked us
+    except (OSError, AttributeError):
+        pass  # not Linux: workers end with the pool as before
+    if not _alive(parent_pid):
+        os._exit(1)
+
+
+_WATCHED_PARENT: int | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _map_batch(batch: dict[str, list], rank: int | None, encoder: ItemEncoder, job_fingerprint: str,
-               kind: str, shard_size: int) -> dict[str, list]:
+               kind: str, shard_size: int, parent_pid: int | None = None) -> dict[str, list]:
+    _die_with(parent_pid)
     n = len(batch["key"])
     items = [row_to_item({k: batch[k][i] for k in batch}) for i in range(n)]
     out = {"key": [], "error": [], "media": [], "shard": []}
@@ -111,7 +147,7 @@ def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | 
 
 def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tuple[str, str]] = (),
                   batch_size: int = 4, num_proc: int | None = None, skip_existing: bool = True,
-                  progress: bool = True, map_batch_size: int = 64) -> JobReport:
+                  progress: bool = True, map_batch_size: int = 64, repair: bool = False) -> JobReport:
     """Cache `items` with `encoder` through a batched `datasets` map; returns a `JobReport`.
 
     Each map call gets `map_batch_size` items (decoding runs ahead across all of them) and writes an
@@ -119,11 +155,19 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
 
     `num_proc > 1` runs that many workers (each with its own model; on CUDA, worker `rank` uses GPU
     `rank % device_count`). With `skip_existing`, items whose row has the same fingerprint are skipped.
+    With `repair` (and without `skip_existing`, which recomputes everything anyway) damaged shards are
+    deleted first, so their items count as not cached.
     """
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
     kind = encoder.kind
     report = JobReport(kind=kind, bad=list(listing_bad))
+    for cache_dir in sorted({it.cache_directory for it in items}):
+        store = CacheStore(cache_dir, kind)
+        store.clean_partial()
+        if repair or not skip_existing:
+            report.removed_shards += store.remove_damaged()
+    remove_stale_job_folders()
     job_fp = encoder.fingerprint()
     if skip_existing:
         todo, report.skipped = pending_items(items, encoder, job_fp)
@@ -139,7 +183,7 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
                          "(two media files with one stem, e.g. clip.mp4 and clip.mov?)")
     workers = num_proc if num_proc and num_proc > 1 else None
     (enable_progress_bar if progress else disable_progress_bar)()
-    with tempfile.TemporaryDirectory(prefix="ltxv2-job-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{_JOB_DIR_PREFIX}{os.getpid()}-") as tmp:
         ds = _items_dataset(todo, tmp)
         with _spawned_workers(workers is not None):
             result = _map(ds, encoder, job_fp, kind, batch_size, max(int(map_batch_size), int(batch_size)),
@@ -155,6 +199,30 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     for cache_dir in sorted({it.cache_directory for it in todo}):
         CacheStore(cache_dir, kind).remove_superseded()
     return report
+
+
+_JOB_DIR_PREFIX = "ltxv2-job-"
+
+
+def remove_stale_job_folders() -> list[str]:
+    """Delete the temp folders of jobs whose process is gone (a SIGKILL skips their cleanup); the folder
+    name carries the job's PID."""
+    import re
+    import shutil
+
+    removed = []
+    root = tempfile.gettempdir()
+    pattern = re.compile(rf"^{_JOB_DIR_PREFIX}(\d+)-")
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(os.path.join(root, name))
+    return removed
 
 
 def _items_dataset(items: list, folder: str):
@@ -202,7 +270,8 @@ def _map(ds, encoder, job_fp, kind, shard_size, map_batch_size, num_proc, keys):
         batch_size=max(1, int(map_batch_size)),
         with_rank=True,
         num_proc=num_proc,
-        fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind, "shard_size": max(1, int(shard_size))},
+        fn_kwargs={"encoder": encoder, "job_fingerprint": job_fp, "kind": kind, "shard_size": max(1, int(shard_size)),
+                   "parent_pid": os.getpid()},
         remove_columns=ds.column_names,
         new_fingerprint=content_hash("map", job_fp, keys),
         desc=f"caching {kind}",

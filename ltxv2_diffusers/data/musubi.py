@@ -78,11 +78,18 @@ def scan_musubi_cache(cache_directory: str) -> dict[str, MusubiEntry]:
     return entries
 
 
-def read_video(path: str) -> torch.Tensor:
-    """Video latents `[128,F,H,W]` from a `_ltxv2.safetensors` file."""
+def _load(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    t = _stripped(load_file(path), path)
+    try:
+        return load_file(path)
+    except Exception as exc:  # truncated or corrupt: safetensors' message names no file
+        raise ValueError(f"{path}: unreadable safetensors file ({exc}); re-create it with its cache job") from None
+
+
+def read_video(path: str) -> torch.Tensor:
+    """Video latents `[128,F,H,W]` from a `_ltxv2.safetensors` file."""
+    t = _stripped(_load(path), path)
     if "latents" not in t:
         raise ValueError(f"{path}: no `latents_*` tensor (found {sorted(t)}); not an LTX-2 video latent cache.")
     return t["latents"]
@@ -90,9 +97,7 @@ def read_video(path: str) -> torch.Tensor:
 
 def read_audio(path: str) -> tuple[torch.Tensor, int]:
     """`(audio_latents [8,F,16], audio_lengths)` from a `_ltxv2_audio.safetensors` file."""
-    from safetensors.torch import load_file
-
-    t = _stripped(load_file(path), path)
+    t = _stripped(_load(path), path)
     if "audio_latents" not in t:
         raise ValueError(f"{path}: no `audio_latents_*` tensor (found {sorted(t)}); not an LTX-2 audio cache.")
     lat = t["audio_latents"]
@@ -103,10 +108,8 @@ def read_audio(path: str) -> tuple[torch.Tensor, int]:
 
 def read_text(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`(text [L,D], text_mask [L] bool)`; legacy `t5`/`t5_mask` keys load with one warning."""
-    from safetensors.torch import load_file
-
     global _warned_legacy
-    t = _stripped(load_file(path), path)
+    t = _stripped(_load(path), path)
     if "text" in t:
         text, mask = t["text"], t.get("text_mask")
     elif "t5" in t:

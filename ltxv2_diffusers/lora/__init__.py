@@ -36,7 +36,7 @@ from .network import (
     resolve_network_module,
 )
 from .targets import DEFAULT_PROJECTIONS, TargetOptions, select_lora_targets, target_options_from_network_args
-from .weights import LoraModuleWeights, LoraWeights
+from .weights import LoraModuleWeights, LoraWeights, NonFiniteWeights
 
 __all__ = [
     "DEFAULT_PROJECTIONS",
@@ -47,6 +47,7 @@ __all__ = [
     "MusubiNameResolver",
     "NETWORK_MODULE",
     "NETWORK_MODULE_ALIASES",
+    "NonFiniteWeights",
     "TargetOptions",
     "add_lora",
     "apply_lora",

@@ -34,7 +34,7 @@ from .keys import (
     to_musubi,
     to_official,
 )
-from .weights import LoraModuleWeights, LoraWeights
+from .weights import LoraModuleWeights, LoraWeights, NonFiniteWeights
 
 FORMATS = ("official", "diffusers", "musubi")
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -241,11 +241,15 @@ def lora_from_state_dict(
             raise LoraFormatError(f"LoRA names module {name!r} twice")
         rank = int(parts["down"].shape[0])
         if "alpha" in parts:
+            if parts["alpha"].numel() != 1:
+                raise LoraFormatError(f"LoRA module {raw_name!r}: alpha has {parts['alpha'].numel()} values, not one")
             alpha = float(parts["alpha"].float().item())
         elif fmt == "diffusers":
             alpha = _peft_alpha(peft_config, name, rank)
         else:
             alpha = float(rank)  # folded (official/ComfyUI) or kohya without alpha: scale 1.0
+        if not math.isfinite(alpha):
+            raise LoraFormatError(f"LoRA module {raw_name!r}: alpha is {alpha} (must be a finite number)")
         try:
             modules[name] = LoraModuleWeights(parts["down"], parts["up"], alpha)
         except ValueError as exc:
@@ -282,10 +286,15 @@ def _peft_alpha(config: Mapping[str, object], name: str, rank: int) -> float:
         key = get_pattern_key(list(pattern), name)
         return pattern.get(key, default)
 
-    expected_rank = int(lookup(config.get("rank_pattern"), config.get("r", rank)))
+    raw_rank = lookup(config.get("rank_pattern"), config.get("r", rank))
+    raw_alpha = lookup(config.get("alpha_pattern"), config.get("lora_alpha", rank))
+    try:
+        expected_rank, alpha = int(raw_rank), float(raw_alpha)
+    except (TypeError, ValueError):
+        raise LoraFormatError(f"LoRA module {name!r}: metadata '{DIFFUSERS_METADATA_KEY}' gives rank {raw_rank!r}, "
+                              f"alpha {raw_alpha!r}; both must be numbers") from None
     if expected_rank != rank:
         raise LoraFormatError(f"LoRA module {name!r}: metadata says rank {expected_rank}, tensors have rank {rank}")
-    alpha = float(lookup(config.get("alpha_pattern"), config.get("lora_alpha", rank)))
     if config.get("use_rslora"):
         alpha = alpha * math.sqrt(rank)  # rsLoRA scales by alpha/sqrt(r); store as alpha/r
     return alpha
@@ -317,9 +326,11 @@ def read_lora(path: str | os.PathLike, *, resolver: MusubiNameResolver | None = 
     except (safetensors.SafetensorError, OSError) as exc:
         raise LoraFormatError(f"{file}: not a readable safetensors file ({exc})") from None
     try:
-        return lora_from_state_dict(state_dict, metadata, resolver=resolver)
+        lora = lora_from_state_dict(state_dict, metadata, resolver=resolver)
     except LoraFormatError as exc:
         raise LoraFormatError(f"{file}: {exc}") from None
+    lora.check_finite(str(file))
+    return lora
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
@@ -350,7 +361,11 @@ def write_lora(lora: LoraWeights, path: str | os.PathLike, fmt: str, *, dtype: t
     path = Path(path)
     if fmt == "diffusers" and (path.is_dir() or path.suffix != ".safetensors"):
         path = path / DIFFUSERS_WEIGHT_NAME
+    # Never deliver a LoRA that breaks every model it is loaded into; the caller keeps what it had.
+    lora.check_finite(f"not writing {path}")
     sd, meta = lora_to_state_dict(lora, fmt, dtype)
+    if dtype is not None and not all(torch.isfinite(t).all() for t in sd.values()):
+        raise NonFiniteWeights(f"not writing {path}: values overflow --dtype {dtype} (NaN/inf after the cast)")
     return atomic_save_safetensors(sd, path, meta)
 
 

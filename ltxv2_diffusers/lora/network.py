@@ -143,6 +143,28 @@ def _base_linear(transformer: torch.nn.Module, name: str) -> torch.nn.Linear:
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
+_VERSION_WARNINGS: set[tuple[str, str]] = set()
+
+
+def warn_if_other_base_version(transformer: torch.nn.Module, lora: LoraWeights) -> None:
+    """Warn once per (LoRA version, model version) pair when a LoRA trained on another LTX-2 version (its
+    `base_model_version` metadata) is applied: users put 2.3 LoRAs on 2.5, which runs where the keys match
+    but is not what the LoRA was trained against."""
+    import warnings
+
+    from ltxv2_diffusers.models.official_config import model_version_of
+
+    trained_on = lora.metadata.get("base_model_version")
+    config = getattr(transformer, "config", None)
+    if not trained_on or config is None:
+        return
+    target = model_version_of(config)
+    if trained_on != target and (trained_on, target) not in _VERSION_WARNINGS:
+        _VERSION_WARNINGS.add((trained_on, target))
+        warnings.warn(f"this LoRA was trained on LTX-2 {trained_on} and is applied to a {target} model: its keys "
+                      "match, but expect weaker or different results than on its own base model", stacklevel=3)
+
+
 def _refuse_quantized(transformer: torch.nn.Module, lora: LoraWeights) -> None:
     # int8/fp8 layers are not `nn.Linear`s: PEFT cannot wrap them and their `.weight` is a dequantized copy
     # (fusing into it would change nothing), so say so instead of "modules this transformer does not have".
@@ -174,6 +196,7 @@ def apply_lora(
     """
     _refuse_quantized(transformer, lora)
     check_lora_fits(transformer, lora)
+    warn_if_other_base_version(transformer, lora)
     if fuse:
         for name, m in lora.modules.items():
             weight = _base_linear(transformer, name).weight

@@ -7,9 +7,14 @@ alpha into `up` are read with `alpha == rank`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+
+
+class NonFiniteWeights(ValueError):
+    """Weights hold NaN/inf: nothing is written from them (the last good files stay as they are)."""
 
 
 @dataclass
@@ -79,6 +84,21 @@ class LoraWeights:
         for m in self.modules.values():
             counts[(m.rank, m.alpha)] = counts.get((m.rank, m.alpha), 0) + 1
         return max(counts, key=counts.__getitem__)
+
+    def nonfinite(self) -> list[str]:
+        """Names of modules whose alpha or weights hold NaN/inf (a LoRA that would break any model)."""
+        bad = []
+        for name, m in self.modules.items():
+            if not math.isfinite(m.alpha) or not (torch.isfinite(m.down).all() and torch.isfinite(m.up).all()):
+                bad.append(name)
+        return bad
+
+    def check_finite(self, what: str) -> None:
+        """Raise `NonFiniteWeights` naming `what` (a file) and the first bad modules when any value is NaN/inf."""
+        bad = self.nonfinite()
+        if bad:
+            raise NonFiniteWeights(f"{what}: {len(bad)} of {len(self.modules)} LoRA modules hold NaN/inf values "
+                             f"(e.g. {bad[:3]}); this LoRA is unusable")
 
     def to(self, dtype: torch.dtype) -> "LoraWeights":
         """A copy with all tensors in `dtype` (alpha is unchanged)."""

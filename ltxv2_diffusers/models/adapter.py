@@ -15,11 +15,16 @@ A per-token sigma of 0 marks a conditioning token: it stays clean, gets timestep
 the loss mask; the per-sample sigma the model also needs (cross-modal and prompt modulation) is the
 largest per-token sigma of the item. Optional `reference_latents` / `reference_audio_latents` in the
 batch are IC-LoRA references: clean tokens appended after the target's, at the positions
-`ltxv2_diffusers.conditioning` gives them; outputs cover the target tokens only.
+`ltxv2_diffusers.conditioning` gives them; outputs cover the target tokens only. An optional
+`batch["keyframes_mask"]` (bool `[B, Nv]` over the target's packed video tokens) marks tokens that encode a
+single pixel frame (conditioning keyframes); LTX-2.5 adds its learned keyframe position embedding to them,
+other versions ignore it; appended reference tokens are never marked, as in official inference. The
+audio<->video cross-attention follows `av_timestep_rule` (models/av_timestep.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -34,6 +39,11 @@ from ltxv2_diffusers.conditioning.layout import (
     infer_reference_scales,
     reference_audio_coords,
     reference_video_coords,
+)
+from ltxv2_diffusers.models.av_timestep import (
+    DEFAULT_AV_TIMESTEP_RULE,
+    check_av_timestep_rule,
+    own_scale_shift_timesteps,
 )
 from ltxv2_diffusers.models.normalization import (
     normalize_audio_tokens,
@@ -112,7 +122,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
     Config: `transformer_config` (the `LTX2VideoTransformer3DModel` constructor kwargs), video VAE
     `latents_mean` / `latents_std` / `scaling_factor`, audio VAE `audio_latents_mean` / `audio_latents_std`
     (one per packed feature), `audio_latent_channels` / `audio_latent_mel_bins` (`[B, 8, T, 16]` for
-    LTX-2), `use_cross_timestep` (True matches the official model; keep it).
+    LTX-2), `av_timestep_rule` (`"current"`: the official model today; `"legacy"`: ltx-core 1.0.0, whose
+    cross-modal timesteps `use_cross_timestep` picks, True being 1.0.0's).
     """
 
     mode: LtxMode = LtxMode.AV
@@ -131,8 +142,10 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         audio_latent_channels: int = 8,
         audio_latent_mel_bins: int = 16,
         use_cross_timestep: bool = True,
+        av_timestep_rule: str = DEFAULT_AV_TIMESTEP_RULE,
     ):
         super().__init__()
+        check_av_timestep_rule(av_timestep_rule)
         self.transformer = LTX2VideoTransformer3DModel(**_clean_transformer_config(transformer_config or {}))
         self._check_config()
         self._cache: dict[tuple, Any] = {}  # per shape/device: coords, statistics, dtype
@@ -146,6 +159,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         vae: torch.nn.Module | None = None,
         audio_vae: torch.nn.Module | None = None,
         use_cross_timestep: bool = True,
+        av_timestep_rule: str = DEFAULT_AV_TIMESTEP_RULE,
     ) -> "LTXModelAdapterBase":
         """Wrap an existing transformer (no copy) and take the normalization statistics of the VAEs.
 
@@ -153,7 +167,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         """
         if not isinstance(transformer, LTX2VideoTransformer3DModel):
             raise TypeError(f"transformer must be an LTX2VideoTransformer3DModel, got {type(transformer).__name__}")
-        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep}
+        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep, "av_timestep_rule": av_timestep_rule}
         if vae is not None:
             kwargs["latents_mean"] = [float(v) for v in vae.latents_mean.detach().float().cpu()]
             kwargs["latents_std"] = [float(v) for v in vae.latents_std.detach().float().cpu()]
@@ -337,29 +351,55 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         if audio_ctx is None:
             audio_ctx, audio_ctx_mask = text.new_zeros(batch_size, 1, audio_w), None
 
-        video_pred, audio_pred = tr(
-            hidden_states=v["x_t"].to(dtype),
-            audio_hidden_states=a["x_t"].to(dtype),
-            encoder_hidden_states=video_ctx,
-            audio_encoder_hidden_states=audio_ctx,
-            timestep=v["tok_sigma"] * scale,
-            audio_timestep=a["tok_sigma"] * scale,
-            sigma=v["sigma"] * scale,
-            audio_sigma=a["sigma"] * scale,
-            encoder_attention_mask=video_ctx_mask,
-            audio_encoder_attention_mask=audio_ctx_mask,
-            video_coords=v["coords"],
-            audio_coords=a["coords"],
-            isolate_modalities=mode.isolated,
-            use_cross_timestep=bool(self.config.use_cross_timestep),
-            return_dict=False,
+        keyframes = self._keyframes_mask(batch, v, batch_size, device) if mode.has_video else None
+        video_t, audio_t = v["tok_sigma"] * scale, a["tok_sigma"] * scale
+        current = self.config.av_timestep_rule == "current"
+        rule = (
+            own_scale_shift_timesteps(tr, video_t, audio_t)
+            if current and not mode.isolated
+            else contextlib.nullcontext()
         )
+        with rule:
+            video_pred, audio_pred = tr(
+                hidden_states=v["x_t"].to(dtype),
+                audio_hidden_states=a["x_t"].to(dtype),
+                encoder_hidden_states=video_ctx,
+                audio_encoder_hidden_states=audio_ctx,
+                timestep=video_t,
+                audio_timestep=audio_t,
+                sigma=v["sigma"] * scale,
+                audio_sigma=a["sigma"] * scale,
+                encoder_attention_mask=video_ctx_mask,
+                audio_encoder_attention_mask=audio_ctx_mask,
+                video_coords=v["coords"],
+                audio_coords=a["coords"],
+                isolate_modalities=mode.isolated,
+                use_cross_timestep=current or bool(self.config.use_cross_timestep),
+                video_keyframes_mask=keyframes,
+                return_dict=False,
+            )
         preds = {"video": video_pred, "audio": audio_pred}
         for name in self.trained_modalities:
             p = prepared[name]
             pred = preds[name][:, : p["target"].shape[1]]  # appended reference tokens are not predicted
             outputs[name] = ModalityOutput(pred=pred, target=p["target"], mask=p["mask"], sigmas=p["sigmas"])
         return outputs
+
+    def _keyframes_mask(self, batch, video: dict[str, Any], batch_size: int, device) -> torch.Tensor | None:
+        mask = batch.get("keyframes_mask")
+        if mask is None:
+            return None
+        n = video["target"].shape[1]
+        if tuple(mask.shape) != (batch_size, n):
+            raise ValueError(
+                f"batch['keyframes_mask'] has shape {tuple(mask.shape)}; expected [{batch_size}, {n}] "
+                "(one flag per packed video token of the target)"
+            )
+        mask = mask.to(device=device)
+        appended = video["x_t"].shape[1] - n
+        if appended:  # reference tokens are never keyframes (official inference leaves them unmarked)
+            mask = torch.cat([mask, mask.new_zeros(batch_size, appended)], dim=1)
+        return mask.unsqueeze(-1)
 
     def _dummy(self, channels: int, coords: torch.Tensor, sigma: torch.Tensor, batch_size: int, device) -> dict:
         return {

@@ -14,6 +14,8 @@ official -> diffusers -> official round trips are exact.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -23,12 +25,17 @@ import torch
 
 from . import keymap
 from .official_config import (
+    OfficialConfigError,
+    check_transformer_section,
     diffusers_configs_from_official,
+    model_version_of,
     official_config_from_diffusers,
     transformer_config_from_official,
 )
 
 COMPONENTS = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
+# Subfolders of the official release that hold components (LTX-2.5 ships one file per component).
+RELEASE_FOLDERS = ("diffusion_models", "text_encoders", "vae")
 BACKENDS = ("official", "diffusers")
 
 _FILE_PREFIX = {"vae": "vae.", "audio_vae": "audio_vae.", "vocoder": "vocoder."}
@@ -107,13 +114,40 @@ def detect_layout(path_or_repo: str | os.PathLike) -> str:
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / "config.json").is_file() or _component_folders(path):
             return "diffusers"
+        if release_files(path):
+            return "official"
         raise ValueError(
             f"{path}: folder has no model_index.json, config.json or component subfolders "
-            f"({', '.join(COMPONENTS)}); not a diffusers model folder"
+            f"({', '.join(COMPONENTS)}) and no official release subfolders ({', '.join(RELEASE_FOLDERS)}); "
+            "not a model folder"
         )
     if str(path_or_repo).endswith(".safetensors"):
         raise FileNotFoundError(f"{path_or_repo}: no such checkpoint file")
     return "diffusers"  # a Hub repo id
+
+
+def release_files(folder: str | os.PathLike) -> list[Path]:
+    """The component files of a folder laid out like the official release (`diffusion_models/`,
+    `text_encoders/`, `vae/`; upscalers, LoRAs and patches are not components), sorted; [] if none."""
+    folder = Path(folder)
+    subs = [folder / sub for sub in RELEASE_FOLDERS if (folder / sub).is_dir()]
+    # A diffusers component folder (`vae/config.json` + weights) is not a release subfolder.
+    files = sorted(f for sub in subs if not (sub / "config.json").is_file() for f in sub.glob("*.safetensors"))
+    # The release offers two video VAEs; the convolutional one is what diffusers' classes hold.
+    diffusion_vaes = [f for f in files if _has_diffusion_decoder(f)]
+    if diffusion_vaes and len(diffusion_vaes) < sum(1 for f in files if _vae_config(f) is not None):
+        files = [f for f in files if f not in diffusion_vaes]
+    return files
+
+
+def _vae_config(path: Path) -> dict[str, Any] | None:
+    metadata, _ = _read_metadata_and_shapes(path) if path.suffix == ".safetensors" else ({}, {})
+    return json.loads(metadata["config"]).get("vae") if "config" in metadata else None
+
+
+def _has_diffusion_decoder(path: Path) -> bool:
+    # The diffusion-decoder VAE nests its halves' configs under "encoder" / "decoder".
+    return "encoder" in (_vae_config(path) or {})
 
 
 def _component_folders(path: Path) -> dict[str, Path]:
@@ -140,29 +174,42 @@ def _resolve_backend(path_or_repo, backend: str | None) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def read_official_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
-    """(ltx-core config from the metadata, {key: shape}) of an official checkpoint, without loading tensors."""
+def _read_metadata_and_shapes(path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return f.metadata() or {}, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """`{key: shape}` of a .safetensors file, read from its header alone."""
+    return _read_metadata_and_shapes(path)[1]
+
+
+def read_official_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """(ltx-core config from the metadata, {key: shape}) of an official checkpoint, without loading tensors."""
+    metadata, shapes = _read_metadata_and_shapes(path)
     if "config" not in metadata:
         raise ValueError(
             f"{path}: no 'config' in the safetensors metadata, so this is not an official LTX-2 checkpoint "
             "(or it was stripped); pass a diffusers folder / Hub id, or a file written by ltx-core or "
             "ltxv2_diffusers.save_official_checkpoint"
         )
-    return json.loads(metadata["config"]), shapes
+    config = json.loads(metadata["config"])
+    if config.get("transformer") is not None:
+        check_transformer_section(config["transformer"], where=str(path))
+    return config, shapes
 
 
 def read_transformer_config(path_or_repo: str | os.PathLike, backend: str | None = None) -> dict[str, Any] | None:
     """The diffusers transformer config of a local checkpoint without loading any tensor (None when the
     source is a Hub id or holds no transformer)."""
     if _resolve_backend(path_or_repo, backend) == "official":
-        config, _ = read_official_header(path_or_repo)
-        section = config.get("transformer")
-        return None if section is None else transformer_config_from_official(section)
+        for path in official_files(path_or_repo) or ():
+            section = _read_official_file(path).config.get("transformer")
+            if section is not None:
+                return transformer_config_from_official(section)
+        return None
     path = Path(path_or_repo)
     for candidate in (path / "transformer" / "config.json", path / "config.json"):
         if candidate.is_file():
@@ -189,11 +236,69 @@ def _diffusers_class(class_name: str) -> type:
     raise ValueError(f"unknown diffusers class {class_name!r}")
 
 
-def _load_official(path, torch_dtype, wanted: tuple[str, ...]) -> dict[str, torch.nn.Module]:
+GEMMA_CONFIG_KEY = "gemma_config"  # metadata of an official text-encoder file (Gemma + text projection)
+PROJECTION_PREFIX = "text_embedding_projection."
+# Comfy-style split video VAE files name their tensors without the `vae.` prefix.
+_BARE_VAE_PREFIXES = ("encoder.", "decoder.", "per_channel_statistics.")
+
+
+@dataclasses.dataclass
+class _OfficialFile:
+    """One official file: its config sections and its LTX-2 tensors under their single-file key names."""
+
+    path: Path
+    config: dict[str, Any]
+    keys: dict[str, str]  # single-file key -> key in this file
+    shapes: dict[str, tuple[int, ...]]
+
+
+def _read_official_file(path: Path) -> _OfficialFile:
+    metadata, shapes = _read_metadata_and_shapes(path)
+    if GEMMA_CONFIG_KEY in metadata:
+        # The Gemma weights, tokenizer and assets are the text backend's; the projection is the connectors'.
+        keys = {k: k for k in shapes if k.startswith(PROJECTION_PREFIX)}
+        config = json.loads(metadata["config"]) if "config" in metadata else {}
+    else:
+        config, _ = read_official_header(path)
+        keys = {k: k for k in shapes}
+        if set(config) == {"vae"} and not any(k.startswith("vae.") for k in shapes):
+            keys = {("vae." + k if k.startswith(_BARE_VAE_PREFIXES) else k): k for k in shapes}
+    if config.get("transformer") is not None:
+        check_transformer_section(config["transformer"], where=str(path))
+    return _OfficialFile(path, config, keys, {k: shapes[f] for k, f in keys.items()})
+
+
+def _merge_official_files(files: list[_OfficialFile]) -> tuple[dict[str, Any], dict[str, _OfficialFile]]:
+    """(one config, {single-file key: file}) over several component files; a section or tensor given twice
+    with different contents is an error naming both files."""
+    config: dict[str, Any] = {}
+    section_from: dict[str, Path] = {}
+    owner: dict[str, _OfficialFile] = {}
+    for f in files:
+        for section, value in f.config.items():
+            if section in config and config[section] != value:
+                raise ValueError(
+                    f"{f.path} and {section_from[section]} both configure {section!r}, differently; pass only one "
+                    "of them (they are from different models or versions)"
+                )
+            config[section], section_from[section] = value, f.path
+        for key in f.keys:
+            if key in owner:
+                raise CheckpointKeyError(
+                    f"tensor {key!r} is in both {owner[key].path} and {f.path}; pass each component file once"
+                )
+            owner[key] = f
+    return config, owner
+
+
+def _load_official(paths: list[Path], torch_dtype, wanted: tuple[str, ...]) -> dict[str, torch.nn.Module]:
     from accelerate import init_empty_weights
     from safetensors import safe_open
 
-    config, shapes = read_official_header(path)
+    files = [_read_official_file(Path(p)) for p in paths]
+    config, owner = _merge_official_files(files)
+    where = str(paths[0]) if len(paths) == 1 else ", ".join(str(p) for p in paths)
+    shapes = {k: f.shapes[k] for k, f in owner.items()}
     by_component: dict[str, list[str]] = {}
     strays = []
     for key in shapes:
@@ -203,36 +308,56 @@ def _load_official(path, torch_dtype, wanted: tuple[str, ...]) -> dict[str, torc
         else:
             by_component.setdefault(component, []).append(key)
     if strays:
-        raise CheckpointKeyError(f"{path}: unexpected keys that belong to no LTX-2 component: {_list(strays)}")
+        raise CheckpointKeyError(f"{where}: unexpected keys that belong to no LTX-2 component: {_list(strays)}")
+    if "connectors" in wanted and by_component.get("connectors") and not any(
+        k.startswith(PROJECTION_PREFIX) for k in by_component["connectors"]
+    ):
+        raise CheckpointKeyError(
+            f"{where}: the text connectors need the text projection ({PROJECTION_PREFIX}*), which LTX-2.5 keeps "
+            "in the text-encoder file (text_encoders/gemma4-...-with-proj-...safetensors): pass that file too"
+        )
+    if "vae" in wanted and by_component.get("vae") and "encoder" in config.get("vae", {}):
+        raise OfficialConfigError(
+            f"{where}: this video VAE has a diffusion decoder ({config['vae'].get('_class_name', 'nested config')}), "
+            "which diffusers' AutoencoderKLLTX2Video cannot hold; pass the convolutional one "
+            "(vae/*-video-vae-conv-*.safetensors)"
+        )
     configs = diffusers_configs_from_official(config, shapes)
 
     out: dict[str, torch.nn.Module] = {}
-    with safe_open(str(path), framework="pt") as f:
+    with contextlib.ExitStack() as stack:
+        handles = {f.path: stack.enter_context(safe_open(str(f.path), framework="pt")) for f in files}
+
+        def tensor(key: str) -> torch.Tensor:
+            f = owner[key]
+            return handles[f.path].get_tensor(f.keys[key])
+
         for component in wanted:
             keys = by_component.get(component)
             if not keys:
                 continue
             if component not in configs:
-                raise ValueError(f"{path}: has {component} weights but its config metadata has no section for them")
+                raise ValueError(f"{where}: has {component} weights but no config metadata describes them")
             class_name, kwargs = configs[component]
             # Parameters on meta, buffers computed for real: buffers that are not in the file stay valid.
             with init_empty_weights(include_buffers=False):
                 model = _diffusers_class(class_name)(**kwargs)
             down = len(kwargs.get("block_out_channels", ())) or 4
             expected = set(model.state_dict())
-            extras = {k: f.get_tensor(k) for k in keys if _is_unused_statistic(component, k)}
+            extras = {k: tensor(k) for k in keys if _is_unused_statistic(component, k)}
             names = {_from_official(component, k, down): k for k in keys if k not in extras}
             missing, unexpected = expected - set(names), set(names) - expected
             if missing or unexpected:
+                files_of = sorted({str(owner[k].path) for k in keys})
                 raise CheckpointKeyError(
-                    f"{path}: {component} ({class_name}) does not match the file. "
+                    f"{', '.join(files_of)}: {component} ({class_name}) does not match the file. "
                     f"Missing from the file: {_list(missing) or 'none'}. "
                     f"Unexpected in the file: {_list(names[n] for n in unexpected) or 'none'}."
                 )
             state = {}
             for name, key in names.items():
-                tensor = f.get_tensor(key)
-                state[name] = tensor.to(torch_dtype) if torch_dtype is not None and tensor.is_floating_point() else tensor
+                t = tensor(key)
+                state[name] = t.to(torch_dtype) if torch_dtype is not None and t.is_floating_point() else t
             model.load_state_dict(state, strict=True, assign=True)
             del state
             if torch_dtype is not None:
@@ -240,6 +365,26 @@ def _load_official(path, torch_dtype, wanted: tuple[str, ...]) -> dict[str, torc
             setattr(model, OFFICIAL_CONFIG_ATTR, config)
             setattr(model, OFFICIAL_EXTRAS_ATTR, extras)
             out[component] = model.eval()
+    return out
+
+
+def official_files(path_or_repo: str | os.PathLike, *more_paths: str | os.PathLike) -> list[Path] | None:
+    """The official component files `path_or_repo` (+ `more_paths`) stand for: a single file, several
+    component files, or release-like folders; None when the source is a diffusers folder or Hub id."""
+    out: list[Path] = []
+    for p in (path_or_repo, *more_paths):
+        path = Path(p)
+        if path.is_dir() and release_files(path):
+            out.extend(release_files(path))
+        elif path.is_file() or str(p).endswith(".safetensors"):
+            if detect_layout(path) != "official":
+                raise ValueError(f"{path}: expected an official LTX-2 .safetensors file")
+            out.append(path)
+        elif more_paths:
+            raise ValueError(f"{p}: several sources must each be an official .safetensors file or a release folder "
+                             f"({', '.join(RELEASE_FOLDERS)})")
+        else:
+            return None
     return out
 
 
@@ -317,31 +462,44 @@ def _from_pretrained(cls, path: str, subfolder: str | None, torch_dtype) -> torc
 
 def load_components(
     path_or_repo: str | os.PathLike,
+    *more_paths: str | os.PathLike,
     torch_dtype: torch.dtype | None = None,
     backend: str | None = None,
     components: Iterable[str] | None = None,
 ) -> dict[str, torch.nn.Module]:
-    """Load `{transformer, connectors, vae, audio_vae, vocoder}` (diffusers classes) from `path_or_repo`.
+    """Load `{transformer, connectors, vae, audio_vae, vocoder}` (diffusers classes) from official files or a
+    diffusers folder / Hub id.
 
-    Accepts an official single-file checkpoint (LTX-2.0 / 2.3; config from its metadata, no network) or
-    a diffusers folder / Hub id. `backend` ("official" | "diffusers", the old `--ltxv2_backend`) must
-    fit the path; None detects it. A component absent from the source is absent from the dict;
-    `components` restricts what is loaded.
+    Official sources (config from the metadata, no network): one single-file checkpoint (LTX-2.0 / 2.3), or
+    several component files (LTX-2.5: transformer with the connectors; text encoder with
+    `text_embedding_projection.*`; video VAE; audio VAE + vocoder), or a folder laid out like the release
+    (`diffusion_models/`, `text_encoders/`, `vae/`); `more_paths` adds files or folders. `backend`
+    ("official" | "diffusers", the old `--ltxv2_backend`) must fit the path; None detects it. A component
+    absent from the sources is absent from the dict; `components` restricts what is loaded. Keys are strict:
+    a missing or unexpected tensor is an error naming it.
     """
     wanted = tuple(components) if components is not None else COMPONENTS
     unknown = [c for c in wanted if c not in COMPONENTS]
     if unknown:
         raise ValueError(f"unknown components {unknown}; choose from {', '.join(COMPONENTS)}")
+    if more_paths:
+        if backend == "diffusers":
+            raise ValueError("--ltxv2_backend diffusers takes one folder or Hub id, not several files")
+        return _load_official(official_files(path_or_repo, *more_paths), torch_dtype, wanted)
     if _resolve_backend(path_or_repo, backend) == "official":
-        return _load_official(path_or_repo, torch_dtype, wanted)
+        return _load_official(official_files(path_or_repo), torch_dtype, wanted)
     return _load_diffusers(path_or_repo, torch_dtype, wanted)
 
 
 def load_transformer(
-    path_or_repo: str | os.PathLike, torch_dtype: torch.dtype | None = None, backend: str | None = None
+    path_or_repo: str | os.PathLike,
+    *more_paths: str | os.PathLike,
+    torch_dtype: torch.dtype | None = None,
+    backend: str | None = None,
 ) -> torch.nn.Module:
-    """The `LTX2VideoTransformer3DModel` of an official checkpoint or a diffusers folder / Hub id."""
-    out = load_components(path_or_repo, torch_dtype=torch_dtype, backend=backend, components=("transformer",))
+    """The `LTX2VideoTransformer3DModel` of official files / a release folder or a diffusers folder / Hub id."""
+    out = load_components(path_or_repo, *more_paths, torch_dtype=torch_dtype, backend=backend,
+                          components=("transformer",))
     if "transformer" not in out:
         raise ValueError(f"{path_or_repo}: contains no LTX-2 transformer")
     return out["transformer"]
@@ -409,8 +567,71 @@ def save_official_checkpoint(path: str | os.PathLike, **components: torch.nn.Mod
         seen.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"config": json.dumps(config)})
+    metadata = {"config": json.dumps(config)}
+    if "transformer" in components:
+        # Official 2.5 files carry it; loaders that pick defaults by version read it.
+        metadata["model_version"] = model_version_of(components["transformer"].config)
+    save_file(tensors, str(path), metadata=metadata)
     return str(path)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.untyped_storage().data_ptr() in seen and tensor.numel():  # safetensors refuses shared storage
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path), metadata=metadata)
+
+
+def save_official_release(
+    folder: str | os.PathLike, name: str = "ltx", gemma_config: Mapping[str, Any] | None = None,
+    **components: torch.nn.Module,
+) -> list[Path]:
+    """Write `components` split like the official LTX-2.5 release, under `folder`:
+    `diffusion_models/{name}-transformer.safetensors` (transformer + text connectors),
+    `text_encoders/{name}-text-projection.safetensors` (the text projection; `gemma_config` metadata when
+    given), `vae/{name}-video-vae-conv.safetensors` (bare VAE keys) and `vae/{name}-audio-vae.safetensors`
+    (audio VAE + vocoder). `load_components(folder)` reads it back. Returns the files written."""
+    folder = Path(folder)
+    config = official_configs(components)
+    written: list[Path] = []
+
+    def write(path: Path, tensors: dict[str, torch.Tensor], sections: tuple[str, ...], extra=None) -> None:
+        meta = {"config": json.dumps({k: config[k] for k in sections if k in config})}
+        meta.update(extra or {})
+        _save_tensors(path, tensors, meta)
+        written.append(path)
+
+    groups = {
+        "diffusion_models": ("transformer", "connectors"), "vae_video": ("vae",), "vae_audio": ("audio_vae", "vocoder"),
+    }
+    picked = {g: {c: components[c] for c in names if c in components} for g, names in groups.items()}
+    if picked["diffusion_models"]:
+        tensors = official_state_dict(**picked["diffusion_models"])
+        projection = {k: tensors.pop(k) for k in list(tensors) if k.startswith(PROJECTION_PREFIX)}
+        version = {"model_version": model_version_of(components["transformer"].config)} if "transformer" in components else {}
+        write(folder / "diffusion_models" / f"{name}-transformer.safetensors", tensors, ("transformer",), version)
+        if projection:
+            path = folder / "text_encoders" / f"{name}-text-projection.safetensors"
+            if gemma_config is not None:
+                _save_tensors(path, projection, {"gemma_config": json.dumps(dict(gemma_config))})
+                written.append(path)
+            else:
+                write(path, projection, ("transformer",))
+    if picked["vae_video"]:
+        tensors = {k[len("vae."):]: v for k, v in official_state_dict(**picked["vae_video"]).items()}
+        write(folder / "vae" / f"{name}-video-vae-conv.safetensors", tensors, ("vae",))
+    if picked["vae_audio"]:
+        write(folder / "vae" / f"{name}-audio-vae.safetensors", official_state_dict(**picked["vae_audio"]),
+              ("audio_vae", "vocoder"))
+    return written
 
 
 def official_configs(components: Mapping[str, torch.nn.Module]) -> dict[str, Any]:

@@ -62,8 +62,54 @@ class OfficialConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
+# Every key of an official `"transformer"` section we understand: the fixed values above, what the
+# conversion below reads, and keys ltx-core reads that change nothing diffusers builds.
+_KNOWN_TRANSFORMER_KEYS = frozenset(_TRANSFORMER_FIXED) | frozenset(_CAPTION_IN_CONNECTOR) | {
+    "in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "cross_attention_dim",
+    "positional_embedding_max_pos", "apply_gated_attention", "cross_attention_adaln", "audio_in_channels",
+    "audio_out_channels", "audio_num_attention_heads", "audio_attention_head_dim", "audio_cross_attention_dim",
+    "audio_positional_embedding_max_pos", "caption_channels", "norm_eps", "num_layers", "positional_embedding_theta",
+    "timestep_scale_multiplier", "av_ca_timestep_scale_multiplier", "rope_type", "frequencies_precision",
+    "ff_bias", "audio_ff_bias", "use_prompt_adaln_single", "use_keyframes_abs_pos_embedding",
+    "connector_num_attention_heads", "connector_attention_head_dim", "connector_num_layers",
+    "connector_num_learnable_registers", "connector_positional_embedding_max_pos", "connector_apply_gated_attention",
+    "connector_ff_bias", "audio_connector_num_attention_heads", "audio_connector_attention_head_dim",
+    "audio_connector_num_layers",
+}
+# Values diffusers' classes cannot build otherwise (key: the only value they support).
+_SUPPORTED_ONLY = {"connector_ff_bias": True, "use_middle_indices_grid": True, "positional_embedding_type": "rope"}
+
+MODEL_VERSIONS = ("2.0.0", "2.3.0", "2.5.0")
+
+
+def check_transformer_section(t: Mapping[str, Any], where: str = "checkpoint") -> None:
+    """Raise `OfficialConfigError` naming any key of an official `"transformer"` section we do not understand
+    (or a value diffusers cannot build), instead of silently building another model."""
+    unknown = sorted(set(t) - _KNOWN_TRANSFORMER_KEYS)
+    if unknown:
+        raise OfficialConfigError(
+            f"{where}: config key(s) {', '.join(unknown)} in the transformer section are not understood by this "
+            "version of ltxv2-diffusers; the model would be built without them. Update ltxv2-diffusers, or report "
+            "the checkpoint if you are on the latest version."
+        )
+    for key, value in _SUPPORTED_ONLY.items():
+        if key in t and t[key] != value:
+            raise OfficialConfigError(f"{where}: config {key}={t[key]!r} is not supported (only {value!r})")
+
+
+def model_version_of(transformer_config: Mapping[str, Any]) -> str:
+    """The official `model_version` ("2.0.0", "2.3.0", "2.5.0") a diffusers transformer config corresponds to."""
+    c = transformer_config
+    if not c.get("ff_bias", True) or c.get("use_keyframes_abs_pos_embedding", False):
+        return "2.5.0"
+    if c.get("gated_attn", False) or c.get("cross_attn_mod", False) or not c.get("use_prompt_embeddings", True):
+        return "2.3.0"
+    return "2.0.0"
+
+
 def transformer_config_from_official(t: Mapping[str, Any]) -> dict[str, Any]:
-    """`LTX2VideoTransformer3DModel` kwargs from an official `"transformer"` section."""
+    """`LTX2VideoTransformer3DModel` kwargs from an official `"transformer"` section (see `check_transformer_section`)."""
+    check_transformer_section(t)
     max_pos = list(t.get("positional_embedding_max_pos", [20, 2048, 2048]))
     gated = bool(t.get("apply_gated_attention", False))
     cross_mod = bool(t.get("cross_attention_adaln", False))

@@ -200,10 +200,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# LTX-2.5 (22B, 2026-08) is the 2.3 architecture with two transformer changes: no bias in the video
+# feed-forward and a learned keyframe position embedding for tokens marked in `keyframes_mask`. Text
+# connectors and the VAE encoder are the 2.3 ones (the Gemma 4 12B feature width equals Gemma 3 12B's).
+_V25_TRANSFORMER = dict(ff_bias=False, use_keyframes_abs_pos_embedding=True)
+for _base, _name in (("tiny-2.3", "tiny-2.5"), ("ltx-2.3", "ltx-2.5")):
+    PRESETS[_name] = copy.deepcopy(PRESETS[_base])
+    PRESETS[_name]["transformer"].update(_V25_TRANSFORMER)
+
 # Components whose class differs from `component_classes()` in some presets (by diffusers class name).
 PRESET_CLASSES: dict[str, dict[str, str]] = {
     "tiny-2.3": {"vocoder": "LTX2VocoderWithBWE"},
     "ltx-2.3": {"vocoder": "LTX2VocoderWithBWE"},
+    "tiny-2.5": {"vocoder": "LTX2VocoderWithBWE"},
+    "ltx-2.5": {"vocoder": "LTX2VocoderWithBWE"},
 }
 
 

@@ -21,8 +21,9 @@ class TextBackend(abc.ABC):
     model_attributes: tuple[str, ...] = ("model",)
 
     def _setup(self, text_encoder: str, tokenizer: str | None, max_length: int, audio_video: bool,
-               device: str | torch.device, dtype: str | torch.dtype | None) -> None:
-        """Settings every backend shares; the default dtype is bf16 on CUDA and fp32 elsewhere."""
+               device: str | torch.device, dtype: str | torch.dtype | None, load_tokenizer: bool = True) -> None:
+        """Settings every backend shares; the default dtype is bf16 on CUDA and fp32 elsewhere.
+        `load_tokenizer=False` leaves `self.tokenizer` to the backend (e.g. one stored in the model file)."""
         from transformers import AutoTokenizer
 
         self.device = torch.device(device)
@@ -31,7 +32,8 @@ class TextBackend(abc.ABC):
         self.audio_video = bool(audio_video)
         self._encoder_name = text_encoder
         self._tokenizer_name = tokenizer or text_encoder
-        self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name)
+        if load_tokenizer:
+            self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name)
 
     def _identity_prefix(self) -> str:
         return (

@@ -1,4 +1,8 @@
-"""`gemma` backend: Gemma-3 hidden states (all layers) through the LTX-2 text connectors.
+"""`gemma` backend: Gemma hidden states (all layers) through the LTX-2 text connectors.
+
+Gemma 3 (LTX-2.0 / 2.3) and Gemma 4 (LTX-2.5) are told apart by the model's config; both are tokenized
+the official way (prompt stripped, `<bos>` first, which Gemma 4's tokenizer does not add itself, left
+padding to `max_length`).
 
 The cached output is what the transformer reads: the connectors' video context, or for audio+video
 `[video_ctx, audio_ctx]` concatenated on the last dim. Raw Gemma states (≈385 MB/prompt at full
@@ -7,13 +11,28 @@ size) are never stored.
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from .base import TextBackend
 
 
+GEMMA_FAMILIES = ("gemma3", "gemma4")
+
+
+def gemma_family(config) -> str:
+    """`"gemma3"` or `"gemma4"` from a transformers config (or its `model_type`)."""
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", "")
+    for family in GEMMA_FAMILIES:
+        if str(model_type).startswith(family):
+            return family
+    raise ValueError(f"text encoder model_type {model_type!r} is neither Gemma 3 nor Gemma 4; LTX-2 needs the "
+                     "Gemma model its checkpoint was trained with")
+
+
 class GemmaTextBackend(TextBackend):
-    """Gemma-3 (Hub id or local folder) + `LTX2TextConnectors` (module or checkpoint path)."""
+    """Gemma 3 / Gemma 4 (Hub id or local folder) + `LTX2TextConnectors` (module or checkpoint path)."""
 
     name = "gemma"
     model_attributes = ("model", "connectors")
@@ -35,14 +54,29 @@ class GemmaTextBackend(TextBackend):
                 "the gemma text backend needs the LTX-2 text connectors: pass the model checkpoint with "
                 "--ltxv2_model (or --vae when it is the same single file)."
             )
-        self._setup(text_encoder, tokenizer, max_length, audio_video, device, dtype)
+        from .gemma_file import is_gemma_file, load_gemma_file
+
+        single_file = is_gemma_file(text_encoder)
+        self._setup(text_encoder, tokenizer, max_length, audio_video, device, dtype,
+                    load_tokenizer=not single_file or tokenizer is not None)
+        if single_file:
+            # The official LTX-2.5 text-encoder file: Gemma, its tokenizer and config in one .safetensors.
+            self.model, file_tokenizer = load_gemma_file(text_encoder, self.dtype)
+            self.model = self.model.to(self.device)
+            if tokenizer is None:
+                self.tokenizer = file_tokenizer
+        else:
+            self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).to(self.device).eval()
         # The connectors were trained on left-padded Gemma prompts (see diffusers' LTX2Pipeline).
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).to(self.device).eval()
+        self.family = gemma_family(self.model.config)
+        if self.tokenizer.bos_token_id is None:
+            raise ValueError(f"--tokenizer {self._tokenizer_name}: has no <bos> token; the LTX-2 text path starts "
+                             "every prompt with it (pass the Gemma tokenizer)")
         if isinstance(connectors, (str,)):
-            connectors = _load_connectors(connectors)
+            connectors = _load_connectors(connectors, text_encoder if single_file else None)
         self.connectors = connectors.to(self.device, self.dtype).eval()
         registers = self.connectors.config.video_connector_num_learnable_registers
         if registers and self.max_length % registers:
@@ -71,7 +105,21 @@ class GemmaTextBackend(TextBackend):
         # A fingerprint of the connector weights: cheap (a few sums) and changes with any checkpoint.
         with torch.no_grad():
             digest = sum(float(p.double().sum()) * (i + 1) for i, p in enumerate(c.parameters()))
-        return f"{self._identity_prefix()}|connectors={n}:{digest:.6e}"
+        return f"{self._identity_prefix()}|family={self.family}|bos=1|connectors={n}:{digest:.6e}"
+
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask as the official tokenizer makes them: stripped prompt, truncated, `<bos>`
+        prepended when the tokenizer did not put it first, left-padded to `max_length`."""
+        bos = self.tokenizer.bos_token_id
+        rows = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt.strip(), truncation=True, max_length=self.max_length).input_ids
+            if not ids or ids[0] != bos:
+                ids = [bos, *ids][: self.max_length]
+            rows.append(ids)
+        padded = self.tokenizer.pad({"input_ids": rows}, padding="max_length", max_length=self.max_length,
+                                    return_tensors="pt", return_attention_mask=True)
+        return padded.input_ids.to(self.device), padded.attention_mask.to(self.device)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +131,81 @@ class GemmaTextBackend(TextBackend):
         return text, out_mask.bool()
 
 
-def _load_connectors(path: str):
-    from ltxv2_diffusers.models.loading import load_required_components
+def _load_connectors(path: str, text_encoder_file: str | None = None):
+    """The connectors of `path`; LTX-2.5 keeps their text projection in the text-encoder file, so a
+    transformer file without it is read together with `text_encoder_file`."""
+    from ltxv2_diffusers.models.loading import (
+        PROJECTION_PREFIX,
+        load_required_components,
+        official_files,
+        tensor_shapes,
+    )
 
+    files = official_files(path) if text_encoder_file else None
+    if files and not any(k.startswith(PROJECTION_PREFIX) for f in files for k in tensor_shapes(f)):
+        from ltxv2_diffusers.models.loading import load_components
+
+        return load_components(*files, text_encoder_file, components=["connectors"])["connectors"]
     return load_required_components(path, ["connectors"])["connectors"]
+
+
+# A text cache records the Gemma family that made it, so a run fails before training when the checkpoint
+# expects the other one (the embeddings have the same width, so nothing else would notice).
+TEXT_CACHE_INFO = "ltxv2_text_encoder.json"
+
+
+def text_encoder_family(text_encoder: str) -> str | None:
+    """The Gemma family of a text encoder (folder, Hub id or official single file) from its config alone;
+    None if it cannot be read."""
+    from transformers import AutoConfig
+
+    from .gemma_file import GEMMA_CONFIG_KEY, is_gemma_file
+
+    try:
+        if is_gemma_file(text_encoder):
+            from safetensors import safe_open
+
+            with safe_open(str(text_encoder), framework="pt") as f:
+                return gemma_family(json.loads(f.metadata()[GEMMA_CONFIG_KEY]).get("model_type", ""))
+        return gemma_family(AutoConfig.from_pretrained(text_encoder))
+    except (OSError, ValueError):
+        return None
+
+
+def expected_gemma_family(transformer_config) -> str:
+    """The Gemma family an LTX-2 transformer was trained with: Gemma 4 for LTX-2.5, Gemma 3 before."""
+    from ltxv2_diffusers.models.official_config import model_version_of
+
+    return "gemma4" if model_version_of(transformer_config) >= "2.5" else "gemma3"
+
+
+def write_text_cache_info(directories, family: str, text_encoder: str) -> None:
+    """Record in each text cache directory which Gemma family made its embeddings."""
+    import json
+    from pathlib import Path
+
+    for directory in directories:
+        path = Path(directory) / TEXT_CACHE_INFO
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"family": family, "text_encoder": str(text_encoder)}), encoding="utf-8")
+        tmp.replace(path)
+
+
+def check_text_cache_family(directories, transformer_config, model: str) -> None:
+    """Raise when a text cache was made with another Gemma family than `model`'s transformer expects."""
+    import json
+    from pathlib import Path
+
+    want = expected_gemma_family(transformer_config)
+    for directory in directories:
+        path = Path(directory) / TEXT_CACHE_INFO
+        if not path.is_file():
+            continue
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if info.get("family") in GEMMA_FAMILIES and info["family"] != want:
+            raise ValueError(
+                f"{directory}: the text cache was made with {info['family']} ({info.get('text_encoder')}), but "
+                f"--ltxv2_model {model} expects {want}; re-run ltxv2-cache-text-encoder-outputs with the text "
+                "encoder of that checkpoint"
+            )

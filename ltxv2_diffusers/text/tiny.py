@@ -1,7 +1,7 @@
 """Tiny random text encoders with real architectures, saved like Hub models (for tests and the demo).
 
-`write_tiny_gemma(folder)` matches the `tiny` preset's connectors (hidden 24, 2 layers -> 3 hidden
-states); `write_tiny_t5(folder)` is a small T5 encoder. Both ship a word-level tokenizer built in
+`write_tiny_gemma(folder)` (Gemma 3) and `write_tiny_gemma4(folder)` (Gemma 4, for `tiny-2.5`) match the
+tiny presets' connectors (hidden 24, 2 layers -> 3 hidden states); `write_tiny_t5(folder)` is a small T5 encoder. Both ship a word-level tokenizer built in
 code, so nothing is downloaded.
 """
 
@@ -18,7 +18,7 @@ _WORDS = (
 ).split()
 
 
-def _word_tokenizer(specials: list[str], pad: str, eos: str, bos: str | None, unk: str):
+def _word_tokenizer(specials: list[str], pad: str, eos: str, bos: str | None, unk: str, add_bos: bool = True):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -28,7 +28,9 @@ def _word_tokenizer(specials: list[str], pad: str, eos: str, bos: str | None, un
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if bos is not None:
+    if bos is not None and not add_bos:
+        pass  # Gemma 4's tokenizer knows <bos> but does not put it first; the backend does
+    elif bos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", special_tokens=[(bos, vocab[bos])]
         )
@@ -62,6 +64,25 @@ def write_tiny_gemma(folder: str | os.PathLike, hidden_size: int = 24, num_layer
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
     return _save_random(Gemma3ForCausalLM, config, tokenizer, folder, seed)
+
+
+def write_tiny_gemma4(folder: str | os.PathLike, hidden_size: int = 24, num_layers: int = 2, seed: int = 0) -> str:
+    """Save a random Gemma 4 (`Gemma4UnifiedForConditionalGeneration`, text only, the LTX-2.5 encoder's
+    class) + a tokenizer that, like Gemma 4's, does not add `<bos>`; for the `tiny-2.5` connectors."""
+    from transformers import Gemma4UnifiedConfig, Gemma4UnifiedForConditionalGeneration
+
+    tokenizer, vocab_size = _word_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>"], "<pad>", "<eos>", "<bos>", "<unk>",
+                                            add_bos=False)
+    tokenizer.padding_side = "left"
+    text = dict(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=hidden_size // 2,
+        max_position_embeddings=4096, sliding_window=64,
+        layer_types=["sliding_attention"] * (num_layers - 1) + ["full_attention"],
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    config = Gemma4UnifiedConfig(text_config=text, vision_config=None, audio_config=None)
+    return _save_random(Gemma4UnifiedForConditionalGeneration, config, tokenizer, folder, seed)
 
 
 def write_tiny_t5(folder: str | os.PathLike, d_model: int = 32, num_layers: int = 2, seed: int = 0) -> str:

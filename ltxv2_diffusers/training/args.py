@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ltxv2_diffusers.models.av_timestep import AV_TIMESTEP_RULES
 from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
 from ltxv2_diffusers.timesteps import FORMAT_CHOICES, SIGMA_SAMPLING_CHOICES, parse_timestep_format
 
@@ -87,16 +88,22 @@ FLAGS: tuple[Flag, ...] = (
     F("--ltxv2_audio_video", bool, False, "old spelling of --ltx_mode av", group="model"),
     F("--ltxv2_backend", str, None, "checkpoint layout of --ltxv2_model (default: detect)",
       choices=("official", "diffusers"), group="model"),
-    F("--ltxv2_model", str, None, "LTX-2 checkpoint: official single file, diffusers folder or Hub id",
+    F("--ltxv2_model", str, None, "LTX-2 checkpoint: official single file, official transformer file (LTX-2.5), "
+      "a folder laid out like the official release, a diffusers folder or a Hub id",
       group="model"),
-    F("--vae", str, None, "file/folder with the video and audio VAEs (default: --ltxv2_model); used for "
-      "latent statistics and previews", group="model"),
+    F("--vae", str, None, "file/folder with the video VAE, or with both VAEs (default: --ltxv2_model); used "
+      "for latent statistics and previews. LTX-2.5: vae/*-video-vae-conv-*.safetensors", group="model"),
+    F("--audio_vae", str, None, "audio VAE + vocoder file when they are a file of their own (LTX-2.5: "
+      "vae/*-audio-vae-*.safetensors); default: in --vae", group="model"),
     F("--text_encoder", str, None, "text encoder (Hub id or folder); only needed for previews whose "
       "prompts are not in the text cache", group="model"),
     F("--text_encoder_backend", str, "gemma", "text encoder backend name (gemma, t5, or a plugin's)",
       group="model"),
     F("--tokenizer", str, None, "tokenizer (default: the text encoder's)", group="model"),
     F("--max_length", int, 1024, "text token length for previews encoded at train time", group="model"),
+    F("--av_timestep_rule", str, "current", "audio<->video cross-attention timesteps: current (official "
+      "ltx-core >= 1.1.4: scale/shift from the modality's own timesteps, gate from the other's sigma) or "
+      "legacy (ltx-core 1.0.0, to reproduce older runs)", choices=AV_TIMESTEP_RULES, group="model"),
     F("--ltxv2_timestep_format", str, None, "REQUIRED: timestep convention of the run",
       choices=FORMAT_CHOICES, group="model"),
     F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; musubi's "
@@ -208,6 +215,10 @@ FLAGS: tuple[Flag, ...] = (
       "after a newer save succeeds)", group="state"),
     F("--resume", str, None, "training state folder to continue from, or 'latest' (in OUTPUT_DIR)",
       group="state"),
+    F("--resume_override", list, None, "with --resume: flags (names without --, e.g. learning_rate) that may "
+      "differ from the checkpointed run; any other change of rank, learning rate, schedule, seed, accumulation "
+      "etc. is an error", group="state"),
+    F("--debug", bool, False, "print the full traceback of an error instead of its one-line message", group="run"),
     # --- previews ---
     F("--sample_every_n_steps", int, None, "render previews every N steps", group="previews"),
     F("--sample_every_n_epochs", int, None, "render previews every N epochs", group="previews"),
@@ -371,7 +382,7 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.dataset_config is not None:
         need(Path(args.dataset_config).is_file(), f"--dataset_config {args.dataset_config}: no such file")
     need(args.ltxv2_model is not None, "--ltxv2_model is required (official .safetensors, diffusers folder or Hub id)")
-    for flag in ("ltxv2_model", "vae"):
+    for flag in ("ltxv2_model", "vae", "audio_vae"):
         value = getattr(args, flag)
         if value and _looks_local(value):
             need(Path(value).exists(), f"--{flag} {value}: no such file or folder")
@@ -460,6 +471,8 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.resume not in (None, "latest"):
         need(Path(args.resume).is_dir(), f"--resume {args.resume}: no such training-state folder "
              "(pass a checkpoint folder or 'latest')")
+    if args.resume_override:
+        need(args.resume is not None, "--resume_override needs --resume")
     if args.log_with == "wandb":
         need(importlib.util.find_spec("wandb") is not None, "--log_with wandb needs wandb: pip install wandb")
     if args.log_with is None:

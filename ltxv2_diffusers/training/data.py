@@ -21,6 +21,17 @@ def model_text_widths(args) -> tuple[int, int] | None:
     return None if config is None else context_widths(config)
 
 
+def _check_text_cache_family(args, config) -> None:
+    """A text cache of Gemma 3 for an LTX-2.5 checkpoint (or the reverse) fails here, before training."""
+    from ltxv2_diffusers.data.batching import cache_directories
+    from ltxv2_diffusers.text.gemma import check_text_cache_family
+    from ltxv2_diffusers.training.model import model_config
+
+    transformer_config = model_config(args)
+    if transformer_config is not None:
+        check_text_cache_family(cache_directories(config), transformer_config, str(args.ltxv2_model))
+
+
 class TrainData:
     """Batches per epoch and iteration from a position, for `args.mode` and `args.seed`."""
 
@@ -30,6 +41,7 @@ class TrainData:
         from ltxv2_diffusers.data.config import load_dataset_config
 
         config = load_dataset_config(args.dataset_config, require_media=False)
+        _check_text_cache_family(args, config)
         self.world_size = int(world_size)
         options = ConditioningOptions.from_args(args)
         references = tuple(kind for kind, used in (("video", options.uses_video_reference),
@@ -41,6 +53,10 @@ class TrainData:
                              + (f" (no bucket has {self.world_size} items, one per process)" if self.world_size > 1
                                 else ""))
         self.dropped_per_epoch = self.manager.items_dropped_per_epoch()
+
+    def item_keys(self) -> list[str]:
+        """Every item key training uses, sorted (recorded in checkpoints to report changes on resume)."""
+        return self.manager.item_keys()
 
     def batches_per_epoch(self) -> int:
         return len(self.manager)

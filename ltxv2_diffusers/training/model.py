@@ -42,8 +42,9 @@ class TrainingBundle:
         self.prompt_cache = PromptCache.encode(texts, args, device=device)
 
 
-def _vae_source(args) -> str:
-    return args.vae or args.ltxv2_model
+def _vae_sources(args) -> list[str]:
+    """Where the VAEs come from: --vae (else --ltxv2_model), plus --audio_vae when they are split."""
+    return [args.vae or args.ltxv2_model, *([args.audio_vae] if getattr(args, "audio_vae", None) else [])]
 
 
 def model_config(args) -> dict[str, Any] | None:
@@ -84,11 +85,14 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
     mode: LtxMode = args.mode
     transformer = load_components(args.ltxv2_model, backend=args.ltxv2_backend, components=["transformer"])["transformer"]
     wanted = ["vae", "audio_vae"] + (["vocoder"] if keep_preview_parts else [])
-    parts = load_components(_vae_source(args), backend=args.ltxv2_backend if not args.vae else None, components=wanted)
+    sources = _vae_sources(args)
+    backend = args.ltxv2_backend if not args.vae and len(sources) == 1 else None
+    parts = load_components(*sources, backend=backend, components=wanted)
     missing = [name for name in ("vae", "audio_vae") if name not in parts]
     if missing:
-        raise ValueError(f"--vae {_vae_source(args)} has no {', '.join(missing)}; pass the LTX-2 checkpoint that "
-                         "holds both VAEs (their latent statistics normalize the cached latents)")
+        raise ValueError(f"--vae {' '.join(sources)} has no {', '.join(missing)}; pass the LTX-2 checkpoint that "
+                         "holds both VAEs, or --vae and --audio_vae (their latent statistics normalize the cached "
+                         "latents)")
     transformer.requires_grad_(False)
     if args.network_weights is not None:
         targets = _continue_lora(transformer, mode, args.network_weights)
@@ -97,7 +101,10 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
                            target_options_from_network_args(network_kwargs(args)))
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    adapter = adapter_class_for_mode(mode).from_components(transformer, vae=parts["vae"], audio_vae=parts["audio_vae"])
+    adapter = adapter_class_for_mode(mode).from_components(
+        transformer, vae=parts["vae"], audio_vae=parts["audio_vae"],
+        av_timestep_rule=getattr(args, "av_timestep_rule", "current"),
+    )
     if getattr(args, "low_memory", False) or getattr(args, "blocks_to_swap", None):
         # The blocks stay on the CPU: the block swapper (speed/setup.py) sends the swapped ones to
         # pinned host memory and moves the rest, so the GPU never holds every weight at once.
@@ -112,7 +119,7 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
     if keep_preview_parts:
         preview = {name: parts[name].to(device).eval() for name in ("vae", "audio_vae", "vocoder") if name in parts}
         if "vocoder" not in preview:
-            raise ValueError(f"previews need the vocoder, which {_vae_source(args)} lacks")
+            raise ValueError(f"previews need the vocoder, which {' '.join(sources)} lacks (LTX-2.5: pass --audio_vae)")
     return TrainingBundle(adapter=adapter, transformer=transformer, mode=mode, lora_targets=list(targets),
                           preview_parts=preview)
 
@@ -130,15 +137,20 @@ def _continue_lora(transformer, mode: LtxMode, path) -> list[str]:
     return apply_lora(transformer, lora, fuse=False)
 
 
-def lora_metadata(args, step: int) -> dict[str, str]:
-    """Metadata stored in every saved LoRA (strings only: safetensors metadata)."""
+def lora_metadata(args, step: int, transformer: torch.nn.Module | None = None) -> dict[str, str]:
+    """Metadata stored in every saved LoRA (strings only: safetensors metadata); with the transformer, the
+    official version of the base model (`base_model_version`, e.g. "2.5.0")."""
     from ltxv2_diffusers import __version__
     from ltxv2_diffusers.conditioning.metadata import conditioning_metadata
     from ltxv2_diffusers.lora import lora_metadata as make_metadata
+    from ltxv2_diffusers.models.official_config import model_version_of
 
+    version = None if transformer is None else model_version_of(transformer.config)
     return make_metadata(mode=args.mode.value, base_model=str(args.ltxv2_model), training_args=args_to_dict(args),
                          rank=args.network_dim, alpha=args.network_alpha, steps=step,
                          timestep_format=args.timestep_format.value, trainer=f"ltxv2-diffusers {__version__}",
+                         base_model_version=version,
+                         av_timestep_rule=getattr(args, "av_timestep_rule", None),
                          **conditioning_metadata(args))
 
 
@@ -148,7 +160,8 @@ def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, st
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    official, _diffusers = save_lora(lora_from_model(bundle.transformer, metadata=lora_metadata(args, step)),
+    official, _diffusers = save_lora(lora_from_model(bundle.transformer,
+                                                     metadata=lora_metadata(args, step, bundle.transformer)),
                                      directory, name)
     return official
 

@@ -54,6 +54,7 @@ class StepOutcome:
         self._values: tuple[bool, dict[str, float]] | None = None
         self.extra: dict[str, float] = {}  # host values logged with the step (fp16's grad norm)
         self.timing: tuple[float, float] = (0.0, 0.0)  # the trainer's (step_time, average s/step)
+        self.items: list[str] = []  # the keys of the step's items, named when it turns out non-finite
 
     def read(self) -> tuple[bool, dict[str, float]]:
         """(whether every check was finite on every rank, the logs as floats); waits only for this

@@ -28,6 +28,7 @@ from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.outcome import StepOutcome
 from ltxv2_diffusers.training.prefetch import Prefetcher
 from ltxv2_diffusers.speed.setup import freeze_host_objects, thaw_host_objects
+from ltxv2_diffusers.training.run_lock import OutputDirBusy, OutputDirLock
 from ltxv2_diffusers.training.step import TrainStep
 
 logger = logging.getLogger("ltxv2_diffusers.training")
@@ -77,6 +78,8 @@ class Trainer:
         self.previews_written: list[Path] = []
         self.metrics = MetricsLog(Path(args.logging_dir) / "metrics.jsonl")
         self.plan = None  # the memory planner's choice (`_plan_memory`), when a budget applies
+        self.lock = OutputDirLock(self.output_dir)
+        self._resume_from: Path | None = None
 
     # ------------------------------------------------------------------ setup
     def _setup_accelerator(self):
@@ -101,10 +104,18 @@ class Trainer:
         self.world_size = world
         self.rank = self.accelerator.process_index
         if self.accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            removed = self.checkpoints.clean_partial()
+            try:
+                self.lock.acquire()  # before anything in the folder is touched: another run may be writing it
+            except OutputDirBusy as exc:
+                raise TrainingFailed(str(exc)) from None
+            except OSError as exc:
+                raise TrainingFailed(f"--output_dir {self.output_dir}: cannot write there ({exc})") from None
+            if self.lock.taken_over:
+                logger.warning("--output_dir %s: the run that held it (%s) ended without releasing it; taking over",
+                               self.output_dir, self.lock.taken_over)
+            removed = self.checkpoints.clean_partial() + ckpt.clean_partial_files(self.output_dir)
             for path in removed:
-                logger.warning("removed a checkpoint a crash left half-written: %s", path)
+                logger.warning("removed a file a crash left half-written: %s", path)
         self.accelerator.wait_for_everyone()
 
     def _setup_data(self):
@@ -219,11 +230,27 @@ class Trainer:
         a = self.args
         return bool(a.sample_prompts and (a.sample_every_n_steps or a.sample_every_n_epochs or a.sample_at_first))
 
-    def _resume(self):
+    def _check_resume(self):
+        """Find the checkpoint to resume from (the newest intact one for `latest`) and check that this
+        run's flags and items continue it, before the model loads; a fresh run starts fresh logs."""
+        from ltxv2_diffusers.training.resume import check_resume_flags, report_item_changes
+
         path = ckpt.resolve_resume(self.args.resume, self.output_dir)
         if path is None:
             if self.args.resume == "latest":
                 logger.warning("--resume latest: no checkpoint in %s yet, starting from scratch", self.output_dir)
+            if self.accelerator.is_main_process:
+                self.metrics.truncate_after(0)  # a previous run's lines are not this run's
+            return
+        saved = ckpt.saved_args(path)
+        check_resume_flags(saved, args_to_dict(self.args), self.args.resume_override or (), path)
+        if self.accelerator.is_main_process:
+            report_item_changes(ckpt.saved_items(path), self.data.item_keys(), path)
+        self._resume_from = path
+
+    def _resume(self):
+        path = self._resume_from
+        if path is None:
             return
         model = self.accelerator.unwrap_model(self.adapter)
         self.progress = ckpt.load_training_state(path, model, self.optimizer, self.lr_scheduler,
@@ -344,6 +371,7 @@ class Trainer:
         sums: dict[str, Any] = {}
         losses: list[torch.Tensor] = []
         finished_epochs: list[int] = []
+        keys: list[str] = []
         per_epoch = self.data.batches_per_epoch()
         for micro in range(accum):
             epoch, index, batch = next(stream)
@@ -351,6 +379,7 @@ class Trainer:
             self.progress.batch_in_epoch = index + 1
             if index + 1 == per_epoch:
                 finished_epochs.append(epoch + 1)
+            keys += batch["keys"]
             local = self._local(batch)
             offset = local.pop("_global_offset")
             gens = self._generators(step, micro, offset, len(local["keys"]))
@@ -374,12 +403,16 @@ class Trainer:
         # With fp16 the grad scaler unscales in the clip and must then step, and it skips overflowing
         # steps itself (lowering its scale): there the clip waits for the losses' verdict (`_update`).
         grad_norm = None
-        if args.max_grad_norm > 0 and acc.scaler is None:
-            grad_norm = self.speed.clip_grad_norm(args.max_grad_norm, acc)
+        if acc.scaler is None:
+            # Without clipping the norm is still taken (an infinite bound scales by 1): a NaN gradient
+            # behind a finite loss must skip the step too, or the LoRA turns NaN for good.
+            grad_norm = self.speed.clip_grad_norm(args.max_grad_norm if args.max_grad_norm > 0 else math.inf, acc)
             sums["grad_norm"] = grad_norm
         checks = losses + ([grad_norm] if grad_norm is not None else [])
-        return StepOutcome(step + 1, checks, sums, acc.device, world_size=self.world_size,
-                           reduce_sum=lambda t: acc.reduce(t, reduction="sum"), finished_epochs=finished_epochs)
+        outcome = StepOutcome(step + 1, checks, sums, acc.device, world_size=self.world_size,
+                              reduce_sum=lambda t: acc.reduce(t, reduction="sum"), finished_epochs=finished_epochs)
+        outcome.items = keys
+        return outcome
 
     @property
     def _skips_on_device(self) -> bool:
@@ -422,7 +455,9 @@ class Trainer:
             logs.pop("grad_norm", None)
             self.progress.nonfinite_in_a_row += 1
             self.progress.skipped_steps.append(step)
-            self._say(f"step {step}: non-finite loss or gradient ({logs.get('loss')}); step skipped")
+            items = outcome.items
+            self._say(f"step {step}: non-finite loss or gradient ({logs.get('loss')}); step skipped (items: "
+                      f"{', '.join(items[:8])}{' …' if len(items) > 8 else ''})")
         logs["lr"] = self.lr_scheduler.get_last_lr()[0]
         logs["skipped"] = 0.0 if finite else 1.0
         return logs
@@ -484,9 +519,10 @@ class Trainer:
             def fill(tmp: Path) -> None:
                 save_lora_files(self.bundle, self.args, tmp, f"{self.args.output_name}-step{step:08d}", step)
                 ckpt.save_training_state(tmp, adapter, self.optimizer, self.lr_scheduler, self.progress,
-                                         extra={"args": args_to_dict(self.args)}, master=self.speed.master)
+                                         extra={"args": args_to_dict(self.args), "items": self.data.item_keys()},
+                                         master=self.speed.master)
 
-            path = self.checkpoints.write(step, fill)
+            path = self._writing(lambda: self.checkpoints.write(step, fill), self.checkpoints.root)
             self.last_good_checkpoint = path
             if self.args.save_last_n_steps:
                 for old in self.checkpoints.prune(step - self.args.save_last_n_steps, keep=path):
@@ -498,6 +534,33 @@ class Trainer:
         self._checkpoint_step = step  # on every rank: all of them must agree on later saves
         acc.wait_for_everyone()
         return path
+
+    def _writing(self, write, where: Path):
+        """Run `write()`; a LoRA that turned non-finite or a full/unwritable disk stops the run naming the
+        path and the last good checkpoint (nothing broken is left behind: writes are atomic)."""
+        import errno
+
+        from ltxv2_diffusers.lora import NonFiniteWeights
+
+        keep = self.last_good_checkpoint or "none saved yet"
+        try:
+            return write()
+        except NonFiniteWeights as exc:
+            raise TrainingFailed(f"step {self.progress.global_step}: {exc}. Last good checkpoint: {keep}. Lower "
+                                 "--learning_rate or check the caches, then --resume from it.") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                why = "the disk is full: free space there (old checkpoints, --save_last_n_steps) and --resume"
+            elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                why = "no permission to write there: fix the folder's permissions or choose another --output_dir"
+            else:
+                why = f"{exc.strerror or exc}"
+            raise TrainingFailed(f"cannot write {exc.filename or where}: {why}. Last good checkpoint: {keep}.") from exc
+        except RuntimeError as exc:  # safetensors/torch report some I/O failures as RuntimeError
+            if "iostream" not in str(exc) and "No space" not in str(exc):
+                raise
+            raise TrainingFailed(f"cannot write in {where}: {exc} (is the disk full? free space there and "
+                                 f"--resume). Last good checkpoint: {keep}.") from exc
 
     def sample(self) -> list[Path]:
         """Render every preview prompt with the current LoRA (main process only)."""
@@ -522,13 +585,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
-        """Train; returns the final LoRA file. Raises `TrainingDiverged` on repeated non-finite steps."""
+        """Train; returns the final LoRA file. Raises `TrainingDiverged` on repeated non-finite steps,
+        `TrainingFailed` when the product would be unusable or cannot be written."""
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> Path:
         from ltxv2_diffusers import plugins
         from tqdm.auto import tqdm
 
         args = self.args
         self._setup_accelerator()
         self._setup_data()
+        self._check_resume()
         self._setup_model()
         self._resume()
         acc = self.accelerator
@@ -629,7 +700,8 @@ class Trainer:
         final = self.output_dir / f"{args.output_name}.safetensors"
         self.speed.flush()
         if acc.is_main_process:
-            final = save_lora_files(self.bundle, args, self.output_dir, args.output_name, self.progress.global_step)
+            final = self._writing(lambda: save_lora_files(self.bundle, args, self.output_dir, args.output_name,
+                                                           self.progress.global_step), self.output_dir)
             plot_loss_curve(self.progress.loss_history, self.output_dir / "loss.png",
                             skipped=self.progress.skipped_steps)
             acc.print(f"LoRA: {final}")
