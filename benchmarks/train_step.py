@@ -64,6 +64,13 @@ def parse(argv=None):
                         "compiles with CUDA graphs, '+combo' with inductor's combo kernels, '+cdt' with its coordinate-descent tuning of elementwise and reduction kernels, '+cpp' with its C++ wrapper, '+burst' fetches all D blocks at once where backward starts (the swapper ramps up from one), '+gc' times the steps without the trainer's gc.freeze() (full garbage collections walk the model's objects), '+keepall' lets blocks without recompute keep what the partitioner keeps by default (not keep_matmul_outputs_policy), '+nofo' has backward fetch the text keys' and values' weights of swapped blocks too (as before they were left to the forward), '@S/K[/D][/spread]' swaps S blocks, "
                         "exempts K blocks from recomputation (spread, or the last K) and prefetches D blocks in "
                         "backward (instead of --blocks_to_swap/--blocks_without_recompute/--backward_prefetch)")
+    p.add_argument("--memory_budget", default=None,
+                   help="'auto' or GiB: let the trainer's memory planner choose swapping, recomputation, optimizer "
+                        "offload and the base dtype (the flags above that it would choose are ignored, but "
+                        "--fp8_base is kept); prints the plan")
+    p.add_argument("--emulate_gib", type=float, default=None,
+                   help="cap this process's CUDA memory at this many GiB (torch.cuda.set_per_process_memory_fraction) "
+                        "once the model is placed, to emulate a smaller card")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--memory_trace", action="store_true",
@@ -138,16 +145,19 @@ def matmul_ceiling(device: str) -> float | None:
 
 
 def make_batch(adapter, a, device):
+    from ltxv2_diffusers.models.adapter import context_widths
+
     tc = adapter.transformer.config
     f, h, w = (a.frames - 1) // 8 + 1, a.height // 32, a.width // 32
     audio_frames = int(round(a.frames / a.fps * 25))
     g = torch.Generator("cpu").manual_seed(0)
-    ctx = tc.caption_channels
+    # LTX-2.0 takes caption-wide contexts, 2.3 / 2.5 the connectors' per-modality widths.
+    ctx = sum(context_widths(tc))
     return {
         "latents": torch.randn(1, tc.in_channels, f, h, w, generator=g).to(device),
         "audio_latents": torch.randn(1, 8, audio_frames, tc.audio_in_channels // 8, generator=g).to(device),
         "audio_lengths": torch.tensor([audio_frames], device=device),
-        "text": torch.randn(1, a.text_len, 2 * ctx, generator=g).to(device),
+        "text": torch.randn(1, a.text_len, ctx, generator=g).to(device),
         "text_mask": torch.ones(1, a.text_len, dtype=torch.bool, device=device),
         "fps": torch.tensor([a.fps], device=device),
         "keys": ["bench"],
@@ -326,6 +336,13 @@ def main(argv=None) -> dict:
     from ltxv2_diffusers.training.step import TrainStep
 
     cuda = a.device.startswith("cuda")
+    budget = None
+    if a.memory_budget:
+        from ltxv2_diffusers.speed import planner
+        from ltxv2_diffusers.speed.options import parse_memory_budget
+
+        budget = parse_memory_budget(a.memory_budget)
+        budget = planner.resolve_budget(budget, a.device) if budget == "auto" else budget  # before the model loads
     ceiling = matmul_ceiling(a.device)
     t0 = time.perf_counter()
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -378,6 +395,18 @@ def main(argv=None) -> dict:
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
                                    blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute,
                                    offload_optimizer=a.offload_optimizer, fp8_base=a.fp8_base)
+    plan = None
+    if budget is not None:  # the trainer's planner, on this model and batch
+        opts = SpeedOptions.for_device(a.device, compile=not a.no_compile, attention_backend=a.attention_backend,
+                                       fp8_base=a.fp8_base, memory_budget=budget)
+        trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+        tokens = adapter.token_counts(batch)
+        work = planner.Workload(video_tokens=tokens.get("video", 0), audio_tokens=tokens.get("audio", 0),
+                                text_tokens=a.text_len)
+        plan = planner.plan_for(opts, planner.ModelFigures.from_transformer(transformer, trainable), work, budget)
+        print(plan.describe(), flush=True)
+        opts = planner.planned_options(opts, plan)
+        variants = ["plan"]
     swap_default = opts.blocks_to_swap
     prefetch = None
     burst = False
@@ -415,12 +444,20 @@ def main(argv=None) -> dict:
             swapper.start_prefetch = swapper.backward_prefetch
         return swapper
 
-    set_options(variants[0])
+    if plan is None:
+        set_options(variants[0])
     speed = apply_speed_options(transformer, opts, device=a.device)
     speed.swapper = variant_swapper(speed.swapper)
     recomputed_by = speed.recompute  # what actually recomputes (block swapping forces whole blocks)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
     lora_params = sum(p.numel() for p in speed.trainable_params)
+    if a.emulate_gib and cuda:  # what the plan left on the device, then the smaller card's cap
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(a.device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, a.emulate_gib * 2**30 / total))  # the current device
     tokens = adapter.token_counts(batch)
     from torch.profiler import record_function
 
@@ -471,7 +508,7 @@ def main(argv=None) -> dict:
             set_options(variant)
             speed.swapper = variant_swapper(make_swapper(transformer, opts, a.device))
             recomputed_by = configure_recompute(transformer, opts)
-        freeze = "gc" not in parse_variant(variant)[1]
+        freeze = "gc" not in (parse_variant(variant)[1] if plan is None else [])
         try:
             if freeze:  # as the trainer does after its first step
                 freeze_host_objects()
@@ -483,6 +520,9 @@ def main(argv=None) -> dict:
         finally:
             if freeze:
                 thaw_host_objects()  # the next variant compiles new objects; it freezes again
+        if plan is not None:
+            res.update(plan=plan.describe(), predicted_gib=round(plan.peak_gib, 1), budget_gib=round(budget, 1),
+                       emulated_gib=a.emulate_gib)
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),

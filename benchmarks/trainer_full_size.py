@@ -40,13 +40,17 @@ def parse(argv=None):
     p.add_argument("--items", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--num_layers", type=int, default=None,
+                   help="fewer transformer blocks than the preset (a quick check of the trainer's GPU path)")
+    p.add_argument("--emulate_gib", type=float, default=None,
+                   help="cap this process's CUDA memory at this many GiB from the start (a smaller card)")
     p.add_argument("train_flags", nargs=argparse.REMAINDER, help="after --: flags for the trainer")
     a = p.parse_args(argv)
     a.train_flags = [f for f in a.train_flags if f != "--"]
     return a
 
 
-def write_model(path: Path, preset: str) -> None:
+def write_model(path: Path, preset: str, num_layers: int | None = None) -> None:
     """The transformer and the two VAEs (the trainer normalizes cached latents with their statistics) of
     `preset` with random weights, as an official single-file checkpoint."""
     from ltxv2_diffusers.models.loading import save_official_checkpoint
@@ -54,7 +58,9 @@ def write_model(path: Path, preset: str) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # random init of 19B is minutes on a CPU
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    parts = build_components(preset, components=("transformer", "vae", "audio_vae"), torch_dtype=dtype, device=device)
+    overrides = {"transformer": {"num_layers": num_layers}} if num_layers else None
+    parts = build_components(preset, components=("transformer", "vae", "audio_vae"), torch_dtype=dtype, device=device,
+                             overrides=overrides)
     save_official_checkpoint(path, **parts)
 
 
@@ -78,9 +84,10 @@ def main(argv=None) -> dict:
     from ltxv2_diffusers.training.logging import read_metrics
 
     root = Path(a.workdir or tempfile.mkdtemp())
-    model = root / "model" / f"{a.preset}-random.safetensors"
+    layers = f"-{a.num_layers}layers" if a.num_layers else ""
+    model = root / "model" / f"{a.preset}{layers}-random.safetensors"
     if not model.is_file():
-        write_model(model, a.preset)
+        write_model(model, a.preset, a.num_layers)
         if torch.cuda.is_available():  # the 40 GB it built must not stay reserved for the trainer's run
             import gc
 
@@ -95,6 +102,9 @@ def main(argv=None) -> dict:
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (no resume from an earlier one)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+        if a.emulate_gib:
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, a.emulate_gib * 2**30 / total))
     code = train_main(argv)
     rows = list(read_metrics(out / "logs" / "metrics.jsonl")) if (out / "logs" / "metrics.jsonl").is_file() else []
     times = [r["step_time"] for r in rows[2:]]
@@ -104,7 +114,8 @@ def main(argv=None) -> dict:
                first_steps_s=[round(r["step_time"], 1) for r in rows[:2]],
                losses=[round(r["loss"], 4) for r in rows])
     if torch.cuda.is_available():
-        res.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), gpu=torch.cuda.get_device_name())
+        res.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+                   reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 1), gpu=torch.cuda.get_device_name())
     print("RESULT " + json.dumps(res), flush=True)
     return res
 

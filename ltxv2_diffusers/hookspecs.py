@@ -52,7 +52,8 @@ def ltxv2_sample_sigmas(batch_size, num_tokens, modality, args, generator):
     which sets the resolution-dependent shift), ``modality`` (``"video"`` or ``"audio"``),
     ``args`` (parsed trainer flags), ``generator`` (``torch.Generator`` or None).
     Returns: a float tensor ``[batch_size]`` (or per-token ``[batch_size, num_tokens]``) with
-    values in ``[0, 1]``, or None to let the next plugin decide.
+    values in ``[0, 1]``, or ``{"timesteps": tensor}`` in the run's ``--ltxv2_timestep_format``
+    (converted to sigmas by its definition), or None to let the next plugin decide.
     The first non-None result wins; the built-in calls the scheduler's training sampler.
     """
 

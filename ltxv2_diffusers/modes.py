@@ -30,6 +30,8 @@ class LtxMode(str, enum.Enum):
 
 
 MODE_CHOICES = tuple(m.value for m in LtxMode)
+# musubi-tuner's short spellings (`--ltx2_mode v`, its default).
+MODE_ALIASES = {"v": LtxMode.VIDEO, "a": LtxMode.AUDIO, "va": LtxMode.AV}
 
 
 def resolve_mode(ltx_mode: str | None, ltxv2_audio_video: bool | None = None) -> LtxMode:
@@ -40,7 +42,7 @@ def resolve_mode(ltx_mode: str | None, ltxv2_audio_video: bool | None = None) ->
     if ltx_mode is None:
         return LtxMode.AV if ltxv2_audio_video else LtxMode.VIDEO
     try:
-        mode = LtxMode(str(ltx_mode).lower())
+        mode = MODE_ALIASES.get(str(ltx_mode).lower()) or LtxMode(str(ltx_mode).lower())
     except ValueError:
         raise ValueError(
             f"--ltx_mode {ltx_mode!r} is not a mode; choose one of {', '.join(MODE_CHOICES)}."

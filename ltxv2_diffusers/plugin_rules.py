@@ -92,6 +92,25 @@ def check_batch(result: Any, call: Mapping[str, Any]) -> str | None:
     return None if isinstance(result, Mapping) else f"must return a batch dict or None, got {type(result).__name__}"
 
 
+def sigmas_from_timesteps(result: Any, call: Mapping[str, Any]) -> Any:
+    """A `{"timesteps": ...}` answer is in the run's `--ltxv2_timestep_format`: sigmas by its definition
+    (values outside the format's range are an error)."""
+    if not (isinstance(result, Mapping) and "timesteps" in result):
+        return result
+    import torch
+
+    from ltxv2_diffusers.timesteps import timesteps_to_sigmas
+
+    args = call["args"]
+    fmt = getattr(args, "timestep_format", None) or getattr(args, "ltxv2_timestep_format", None)
+    return timesteps_to_sigmas(torch.as_tensor(result["timesteps"]), fmt)
+
+
+# Answers turned into their checked form before the check.
+RESULT_CONVERSIONS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {
+    "ltxv2_sample_sigmas": sigmas_from_timesteps,
+}
+
 RESULT_CHECKS: dict[str, Callable[[Any, Mapping[str, Any]], str | None]] = {
     "ltxv2_sample_sigmas": check_sigmas,
     "ltxv2_audio_loss": check_scalar_loss,
@@ -146,7 +165,7 @@ def _guard(fn: Callable, plugin: str, hook: str, spec_args: list[str]) -> Callab
     check a result against the call and tell a registry which plugin is registering.
     """
     own = _required_args(fn)
-    check = RESULT_CHECKS.get(hook)
+    check, convert = RESULT_CHECKS.get(hook), RESULT_CONVERSIONS.get(hook)
 
     def guarded(*args):
         call = dict(zip(spec_args, args))
@@ -154,6 +173,8 @@ def _guard(fn: Callable, plugin: str, hook: str, spec_args: list[str]) -> Callab
             call["register"] = functools.partial(call["register"], plugin=plugin)
         try:
             result = fn(*[call[a] for a in own])
+            if convert and result is not None:
+                result = convert(result, call)
             problem = check(result, call) if check and result is not None else None
         except PluginError:
             raise  # already names the plugin (a nested facade call)

@@ -72,6 +72,7 @@ def _load(policy: PluginPolicy) -> None:
     _skipped.clear()
     for name in policy.block:
         _pm.set_blocked(name)
+    # the built-ins' real code needs torch: it loads with the plugins, not with this module
     from ltxv2_diffusers.default_plugins import audio_loss, sigmas, text_backends, weighting
 
     for name, module in zip(BUILTIN_NAMES, (weighting, sigmas, audio_loss, text_backends)):

@@ -32,6 +32,8 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from ltxv2_diffusers.hookspecs import hookimpl  # noqa: E402
+from ltxv2_diffusers.lora import add_lora  # noqa: E402
+from ltxv2_diffusers.models.presets import build_components  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -67,16 +69,37 @@ _BASE: list[Path] = []
 
 
 def session_dir() -> Path:
-    """A private folder for this test process, removed at exit.
+    """A private folder for this test run, removed at its end.
 
     Not pytest's numbered basetemp: parallel pytest sessions on one machine prune each other's
-    numbered folders, which would delete the shared workspace mid-run.
+    numbered folders, which would delete the shared workspace mid-run. The workers of one
+    `pytest -n` run share the folder their controller made (`locked_build` builds each thing once for
+    all of them); the controller removes it when the run ends.
     """
     if not _BASE:
         path = Path(tempfile.mkdtemp(prefix="ltxv2-train-tests-"))
         atexit.register(shutil.rmtree, path, ignore_errors=True)
         _BASE.append(path)
     return _BASE[0]
+
+
+def pytest_configure(config):
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "ltxv2_session_dir" in workerinput:
+        _BASE[:] = [Path(workerinput["ltxv2_session_dir"])]
+    elif workerinput is None and getattr(config.option, "numprocesses", None):
+        config.ltxv2_session_dir = tempfile.mkdtemp(prefix="ltxv2-train-tests-")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist: tell each worker the run's shared folder."""
+    node.workerinput["ltxv2_session_dir"] = node.config.ltxv2_session_dir
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "ltxv2_session_dir"):
+        shutil.rmtree(config.ltxv2_session_dir, ignore_errors=True)
 
 
 def locked_build(base: Path, name: str, build):
@@ -170,3 +193,53 @@ def tiny_train(tmp_path_factory):
         return ws.train_argv(output_dir, steps, ["--network_dim", "4", "--network_alpha", "2", *extra])
 
     return ws, argv
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny LoRA models for the speed tests
+
+
+def tiny_batch(seed=0):
+    """One av batch for the tiny model (video 2x2x3 latents, 6 audio frames, text 7 x 48)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "latents": torch.randn(1, 128, 2, 2, 3, generator=g),
+        "audio_latents": torch.randn(1, 8, 6, 16, generator=g),
+        "audio_lengths": torch.tensor([5]),
+        "text": torch.randn(1, 7, 48, generator=g),
+        "text_mask": torch.tensor([[1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool),
+        "fps": torch.tensor([24.0]),
+    }
+
+
+def tiny_lora_model(dtype, num_layers=None):
+    """The tiny transformer with an av LoRA of rank 4 whose weights are all non-zero."""
+    overrides = {"transformer": {"num_layers": num_layers}} if num_layers else None
+    transformer = build_components("tiny", components=("transformer",), overrides=overrides)["transformer"]
+    add_lora(transformer, "av", 4, 4)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-zero B so every LoRA weight gets a gradient
+        for name, p in transformer.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    transformer.to(dtype)
+    return transformer
+
+
+def adapter_loss(adapter, batch):
+    """A fixed-noise, fixed-sigma flow-matching loss of one batch (masked mean over tokens)."""
+    g = torch.Generator().manual_seed(3)
+    sigmas = {"video": torch.tensor([0.6]), "audio": torch.tensor([0.3])}
+    noise = {"video": torch.randn(batch["latents"].shape, generator=g),
+             "audio": torch.randn(batch["audio_latents"].shape, generator=g)}
+    out = adapter(batch, sigmas=sigmas, noise=noise)
+    total = 0
+    for o in out.values():
+        err = (o.pred.float() - o.target).pow(2).mean(-1)
+        total = total + (err * o.mask).sum() / o.mask.sum()
+    return total
+
+
+def lora_grads(transformer):
+    """Every gradient of the model, as float copies."""
+    return {n: p.grad.float().clone() for n, p in transformer.named_parameters() if p.grad is not None}

@@ -85,3 +85,10 @@ def test_audio_previews_with_video_conditions_fail_at_parse_time(argv, capsys, t
     with pytest.raises(SystemExit):
         parse_args(argv("--ltx_mode", "audio", "--sample_prompts", str(prompts)))
     assert "prompts [2] have --i / --v" in capsys.readouterr().err
+
+
+def test_lora_target_preset_names_the_strategy_as_in_musubi(argv):
+    args = parse_args(argv("--ltx_mode", "audio", "--lora_target_preset", "audio_ref_ic"))
+    assert args.ic_lora_strategy == "audio_ref_ic"
+    args = parse_args(argv("--ltx_mode", "video", "--lora_target_preset", "v2v", "--ic_lora_strategy", "none"))
+    assert args.ic_lora_strategy == "none"  # an explicit choice wins

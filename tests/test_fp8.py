@@ -10,7 +10,7 @@ from ltxv2_diffusers.speed.quant.fp8 import E4M3_MAX, fp8_supported, quantize_ro
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
 from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
-from test_speed import _batch, _grads, _lora_model, _loss
+from conftest import adapter_loss, lora_grads, tiny_batch, tiny_lora_model
 
 # e4m3 keeps 3 mantissa bits: a random matmul's output is off by about 3.6 % (relative L2 norm)
 E4M3_TOLERANCE = 0.06
@@ -53,7 +53,7 @@ def test_fp8_linear_forward_and_input_gradient_within_e4m3_rounding(dtype):
 
 
 def test_fp8_base_weights_replace_only_frozen_layers_fp8_can_take():
-    model = _lora_model(torch.float32, num_layers=2)
+    model = tiny_lora_model(torch.float32, num_layers=2)
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     linears = [m for m in model.transformer_blocks.modules() if isinstance(m, torch.nn.Linear)]
     count = acceleration.fp8_base_weights(model, min_features=16)
@@ -69,24 +69,25 @@ def test_fp8_base_weights_replace_only_frozen_layers_fp8_can_take():
 
 def _fp8_run(**options):
     torch._dynamo.reset()
-    model = _lora_model(torch.float32, num_layers=2)
+    model = tiny_lora_model(torch.float32, num_layers=2)
     model.enable_gradient_checkpointing()
     setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, fp8_base=True,
                                                     quantize_min_features=16, **options), device="cpu")
-    loss = _loss(LTXAVModelAdapter.from_components(model), _batch())
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), tiny_batch())
     loss.backward()
     torch._dynamo.reset()
-    return setup, loss.detach(), _grads(model)
+    return setup, loss.detach(), lora_grads(model)
 
 
+@pytest.mark.slow  # compiles
 def test_fp8_gradients_compiled_equal_eager_and_stay_near_full_precision():
     """The compiled blocks (one recomputing, one keeping matmul outputs, as the fast path mixes them)
     give the eager fp8 gradients; both are within e4m3 rounding of the full-precision model's."""
     torch._dynamo.reset()
-    ref = _lora_model(torch.float32, num_layers=2)
-    ref_loss = _loss(LTXAVModelAdapter.from_components(ref), _batch())
+    ref = tiny_lora_model(torch.float32, num_layers=2)
+    ref_loss = adapter_loss(LTXAVModelAdapter.from_components(ref), tiny_batch())
     ref_loss.backward()
-    ref_grads = _grads(ref)
+    ref_grads = lora_grads(ref)
 
     setup, loss, grads = _fp8_run(compile=False)
     assert "fp8 base weights and matmuls (56 layers)" in setup.summary()
@@ -137,13 +138,13 @@ def test_fp8_flags():
 
 def _losses_over_a_short_run(fp8: bool, steps: int = 20) -> list[float]:
     torch.manual_seed(0)
-    model = _lora_model(torch.float32, num_layers=2)
+    model = tiny_lora_model(torch.float32, num_layers=2)
     setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, compile=False,
                                                     fp8_base=fp8, quantize_min_features=16), device="cpu")
     optimizer = setup.make_optimizer(torch.optim.AdamW, lr=2e-3)
-    adapter, batch, losses = LTXAVModelAdapter.from_components(model), _batch(), []
+    adapter, batch, losses = LTXAVModelAdapter.from_components(model), tiny_batch(), []
     for _ in range(steps):
-        loss = _loss(adapter, batch)
+        loss = adapter_loss(adapter, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -158,6 +159,7 @@ def test_fp8_loss_curve_follows_the_full_precision_one():
         assert abs(a - b) / a < 0.01, (full, fp8)
 
 
+@pytest.mark.slow  # compiles
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 def test_swapped_blocks_free_their_device_copy_after_the_forward(fp8, monkeypatch):
     """Compiled blocks that recompute nothing save tensors for backward; none of them may share a swapped
@@ -176,13 +178,13 @@ def test_swapped_blocks_free_their_device_copy_after_the_forward(fp8, monkeypatc
 
     monkeypatch.setattr(_HostCopy, "fetch", recording_fetch)
     torch._dynamo.reset()
-    model = _lora_model(torch.float32, num_layers=4)
+    model = tiny_lora_model(torch.float32, num_layers=4)
     model.enable_gradient_checkpointing()
     setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.bfloat16, fp8_base=fp8,
                                                     quantize_min_features=16, blocks_to_swap=2, blocks_without_recompute=4,
                                                     compile_backend="aot_eager_decomp_partition"), device="cpu")
     assert setup.swapper.swapped == [0, 1] and not setup.swapper.rerun_in_backward
-    loss = _loss(LTXAVModelAdapter.from_components(model), _batch())
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), tiny_batch())
     assert len(copies) >= 2 and all(ref.expired() for ref in copies)  # fetched for the forward, then freed
     loss.backward()
     assert not all(ref.expired() for ref in copies[-2:])  # fetched again by backward, kept for the next forward
@@ -196,7 +198,7 @@ def test_applying_a_lora_to_quantized_base_weights_is_refused(quantize):
     from ltxv2_diffusers.lora import apply_lora, lora_from_model
     from ltxv2_diffusers.models.presets import build_components
 
-    source = _lora_model(torch.float32, num_layers=2)
+    source = tiny_lora_model(torch.float32, num_layers=2)
     lora = lora_from_model(source)
     target = build_components("tiny", components=("transformer",), overrides={"transformer": {"num_layers": 2}})["transformer"]
     target.requires_grad_(False)  # the base is frozen, as in training
@@ -209,7 +211,7 @@ def test_applying_a_lora_to_quantized_base_weights_is_refused(quantize):
 
 
 def test_a_model_too_small_to_quantize_says_so(caplog):
-    model = _lora_model(torch.float32, num_layers=2)  # 32 wide: below the 256 that quantization starts at
+    model = tiny_lora_model(torch.float32, num_layers=2)  # 32 wide: below the 256 that quantization starts at
     with caplog.at_level("WARNING", logger="ltxv2_diffusers.training"):
         setup = apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, compile=False,
                                                         fp8_base=True), device="cpu")

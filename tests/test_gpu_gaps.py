@@ -1,5 +1,5 @@
 """benchmarks/gpu_gaps.py on a chrome trace in the format torch.profiler writes (kernel, runtime,
-host-op and record_function events); the GPU runs that produce real ones are in RESULTS.md."""
+host-op and record_function events); the GPU runs that produce real ones are in benchmarks/history.md."""
 
 import json
 

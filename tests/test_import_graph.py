@@ -95,3 +95,16 @@ def test_package_import_graph_has_no_cycle():
     if cycle:
         steps = [f"{a} -> {b} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])]
         raise AssertionError("import cycle:\n  " + "\n  ".join(steps))
+
+
+def test_test_files_share_helpers_through_conftest_only():
+    """A test file importing another runs that file's module code and ties the two together."""
+    tests = Path(__file__).resolve().parent
+    names = {p.stem for p in tests.glob("test_*.py")}
+    offenders = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.name} imports {m}" for m in modules if m in names]
+    assert not offenders, "move shared helpers to tests/conftest.py: " + "; ".join(offenders)

@@ -173,7 +173,8 @@ def test_demo_tiny_2_5_runs_on_split_files(tmp_path, capsys):
 
     assert main(["--output_dir", str(tmp_path), "--steps", "2", "--clips", "1", "--preset", "tiny-2.5"]) == 0
     out = capsys.readouterr().out
-    assert "--audio_vae" in out and "model (release folder):" in out and "gemma-4-tiny" in out
+    assert "--audio_vae" in out and "model (release folder):" in out
+    assert "--text_encoder " + str(tmp_path / "model" / "ltx-2.5-tiny" / "text_encoders" / "tiny-gemma4-with-proj.safetensors") in out
     assert json.loads((tmp_path / "data" / "cache" / "videos" / "ltxv2_text_encoder.json").read_text())["family"] == "gemma4"
     lora = tmp_path / "output" / "demo_lora.safetensors"
     with safe_open(str(lora), framework="pt") as f:
@@ -199,3 +200,21 @@ def test_text_cache_of_another_gemma_family_fails_before_training(tmp_path):
     check_text_cache_family([tmp_path / "cache"], preset_config("tiny-2.3")["transformer"], "m23")
     with pytest.raises(ValueError, match="made with gemma3.*expects gemma4"):
         check_text_cache_family([tmp_path / "cache"], preset_config("tiny-2.5")["transformer"], "m25")
+
+
+def test_gemma_file_round_trip(tmp_path):
+    """`write_gemma_file` writes the official single-file layout (Comfy keys) that `load_gemma_file` reads."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from ltxv2_diffusers.text.gemma_file import load_gemma_file, write_gemma_file
+    from ltxv2_diffusers.text.tiny import write_tiny_gemma4
+
+    folder = write_tiny_gemma4(tmp_path / "g4")
+    model, tokenizer = AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    path = write_gemma_file(tmp_path / "te.safetensors", model, tokenizer,
+                            extra={"text_embedding_projection.video_aggregate_embed.weight": torch.ones(2, 2)})
+    keys = set(load_file(str(path)))
+    assert "model.layers.0.self_attn.q_proj.weight" in keys and "tokenizer_json" in keys
+    back, back_tokenizer = load_gemma_file(path)
+    _same_weights(back, model)
+    assert back_tokenizer("a red car").input_ids == tokenizer("a red car").input_ids

@@ -65,7 +65,7 @@ def test_training_reads_the_layout_as_is(musubi_dir, caplog, monkeypatch):
         assert torch.equal(b["audio_latents"][0], r["audio"])
         assert b["audio_lengths"].tolist() == [r["lengths"]]
         assert torch.equal(b["text"][0], r["text"]) and torch.equal(b["text_mask"][0], r["mask"].bool())
-        assert b["fps"].tolist() == [24.0]  # the layout has no frame rate
+        assert b["fps"].tolist() == [25.0]  # the layout has no frame rate: musubi's default
 
 
 def test_arrow_rows_and_musubi_files_join_per_item(musubi_dir):
@@ -94,7 +94,8 @@ def test_export_both_ways_round_trips_exactly(musubi_dir, tmp_path, capsys):
     assert row["fingerprint"].startswith("imported:")  # a later cache job recomputes rather than trusts it
 
     back = str(tmp_path / "back")
-    assert export_cache.main(["--format", "musubi", "--cache_directory", arrow_dir, "--output_directory", back]) == 0
+    assert export_cache.main(["--format", "musubi", "--musubi_naming", "ltxv2", "--cache_directory", arrow_dir,
+                              "--output_directory", back]) == 0
     assert sorted(os.listdir(back)) == sorted(os.listdir(d))
     for key, r in ref.items():
         v = load_file(os.path.join(back, f"{key}_0064x0064_ltxv2.safetensors"))

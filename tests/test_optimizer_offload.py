@@ -11,14 +11,14 @@ from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
 from ltxv2_diffusers.training.args import ArgsError, parse_args, validate_args
 from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
-from test_speed import _batch, _lora_model, _loss
+from conftest import adapter_loss, tiny_batch, tiny_lora_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ADAMW = dict(lr=3e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
 
 
 def _setup(device, offload, checkpointing=False, int8=False):
-    model = _lora_model(torch.float32, num_layers=3)
+    model = tiny_lora_model(torch.float32, num_layers=3)
     if checkpointing:  # diffusers re-runs each block's forward in backward: its pre-hooks fire again
         model.enable_gradient_checkpointing()
     setup = apply_speed_options(model, SpeedOptions(naive=False, compile=False, recompute="checkpoint",
@@ -38,7 +38,7 @@ def _step(model, setup, optimizer, step, device, max_norm=None, micro_batches=2)
     adapter = LTXAVModelAdapter.from_components(model)
     losses = []
     for micro in range(micro_batches):
-        loss = _loss(adapter, _on(_batch(10 * step + micro), device))
+        loss = adapter_loss(adapter, _on(tiny_batch(10 * step + micro), device))
         (loss / micro_batches).backward()
         setup.accumulate_grads()
         losses.append(float(loss.detach()))
@@ -141,7 +141,7 @@ def test_state_moves_between_offloaded_and_device_adamw(device):
 def test_a_skipped_step_drops_its_gradients():
     model, off, opt = _setup("cpu", offload=True)
     before = off.master.flat.detach().clone()
-    loss = _loss(LTXAVModelAdapter.from_components(model), _batch())
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), tiny_batch())
     loss.backward()
     off.accumulate_grads()
     assert any(g is not None for g in off.master.grads)
@@ -162,7 +162,7 @@ def test_offload_optimizer_flag_errors(tmp_path):
     assert any("--offload_optimizer need a CUDA device" in p and "this run is on cpu" in p
                for p in SpeedOptions.for_device("cpu", offload_optimizer=True).problems())
     with pytest.raises(ValueError, match="--offload_optimizer .*needs bf16 compute"):
-        apply_speed_options(_lora_model(torch.float32, num_layers=2),
+        apply_speed_options(tiny_lora_model(torch.float32, num_layers=2),
                             SpeedOptions(naive=True, compile=False, offload_optimizer=True), device="cpu")
     (tmp_path / "data.toml").write_text("[[datasets]]\n")
     (tmp_path / "model.safetensors").write_bytes(b"")

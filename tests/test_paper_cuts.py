@@ -138,3 +138,16 @@ def test_a_run_whose_push_fails_keeps_its_lora_and_ends_in_one_line(tmp_path_fac
     assert "\n" not in str(info.value) and str(info.value).startswith("--push_to_hub me/my-lora: upload failed")
     lora = tmp_path / "demo_lora.safetensors"
     assert lora.is_file() and (tmp_path / "hub_upload" / lora.name).read_bytes() == lora.read_bytes()
+
+
+def test_the_trainer_cli_says_an_offline_hub_id_in_one_line(tmp_path_factory, tmp_path, capsys):
+    from conftest import workspace
+    from ltxv2_diffusers.cli.train import main
+
+    ws = workspace(tmp_path_factory)
+    argv = ws.train_argv(tmp_path, 1)
+    argv[argv.index("--ltxv2_model") + 1] = "nobody/no-such-ltx2"
+    assert main(argv) == 2  # the user's input: tests run with HF_HUB_OFFLINE=1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err  # progress bars before it, then the one line
+    assert err.strip().splitlines()[-1].startswith("error: nobody/no-such-ltx2: not a local file or folder")

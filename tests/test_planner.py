@@ -93,13 +93,15 @@ def test_hand_set_levers_are_kept(full):
 
 
 def test_a_plan_that_does_not_fit_says_what_would(full):
-    plan = plan_memory(full, FULL, 4)
+    plan = plan_memory(full, FULL, 6)
     assert not plan.fits and "DOES NOT FIT" in plan.describe()
     why = planner.explain(full, FULL, plan)
-    assert why.startswith("nothing fits 4.0 GiB: the leanest plan needs about") and "--memory_budget" in why
+    assert why.startswith("nothing fits 6.0 GiB: the leanest plan needs about") and "--memory_budget 8" in why
     assert "buckets of at most" in why  # fewer tokens per batch would fit
     smaller = int(why.split("buckets of at most ")[1].split()[0])
-    assert plan_memory(full, dataclasses.replace(FULL, video_tokens=smaller, audio_tokens=0), 4).fits
+    assert plan_memory(full, dataclasses.replace(FULL, video_tokens=smaller, audio_tokens=0), 6).fits
+    # below what the weights alone need, fewer tokens do not help: only a larger budget is named
+    assert "buckets" not in planner.explain(full, FULL, plan_memory(full, FULL, 4))
 
 
 def test_a_correction_after_an_overshoot_plans_less_memory(full):
@@ -134,3 +136,68 @@ def test_memory_budget_values():
     assert not SpeedOptions.for_device("cuda", low_memory=True, memory_budget=16.0).planned  # a fixed recipe
     assert SpeedOptions.for_device("cuda", memory_budget="auto").planned
     assert torch.float32 == SpeedOptions.for_device("cpu").compute_dtype
+
+
+def test_the_largest_batch_is_read_from_the_cache_shapes(tmp_path, bench_script):
+    """What the trainer plans for: the bucket with the most latent tokens per batch, from file headers."""
+    from ltxv2_diffusers.data.batching import BatchManager, CacheSource
+
+    data_loading = bench_script("data_loading")
+    small = dict(latents=(128, 2, 2, 3), audio=(8, 6, 16), text=(8, 48))
+    large = dict(latents=(128, 3, 4, 6), audio=(8, 10, 16), text=(8, 48))
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    data_loading.write_items(str(tmp_path / "small"), 4, small)
+    data_loading.write_items(str(tmp_path / "large"), 1, large)
+    sources = [CacheSource(str(tmp_path / "small"), batch_size=2), CacheSource(str(tmp_path / "large"), batch_size=2)]
+    assert BatchManager(sources, "av").largest_batch() == {"batch": 1, "video": 72, "audio": 10}  # 1 item: batch 1
+    assert BatchManager(sources[:1], "av").largest_batch() == {"batch": 2, "video": 12, "audio": 6}
+    assert BatchManager(sources[:1], "video").largest_batch() == {"batch": 2, "video": 12, "audio": 0}
+
+
+@pytest.mark.slow
+def test_a_first_step_over_the_budget_re_plans_and_trains(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    """The trainer's planned path with the measurement stubbed (no GPU here): the tiny model as the CUDA path
+    would plan it (eager, so whole blocks re-run), a budget its fastest bf16 plan just fits, and a first-step
+    check that reports 97 % of the budget reserved: the trainer re-plans once with the measured error,
+    rebuilds the model with the leaner plan (int8 base weights), and trains to the end."""
+    from conftest import baseline_argv, workspace
+
+    from ltxv2_diffusers.training.args import parse_args
+    from ltxv2_diffusers.training.trainer import Trainer
+
+    ws = workspace(tmp_path_factory)
+    original = SpeedOptions.for_device.__func__
+
+    def for_device(cls, device, **kwargs):  # the choices CUDA would get, run eager on this CPU
+        options = original(cls, "cuda", **kwargs)
+        return dataclasses.replace(options, compile=False, quantize_min_features=16)
+
+    monkeypatch.setattr(SpeedOptions, "for_device", classmethod(for_device))
+    budget = {}
+    runs = []
+
+    def resolve(value, device=None, margin_gib=1.5):  # just enough for the leanest bf16 plan of this run
+        trainer = runs[0]
+        lean = planner.plan_for(trainer.requested, trainer.figures, trainer.workload, 1.0)
+        budget["gib"] = lean.peak_gib / planner.ALLOCATOR_SLACK * 1.01
+        return budget["gib"]
+
+    probes = []
+
+    def probe(self, entry, passes=2):
+        probes.append(self.plan)
+        return self.plan.peak_gib, 0.97 * budget["gib"]  # reserved: over the 95 % of the budget it may use
+
+    monkeypatch.setattr(planner, "resolve_budget", resolve)
+    monkeypatch.setattr(Trainer, "_probe", probe)
+    args = parse_args(baseline_argv(ws, tmp_path, steps=2, extra=["--memory_budget", "auto"]))
+    trainer = Trainer(args)
+    runs.append(trainer)
+    lora = trainer.run()
+    out = capsys.readouterr().out
+    assert lora.is_file() and len(probes) == 1  # one check, one re-plan, no second check
+    assert out.count("memory plan: ") == 3 and "re-planning for" in out
+    assert trainer.plan.peak_gib < probes[0].peak_gib and trainer.plan.fits
+    assert probes[0].base == "bf16" and trainer.plan.base == "int8" and trainer.speed.quantized_layers > 0
+    assert trainer.plan.budget_gib == pytest.approx(budget["gib"])

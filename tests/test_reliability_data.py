@@ -159,6 +159,10 @@ def test_truncated_musubi_file_is_named(tmp_path, caplog):
         manager = BatchManager([CacheSource(str(d))], "video")
     assert manager.item_keys() == ["a"]
     assert f"item 'b': {broken}: unreadable safetensors file" in caplog.text
+    good = d / "a_0064x0064_ltxv2.safetensors"
+    good.write_bytes(good.read_bytes()[:-50])  # damaged while training runs: the read names item and file
+    with pytest.raises(CacheError, match=f"item 'a': {good}: unreadable safetensors file"):
+        next(manager.iter_epoch(0))
 
 
 def test_one_item_set_across_caches(tmp_path, vae_file, capsys, caplog):
@@ -246,7 +250,7 @@ def test_workers_die_with_the_job_and_temp_folders_are_cleaned(tmp_path):
         while len(list(tmp_path.glob("worker-*"))) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "workers did not start"
             time.sleep(0.1)
-        job_dirs = [p for p in Path(tempfile.gettempdir()).glob(f"ltxv2-job-{proc.pid}-*")]
+        job_dirs = [p for p in Path(tempfile.gettempdir()).glob(f"ltxv2-job-{proc.pid}@*")]
         assert job_dirs
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -293,3 +297,25 @@ def test_a_failed_shard_write_names_the_folder_and_leaves_no_partial_file(tmp_pa
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [f"error: File too large: {cache / 'ltxv2_video_latents'} (--debug shows the traceback)"]
     assert list((cache / "ltxv2_video_latents").iterdir()) == []
+
+
+def test_repair_recomputes_unusable_rows(tmp_path, vae_file, capsys):
+    """Cases 8/9: a row that reads but is unusable (NaN latents under a valid fingerprint) is left out of
+    training; `--repair` recomputes it."""
+    toml = make_dataset(tmp_path / "data", num_videos=2, num_frames=9, size=(64, 64), resolution=(64, 64),
+                        target_frames=(9,))
+    job = ["--dataset_config", str(toml), "--device", "cpu", "--vae", vae_file, "--vae_dtype", "fp32",
+           "--num_workers", "1"]
+    assert cache_latents.main(job) == 0
+    store = CacheStore(load_dataset_config(toml).datasets[0].cache_directory, "video")
+    key = "clip01_00000-009"
+    row = store.read(store.index()[key])
+    poisoned = row["latents"].clone()
+    poisoned[0, 0, 0, 0] = float("nan")
+    store.write_shard([{**{k: v for k, v in row.items() if k != "latents"}, **tensor_to_columns("latents", poisoned)}])
+    capsys.readouterr()
+    assert cache_latents.main(job) == 0 and "0 cached, 2 already cached" in capsys.readouterr().err
+    assert cache_latents.main(job + ["--repair"]) == 0
+    assert "1 item(s) whose cached rows were unusable were cached again" in capsys.readouterr().err
+    store = CacheStore(store.cache_directory, "video")
+    assert torch.isfinite(store.read(store.index()[key])["latents"]).all()

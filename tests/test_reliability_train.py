@@ -240,11 +240,17 @@ def test_a_second_run_in_the_same_output_dir_is_refused(tiny_train, tmp_path, ca
 
 
 def test_restart_from_scratch_starts_fresh_metrics(tiny_train, tmp_path):
-    """Case 12: a run started again without --resume logs only its own steps."""
+    """Case 12: a run started again without --resume logs only its own steps. Case 11: the temp files a kill
+    during the final LoRA save left are removed."""
     _ws, argv = tiny_train
     assert main(argv(tmp_path, 2)) == 0
+    leftovers = [tmp_path / ".demo_lora.safetensors.k1ll3d.tmp",
+                 tmp_path / "demo_lora-diffusers" / ".pytorch_lora_weights.safetensors.k1ll3d.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a LoRA")
     assert main(argv(tmp_path, 1)) == 0
     assert [m["step"] for m in read_metrics(tmp_path / "logs" / "metrics.jsonl")] == [1]
+    assert not any(path.exists() for path in leftovers)
 
 
 def test_disk_full_names_the_path(tiny_train, tmp_path, capsys):

@@ -2,71 +2,50 @@
 fp32 path within bf16 tolerance, int8 base weights stay within quantization error, the fp32 master
 weights update like a plain fp32 optimizer, and the benchmark's CPU smoke mode runs."""
 
+import contextlib
 import json
 
 import pytest
 import torch
 
-from ltxv2_diffusers.lora import add_lora
+from conftest import adapter_loss, lora_grads, tiny_batch, tiny_lora_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_compiles():
+    """Compiled block graphs are shared by the tests of this module: a model of the same shape compiled
+    with the same policy reuses the graphs an earlier test compiled (compiling is what takes time
+    here). The cache is cleared before and after the module, and around a test that compiles the
+    same code under another partitioner setting (`isolated_compiles`), which dynamo does not guard on."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@contextlib.contextmanager
+def isolated_compiles():
+    """Compile with an empty cache and leave none of the graphs behind."""
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        torch._dynamo.reset()
 from ltxv2_diffusers import speed as acceleration
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
-from ltxv2_diffusers.models.presets import build_components
 from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
 
 
-def _batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "latents": torch.randn(1, 128, 2, 2, 3, generator=g),
-        "audio_latents": torch.randn(1, 8, 6, 16, generator=g),
-        "audio_lengths": torch.tensor([5]),
-        "text": torch.randn(1, 7, 48, generator=g),
-        "text_mask": torch.tensor([[1, 1, 1, 1, 1, 0, 0]], dtype=torch.bool),
-        "fps": torch.tensor([24.0]),
-    }
-
-
-def _lora_model(dtype, num_layers=None):
-    overrides = {"transformer": {"num_layers": num_layers}} if num_layers else None
-    transformer = build_components("tiny", components=("transformer",), overrides=overrides)["transformer"]
-    add_lora(transformer, "av", 4, 4)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-zero B so every LoRA weight gets a gradient
-        for name, p in transformer.named_parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    transformer.to(dtype)
-    return transformer
-
-
-def _loss(adapter, batch):
-    g = torch.Generator().manual_seed(3)
-    sigmas = {"video": torch.tensor([0.6]), "audio": torch.tensor([0.3])}
-    noise = {"video": torch.randn(batch["latents"].shape, generator=g),
-             "audio": torch.randn(batch["audio_latents"].shape, generator=g)}
-    out = adapter(batch, sigmas=sigmas, noise=noise)
-    total = 0
-    for o in out.values():
-        err = (o.pred.float() - o.target).pow(2).mean(-1)
-        total = total + (err * o.mask).sum() / o.mask.sum()
-    return total
-
-
-def _grads(transformer):
-    return {n: p.grad.float().clone() for n, p in transformer.named_parameters() if p.grad is not None}
-
-
 def test_fast_path_gradients_match_fp32_within_bf16_tolerance():
-    batch = _batch()
-    ref = _lora_model(torch.float32)
-    _loss(LTXAVModelAdapter.from_components(ref), batch).backward()
-    ref_grads = _grads(ref)
+    batch = tiny_batch()
+    ref = tiny_lora_model(torch.float32)
+    adapter_loss(LTXAVModelAdapter.from_components(ref), batch).backward()
+    ref_grads = lora_grads(ref)
 
-    fast = _lora_model(torch.float32)
+    fast = tiny_lora_model(torch.float32)
     setup = apply_speed_options(fast, SpeedOptions(naive=False, compile=False), device="cpu")
     assert setup.master is not None and all(p.dtype == torch.bfloat16 for p in fast.parameters())
     assert all(m.dtype == torch.float32 for m in setup.optimizer_params)
-    _loss(LTXAVModelAdapter.from_components(fast), batch).backward()
+    adapter_loss(LTXAVModelAdapter.from_components(fast), batch).backward()
     setup.before_optimizer_step()
     names = [n for n, p in fast.named_parameters() if p.requires_grad]
     flat_grads = setup.master.flat.grad.split(setup.master.sizes)  # the fp32 gradients the optimizer steps with
@@ -119,15 +98,15 @@ def test_int8_base_weights_forward_and_input_gradient():
 
 
 def test_quantize_base_weights_leaves_lora_trainable_and_changes_little():
-    batch = _batch()
-    model = _lora_model(torch.float32)
+    batch = tiny_batch()
+    model = tiny_lora_model(torch.float32)
     with torch.no_grad():
-        before = _loss(LTXAVModelAdapter.from_components(model), batch)
+        before = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
     lora_before = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     count = acceleration.quantize_base_weights(model, min_features=16)
     assert count > 0
     assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == lora_before
-    loss = _loss(LTXAVModelAdapter.from_components(model), batch)
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
     assert abs(float(loss.detach()) - float(before)) / float(before) < 0.02
     loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
@@ -142,20 +121,20 @@ def _counting(policy, decisions):
     return counted
 
 
+@pytest.mark.slow  # compiles
 @pytest.mark.parametrize("keep", ["attention_policy", "budget_0", "last_block_without_recompute",
                                   "last_block_without_recompute_keeping_all"])
 def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
     """The compiled blocks' own recomputation (the default fast path) changes what is stored for
     backward, never the gradients. `aot_eager_decomp_partition` runs the same partitioner as
     inductor without generating kernels, so this runs on a CPU in seconds."""
-    batch = _batch()
-    ref = _lora_model(torch.float32)
+    batch = tiny_batch()
+    ref = tiny_lora_model(torch.float32)
     ref.enable_gradient_checkpointing()
-    _loss(LTXAVModelAdapter.from_components(ref), batch).backward()
-    ref_grads = _grads(ref)
+    adapter_loss(LTXAVModelAdapter.from_components(ref), batch).backward()
+    ref_grads = lora_grads(ref)
 
-    torch._dynamo.reset()
-    model = _lora_model(torch.float32)
+    model = tiny_lora_model(torch.float32)
     decisions = {}
     if keep == "attention_policy":  # tiny attentions: keep every one so the policy is exercised
         policy = _counting(acceleration.keep_attention_policy(min_attention_pairs=1), decisions)
@@ -168,11 +147,12 @@ def test_compiled_recompute_gives_the_checkpointed_gradients(keep):
                                                         compile_backend="aot_eager_decomp_partition"), device="cpu")
         what = "only elementwise work" if lean else "nothing"
         assert f"the last 1 block recompute {what}" in setup.summary()
-    else:
-        acceleration.compile_blocks(model, activation_memory_budget=0.0, backend="aot_eager_decomp_partition")
-    _loss(LTXAVModelAdapter.from_components(model), batch).backward()
-    grads = _grads(model)
-    torch._dynamo.reset()
+    isolated = keep == "budget_0"  # the partitioner's budget applies to the shared block code: compile alone
+    with isolated_compiles() if isolated else contextlib.nullcontext():
+        if isolated:
+            acceleration.compile_blocks(model, activation_memory_budget=0.0, backend="aot_eager_decomp_partition")
+        adapter_loss(LTXAVModelAdapter.from_components(model), batch).backward()
+    grads = lora_grads(model)
 
     assert set(grads) == set(ref_grads) and len(grads) > 10
     for name in ref_grads:
@@ -186,8 +166,7 @@ def _bytes_kept_per_block(lean: bool) -> dict:
     """Bytes autograd keeps for backward per block in one forward of a 4-block tiny model whose blocks 1
     and 3 are exempt from recomputation (the compiled blocks' saved tensors pass through the
     saved-tensor hooks; None: outside the blocks)."""
-    torch._dynamo.reset()
-    model = _lora_model(torch.float32, num_layers=4)
+    model = tiny_lora_model(torch.float32, num_layers=4)
     model.enable_gradient_checkpointing()
     apply_speed_options(model, SpeedOptions(naive=False, compute_dtype=torch.float32, blocks_without_recompute=2,
                                             lean_without_recompute=lean, compile_backend="aot_eager_decomp_partition"),
@@ -204,11 +183,11 @@ def _bytes_kept_per_block(lean: bool) -> dict:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _loss(LTXAVModelAdapter.from_components(model), _batch())
-    torch._dynamo.reset()
+        adapter_loss(LTXAVModelAdapter.from_components(model), tiny_batch())
     return kept
 
 
+@pytest.mark.slow  # compiles
 def test_lean_blocks_without_recompute_keep_less_for_backward():
     """`keep_matmul_outputs_policy` recomputes norms, modulation and RoPE in backward instead of keeping
     both their inputs and outputs: an exempt tiny block keeps about a third less (at full size ~0.79
@@ -223,26 +202,26 @@ def test_lean_blocks_without_recompute_keep_less_for_backward():
 
 def test_recompute_options_choose_who_recomputes():
     fast = dict(naive=False, compute_dtype=torch.float32, compile_backend="aot_eager_decomp_partition")
-    model = _lora_model(torch.float32)
+    model = tiny_lora_model(torch.float32)
     model.enable_gradient_checkpointing()
     setup = apply_speed_options(model, SpeedOptions(**fast), device="cpu")
     assert not model.is_gradient_checkpointing  # the compiled blocks recompute themselves
     assert "compiled blocks, recompute: inside compiled blocks, keeping large self-attention" in setup.summary()
 
-    model = _lora_model(torch.float32)
+    model = tiny_lora_model(torch.float32)
     model.enable_gradient_checkpointing()
     setup = apply_speed_options(model, SpeedOptions(recompute="checkpoint", **fast), device="cpu")
     assert model.is_gradient_checkpointing and "recompute: whole blocks" in setup.summary()
 
-    model = _lora_model(torch.float32)
+    model = tiny_lora_model(torch.float32)
     model.enable_gradient_checkpointing()
     setup = apply_speed_options(model, SpeedOptions(activation_memory_budget=0.25, **fast), device="cpu")
     assert "activation memory budget 0.25" in setup.summary()
 
-    eager = apply_speed_options(_lora_model(torch.float32), SpeedOptions.for_device("cpu"), device="cpu")
+    eager = apply_speed_options(tiny_lora_model(torch.float32), SpeedOptions.for_device("cpu"), device="cpu")
     assert eager.summary() == "speed: float32 compute, eager, recompute: none"
 
-    model = _lora_model(torch.float32)
+    model = tiny_lora_model(torch.float32)
     with pytest.raises(ValueError, match="--blocks_without_recompute"):  # nothing to exempt without checkpointing
         apply_speed_options(model, SpeedOptions(blocks_without_recompute=1, **fast), device="cpu")
     model.enable_gradient_checkpointing()
@@ -251,14 +230,13 @@ def test_recompute_options_choose_who_recomputes():
     with pytest.raises(ValueError, match="--activation_memory_budget"):
         apply_speed_options(model, SpeedOptions(blocks_without_recompute=1, activation_memory_budget=0.5, **fast),
                             device="cpu")
-    model = _lora_model(torch.float32)
+    model = tiny_lora_model(torch.float32)
     with pytest.raises(ValueError, match="--activation_memory_budget"):  # nothing to recompute without checkpointing
         apply_speed_options(model, SpeedOptions(activation_memory_budget=0.1, **fast), device="cpu")
     with pytest.raises(ValueError, match="--recompute"):
         apply_speed_options(model, SpeedOptions(recompute="sometimes", **fast), device="cpu")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         acceleration.compile_blocks(model, activation_memory_budget=1.5)
-    torch._dynamo.reset()
 
 
 def test_grads_to_master_accumulates_in_fp32():
@@ -328,23 +306,21 @@ def _backend(device):
 
 @pytest.mark.parametrize("device", SWAP_DEVICES)
 def test_block_swap_with_rerun_matches_resident_model(device):
-    batch = {k: v.to(device) for k, v in _batch().items()}
-    ref = _lora_model(torch.float32).to(device)
+    batch = {k: v.to(device) for k, v in tiny_batch().items()}
+    ref = tiny_lora_model(torch.float32).to(device)
     ref.enable_gradient_checkpointing()
-    expect = _loss(LTXAVModelAdapter.from_components(ref), batch)
+    expect = adapter_loss(LTXAVModelAdapter.from_components(ref), batch)
     swapper = acceleration.BlockSwapper(ref, 1, device=device)
     assert swapper.rerun_in_backward and swapper.swapped == [1]
-    got = _loss(LTXAVModelAdapter.from_components(ref), batch)
+    got = adapter_loss(LTXAVModelAdapter.from_components(ref), batch)
     torch.testing.assert_close(got, expect)
     swapper.reset()
-    torch._dynamo.reset()
     acceleration.compile_blocks(ref, backend=_backend(device))  # hooks must stay outside the compiled code
     for _ in range(2):
-        got = _loss(LTXAVModelAdapter.from_components(ref), batch)
+        got = adapter_loss(LTXAVModelAdapter.from_components(ref), batch)
         got.backward()
         swapper.reset()
         torch.testing.assert_close(got, expect, atol=1e-4, rtol=1e-4)
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("device", SWAP_DEVICES)
@@ -352,11 +328,10 @@ def test_block_swap_with_rerun_matches_resident_model(device):
 def test_block_swap_without_rerun_matches_resident_model(device, checkpointing):
     """Swapped blocks whose backward is not a re-run forward (compiled recompute, or none) are fetched by
     a gradient hook; their LoRA gradients equal the resident model's over two steps."""
-    batch = {k: v.to(device) for k, v in _batch().items()}
+    batch = {k: v.to(device) for k, v in tiny_batch().items()}
     results = {}
     for swap in (0, 2, 4):  # 4: all but the last, the first block included
-        torch._dynamo.reset()
-        model = _lora_model(torch.float32, num_layers=5).to(device)
+        model = tiny_lora_model(torch.float32, num_layers=5).to(device)
         if checkpointing:
             model.enable_gradient_checkpointing()
         options = SpeedOptions(blocks_to_swap=swap, blocks_without_recompute=2 if checkpointing else 0,
@@ -372,9 +347,9 @@ def test_block_swap_without_rerun_matches_resident_model(device, checkpointing):
             assert sorted(setup.swapper.forward_stores) == sorted(plain & set(setup.swapper.swapped))
         runs = []
         for _ in range(2):
-            loss = _loss(LTXAVModelAdapter.from_components(model), batch)
+            loss = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
             loss.backward()
-            runs.append((loss.detach(), _grads(model)))
+            runs.append((loss.detach(), lora_grads(model)))
             model.zero_grad(set_to_none=True)
             setup.reset()
         results[swap] = runs
@@ -383,17 +358,16 @@ def test_block_swap_without_rerun_matches_resident_model(device, checkpointing):
         assert grads0.keys() == grads1.keys() and grads0
         for name in grads0:
             torch.testing.assert_close(grads1[name], grads0[name], atol=1e-5, rtol=1e-4, msg=name)
-    torch._dynamo.reset()
 
 
 def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
     """Gradient-hook mode: swapped blocks are gone after their forward (where activations peak), back
     after backward with their exact values, released again by a no-grad forward, and gradient
     accumulation over two micro-batches sums what two separate backward passes give."""
-    batch = _batch()
-    ref = _lora_model(torch.float32, num_layers=5)
+    batch = tiny_batch()
+    ref = tiny_lora_model(torch.float32, num_layers=5)
     frozen = {n: p.detach().clone() for n, p in ref.named_parameters() if not p.requires_grad}
-    model = _lora_model(torch.float32, num_layers=5)
+    model = tiny_lora_model(torch.float32, num_layers=5)
     swapper = acceleration.BlockSwapper(model, 2, device="cpu", rerun_in_backward=False)
     swapped = [model.transformer_blocks[i] for i in swapper.swapped]
 
@@ -401,45 +375,44 @@ def test_block_swap_keeps_weights_off_the_device_between_forward_and_backward():
         return [sum(p.numel() for p in b.parameters() if not p.requires_grad and p.dim() > 1) for b in swapped]
 
     assert sizes() == [0, 0]  # offloaded at set-up
-    loss = _loss(LTXAVModelAdapter.from_components(model), batch)
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
     assert sizes() == [0, 0] and not swapper.resident  # each dropped right after its forward
     loss.backward()
     assert all(n > 0 for n in sizes()) and swapper.resident == set(swapper.swapped)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             torch.testing.assert_close(p.detach(), frozen[name], rtol=0, atol=0, msg=name)
-    first = _grads(model)
-    _loss(LTXAVModelAdapter.from_components(model), batch).backward()  # accumulate, no reset in between
-    _loss(LTXAVModelAdapter.from_components(ref), batch).backward()
-    expect = _grads(ref)
-    for name, g in _grads(model).items():
+    first = lora_grads(model)
+    adapter_loss(LTXAVModelAdapter.from_components(model), batch).backward()  # accumulate, no reset in between
+    adapter_loss(LTXAVModelAdapter.from_components(ref), batch).backward()
+    expect = lora_grads(ref)
+    for name, g in lora_grads(model).items():
         torch.testing.assert_close(g, 2 * first[name], rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(first[name], expect[name], rtol=1e-5, atol=1e-6, msg=name)
     swapper.reset()
     assert swapper.resident == set(swapper.swapped)  # kept for the next forward
     with torch.no_grad():
-        got = _loss(LTXAVModelAdapter.from_components(model), batch)
-        want = _loss(LTXAVModelAdapter.from_components(ref), batch)
+        got = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
+        want = adapter_loss(LTXAVModelAdapter.from_components(ref), batch)
     torch.testing.assert_close(got, want)
     assert sizes() == [0, 0] and not swapper.resident
     swapper.remove()  # back for good: forwards no longer drop anything
     with torch.no_grad():
-        torch.testing.assert_close(_loss(LTXAVModelAdapter.from_components(model), batch), want)
+        torch.testing.assert_close(adapter_loss(LTXAVModelAdapter.from_components(model), batch), want)
     assert all(n > 0 for n in sizes())
 
 
 @pytest.mark.parametrize("device", SWAP_DEVICES)
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_text_keys_and_values_are_fetched_by_the_forward_only(device, compiled):
     """Swapped blocks that recompute nothing leave the text cross-attentions' key and value weights out
     of backward (the text carries no gradient; the next forward fetches them), with the same loss and
     gradients as the resident model over two steps. Where the text does carry gradient, backward
     fetches them too, and the text's gradient is right."""
-    batch = {k: v.to(device) for k, v in _batch().items()}
-    ref = _lora_model(torch.float32, num_layers=5).to(device)
-    model = _lora_model(torch.float32, num_layers=5).to(device)
+    batch = {k: v.to(device) for k, v in tiny_batch().items()}
+    ref = tiny_lora_model(torch.float32, num_layers=5).to(device)
+    model = tiny_lora_model(torch.float32, num_layers=5).to(device)
     if compiled:
-        torch._dynamo.reset()
         for m in (ref, model):
             acceleration.compile_blocks(m, backend=_backend(device))  # no checkpointing: nothing recomputes
     swapper = acceleration.BlockSwapper(model, 2, device=device, rerun_in_backward=False,
@@ -456,16 +429,16 @@ def test_text_keys_and_values_are_fetched_by_the_forward_only(device, compiled):
         return {params[n].numel() > 0 for n in names}
 
     for _ in range(2):
-        loss = _loss(LTXAVModelAdapter.from_components(model), batch)
+        loss = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
         assert on_device(split) == {False}
         loss.backward()
         assert swapper.resident == {0, 2} and not swapper.forward_resident  # backward fetched the rest only
         assert on_device(split) == {False} and on_device([n for n, _ in block.named_parameters()
                                                           if n not in split and "lora" not in n]) == {True}
-        expect = _loss(LTXAVModelAdapter.from_components(ref), batch)
+        expect = adapter_loss(LTXAVModelAdapter.from_components(ref), batch)
         expect.backward()
         torch.testing.assert_close(loss, expect, atol=1e-5, rtol=1e-5)
-        want, got = _grads(ref), _grads(model)
+        want, got = lora_grads(ref), lora_grads(model)
         assert want.keys() == got.keys() and want
         for name in want:
             torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4, msg=name)
@@ -474,19 +447,18 @@ def test_text_keys_and_values_are_fetched_by_the_forward_only(device, compiled):
         swapper.reset()
     # The text carries gradient (say a plugin trains what produces it): backward needs those weights.
     texts = [batch["text"].clone().requires_grad_() for _ in range(2)]
-    _loss(LTXAVModelAdapter.from_components(model), {**batch, "text": texts[0]}).backward()
+    adapter_loss(LTXAVModelAdapter.from_components(model), {**batch, "text": texts[0]}).backward()
     assert swapper.forward_resident == {2}
-    _loss(LTXAVModelAdapter.from_components(ref), {**batch, "text": texts[1]}).backward()
+    adapter_loss(LTXAVModelAdapter.from_components(ref), {**batch, "text": texts[1]}).backward()
     torch.testing.assert_close(texts[0].grad, texts[1].grad, atol=1e-5, rtol=1e-4)
     swapper.remove()
     assert on_device(split) == {True}
-    torch._dynamo.reset()
 
 
 def test_blocks_without_recompute_are_spread_or_last():
     from ltxv2_diffusers.speed.setup import blocks_without_recompute
 
-    model = _lora_model(torch.float32, num_layers=6)
+    model = tiny_lora_model(torch.float32, num_layers=6)
     assert blocks_without_recompute(model, SpeedOptions()) == set()
     assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=3)) == {1, 3, 5}  # spread
     assert blocks_without_recompute(model, SpeedOptions(blocks_without_recompute=2,
@@ -497,12 +469,12 @@ def test_blocks_without_recompute_are_spread_or_last():
 def test_block_swap_keeps_the_compute_dtype_of_the_fast_path():
     """The frozen base is cast to the compute dtype before blocks are swapped out, so the copies that
     come back are bf16 like the rest (an fp32 checkpoint must not return fp32 blocks)."""
-    model = _lora_model(torch.float32, num_layers=5)
+    model = tiny_lora_model(torch.float32, num_layers=5)
     model.enable_gradient_checkpointing()
     options = SpeedOptions(blocks_to_swap=2, compute_dtype=torch.bfloat16, compile=False, recompute="checkpoint")
     setup = apply_speed_options(model, options, device="cpu")
     assert setup.swapper.rerun_in_backward and "(re-fetched by the backward re-run)" in setup.summary()
-    loss = _loss(LTXAVModelAdapter.from_components(model), _batch())
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), tiny_batch())
     loss.backward()
     setup.before_optimizer_step()
     for i in setup.swapper.swapped:
@@ -517,7 +489,7 @@ def test_streaming_set_up_leaves_the_blocks_where_they_are():
     keeping parameter identities; a dtype change stands in for the move to the GPU."""
     from ltxv2_diffusers.training.model import _apply_except
 
-    model = _lora_model(torch.float32)
+    model = tiny_lora_model(torch.float32)
     before = {n: p for n, p in model.named_parameters()}
     _apply_except(model, lambda t: t.to(torch.float64), model.transformer_blocks)
     for name, p in model.named_parameters():
@@ -586,10 +558,10 @@ def test_benchmark_block_points_follow_forward_then_backward(bench_script):
     """`--memory_trace` and `--lead_trace` note each block where its forward starts and where its
     output's gradient arrives: forward in block order, then backward in reverse."""
     bench = bench_script("train_step")
-    model = _lora_model(torch.float32, num_layers=3)
+    model = tiny_lora_model(torch.float32, num_layers=3)
     adapter = LTXAVModelAdapter.from_components(model)
     points = []
-    bench.block_points(list(model.transformer_blocks), lambda i: _loss(adapter, _batch()).backward(), lambda: None,
+    bench.block_points(list(model.transformer_blocks), lambda i: adapter_loss(adapter, tiny_batch()).backward(), lambda: None,
                        lambda kind, i: points.append((kind, i)))
     assert points == [("f", 0), ("f", 1), ("f", 2), ("b", 2), ("b", 1), ("b", 0)]
     assert all(not b._forward_hooks and not b._forward_pre_hooks for b in model.transformer_blocks)

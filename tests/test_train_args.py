@@ -14,7 +14,7 @@ from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.timesteps import TimestepFormat
 from ltxv2_diffusers.training.args import FLAGS, parse_args
 
-# The old musubi LTX-2 training command (DESIGN.md §1), every flag of it.
+# The old musubi LTX-2 training command, every flag of it.
 MUSUBI_FLAGS = [
     "--ltx_mode", "--ltxv2_audio_video", "--ltxv2_backend", "--ltxv2_model", "--vae", "--text_encoder",
     "--text_encoder_backend", "--tokenizer", "--max_length", "--ltxv2_timestep_format", "--network_module",
@@ -86,13 +86,13 @@ def test_config_file_unknown_key_names_file(files, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--ltx_mode", "video", "--ltxv2_audio_video"], "contradicts --ltx_mode video"),
-    (["--ltx_mode", "video", "--audio_loss_weight", "2"], "--audio_loss_weight has no effect"),
     (["--network_module", "networks.lora"], "--network_module 'networks.lora' is not supported"),
     (["--optimizer_type", "AdamW8bit"], "bitsandbytes"),
     (["--save_last_n_steps", "10"], "--save_last_n_steps needs"),
     (["--sample_every_n_steps", "10"], "need --sample_prompts"),
     (["--push_to_hub"], "--hub_model_id"),
     (["--resume", "/nonexistent/state"], "--resume /nonexistent/state"),
+    (["--resume_override", "learning_rate"], "--resume_override needs --resume"),
     (["--weighting_scheme", "nope"], "--weighting_scheme 'nope' is not registered"),
     (["--network_args", "include_ff"], "expected key=value"),
     (["--network_args", "includ_ff=True"], "--network_args includ_ff: not understood"),
@@ -176,6 +176,10 @@ def test_missing_caches_fail_before_the_model_loads(tmp_path, capsys):
     assert "error: " in err and "ltxv2-cache-latents" in err and "Traceback" not in err
     assert main(argv + ["--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err  # --debug shows where it came from
+    config = tmp_path / "run.toml"
+    config.write_text("debug = true\n")
+    assert main(argv + ["--config_file", str(config)]) == 2
+    assert "Traceback" in capsys.readouterr().err  # from the config file too
 
 
 def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
@@ -195,7 +199,7 @@ def test_config_file_plugins_apply_before_plugin_flags(files, tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without CUDA")
-@pytest.mark.parametrize("extra", [["--low_memory"], ["--blocks_to_swap", "4"], ["--offload_optimizer"],
+@pytest.mark.parametrize("extra", [["--low_memory"], ["--offload_optimizer"],
                                    ["--blocks_without_recompute", "4"]])
 def test_gpu_only_memory_levers_need_cuda(files, tmp_path, capsys, extra):
     with pytest.raises(SystemExit):

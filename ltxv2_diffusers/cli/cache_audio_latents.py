@@ -9,7 +9,7 @@ from . import common
 
 def build_parser():
     p = common.base_parser(__doc__)
-    p.add_argument("--vae", "--audio_vae", "--ltxv2_model", dest="vae", required=True,
+    p.add_argument("--vae", "--audio_vae", "--ltxv2_model", "--ltx2_checkpoint", dest="vae", required=True,
                    help="official LTX-2 single file (its audio_vae.* weights) or a diffusers folder with audio_vae/")
     p.add_argument("--vae_dtype", default="fp32", help="audio VAE dtype (default fp32; it is small)")
     return p

@@ -9,7 +9,7 @@ from . import common
 
 def build_parser():
     p = common.base_parser(__doc__)
-    p.add_argument("--vae", "--ltxv2_model", dest="vae", required=True, help="official LTX-2 single file (e.g. ltx-2-19b-dev.safetensors) or "
+    p.add_argument("--vae", "--ltxv2_model", "--ltx2_checkpoint", dest="vae", required=True, help="official LTX-2 single file (e.g. ltx-2-19b-dev.safetensors) or "
                    "a diffusers folder with a vae/ subfolder")
     p.add_argument("--vae_dtype", default=None, help="bf16 (default on CUDA), fp16, fp32 (default on CPU)")
     p.add_argument("--vae_tiling", action="store_true", help="spatially tiled encode for large frames")

@@ -9,11 +9,11 @@ from . import common
 
 def build_parser():
     p = common.base_parser(__doc__)
-    p.add_argument("--text_encoder", required=True, help="Hub id or local folder (save_pretrained)")
+    p.add_argument("--text_encoder", "--gemma_root", dest="text_encoder", required=True, help="Hub id or local folder (save_pretrained)")
     p.add_argument("--text_encoder_backend", default="gemma", help="gemma (LTX-2), t5, or a plugin's backend")
     p.add_argument("--tokenizer", default=None, help="Hub id or folder (default: --text_encoder)")
     p.add_argument("--max_length", type=int, default=None, help="tokens per prompt (gemma default 1024, t5 128)")
-    p.add_argument("--ltxv2_model", default=None,
+    p.add_argument("--ltxv2_model", "--ltx2_checkpoint", dest="ltxv2_model", default=None,
                    help="LTX-2 checkpoint holding the text connectors (gemma); defaults to --vae")
     p.add_argument("--vae", default=None, help="the same single file works: its connector weights are used")
     p.add_argument("--text_encoder_dtype", "--dtype", dest="text_encoder_dtype", default=None,

@@ -6,7 +6,8 @@ import argparse
 import logging
 import sys
 
-from ltxv2_diffusers.modes import MODE_CHOICES, LtxMode, resolve_mode
+from ltxv2_diffusers.cli.errors import add_debug_flag
+from ltxv2_diffusers.modes import MODE_ALIASES, MODE_CHOICES, LtxMode, resolve_mode
 
 logger = logging.getLogger("ltxv2_diffusers.cache")
 
@@ -18,14 +19,20 @@ _IGNORED_FLAGS = {
     "--fp8_llm": "fp8 text encoders are not supported; the text encoder runs in --text_encoder_dtype",
     "--fp8_t5": "fp8 text encoders are not supported; the text encoder runs in --text_encoder_dtype",
     "--disable_cudnn_backend": "not needed with diffusers' VAEs",
+    # musubi-tuner's LTX-2 caching flags (docs/musubi.md)
+    "--ltx2_audio_source": "audio comes from the video's own stream, else a same-named audio file beside it or "
+                           "in the dataset's audio_directory",
+    "--gemma_load_in_8bit": "the text encoder runs in --text_encoder_dtype",
+    "--gemma_load_in_4bit": "the text encoder runs in --text_encoder_dtype",
+    "--mixed_precision": "the encoders run in --vae_dtype / --text_encoder_dtype",
 }
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--dataset_config", required=True, help="dataset.toml (musubi schema)")
-    p.add_argument("--ltx_mode", choices=MODE_CHOICES, default=None,
-                   help="video, av or audio; decides which items are valid (av/audio need audio)")
+    p.add_argument("--ltx_mode", "--ltx2_mode", dest="ltx_mode", choices=MODE_CHOICES + tuple(MODE_ALIASES), default=None,
+                   help="video, av or audio (musubi's v, va, a too); decides which items are valid (av/audio need audio)")
     p.add_argument("--ltxv2_audio_video", action="store_true", help="old spelling of --ltx_mode av")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--batch_size", type=int, default=4, help="items per Arrow shard, written as the job goes (a killed job loses at most one)")
@@ -40,7 +47,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="keep cached rows of items no longer in the dataset (default: drop them, as musubi)")
     p.add_argument("--repair", action="store_true",
                    help="drop unreadable cache shards (naming each) and recompute their items, then go on as usual")
-    p.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    add_debug_flag(p)
     p.add_argument("--push_to_hub", metavar="REPO", default=None, help="push the cache as a Hub dataset")
     p.add_argument("--hub_private", action="store_true", help="make the pushed dataset private")
     for flag, why in _IGNORED_FLAGS.items():

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ltxv2_diffusers.cli.errors import add_debug_flag
+
 DEMO_PROMPT = "a small synthetic clip with a steady hum --w 64 --h 64 --f 9 --s 8 --d 7"
 
 
@@ -58,7 +60,7 @@ def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_s
     from ltxv2_diffusers.data.synthetic import make_dataset
     from ltxv2_diffusers.models.loading import save_official_checkpoint, save_official_release
     from ltxv2_diffusers.models.presets import build_components
-    from ltxv2_diffusers.text.tiny import write_tiny_gemma, write_tiny_gemma4
+    from ltxv2_diffusers.text.tiny import write_tiny_gemma
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -74,11 +76,16 @@ def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_s
         if not model.is_file():
             model.parent.mkdir(parents=True, exist_ok=True)
             save_official_checkpoint(model, **build_components(preset, seed=seed, overrides=overrides))
-    # LTX-2.5 was trained with Gemma 4, earlier versions with Gemma 3.
-    gemma4 = preset == "tiny-2.5"
-    text_encoder = root / ("gemma-4-tiny" if gemma4 else "gemma-3-tiny")
-    if not (text_encoder / "config.json").is_file():
-        (write_tiny_gemma4 if gemma4 else write_tiny_gemma)(text_encoder, seed=seed)
+    # LTX-2.5 was trained with Gemma 4 (shipped as one file with the text projection), earlier versions
+    # with Gemma 3.
+    if preset == "tiny-2.5":
+        text_encoder = model / "text_encoders" / "tiny-gemma4-with-proj.safetensors"
+        if not text_encoder.is_file():
+            _pack_tiny_gemma4(model, text_encoder, root / "gemma-4-tiny", seed)
+    else:
+        text_encoder = root / "gemma-3-tiny"
+        if not (text_encoder / "config.json").is_file():
+            write_tiny_gemma(text_encoder, seed=seed)
     dataset_config = root / "data" / "dataset.toml"
     if not dataset_config.is_file():
         dataset_config = make_dataset(root / "data", num_videos=num_clips, num_frames=17, size=(96, 96),
@@ -86,6 +93,24 @@ def write_workspace(root: str | Path, num_clips: int = 4, seed: int = 0, batch_s
     prompts = root / "prompts.txt"
     prompts.write_text(DEMO_PROMPT + "\n", encoding="utf-8")
     return DemoWorkspace(root, model, text_encoder, Path(dataset_config), prompts, vae, audio_vae)
+
+
+def _pack_tiny_gemma4(release: Path, target: Path, folder: Path, seed: int) -> None:
+    """A tiny Gemma 4 packed with the release's text projection into one text-encoder file, as LTX-2.5 ships."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    from ltxv2_diffusers.text.gemma_file import write_gemma_file
+    from ltxv2_diffusers.text.tiny import write_tiny_gemma4
+
+    write_tiny_gemma4(folder, seed=seed)
+    projection_file = release / "text_encoders" / "tiny-text-projection.safetensors"
+    write_gemma_file(target, AutoModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder),
+                     extra=load_file(str(projection_file)))
+    projection_file.unlink()
+    shutil.rmtree(folder)
 
 
 def run_cache_jobs(ws: DemoWorkspace, mode: str = "av") -> None:
@@ -116,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=4, help="synthetic clips")
     p.add_argument("--preset", default="tiny", choices=("tiny", "tiny-2.3", "tiny-2.5"),
                    help="tiny model layout: LTX-2.0, 2.3, or 2.5 (written as the release's split files)")
+    add_debug_flag(p)
     return p
 
 

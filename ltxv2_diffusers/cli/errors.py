@@ -39,6 +39,23 @@ def exit_code(exc: BaseException) -> int:
     return USER_ERROR if isinstance(exc, _USER_ERRORS) else FAILURE
 
 
+DEBUG_HELP = "print the full traceback of an error instead of its one-line message"
+
+
+def add_debug_flag(parser) -> None:
+    """`--debug` on a command's argparse parser (the trainer's is in its FLAGS table)."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+_debug_requested = False
+
+
+def request_debug() -> None:
+    """Show tracebacks for this command even though `--debug` came from a config file, not the command line."""
+    global _debug_requested
+    _debug_requested = True
+
+
 def run_cli(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, *,
             prog: str | None = None) -> int:
     """Run a command's `fn(argv)` and turn any error into one line on stderr and an exit code.
@@ -47,6 +64,8 @@ def run_cli(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | Non
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     prefix = f"{prog}: error: " if prog else "error: "
+    global _debug_requested
+    _debug_requested = False
     try:
         return fn(argv)
     except KeyboardInterrupt:
@@ -55,6 +74,7 @@ def run_cli(fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | Non
     except SystemExit:
         raise  # argparse and explicit exits already said what is wrong
     except Exception as exc:
+        debug = debug or _debug_requested
         if debug:
             traceback.print_exc()
         hint = "" if debug else " (--debug shows the traceback)"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ltxv2_diffusers.data.musubi import DEFAULT_NAMING, NAMINGS
+
 from . import common
+from .errors import add_debug_flag
 
 
 def build_parser():
@@ -17,12 +20,22 @@ def build_parser():
     src.add_argument("--cache_directory", nargs="+", help="convert these cache directories")
     p.add_argument("--output_directory", default=None,
                    help="write there instead of beside the source (only with one cache directory)")
+    p.add_argument("--musubi_naming", choices=NAMINGS, default=DEFAULT_NAMING,
+                   help="with --format musubi: ltx2 (musubi-tuner's ltx-2 branch today: `*_ltx2*.safetensors`, "
+                        "normalized latents, one text cache per media file; needs --vae) or ltxv2 (the seed draft's "
+                        "names, raw latents, text per item)")
+    p.add_argument("--vae", default=None,
+                   help="LTX-2 checkpoint (official file or diffusers folder) whose VAE statistics convert between "
+                        "raw latents and musubi's normalized `ltx2` caches")
+    add_debug_flag(p)
     return p
 
 
 def _main(argv=None) -> int:
     from ltxv2_diffusers.data.batching import cache_directories
-    from ltxv2_diffusers.data.musubi import export_arrow_to_musubi, import_musubi_to_arrow
+    from ltxv2_diffusers.data.musubi import (
+        export_arrow_to_musubi, import_musubi_to_arrow, latent_stats_from_vae, video_context_width,
+    )
 
     args = build_parser().parse_args(argv)
     if args.dataset_config:
@@ -33,10 +46,15 @@ def _main(argv=None) -> int:
         dirs = list(args.cache_directory)
     if args.output_directory and len(dirs) > 1:
         raise SystemExit("error: --output_directory needs exactly one source cache directory.")
+    stats = latent_stats_from_vae(args.vae) if args.vae else None
+    video_width = video_context_width(args.vae) if args.vae else None
     total = 0
     for d in dirs:
-        convert = export_arrow_to_musubi if args.format == "musubi" else import_musubi_to_arrow
-        counts = convert(d, args.output_directory)
+        if args.format == "musubi":
+            counts = export_arrow_to_musubi(d, args.output_directory, naming=args.musubi_naming, stats=stats,
+                                            video_width=video_width)
+        else:
+            counts = import_musubi_to_arrow(d, args.output_directory, stats=stats)
         total += sum(counts.values())
         print(f"{d} -> {args.format}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), file=sys.stderr)
     if total == 0:

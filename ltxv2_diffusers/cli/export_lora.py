@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+from .errors import add_debug_flag
+
 _DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -27,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written as <folder>/pytorch_lora_weights.safetensors)",
     )
     parser.add_argument("--dtype", choices=tuple(_DTYPES), default="keep", help="tensor dtype of the output")
-    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
+    add_debug_flag(parser)
     return parser
 
 

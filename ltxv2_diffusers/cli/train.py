@@ -16,6 +16,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.debug:  # also when `debug = true` comes from --config_file
+        from ltxv2_diffusers.cli.errors import request_debug
+
+        request_debug()
     if args.list_plugins:
         print(plugins.describe_plugins())
         return 0

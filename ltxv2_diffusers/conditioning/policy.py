@@ -50,7 +50,7 @@ class ConditioningOptions:
     def from_args(cls, args: Any) -> "ConditioningOptions":
         """Options of a parsed training command (flags absent from `args` take their defaults)."""
         strategy = getattr(args, "ic_lora_strategy", None)
-        strategy = None if strategy in (None, "none") else strategy
+        strategy = None if strategy in (None, "none", "auto") else strategy
         first = getattr(args, "first_frame_conditioning_p", None)
         if first is None:
             first = IC_LORA_FIRST_FRAME_P if strategy else 0.0

@@ -6,9 +6,11 @@ batched with that dataset's `batch_size`, repeated `num_repeats` times, and orde
 only, so a resumed run sees the same batches (`iter_epoch(epoch, start=k)` skips to batch `k`).
 
 Batch dict (docs/architecture.md): `latents [B,128,F,H,W]`, `text [B,L,D]`, `text_mask [B,L]` bool,
-`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`; with `references`, the IC-LoRA
-references `reference_latents [B,128,Fr,Hr,Wr]` / `reference_audio_latents [B,8,Tr,16]` (several reference
-streams concatenated along time, as musubi does); items without them are left out with a warning.
+`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`; when a batch holds items
+from musubi's `ltx2` caches (normalized latents), `latents_normalized` / `audio_latents_normalized` `[B]` bool;
+with `references`, the IC-LoRA references `reference_latents [B,128,Fr,Hr,Wr]` / `reference_audio_latents
+[B,8,Tr,16]` (several reference streams concatenated along time, as musubi does; `reference_*_normalized` as
+above); items without them are left out and said so.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .validation import ValidationMemo, check_files, check_tensors, squeeze_lead
 logger = logging.getLogger("ltxv2_diffusers.data")
 _SHOWN = 10  # bad items named one by one; the rest are counted
 _WHAT = {"video": "video latents", "audio": "audio latents", "text": "text embeddings"}
-DEFAULT_FPS = 24.0
+DEFAULT_FPS = 24.0  # Arrow rows record their own; musubi caches carry theirs or musubi's 25
 logger = logging.getLogger(__name__)
 # reference kind -> (cache kind, tensor name, batch key, concatenation dim of one item's tensor, command)
 _REFERENCES = {
@@ -60,6 +62,7 @@ class _KindReader:
         self.store = CacheStore(cache_directory, store_kind or kind)  # references: kind `reference[_audio]`
         self.rows = self.store.index()
         self.files = {k: getattr(e, kind) for k, e in entries.items() if getattr(e, kind)}
+        self.normalized = {k for k, e in entries.items() if e.normalized}
         self._shapes: dict[str, list] = {}
 
     def keys(self) -> set[str]:
@@ -84,14 +87,21 @@ class _KindReader:
         raise ValueError(f"{path}: no `{name}` tensor")
 
     def read(self, key: str) -> dict[str, Any]:
+        try:
+            return self._read(key)
+        except ValueError as exc:  # a file damaged after the caches were opened: name the item too
+            raise CacheError(f"item {key!r}: {exc}") from None
+
+    def _read(self, key: str) -> dict[str, Any]:
         if key in self.rows:
             return self.store.read(self.rows[key])
         path = self.files[key]
         if self.kind == "video":
-            return {"latents": musubi.read_video(path)}
+            return {"latents": musubi.read_video(path), "fps": musubi.read_fps(path),
+                    "normalized": key in self.normalized}
         if self.kind == "audio":
             lat, n = musubi.read_audio(path)
-            return {"audio_latents": lat, "audio_lengths": n}
+            return {"audio_latents": lat, "audio_lengths": n, "normalized": key in self.normalized}
         text, mask = musubi.read_text(path)
         return {"text": text, "text_mask": mask}
 
@@ -107,6 +117,7 @@ def _musubi_problem(kind: str, path: str) -> str | None:
     try:
         if kind == "video":
             tensors = {"latents": musubi.read_video(path)}
+            musubi.read_fps(path)
         elif kind == "audio":
             latents, n = musubi.read_audio(path)
             tensors = {"audio_latents": latents, "audio_lengths": torch.tensor(n)}
@@ -200,8 +211,10 @@ class BatchManager:
             for reader in stores[kind]:  # reference latents are checked like the target's
                 memo = ValidationMemo(reader.store.cache_directory)
                 try:
-                    files = {path: key for key, path in reader.files.items()}
-                    self._validate_store(reader.store, kind, files, memo, bad)
+                    keys_of: dict[str, list[str]] = {}
+                    for key, path in reader.files.items():
+                        keys_of.setdefault(path, []).append(key)
+                    self._validate_store(reader.store, kind, keys_of, memo, bad)
                 finally:
                     memo.save()
         shapes: dict[str, tuple[int, ...]] = {}  # an item's references' shapes, one after the other
@@ -268,16 +281,19 @@ class BatchManager:
         bad: dict[str, str] = {}
         try:
             for kind in kinds:
-                files = {getattr(e, kind): key for key, e in entries.items() if getattr(e, kind)}
-                self._validate_store(CacheStore(cache_dir, kind), kind, files, memo, bad)
+                keys_of: dict[str, list[str]] = {}  # one musubi text cache serves every frame window of its video
+                for key, e in entries.items():
+                    if getattr(e, kind):
+                        keys_of.setdefault(getattr(e, kind), []).append(key)
+                self._validate_store(CacheStore(cache_dir, kind), kind, keys_of, memo, bad)
         finally:
             memo.save()
         return bad
 
-    def _validate_store(self, store: CacheStore, kind: str, files: dict[str, str], memo: ValidationMemo,
+    def _validate_store(self, store: CacheStore, kind: str, keys_of: dict[str, list[str]], memo: ValidationMemo,
                         bad: dict[str, str]) -> None:
-        """Check one Arrow cache and the musubi files `{path: key}` of the items it lacks, with the tensor rules
-        of `kind` (`video`, `audio`, `text`); unusable items go into `bad`."""
+        """Check one Arrow cache and the musubi files `{path: [keys]}` of the items it lacks, with the tensor
+        rules of `kind` (`video`, `audio`, `text`); unusable items go into `bad`."""
         shards = store.shard_files()
         damaged, bad_rows = check_files(shards, store.shard_items, memo)
         if damaged:
@@ -291,8 +307,14 @@ class BatchManager:
             for key, problem in problems.items():
                 if winner.get(key) == shard:
                     bad.setdefault(key, f"{shard}: {problem}")
-        files = {path: key for path, key in files.items() if key not in winner}
-        _damaged, bad_files = check_files(files, lambda path: [(files[path], _musubi_problem(kind, path))], memo)
+        keys_of = {path: [k for k in keys if k not in winner] for path, keys in keys_of.items()}
+        keys_of = {path: keys for path, keys in keys_of.items() if keys}
+
+        def read(path: str) -> list[tuple[str, str | None]]:
+            problem = _musubi_problem(kind, path)
+            return [(key, problem) for key in keys_of[path]]
+
+        _damaged, bad_files = check_files(keys_of, read, memo)
         for path, problems in bad_files.items():
             for key, problem in problems.items():
                 bad.setdefault(key, f"{path}: {problem}")
@@ -433,17 +455,24 @@ class BatchManager:
         if self.mode.has_video:
             row = readers["video"].read(key)
             out["latents"] = squeeze_leading(row["latents"], 4)
+            out["latents_normalized"] = bool(row.get("normalized", False))
             if row.get("fps"):
                 out["fps"] = float(row["fps"])
         if self.mode.has_audio:
             row = readers["audio"].read(key)
             out["audio_latents"] = squeeze_leading(row["audio_latents"], 3)
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
+            out["audio_latents_normalized"] = bool(row.get("normalized", False))
         for kind in self.references:
             _, name, batch_key, dim, _ = _REFERENCES[kind]
-            parts = [squeeze_leading(reader.read(key)[name], 4 if kind == "video" else 3)
-                     for reader in self._reference_stores[source][kind]]
+            rows = [reader.read(key) for reader in self._reference_stores[source][kind]]
+            parts = [squeeze_leading(row[name], 4 if kind == "video" else 3) for row in rows]
             out[batch_key] = torch.cat(parts, dim=dim) if len(parts) > 1 else parts[0]
+            normalized = {bool(row.get("normalized", False)) for row in rows}
+            if len(normalized) > 1:
+                raise ValueError(f"item {key!r}: its reference streams mix normalized (musubi ltx2) and un-normalized "
+                                 "caches; cache them with one tool")
+            out[f"{batch_key}_normalized"] = normalized.pop()
         row = readers["text"].read(key)
         out["text"] = squeeze_leading(row["text"], 2)
         out["text_mask"] = row["text_mask"].reshape(-1).bool()
@@ -459,6 +488,11 @@ class BatchManager:
         if self.mode.has_audio:
             batch["audio_latents"] = _pad_stack([it["audio_latents"] for it in items], dim=1)
             batch["audio_lengths"] = torch.tensor([it["audio_lengths"] for it in items], dtype=torch.int64)
+        flags = ("latents_normalized", "audio_latents_normalized", "reference_latents_normalized",
+                 "reference_audio_latents_normalized")
+        for flag in flags:
+            if any(it.get(flag) for it in items):
+                batch[flag] = torch.tensor([bool(it.get(flag)) for it in items], dtype=torch.bool)
         for kind in self.references:
             batch_key = _REFERENCES[kind][2]
             batch[batch_key] = torch.stack([it[batch_key].to(items[0][batch_key].dtype) for it in items])

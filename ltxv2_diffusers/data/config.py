@@ -32,8 +32,9 @@ _SHARED_KEYS = {
     "frame_stride",
     "frame_sample",
     "max_frames",
+    "cache_directory",  # musubi's own example sets it in [general]
 }
-_DATASET_ONLY_KEYS = {"video_directory", "image_directory", "audio_directory", "cache_directory"}
+_DATASET_ONLY_KEYS = {"video_directory", "image_directory", "audio_directory"}
 # IC-LoRA references (musubi's keys): matched to items by file stem; singular or plural (one per reference
 # stream). Cache directories may also be set in [general], as musubi allows.
 _REFERENCE_KEYS = {
@@ -51,6 +52,7 @@ _UNSUPPORTED_MUSUBI_KEYS = {
     "image_jsonl_file": "use image_directory with caption files beside the images",
     "control_directory": "control videos are not used by LTX-2 LoRA training",
     "source_fps": "frames are taken at the source frame rate; re-encode the video to change it",
+    "target_fps": "frames are taken at the source frame rate (recorded per item); re-encode the video to change it",
     "fp_latent_window_size": "FramePack options do not apply to LTX-2",
     "fp_1f_clean_indices": "FramePack options do not apply to LTX-2",
     "fp_1f_target_index": "FramePack options do not apply to LTX-2",
@@ -232,9 +234,9 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
             raise DatasetConfigError(f"{where}: {section} key 'audio_directory' needs a video dataset; images carry no audio.")
         audio_dir = _directory(entry["audio_directory"], path, f"{section} key 'audio_directory'",
                                must_exist=require_media)
-    if "cache_directory" in entry:
-        cache_dir = _directory(entry["cache_directory"], path, f"{section} key 'cache_directory'", must_exist=False,
-                               base=base)
+    if "cache_directory" in entry or "cache_directory" in general:
+        cache_dir = _directory(value("cache_directory"), path, f"{origin('cache_directory')} key 'cache_directory'",
+                               must_exist=False, base=base)
     else:
         cache_dir = media_dir
 

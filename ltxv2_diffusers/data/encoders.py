@@ -18,7 +18,11 @@ from typing import Any, Iterator
 import torch
 
 from ltxv2_diffusers.models.loading import load_required_components
+from ltxv2_diffusers.text import get_text_backend
+from ltxv2_diffusers.text.base import folder_identity, resolve_dtype
 
+from .items import Item, load_audio, load_video_frames
+from .mel import log_mel
 from .stores import tensor_to_columns
 
 logger = logging.getLogger(__name__)
@@ -39,8 +43,6 @@ def file_stamp(path: str | None) -> str:
         st = os.stat(path)
         return f"{st.st_size}:{int(st.st_mtime)}"
     if os.path.isdir(path):
-        from ltxv2_diffusers.text.base import folder_identity
-
         return folder_identity(path)
     return path  # a Hub id
 
@@ -73,8 +75,6 @@ def item_to_row(item) -> dict[str, Any]:
 
 
 def row_to_item(row: dict[str, Any]):
-    from .items import Item
-
     names = {f.name for f in dataclasses.fields(Item)}
     kwargs = {k: v for k, v in row.items() if k in names}
     if kwargs.get("bucket") is not None:
@@ -180,8 +180,6 @@ class VideoLatentEncoder(ItemEncoder):
     def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "bf16",
                  tiling: bool = False, chunk_size: int | None = None, decode_workers: int = 4, vae_module=None,
                  tile_size: int | None = None, decode_processes: bool = False):
-        from ltxv2_diffusers.text.base import resolve_dtype
-
         if chunk_size is not None and (chunk_size < 16 or chunk_size % 8):
             raise ValueError(f"--vae_chunk_size {chunk_size}: use a multiple of 8 frames, at least 16.")
         self.vae = vae
@@ -226,8 +224,6 @@ class VideoLatentEncoder(ItemEncoder):
 
     @staticmethod
     def decode(item) -> torch.Tensor:
-        from .items import load_video_frames
-
         frames = load_video_frames(item)
         if frames.dtype == torch.uint8:
             frames = frames.float() / 127.5 - 1.0
@@ -267,8 +263,6 @@ class AudioLatentEncoder(ItemEncoder):
 
     def __init__(self, vae: str, device: str | None = None, dtype: str | torch.dtype = "fp32",
                  decode_workers: int = 4, audio_vae_module=None):
-        from ltxv2_diffusers.text.base import resolve_dtype
-
         self.vae = vae
         self.device = device
         self.dtype = resolve_dtype(dtype)
@@ -295,14 +289,10 @@ class AudioLatentEncoder(ItemEncoder):
 
     def load_clip(self, item, sample_rate: int):
         """The audio this encoder encodes for `item`: its frames' time window."""
-        from .items import load_audio
-
         return load_audio(item, sample_rate=sample_rate)
 
     def mel(self, item) -> tuple[torch.Tensor, int]:
         """`(log-mel [2,T,64], valid mel frames)` for the item's time window."""
-        from .mel import log_mel
-
         cfg = self._m_vae.config
         rate = int(getattr(cfg, "sample_rate", 16000))
         hop = int(getattr(cfg, "mel_hop_length", 160))
@@ -370,8 +360,6 @@ class TextEmbeddingEncoder(ItemEncoder):
 
     def load_backend(self, rank: int | None = None):
         if not hasattr(self, "_m_backend"):
-            from ltxv2_diffusers.text import get_text_backend
-
             kwargs = dict(text_encoder=self.text_encoder, tokenizer=self.tokenizer, connectors=self.connectors,
                           audio_video=self.audio_video, device=resolve_device(self.device, rank), dtype=self.dtype)
             if self.max_length is not None:

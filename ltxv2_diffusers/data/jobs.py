@@ -46,6 +46,7 @@ class JobReport:
     bad: list[tuple[str, str]] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     removed_shards: list[tuple[str, str]] = field(default_factory=list)  # damaged shards --repair dropped
+    recomputed: int = 0  # items --repair cached again because their rows were unusable (NaN, bad shapes)
 
     @property
     def available(self) -> int:
@@ -55,6 +56,8 @@ class JobReport:
         lines = [f"{self.kind} cache: {self.cached} cached, {self.skipped} already cached, {len(self.bad)} bad"]
         lines += [f"  removed damaged shard {path} ({reason}); its items were cached again"
                   for path, reason in self.removed_shards]
+        if self.recomputed:
+            lines.append(f"  {self.recomputed} item(s) whose cached rows were unusable were cached again")
         lines += [f"  bad: {path}: {reason}" for path, reason in self.bad]
         return "\n".join(lines)
 
@@ -127,8 +130,10 @@ def _map_batch(batch: dict[str, list], rank: int | None, encoder: ItemEncoder, j
     return out
 
 
-def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | None = None) -> tuple[list, int]:
-    """`(items whose cache row is missing or stale, number already cached)`."""
+def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | None = None,
+                  redo: set[tuple[str, str]] = frozenset()) -> tuple[list, int]:
+    """`(items whose cache row is missing or stale, or whose `(cache_directory, key)` is in `redo`, number
+    already cached)`."""
     job_fingerprint = job_fingerprint or encoder.fingerprint()
     known: dict[str, dict[str, str]] = {}
     todo, done = [], 0
@@ -138,7 +143,8 @@ def pending_items(items: Iterable, encoder: ItemEncoder, job_fingerprint: str | 
             store = CacheStore(cache_dir, encoder.kind)
             store.clean_partial()
             known[cache_dir] = store.fingerprints()
-        if known[cache_dir].get(item.key) == encoder.item_fingerprint(item, job_fingerprint):
+        if (known[cache_dir].get(item.key) == encoder.item_fingerprint(item, job_fingerprint)
+                and (cache_dir, item.key) not in redo):
             done += 1
         else:
             todo.append(item)
@@ -156,21 +162,26 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
     `num_proc > 1` runs that many workers (each with its own model; on CUDA, worker `rank` uses GPU
     `rank % device_count`). With `skip_existing`, items whose row has the same fingerprint are skipped.
     With `repair` (and without `skip_existing`, which recomputes everything anyway) damaged shards are
-    deleted first, so their items count as not cached.
+    deleted first, so their items count as not cached, and items whose cached tensors are unusable
+    (`validation.check_tensors`) are recomputed.
     """
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
     kind = encoder.kind
     report = JobReport(kind=kind, bad=list(listing_bad))
+    redo: set[tuple[str, str]] = set()
     for cache_dir in sorted({it.cache_directory for it in items}):
         store = CacheStore(cache_dir, kind)
         store.clean_partial()
         if repair or not skip_existing:
-            report.removed_shards += store.remove_damaged()
+            removed, unusable = store.repair()
+            report.removed_shards += removed
+            redo |= {(cache_dir, key) for key in unusable}
     remove_stale_job_folders()
     job_fp = encoder.fingerprint()
     if skip_existing:
-        todo, report.skipped = pending_items(items, encoder, job_fp)
+        todo, report.skipped = pending_items(items, encoder, job_fp, redo)
+        report.recomputed = len({(it.cache_directory, it.key) for it in todo} & redo)
     else:
         todo = list(items)
     if not todo:
@@ -183,7 +194,7 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
                          "(two media files with one stem, e.g. clip.mp4 and clip.mov?)")
     workers = num_proc if num_proc and num_proc > 1 else None
     (enable_progress_bar if progress else disable_progress_bar)()
-    with tempfile.TemporaryDirectory(prefix=f"{_JOB_DIR_PREFIX}{os.getpid()}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=_job_dir_prefix(os.getpid())) as tmp:
         ds = _items_dataset(todo, tmp)
         with _spawned_workers(workers is not None):
             result = _map(ds, encoder, job_fp, kind, batch_size, max(int(map_batch_size), int(batch_size)),
@@ -204,22 +215,32 @@ def run_cache_job(items: list, encoder: ItemEncoder, *, listing_bad: Iterable[tu
 _JOB_DIR_PREFIX = "ltxv2-job-"
 
 
+def _job_dir_prefix(pid: int) -> str:
+    """A job's temp-folder prefix: its PID and host, since a temp folder shared by several hosts or
+    containers holds PIDs that only their own host can check."""
+    import socket
+
+    return f"{_JOB_DIR_PREFIX}{pid}@{socket.gethostname()}-"
+
+
 def remove_stale_job_folders() -> list[str]:
-    """Delete the temp folders of jobs whose process is gone (a SIGKILL skips their cleanup); the folder
-    name carries the job's PID."""
+    """Delete the temp folders of this host's jobs whose process is gone (a SIGKILL skips their cleanup)."""
     import re
     import shutil
 
     removed = []
     root = tempfile.gettempdir()
-    pattern = re.compile(rf"^{_JOB_DIR_PREFIX}(\d+)-")
+    pattern = re.compile(rf"^{_JOB_DIR_PREFIX}(\d+)@")
     try:
         names = os.listdir(root)
     except OSError:
         return removed
     for name in names:
         match = pattern.match(name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if name.startswith(_job_dir_prefix(pid)) and pid != os.getpid() and not _alive(pid):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             removed.append(os.path.join(root, name))
     return removed

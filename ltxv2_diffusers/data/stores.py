@@ -165,19 +165,19 @@ class CacheStore:
                 problem = str(exc)
             yield row["key"], problem
 
-    def remove_damaged(self) -> list[tuple[str, str]]:
+    def repair(self) -> tuple[list[tuple[str, str]], set[str]]:
         """Delete shards that cannot be read through (their items then count as not cached and a job
-        recomputes them); returns `(shard, reason)` for each."""
-        removed = []
+        recomputes them). Returns `(shard, reason)` for each, and the keys of readable rows whose tensors are
+        unusable (`validation.check_tensors`), which a job should recompute too."""
+        removed, unusable = [], set()
         for shard in self.shard_files():
             try:
-                for _ in self.shard_items(shard):
-                    pass
+                unusable |= {key for key, problem in self.shard_items(shard) if problem}
             except Exception as exc:
                 os.remove(shard)
                 removed.append((shard, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
         self._loaded = None
-        return removed
+        return removed, unusable
 
     def write_shard(self, rows: list[dict[str, Any]]) -> str | None:
         """Write rows as one new shard, atomically (temp file + rename). Returns its path."""

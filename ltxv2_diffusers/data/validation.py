@@ -34,6 +34,14 @@ def squeeze_leading(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether no element is NaN/inf, read as the sum's finiteness: any NaN/inf element makes the sum NaN/inf, and
+    a sum of finite cached values overflows only at magnitudes no latent or embedding has (several times faster
+    on CPU than an element-wise check, bf16 above all). fp16 sums in fp32, as its range is small."""
+    total = t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum()
+    return bool(torch.isfinite(total))
+
+
 def _float_problem(name: str, t: torch.Tensor, ndim: int) -> str | None:
     if not t.is_floating_point():
         return f"`{name}` is {str(t.dtype).removeprefix('torch.')}, not a float tensor"
@@ -41,7 +49,7 @@ def _float_problem(name: str, t: torch.Tensor, ndim: int) -> str | None:
         return f"`{name}` has shape {list(t.shape)}, expected {ndim} dimensions"
     if t.numel() == 0:
         return f"`{name}` is empty ({list(t.shape)})"
-    if not torch.isfinite(t).all():
+    if not _all_finite(t):
         return f"`{name}` holds NaN/inf"
     return None
 

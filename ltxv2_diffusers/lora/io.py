@@ -40,7 +40,7 @@ FORMATS = ("official", "diffusers", "musubi")
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
 NETWORK_MODULE = "ltxv2_diffusers.lora"
-MUSUBI_NETWORK_MODULE = "musubi_tuner.networks.lora_ltxv2"
+MUSUBI_NETWORK_MODULE = "networks.lora_ltx2"  # what musubi-tuner's LTX-2 generator and merger import
 
 # Metadata keys each writer regenerates from the weights; everything else is carried through conversions.
 _FORMAT_KEYS = {

@@ -11,11 +11,13 @@ from .targets import TargetOptions, select_lora_targets
 from .weights import LoraModuleWeights, LoraWeights
 
 NETWORK_MODULE = "ltxv2_diffusers.lora"
-NETWORK_MODULE_ALIASES = ("musubi_tuner.networks.lora_ltxv2",)
+# musubi-tuner's LTX-2 module today (as its docs spell it, and by package), and the seed draft's.
+NETWORK_MODULE_ALIASES = ("networks.lora_ltx2", "musubi_tuner.networks.lora_ltx2", "musubi_tuner.networks.lora_ltxv2")
 
 
 def resolve_network_module(name: str | None) -> str:
-    """`--network_module` -> `ltxv2_diffusers.lora` (musubi's `musubi_tuner.networks.lora_ltxv2` is an alias)."""
+    """`--network_module` -> `ltxv2_diffusers.lora` (musubi's `networks.lora_ltx2` and the seed draft's
+    `musubi_tuner.networks.lora_ltxv2` are aliases)."""
     if name is None or name == NETWORK_MODULE or name in NETWORK_MODULE_ALIASES:
         return NETWORK_MODULE
     raise ValueError(

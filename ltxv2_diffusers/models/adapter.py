@@ -116,6 +116,35 @@ def _clean_transformer_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
+def vae_statistics(vae: torch.nn.Module | None = None, audio_vae: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The VAEs' normalization statistics as adapter config values (`latents_mean`, `audio_latents_std`, ...);
+    a VAE left out contributes nothing."""
+    out: dict[str, Any] = {}
+    if vae is not None:
+        out["latents_mean"] = [float(v) for v in vae.latents_mean.detach().float().cpu()]
+        out["latents_std"] = [float(v) for v in vae.latents_std.detach().float().cpu()]
+        out["scaling_factor"] = float(getattr(vae.config, "scaling_factor", 1.0))
+    if audio_vae is not None:
+        channels = int(audio_vae.config.latent_channels)
+        mel_bins = int(audio_vae.config.mel_bins) // int(getattr(audio_vae, "mel_compression_ratio", 4))
+        out["audio_latent_channels"], out["audio_latent_mel_bins"] = channels, mel_bins
+        for key in ("latents_mean", "latents_std"):
+            stats = packed_audio_stats(getattr(audio_vae, key), channels, mel_bins, key)
+            out[f"audio_{key}"] = [float(v) for v in stats]
+    return out
+
+
+def _unless_normalized(batch: Mapping[str, Any], flag: str, raw: torch.Tensor,
+                       normalized: torch.Tensor) -> torch.Tensor:
+    """`normalized`, except for the items `batch[flag]` marks as cached already normalized (musubi's `ltx2`
+    caches hold the official encoders' normalized output)."""
+    marks = batch.get(flag)
+    if marks is None:
+        return normalized
+    marks = torch.as_tensor(marks, dtype=torch.bool).to(raw.device).view(-1, *([1] * (raw.dim() - 1)))
+    return torch.where(marks, raw, normalized)
+
+
 class LTXModelAdapterBase(ModelMixin, ConfigMixin):
     """Shared implementation; use `LTXV2ModelAdapter`, `LTXAVModelAdapter` or `LTXAudioModelAdapter`.
 
@@ -167,18 +196,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         """
         if not isinstance(transformer, LTX2VideoTransformer3DModel):
             raise TypeError(f"transformer must be an LTX2VideoTransformer3DModel, got {type(transformer).__name__}")
-        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep, "av_timestep_rule": av_timestep_rule}
-        if vae is not None:
-            kwargs["latents_mean"] = [float(v) for v in vae.latents_mean.detach().float().cpu()]
-            kwargs["latents_std"] = [float(v) for v in vae.latents_std.detach().float().cpu()]
-            kwargs["scaling_factor"] = float(getattr(vae.config, "scaling_factor", 1.0))
-        if audio_vae is not None:
-            channels = int(audio_vae.config.latent_channels)
-            mel_bins = int(audio_vae.config.mel_bins) // int(getattr(audio_vae, "mel_compression_ratio", 4))
-            kwargs["audio_latent_channels"], kwargs["audio_latent_mel_bins"] = channels, mel_bins
-            for key in ("latents_mean", "latents_std"):
-                stats = packed_audio_stats(getattr(audio_vae, key), channels, mel_bins, key)
-                kwargs[f"audio_{key}"] = [float(v) for v in stats]
+        kwargs: dict[str, Any] = {"use_cross_timestep": use_cross_timestep, "av_timestep_rule": av_timestep_rule,
+                                  **vae_statistics(vae, audio_vae)}
         # Build the shell on the meta device so no second transformer is allocated, then swap ours in.
         with torch.device("meta"):
             adapter = cls(transformer_config=_clean_transformer_config(transformer.config), **kwargs)
@@ -443,14 +462,15 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             )
         return given.to(device=x0.device, dtype=torch.float32)
 
-    def _normalized_video(self, latents: torch.Tensor, device) -> torch.Tensor:
-        """Un-normalized VAE means `[B,C,F,H,W]` -> the model's normalized float32 latents."""
+    def _normalized_video(self, latents: torch.Tensor, device, batch: Mapping[str, Any], flag: str) -> torch.Tensor:
+        """VAE means `[B,C,F,H,W]` -> the model's normalized float32 latents (items `batch[flag]` marks as cached
+        already normalized pass unchanged)."""
         x0 = latents.to(device=device, dtype=torch.float32)
         mean, std = self._stat("latents_mean", device), self._stat("latents_std", device)
         if mean is not None or std is not None or self.config.scaling_factor != 1.0:
             mean = mean if mean is not None else torch.zeros(self.video_latent_channels, device=device)
             std = std if std is not None else torch.ones(self.video_latent_channels, device=device)
-            x0 = normalize_video_latents(x0, mean, std, self.config.scaling_factor)
+            x0 = _unless_normalized(batch, flag, x0, normalize_video_latents(x0, mean, std, self.config.scaling_factor))
         return x0
 
     def _prepare_video(self, batch, sigmas, given_noise, generator, batch_size, device) -> dict[str, Any]:
@@ -462,7 +482,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
                 f"{self.video_latent_channels}, F, H, W] (batch size from batch['text'])"
             )
         p, pt = tc.patch_size, tc.patch_size_t
-        x0 = self._normalized_video(latents, device)
+        x0 = self._normalized_video(latents, device, batch, "latents_normalized")
         _, _, f, h, w = x0.shape
         x0 = pack_video_latents(x0, p, pt)
         n = x0.shape[1]
@@ -473,23 +493,23 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
                       self._video_coords(f // pt, h // p, w // p, batch.get("fps"), batch_size, device))
         reference = batch.get("reference_latents")
         if reference is not None:
-            self._append_video_reference(out, reference, (f // pt, h // p, w // p), batch.get("fps"), batch_size,
-                                         device)
+            self._append_video_reference(out, batch, reference, (f // pt, h // p, w // p), batch_size, device)
         return out
 
-    def _append_video_reference(self, out: dict, reference: torch.Tensor, grid: tuple[int, int, int], fps,
-                                batch_size: int, device) -> None:
+    def _append_video_reference(self, out: dict, batch: Mapping[str, Any], reference: torch.Tensor,
+                                grid: tuple[int, int, int], batch_size: int, device) -> None:
         """Append clean reference tokens (timestep 0) after the target's, at the official reference positions."""
         tc = self.transformer.config
         p, pt = tc.patch_size, tc.patch_size_t
         if reference.ndim != 5 or reference.shape[0] != batch_size or reference.shape[1] != self.video_latent_channels:
             raise ValueError(f"batch['reference_latents'] has shape {tuple(reference.shape)}; expected [{batch_size}, "
                              f"{self.video_latent_channels}, F, H, W]")
-        r0 = self._normalized_video(reference, device)
+        r0 = self._normalized_video(reference, device, batch, "reference_latents_normalized")
         rgrid = (r0.shape[2] // pt, r0.shape[3] // p, r0.shape[4] // p)
         spatial, temporal = infer_reference_scales(grid, rgrid)
         tokens = pack_video_latents(r0, p, pt)
         base = self._base_video_coords(*rgrid, device).repeat(batch_size, 1, 1, 1)
+        fps = batch.get("fps")
         fps_value = DEFAULT_FPS if fps is None else torch.as_tensor(fps, dtype=torch.float32).flatten()
         if isinstance(fps_value, torch.Tensor) and fps_value.device.type == "cpu":
             if bool((fps_value == fps_value[0]).all()):
@@ -509,7 +529,7 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         if mean is not None or std is not None:
             mean = mean if mean is not None else torch.zeros(c * m, device=device)
             std = std if std is not None else torch.ones(c * m, device=device)
-            x0 = normalize_audio_tokens(x0, mean, std)
+            x0 = _unless_normalized(batch, "audio_latents_normalized", x0, normalize_audio_tokens(x0, mean, std))
         n = x0.shape[1]
         s, per_sample, per_token = self._sigmas(sigmas, "audio", batch_size, n, device)
         eps = self._noise(given_noise, x0, latents.shape, pack_audio_latents, generator, "audio")
@@ -531,7 +551,8 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
                                  f"[{batch_size}, {c}, T, {m}]")
             r0 = pack_audio_latents(reference.to(device=device, dtype=torch.float32))
             if mean is not None or std is not None:
-                r0 = normalize_audio_tokens(r0, mean, std)
+                r0 = _unless_normalized(batch, "reference_audio_latents_normalized", r0,
+                                        normalize_audio_tokens(r0, mean, std))
             coords = reference_audio_coords(self._audio_coords(r0.shape[1], batch_size, device),
                                             negative=bool(batch.get("reference_audio_negative_positions", False)))
             _append_clean(out, r0, coords)

@@ -587,17 +587,19 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
         seen.add(tensor.untyped_storage().data_ptr())
         out[key] = tensor
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(path), metadata=metadata)
+    # Written beside and renamed, so an interrupted write never leaves a truncated component file.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(out, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
 
 
 def save_official_release(
-    folder: str | os.PathLike, name: str = "ltx", gemma_config: Mapping[str, Any] | None = None,
-    **components: torch.nn.Module,
+    folder: str | os.PathLike, name: str = "ltx", **components: torch.nn.Module,
 ) -> list[Path]:
     """Write `components` split like the official LTX-2.5 release, under `folder`:
     `diffusion_models/{name}-transformer.safetensors` (transformer + text connectors),
-    `text_encoders/{name}-text-projection.safetensors` (the text projection; `gemma_config` metadata when
-    given), `vae/{name}-video-vae-conv.safetensors` (bare VAE keys) and `vae/{name}-audio-vae.safetensors`
+    `text_encoders/{name}-text-projection.safetensors` (the text projection; `text/gemma_file.py`
+    `write_gemma_file` packs it with a Gemma as the release does), `vae/{name}-video-vae-conv.safetensors` (bare VAE keys) and `vae/{name}-audio-vae.safetensors`
     (audio VAE + vocoder). `load_components(folder)` reads it back. Returns the files written."""
     folder = Path(folder)
     config = official_configs(components)
@@ -619,12 +621,7 @@ def save_official_release(
         version = {"model_version": model_version_of(components["transformer"].config)} if "transformer" in components else {}
         write(folder / "diffusion_models" / f"{name}-transformer.safetensors", tensors, ("transformer",), version)
         if projection:
-            path = folder / "text_encoders" / f"{name}-text-projection.safetensors"
-            if gemma_config is not None:
-                _save_tensors(path, projection, {"gemma_config": json.dumps(dict(gemma_config))})
-                written.append(path)
-            else:
-                write(path, projection, ("transformer",))
+            write(folder / "text_encoders" / f"{name}-text-projection.safetensors", projection, ("transformer",))
     if picked["vae_video"]:
         tensors = {k[len("vae."):]: v for k, v in official_state_dict(**picked["vae_video"]).items()}
         write(folder / "vae" / f"{name}-video-vae-conv.safetensors", tensors, ("vae",))

@@ -436,11 +436,12 @@ def connectors_config_to_official(c: Mapping[str, Any]) -> dict[str, Any]:
         connector_num_layers=c["video_connector_num_layers"],
         connector_num_learnable_registers=c["video_connector_num_learnable_registers"],
         connector_positional_embedding_max_pos=[c["connector_rope_base_seq_len"]],
-        audio_connector_num_attention_heads=c["audio_connector_num_attention_heads"],
-        audio_connector_attention_head_dim=c["audio_connector_attention_head_dim"],
     )
-    if c["audio_connector_num_layers"] != c["video_connector_num_layers"]:
-        t["audio_connector_num_layers"] = c["audio_connector_num_layers"]
+    # LTX-2.0 configs have no audio_connector_* keys (readers fall back to the video connector's), and
+    # tools tell 2.3 checkpoints by them (musubi-tuner's --ltx_version check): write them only when they differ.
+    for key in ("num_attention_heads", "attention_head_dim", "num_layers"):
+        if c[f"audio_connector_{key}"] != c[f"video_connector_{key}"]:
+            t[f"audio_connector_{key}"] = c[f"audio_connector_{key}"]
     gated = _same(c, "video_gated_attn", "audio_gated_attn", "connector gated-attention switch")
     if gated:
         t["connector_apply_gated_attention"] = True

@@ -2,7 +2,7 @@
 
 Each lever is a function that changes a diffusers `LTX2VideoTransformer3DModel` in place (or wraps
 its trainable parameters) without touching diffusers' code, so the model stays the stock class
-that saves, loads and samples like any other. Figures for each lever are in benchmarks/RESULTS.md.
+that saves, loads and samples like any other. Figures for each lever are in benchmarks/history.md.
 
 - `compile_blocks`: `torch.compile` each transformer block (regional compilation: one graph reused
   by all 48 blocks, so it compiles once). Fuses RoPE, RMSNorm, modulation and gates and removes
@@ -26,8 +26,12 @@ that saves, loads and samples like any other. Figures for each lever are in benc
   on a side stream ahead of use (with whole-block re-runs, or fetched back by a gradient hook
   before each block's backward).
 
-One module per lever: `compile`, `master_weights`, `optimizer_offload`, `int8`, `fp8` (both through
-`base_linears`), `block_swap`; this package re-exports them.
+One module per lever: `compile`, `optim/master_weights`, `optim/optimizer_offload`, `quant/int8`,
+`quant/fp8` (both through `quant/base_linears`), `block_swap`; this package re-exports them. Around them:
+`options` (`SpeedOptions`: what a run asks for, `from_args`, and every rule about combining the levers in
+`problems()`), `planner` (the memory planner: the fastest combination that fits a memory budget) and
+`setup` (`apply_speed_options` -> `SpeedSetup`: the levers applied to a transformer; backward, optimizer
+and update through it). docs/speed.md is the user's view.
 """
 
 from .block_swap import (LTX2_TEXT_KEYS_VALUES, BlockSwapper, ForwardOnly, available_host_memory, check_host_memory,

@@ -259,8 +259,8 @@ class BlockSwapper:
         self.forward_stores = {i: c for i in sorted(split)
                                if not (c := _HostCopy(blocks[i], self.device, forward_only.selects)).empty}
         # The forward's fetches of those parts come and go between the forward's activations; from the
-        # activations' pool, these same-sized buffers fragmented it (46.6 -> 55.8 GiB reserved at full
-        # size, session 7). A private pool keeps reusing the same few segments instead.
+        # activations' pool, these same-sized buffers fragmented it (about 9 GiB more reserved at full
+        # size). A private pool keeps reusing the same few segments instead.
         self.forward_pool = torch.cuda.MemPool() if self.cuda and self.forward_stores else None
         self.events: dict[tuple[str, int], torch.cuda.Event] = {}
         self.resident: set[int] = set()  # blocks whose main part is on the device

@@ -3,6 +3,7 @@ region (what each block keeps for backward instead of recomputing)."""
 
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -16,13 +17,14 @@ _ATTENTION_OPS = tuple(
 )
 
 
+@functools.cache  # one policy object per setting: models built with it share compiled graphs
 def keep_attention_policy(min_attention_pairs: int = 1 << 24):
     """Selective-recompute policy: what a compiled block keeps for backward instead of recomputing.
 
     Keeps the outputs of attentions with at least `min_attention_pairs` query-key pairs; at
     768x512x121 that is only the video self-attention, one video-sized tensor per block (2.3 GiB
     over 48 blocks) that spares its forward recomputation, the most expensive op per byte kept
-    (-40 ms/step on an H100, benchmarks/RESULTS.md). Everything else is recomputed inside the
+    (-40 ms/step on an H100, benchmarks/history.md). Everything else is recomputed inside the
     block's compiled backward.
     """
     from torch.utils.checkpoint import CheckpointPolicy
@@ -35,6 +37,7 @@ def keep_attention_policy(min_attention_pairs: int = 1 << 24):
     return policy
 
 
+@functools.cache
 def keep_matmul_outputs_policy():
     """Selective-recompute policy for blocks that recompute no matmul and no attention.
 
@@ -45,7 +48,7 @@ def keep_matmul_outputs_policy():
     instead of keeping its results. By default the partitioner keeps both a norm's input and its
     modulated output, and both a query/key before and after its norm and RoPE, since a matmul in
     backward reads them. At 768x512x121 this keeps ~0.79 GiB per block instead of ~1.11 GiB, for a
-    few extra elementwise passes over video-sized tensors in backward (benchmarks/RESULTS.md).
+    few extra elementwise passes over video-sized tensors in backward (benchmarks/history.md).
     """
     from torch.utils.checkpoint import CheckpointPolicy
 
@@ -84,10 +87,9 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     policies = recompute_policy if isinstance(recompute_policy, (list, tuple)) else [recompute_policy] * len(blocks)
     if len(policies) != len(blocks):
         raise ValueError(f"got {len(policies)} recompute policies for {len(blocks)} blocks")
-    codes: dict[int, types.CodeType] = {}  # one wrapper code object per distinct policy
     for block, policy in zip(blocks, policies):
         eager = vars(block).setdefault("_ltx_eager_forward", block.forward)
-        target = eager if policy is None else _selectively_checkpointed(eager, policy, codes)
+        target = eager if policy is None else _selectively_checkpointed(eager, policy)
         compiled = torch.compile(target, dynamic=dynamic, mode=mode, backend=backend)
         config = dict(getattr(policy, "partitioner_config", {}))
         if activation_memory_budget is not None:
@@ -96,7 +98,11 @@ def compile_blocks(transformer: nn.Module, dynamic: bool = False, mode: str | No
     return len(blocks)
 
 
-def _selectively_checkpointed(forward, policy, codes: dict[int, types.CodeType]):
+# policy id -> (policy, the wrapper's code for it); holding the policy keeps its id from being reused
+_POLICY_CODES: dict[int, tuple[object, types.CodeType]] = {}
+
+
+def _selectively_checkpointed(forward, policy):
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
     def context():
@@ -108,8 +114,9 @@ def _selectively_checkpointed(forward, policy, codes: dict[int, types.CodeType])
     # Dynamo keeps its compiled graphs per code object and does not guard on a checkpoint's context_fn:
     # blocks with different policies sharing this wrapper's code would run whichever graph compiled
     # first (measured: recomputing blocks ran the graph of blocks that recompute nothing). So each
-    # policy gets its own copy of the code; blocks sharing a policy still share one graph.
-    code = codes.setdefault(id(policy), checkpointed.__code__.replace(co_name=f"checkpointed_policy_{len(codes)}"))
+    # policy gets its own copy of the code; blocks (and models) sharing a policy still share one graph.
+    code = _POLICY_CODES.setdefault(
+        id(policy), (policy, checkpointed.__code__.replace(co_name=f"checkpointed_policy_{len(_POLICY_CODES)}")))[1]
     return types.FunctionType(code, checkpointed.__globals__, checkpointed.__name__, checkpointed.__defaults__,
                               checkpointed.__closure__)
 

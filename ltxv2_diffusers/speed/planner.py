@@ -12,7 +12,7 @@ size, `plan_memory` predicts the peak of every combination of
 
 and a step time relative to the model's forward, and keeps the fastest that fits. The figures per block
 (kept activations, working memory, how long the host link takes per block) are calibrated on the
-full-size model's measured peaks (benchmarks/RESULTS.md); the trainer confirms a plan with the first
+full-size model's measured peaks (benchmarks/history.md); the trainer confirms a plan with the first
 step's measured peak and re-plans once with the measured error (`Plan.corrected`).
 """
 
@@ -49,6 +49,12 @@ SWAP_COST = 0.001  # per streamed block, host work and hooks, so equal plans str
 # two AdamW moments (16); with the optimizer offloaded, master and moments (12) live in host memory.
 LORA_BYTES = 20
 LORA_BYTES_OFFLOADED = 8
+# An offloaded optimizer brings each chunk of 4 blocks' masters and moments (12 bytes per parameter) in for
+# its update while the next chunk is copied in: two chunks on the GPU during the forward.
+OFFLOAD_CHUNKS_BLOCKS = 8
+# The trainer accepts a plan when the first steps' reserved peak stays this far under the budget (the
+# optimizer's first update, which those steps do not run, and the allocator's growth need the rest).
+CONFIRM_HEADROOM = 0.95
 # The rate at which `forward_seconds`' FLOP count (which counts every linear on every token, so over-counts
 # the audio layers) runs in a compiled bf16 step: fitted to the full-size forward's 0.32 s on an H100 and
 # an H200; and the host link's rate for pinned copies (55 GB/s measured, less for many copies at once).
@@ -198,10 +204,12 @@ def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
     unit = _hidden_bytes(fig, work)
     fixed = fig.other_bytes + n * fig.block_vector_bytes
     lora = fig.lora_params * (LORA_BYTES_OFFLOADED if plan.offload_optimizer else LORA_BYTES)
+    if plan.offload_optimizer:
+        lora += fig.lora_params * 12 * min(OFFLOAD_CHUNKS_BLOCKS, n) / n
     if plan.rerun:  # the re-run block and the next one in flight
-        return fixed + (n - s) * w + (2 * w if s else 0) + (n * KEPT_RERUN + WORKING) * unit + lora
+        return fixed + (n - s) * w + min(2, s) * w + (n * KEPT_RERUN + WORKING) * unit + lora
     kept = k * KEPT_WITHOUT_RECOMPUTE + (n - k) * KEPT_RECOMPUTE
-    backward_start = fixed + (n - s) * w + (w if s else 0) + (kept + WORKING) * unit + lora
+    backward_start = fixed + (n - s) * w + min(1, s) * w + (kept + WORKING) * unit + lora
     # Blocks fetched for backward stay into the next forward: between steps every weight is on the GPU.
     between_steps = fixed + n * w + lora + WORKING * unit
     return max(backward_start, between_steps)

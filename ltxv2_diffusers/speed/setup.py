@@ -123,14 +123,31 @@ class SpeedSetup:
         if self.master is not None:
             self.master.grads_to_master(accumulate=True)
 
+    def backward(self, loss: torch.Tensor, accelerator=None) -> None:
+        """One micro-batch's backward (through `accelerator` when given: DDP's gradient sync, fp16's loss
+        scaling), its gradients then moved into the fp32 masters."""
+        if accelerator is not None:
+            accelerator.backward(loss)
+        else:
+            loss.backward()
+        self.accumulate_grads()
+
     def before_optimizer_step(self) -> None:
         self.accumulate_grads()
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer | None = None,
+                             model: torch.nn.Module | None = None) -> None:
+        """After `optimizer.step()` (or a skipped step): the fp32 masters into the compute-dtype LoRA, every
+        gradient cleared (`optimizer`'s; `model`'s where no masters took them), the swapper ready for the
+        next step."""
         if self.master is not None:
             if not self.offloaded:  # an offloaded optimizer refreshes the model itself, chunk by chunk
                 self.master.master_to_model()
             self.master.zero_grad()
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        if model is not None and self.master is None:  # grads a skipped step left (masters took them otherwise)
+            model.zero_grad(set_to_none=True)
         self.reset()
 
     def reset(self) -> None:

@@ -136,6 +136,7 @@ def _load_connectors(path: str, text_encoder_file: str | None = None):
     transformer file without it is read together with `text_encoder_file`."""
     from ltxv2_diffusers.models.loading import (
         PROJECTION_PREFIX,
+        load_components,
         load_required_components,
         official_files,
         tensor_shapes,
@@ -143,8 +144,6 @@ def _load_connectors(path: str, text_encoder_file: str | None = None):
 
     files = official_files(path) if text_encoder_file else None
     if files and not any(k.startswith(PROJECTION_PREFIX) for f in files for k in tensor_shapes(f)):
-        from ltxv2_diffusers.models.loading import load_components
-
         return load_components(*files, text_encoder_file, components=["connectors"])["connectors"]
     return load_required_components(path, ["connectors"])["connectors"]
 
@@ -176,7 +175,8 @@ def expected_gemma_family(transformer_config) -> str:
     """The Gemma family an LTX-2 transformer was trained with: Gemma 4 for LTX-2.5, Gemma 3 before."""
     from ltxv2_diffusers.models.official_config import model_version_of
 
-    return "gemma4" if model_version_of(transformer_config) >= "2.5" else "gemma3"
+    version = tuple(int(part) for part in model_version_of(transformer_config).split("."))
+    return "gemma4" if version >= (2, 5) else "gemma3"
 
 
 def write_text_cache_info(directories, family: str, text_encoder: str) -> None:

@@ -97,3 +97,36 @@ def _hf_name(key: str, children: set[str]) -> str:
             return rest
         return "language_model." + rest  # Comfy's flat language model
     return key
+
+
+def _file_key(name: str, children: set[str]) -> str:
+    """A base model parameter name -> its key in the official file (the inverse of `_hf_name`)."""
+    for comfy, hf in _COMFY_TOWERS.items():
+        if name.startswith(hf):
+            return comfy + name[len(hf):]
+    if name.startswith("language_model."):
+        return "model." + name[len("language_model."):]
+    return "model." + name
+
+
+def write_gemma_file(path: str | os.PathLike, model: torch.nn.Module, tokenizer,
+                     extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a Gemma base model + tokenizer (+ `extra` tensors such as the text projection) as an official
+    single-file text encoder, the layout `load_gemma_file` reads; written beside and renamed."""
+    from safetensors.torch import save_file
+
+    children = {name for name, _ in model.named_children()}
+    tensors = {_file_key(n, children): t.detach().cpu().contiguous() for n, t in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        tensors[TOKENIZER_KEY] = torch.tensor(list(Path(tmp, "tokenizer.json").read_bytes()), dtype=torch.uint8)
+        config = Path(tmp, "tokenizer_config.json")
+        if config.is_file():
+            tensors[ASSET_PREFIX + "tokenizer_config.json"] = torch.tensor(list(config.read_bytes()), dtype=torch.uint8)
+    tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp_path), metadata={"format": "pt", GEMMA_CONFIG_KEY: model.config.to_json_string()})
+    os.replace(tmp_path, path)
+    return path

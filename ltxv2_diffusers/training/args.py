@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ltxv2_diffusers.models.av_timestep import AV_TIMESTEP_RULES
-from ltxv2_diffusers.modes import MODE_CHOICES, resolve_mode
+from ltxv2_diffusers.conditioning.policy import IC_LORA_STRATEGIES
+from ltxv2_diffusers.modes import MODE_ALIASES, MODE_CHOICES, resolve_mode
 from ltxv2_diffusers.timesteps import FORMAT_CHOICES, SIGMA_SAMPLING_CHOICES, parse_timestep_format
 
 NETWORK_MODULE = "ltxv2_diffusers.lora"  # the help text only; lora.resolve_network_module decides
@@ -32,6 +33,30 @@ LR_SCHEDULERS = (
     "polynomial",
 )
 LOG_WITH = ("tensorboard", "wandb", "none")
+MUSUBI_TIMESTEP_FORMAT = "legacy_0_1000"  # musubi-tuner's LTX-2 trainer: timestep t in [0, 1000], sigma = t/1000
+# training/sigma_sampling.py draws them; `sigma` is musubi's default, which its LTX-2 trainer reads as the first.
+TIMESTEP_SAMPLING = ("shifted_logit_normal", "uniform", "sigmoid", "shift", "sigma")
+LTX_VERSIONS = ("2.0", "2.3")
+# musubi's --lora_target_preset as --network_args (lora/targets.py); a user's own --network_args keys win.
+_AUDIO_ONLY = r"^transformer_blocks\.\d+\.audio_(attn1|attn2|ff)\."
+LORA_TARGET_PRESETS: dict[str, dict[str, str]] = {
+    "t2v": {},
+    "v2v": {"include_ff": "True"},
+    "av_ic": {"include_ff": "True"},
+    "video_ref_only_av": {"include_ff": "True"},
+    "video_sa": {"target_modules": "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0"},
+    "video_sa_ff": {"target_modules": "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,ff.net.0.proj,ff.net.2"},
+    "video_sa_ca_ff": {"target_modules": "attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,attn2.to_q,attn2.to_k,"
+                                         "attn2.to_v,attn2.to_out.0,ff.net.0.proj,ff.net.2"},
+    "audio": {"include_ff": "True", "include_patterns": _AUDIO_ONLY},
+    "audio_v2a": {"include_ff": "True",
+                  "include_patterns": _AUDIO_ONLY.replace("(attn1|attn2|ff)", "(attn1|attn2|ff)|video_to_audio_attn")},
+    "audio_ref_ic": {"include_ff": "True", "include_patterns": _AUDIO_ONLY.replace(
+        "(attn1|attn2|ff)", "(attn1|attn2|ff)|video_to_audio_attn|audio_to_video_attn")},
+}
+
+
+logger = logging.getLogger(__name__)
 
 
 class ArgsError(ValueError):
@@ -60,6 +85,8 @@ class Flag:
     choices: Sequence[str] | None = None
     group: str = "training"
     aliases: tuple[str, ...] = ()
+    ignored: str = ""  # a musubi flag accepted and ignored: why (said once per run)
+    unsupported: str = ""  # a musubi flag with no counterpart here: what to do instead (an error)
 
     @property
     def dest(self) -> str:
@@ -67,7 +94,11 @@ class Flag:
 
     def add_to(self, parser: argparse._ActionsContainer) -> None:
         names = [self.name, *self.aliases]
-        if self.kind is bool:
+        if self.ignored or self.unsupported:  # takes any value (or none): musubi's meaning does not apply
+            help_text = (f"musubi flag, ignored: {self.ignored}" if self.ignored
+                         else f"musubi flag, not supported: {self.unsupported}")
+            parser.add_argument(*names, dest=self.dest, nargs="*", default=None, metavar="ARG", help=help_text)
+        elif self.kind is bool:
             parser.add_argument(*names, dest=self.dest, action="store_true", default=self.default or False,
                                 help=self.help)
         elif self.kind is list:
@@ -79,12 +110,12 @@ class Flag:
 
 F = Flag
 FLAGS: tuple[Flag, ...] = (
-    # --- old musubi command (DESIGN.md §1): same names, same meaning ---
+    # --- the musubi LTX-2 command's flags: same names, same meaning ---
     F("--dataset_config", Path, None, "dataset.toml (musubi schema)", group="data"),
     F("--prefetch_batches", int, 2, "batches read from the caches ahead of the step, in a background thread, "
       "so disk reads and collation overlap the GPU (0: read each batch when the step needs it)", group="data"),
-    F("--ltx_mode", str, None, "what to train: video (LTXV), av (LTXAV, audio+video) or audio",
-      choices=MODE_CHOICES, group="model"),
+    F("--ltx_mode", str, None, "what to train: video (LTXV), av (LTXAV, audio+video) or audio (musubi's v, va, a too)",
+      choices=MODE_CHOICES + tuple(MODE_ALIASES), group="model", aliases=("--ltx2_mode",)),
     F("--ltxv2_audio_video", bool, False, "old spelling of --ltx_mode av", group="model"),
     F("--ltxv2_backend", str, None, "checkpoint layout of --ltxv2_model (default: detect)",
       choices=("official", "diffusers"), group="model"),
@@ -96,7 +127,7 @@ FLAGS: tuple[Flag, ...] = (
     F("--audio_vae", str, None, "audio VAE + vocoder file when they are a file of their own (LTX-2.5: "
       "vae/*-audio-vae-*.safetensors); default: in --vae", group="model"),
     F("--text_encoder", str, None, "text encoder (Hub id or folder); only needed for previews whose "
-      "prompts are not in the text cache", group="model"),
+      "prompts are not in the text cache", group="model", aliases=("--gemma_root",)),
     F("--text_encoder_backend", str, "gemma", "text encoder backend name (gemma, t5, or a plugin's)",
       group="model"),
     F("--tokenizer", str, None, "tokenizer (default: the text encoder's)", group="model"),
@@ -104,10 +135,10 @@ FLAGS: tuple[Flag, ...] = (
     F("--av_timestep_rule", str, "current", "audio<->video cross-attention timesteps: current (official "
       "ltx-core >= 1.1.4: scale/shift from the modality's own timesteps, gate from the other's sigma) or "
       "legacy (ltx-core 1.0.0, to reproduce older runs)", choices=AV_TIMESTEP_RULES, group="model"),
-    F("--ltxv2_timestep_format", str, None, "REQUIRED: timestep convention of the run",
-      choices=FORMAT_CHOICES, group="model"),
-    F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; musubi's "
-      "musubi_tuner.networks.lora_ltxv2 is an alias)", group="network"),
+    F("--ltxv2_timestep_format", str, None, "REQUIRED (except in musubi-tuner's commands, see --ltx2_checkpoint): "
+      "timestep convention of the run", choices=FORMAT_CHOICES, group="model"),
+    F("--network_module", str, NETWORK_MODULE, f"LoRA module ({NETWORK_MODULE}; musubi's networks.lora_ltx2 "
+      "and the older musubi_tuner.networks.lora_ltxv2 are aliases)", group="network"),
     F("--network_dim", int, 16, "LoRA rank", group="network"),
     F("--network_alpha", float, None, "LoRA alpha (default: = rank)", group="network"),
     F("--network_args", list, None, "extra LoRA options as key=value (e.g. include_ff=True)", group="network"),
@@ -123,8 +154,8 @@ FLAGS: tuple[Flag, ...] = (
       group="conditioning", aliases=("--ltx2_first_frame_conditioning_p",)),
     F("--ic_lora_strategy", str, None, "IC-LoRA reference conditioning: v2v (video reference, --ltx_mode video), "
       "av_ic (video + audio references), video_ref_only_av (video reference, audio trained without one), "
-      "audio_ref_ic (audio reference; av or audio)", choices=("none", "v2v", "av_ic", "video_ref_only_av",
-                                                              "audio_ref_ic"), group="conditioning"),
+      "audio_ref_ic (audio reference; av or audio); default (musubi's auto): the one --lora_target_preset names, "
+      "else none", choices=("auto", "none", *IC_LORA_STRATEGIES), group="conditioning"),
     F("--ic_lora_ref_probability", float, 1.0, "probability the video reference is used at a step (dropped "
       "batch-wide otherwise, so the LoRA also learns to generate without it)", group="conditioning"),
     F("--reference_downscale", int, 1, "references are cached at 1/N of the target's width and height (pass the "
@@ -151,6 +182,76 @@ FLAGS: tuple[Flag, ...] = (
       group="conditioning", aliases=("--ltx2_audio_extend_p",)),
     F("--sample_include_reference", bool, False, "previews of --sample_prompts lines with --v REFERENCE show the "
       "reference left of the output", group="conditioning"),
+    # --- musubi-tuner's LTX-2 flags today (docs/musubi.md maps every one) ---
+    F("--ltx2_checkpoint", str, None, "musubi's name of --ltxv2_model; a command using it is a musubi command, "
+      "whose timesteps are musubi's (--ltxv2_timestep_format legacy_0_1000 unless given)", group="musubi"),
+    F("--ltx_version", str, None, "LTX-2 generation the run expects (musubi): checked against the checkpoint's "
+      "metadata per --ltx_version_check_mode", choices=LTX_VERSIONS, group="musubi"),
+    F("--ltx_version_check_mode", str, "warn", "what a --ltx_version that contradicts the checkpoint does",
+      choices=("off", "warn", "error"), group="musubi"),
+    F("--timestep_sampling", str, None, "training sigma distribution: shifted_logit_normal (the official LTX-2 one, "
+      "the default), uniform, sigmoid (sigmoid(sigmoid_scale * N(0,1))) or shift (the sigmoid draw shifted by "
+      "--discrete_flow_shift); the same sampler as --sigma_sampling", choices=TIMESTEP_SAMPLING, group="loss"),
+    F("--discrete_flow_shift", float, 1.0, "shift of --timestep_sampling shift", group="loss"),
+    F("--sigmoid_scale", float, 1.0, "scale of the normal draw of --timestep_sampling sigmoid / shift", group="loss"),
+    F("--logit_std", float, 1.0, "standard deviation of --timestep_sampling shifted_logit_normal", group="loss"),
+    F("--shifted_logit_mode", str, None, "shifted_logit_normal as the official trainer draws it (stretched, a share "
+      "uniform) or musubi's older legacy sigmoid(N(shift, logit_std)); default: legacy with --ltx_version 2.0 (as in "
+      "musubi), else stretched", choices=("stretched", "legacy"), group="loss"),
+    F("--min_timestep", float, None, "lowest training timestep, in --ltxv2_timestep_format (default: its minimum)",
+      group="loss"),
+    F("--max_timestep", float, None, "highest training timestep, in --ltxv2_timestep_format (default: its maximum)",
+      group="loss"),
+    F("--preserve_distribution_shape", bool, False, "with --min/--max_timestep: redraw sigmas outside the range "
+      "instead of scaling all draws into it", group="loss"),
+    F("--lora_target_preset", str, None, "musubi's LoRA target sets (t2v = the default attention projections; "
+      "v2v/av_ic add the feed-forwards; video_sa*, audio* restrict the branch); --network_args keys override it",
+      choices=tuple(LORA_TARGET_PRESETS), group="network"),
+    F("--flash_attn", bool, False, "musubi's spelling of --attention_backend flash", group="musubi"),
+    F("--sage_attn", bool, False, "musubi's spelling of --attention_backend sage", group="musubi"),
+    F("--xformers", bool, False, "musubi's spelling of --attention_backend xformers", group="musubi"),
+    F("--save_last_n_epochs", int, None, "keep only states saved in the last N epochs (musubi)", group="state"),
+    F("--save_state_on_train_end", bool, False, "write a full training state (resumable) at the end too",
+      group="state"),
+    *(F(name, ignored=why, group="musubi") for name, why in (
+        ("--sdpa", "PyTorch SDPA is the default attention here"),
+        ("--compile", "transformer blocks are compiled by default on CUDA (--no_compile turns it off)"),
+        ("--save_state", "every checkpoint here holds the full training state"),
+        ("--sample_with_offloading", "previews run the stock LTX2Pipeline on the training device"),
+        ("--sample_tiled_vae", "previews decode with the stock LTX2Pipeline, untiled"),
+        ("--sample_vae_tile_size", "previews decode with the stock LTX2Pipeline, untiled"),
+        ("--sample_vae_tile_overlap", "previews decode with the stock LTX2Pipeline, untiled"),
+        ("--sample_vae_temporal_tile_size", "previews decode with the stock LTX2Pipeline, untiled"),
+        ("--sample_vae_temporal_tile_overlap", "previews decode with the stock LTX2Pipeline, untiled"),
+        ("--sample_merge_audio", "av previews are mp4 files with their audio already"),
+        ("--gemma_load_in_8bit", "the text encoder only encodes preview prompts missing from the text cache"),
+        ("--gemma_load_in_4bit", "the text encoder only encodes preview prompts missing from the text cache"),
+        ("--separate_audio_buckets", "av and audio modes need audio for every item, so no batch mixes items "
+         "with and without it"),
+        ("--max_data_loader_n_workers", "batches are read by a background thread (--prefetch_batches)"),
+        ("--persistent_data_loader_workers", "batches are read by a background thread (--prefetch_batches)"),
+        ("--vae_dtype", "training never runs the VAE; previews use the checkpoint's dtype"),
+        ("--dit", "musubi ignores it for LTX-2 too; --ltx2_checkpoint is the model"),
+    )),
+    *(F(name, unsupported=why, group="musubi") for name, why in (
+        ("--nf4_base", "use --low_memory (int8 base weights) or --fp8_base"),
+        ("--int8_base", "use --low_memory (int8 base weights)"),
+        ("--w4a4g4", "use --low_memory (int8 base weights) or --fp8_base"),
+        ("--w4a8", "use --low_memory (int8 base weights) or --fp8_base"),
+        ("--fused_backward_pass", "use --offload_optimizer to save optimizer memory"),
+        ("--blockwise_checkpointing", "use --gradient_checkpointing (and --blocks_without_recompute)"),
+        ("--gradient_checkpointing_cpu_offload", "use --gradient_checkpointing with --blocks_to_swap"),
+        ("--split_attn", "use --attention_backend"),
+        ("--shifted_logit_shift", "the shift comes from the token count, as in the official trainer"),
+        ("--shifted_logit_uniform_prob", "the official share of uniform draws (0.1) is fixed"),
+        ("--shifted_logit_eps", "the official floor (1e-3) is fixed"),
+        ("--num_timestep_buckets", "use --timestep_sampling with --min_timestep/--max_timestep"),
+        ("--loss_type", "the loss is the flow-matching MSE; a plugin's ltxv2_extra_losses can add terms"),
+        ("--network_dropout", "no LoRA dropout here"),
+        ("--audio_lr", "one learning rate for all LoRA weights (--learning_rate)"),
+        ("--dataset_manifest", "point --dataset_config at the dataset.toml; caches are found by name"),
+        ("--train_connectors", "the text connectors stay frozen here"),
+    )),
     # --- run ---
     F("--config_file", Path, None, "TOML file of flags (keys = flag names); flags given on the command "
       "line override it", group="run"),
@@ -238,6 +339,7 @@ _GROUP_TITLES = {
     "training": "optimization", "conditioning": "conditioning: I2V, extension, IC-LoRA (docs/conditioning.md)",
     "speed": "speed and memory (docs/speed.md)",
     "advanced": "advanced speed and memory (hand-set levers; the planner chooses the rest)", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
+    "musubi": "musubi-tuner compatibility (docs/musubi.md)",
 }
 
 
@@ -306,13 +408,16 @@ def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, A
 
     walk(data)
     known = {action.dest: action for action in parser._actions}
+    known.update({name.lstrip("-"): action for action in parser._actions for name in action.option_strings
+                  if name.startswith("--")})  # aliases (musubi's spellings) too
     unknown = sorted(k for k in flat if k not in known or k in {"help", "config_file"})
     if unknown:
         raise ArgsError(f"--config_file {path}: unknown keys {', '.join(unknown)} (keys are flag names, e.g. "
                         "learning_rate = 1e-4)")
     values: dict[str, Any] = {}
-    for key, value in flat.items():
-        action = known[key]
+    for name, value in flat.items():
+        action = known[name]
+        key = action.dest
         if isinstance(action, (argparse._StoreTrueAction,)):
             values[key] = _bool(value)
         elif action.nargs == "*":
@@ -321,11 +426,11 @@ def load_config_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, A
             try:
                 values[key] = action.type(value) if not isinstance(value, list) else value
             except (TypeError, ValueError) as exc:
-                raise ArgsError(f"--config_file {path}: {key} = {value!r}: {exc}") from None
+                raise ArgsError(f"--config_file {path}: {name} = {value!r}: {exc}") from None
         else:
             values[key] = value
         if action.choices and values[key] not in action.choices:
-            raise ArgsError(f"--config_file {path}: {key} = {value!r}; choose one of "
+            raise ArgsError(f"--config_file {path}: {name} = {value!r}; choose one of "
                             f"{', '.join(map(str, action.choices))}")
     return values
 
@@ -370,6 +475,14 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         if not condition:
             problems.append(message)
 
+    if args.ltx2_checkpoint:
+        need(args.ltxv2_model in (None, args.ltx2_checkpoint),
+             f"--ltx2_checkpoint {args.ltx2_checkpoint} contradicts --ltxv2_model {args.ltxv2_model}: keep one")
+        args.ltxv2_model = args.ltxv2_model or args.ltx2_checkpoint
+        if args.ltxv2_timestep_format is None:  # musubi: t in [0, 1000], the model's sigma = t / 1000
+            args.ltxv2_timestep_format = MUSUBI_TIMESTEP_FORMAT
+            logger.warning("musubi-tuner command (--ltx2_checkpoint) without --ltxv2_timestep_format: timesteps "
+                           "(--min_timestep/--max_timestep) are read as musubi's, %s", MUSUBI_TIMESTEP_FORMAT)
     try:
         args.timestep_format = parse_timestep_format(args.ltxv2_timestep_format)
     except ValueError as exc:
@@ -427,12 +540,15 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
             need(args.video_loss_weight == 1.0,
                  "--video_loss_weight has no effect in --ltx_mode audio; drop it")
         if not mode.has_audio:
-            need(args.audio_loss_weight == 1.0,
-                 "--audio_loss_weight has no effect in --ltx_mode video; use --ltx_mode av to train audio")
+            if args.audio_loss_weight != 1.0:  # old commands carry it: train, but say it does nothing
+                logger.warning("--audio_loss_weight %g has no effect in --ltx_mode video (no audio is trained); "
+                               "ignored (use --ltx_mode av to train audio)", args.audio_loss_weight)
             need(not args.independent_audio_sigmas, "--independent_audio_sigmas needs --ltx_mode av")
         if mode.has_video and mode.has_audio:
             need(args.video_loss_weight + args.audio_loss_weight > 0,
                  "--video_loss_weight and --audio_loss_weight are both 0: nothing to train")
+    if args.ic_lora_strategy in (None, "auto") and args.lora_target_preset in IC_LORA_STRATEGIES:
+        args.ic_lora_strategy = args.lora_target_preset  # musubi's `auto`: the strategy the preset is made for
     if mode is not None:
         problems.extend(conditioning_problems(args, mode))
     if weighting_schemes is not None:
@@ -446,12 +562,24 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.optimizer_type == "AdamW8bit":
         need(importlib.util.find_spec("bitsandbytes") is not None,
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
+    problems.extend(_musubi_flags(args))
+    if args.blocks_to_swap and not args.low_memory:
+        import torch
+
+        if not torch.cuda.is_available():  # musubi commands carry it: on the host there is nothing to swap to
+            logger.warning("--blocks_to_swap %d has no effect without a CUDA device (the weights are in host "
+                           "memory already); ignored", args.blocks_to_swap)
+            args.blocks_to_swap = None
     from ltxv2_diffusers.speed.options import args_problems
 
     problems.extend(args_problems(args))
-    if args.save_last_n_steps is not None:
-        need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
-             "--save_last_n_steps needs --save_every_n_steps or --save_every_n_epochs")
+    for flag in ("save_last_n_steps", "save_last_n_epochs"):
+        if getattr(args, flag) is not None:
+            need(getattr(args, flag) > 0, f"--{flag} must be > 0")
+            need(args.save_every_n_steps is not None or args.save_every_n_epochs is not None,
+                 f"--{flag} needs --save_every_n_steps or --save_every_n_epochs")
+    need(args.save_last_n_steps is None or args.save_last_n_epochs is None,
+         "--save_last_n_steps and --save_last_n_epochs both set: keep one")
     sampling = args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first
     if sampling:
         need(args.sample_prompts is not None,
@@ -490,7 +618,7 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
 def conditioning_problems(args: argparse.Namespace, mode) -> list[str]:
     """What is wrong with the conditioning flags for `mode` (each message names the flags involved)."""
     problems: list[str] = []
-    strategy = None if args.ic_lora_strategy in (None, "none") else args.ic_lora_strategy
+    strategy = None if args.ic_lora_strategy in (None, "none", "auto") else args.ic_lora_strategy
     needs = {"v2v": ("video",), "av_ic": ("av",), "video_ref_only_av": ("av",), "audio_ref_ic": ("av", "audio")}
     if strategy and mode.value not in needs[strategy]:
         problems.append(f"--ic_lora_strategy {strategy} needs --ltx_mode {' or '.join(needs[strategy])}, got "
@@ -543,6 +671,78 @@ def conditioning_problems(args: argparse.Namespace, mode) -> list[str]:
             problems.append(f"--sample_prompts {args.sample_prompts}: prompts {conditioned} have --i / --v, which "
                             f"condition video; --ltx_mode {mode.value} renders none")
     return problems
+
+
+def _musubi_flags(args: argparse.Namespace) -> list[str]:
+    """musubi-tuner's flags: map the ones that map, say once which are ignored, list the unsupported ones.
+    Returns the problems (each naming its flag)."""
+    problems = []
+    for flag in FLAGS:
+        value = getattr(args, flag.dest, None)
+        if value is None:
+            continue
+        if flag.unsupported:
+            problems.append(f"{flag.name} is a musubi-tuner flag with no counterpart here: {flag.unsupported} "
+                            "(docs/musubi.md)")
+        elif flag.ignored:
+            logger.warning("%s is accepted for musubi-tuner commands and ignored: %s", flag.name, flag.ignored)
+    for flag, backend in (("flash_attn", "flash"), ("sage_attn", "sage"), ("xformers", "xformers")):
+        if getattr(args, flag):
+            if args.attention_backend not in (None, backend):
+                problems.append(f"--{flag} contradicts --attention_backend {args.attention_backend}: keep one")
+            args.attention_backend = backend
+    sigma_sampling = getattr(args, "sigma_sampling", None)
+    if args.timestep_sampling and sigma_sampling not in (None, SIGMA_SAMPLING_CHOICES[0], args.timestep_sampling):
+        problems.append(f"--timestep_sampling {args.timestep_sampling} contradicts --sigma_sampling {sigma_sampling}: "
+                        "keep one")
+    for flag in ("discrete_flow_shift", "sigmoid_scale", "logit_std"):
+        if not getattr(args, flag) > 0:
+            problems.append(f"--{flag} must be > 0 (got {getattr(args, flag)})")
+    if getattr(args, "timestep_format", None) is not None:
+        from ltxv2_diffusers.training.sigma_sampling import sigma_range
+
+        try:
+            sigma_range(args)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if args.preserve_distribution_shape and args.min_timestep is None and args.max_timestep is None:
+        problems.append("--preserve_distribution_shape needs --min_timestep and/or --max_timestep")
+    if args.lora_target_preset:
+        given = network_kwargs(args) if all("=" in a for a in args.network_args or []) else {}
+        merged = {**LORA_TARGET_PRESETS[args.lora_target_preset], **given}
+        args.network_args = [f"{k}={v}" for k, v in merged.items()] or None
+    if args.ltx_version and args.ltx_version_check_mode != "off" and args.ltxv2_model:
+        message = _ltx_version_mismatch(args.ltxv2_model, args.ltx_version)
+        if message and args.ltx_version_check_mode == "error":
+            problems.append(message)
+        elif message:
+            logger.warning(message)
+    return problems
+
+
+def _ltx_version_mismatch(model: str, version: str) -> str | None:
+    """musubi's check: a checkpoint whose config has the 2.3 markers (cross-attention AdaLN, vocoder
+    bandwidth extension, audio connector settings, caption projection before the connector) is 2.3,
+    others 2.0. Returns the mismatch message, or None."""
+    from ltxv2_diffusers.models.loading import read_official_header
+
+    try:
+        config, _ = read_official_header(model)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: the model loader reports it
+        return f"--ltx_version {version}: could not read the version of --ltxv2_model {model} ({exc})"
+    transformer = config.get("transformer", {})
+    markers = [name for name, present in (
+        ("transformer.cross_attention_adaln", bool(transformer.get("cross_attention_adaln"))),
+        ("vocoder.bwe", isinstance(config.get("vocoder", {}).get("bwe"), dict)),
+        ("transformer.audio_connector_*", any(k.startswith("audio_connector_") for k in transformer)),
+        ("transformer.caption_proj_before_connector", bool(transformer.get("caption_proj_before_connector"))),
+    ) if present]
+    detected = "2.3" if markers else "2.0"
+    if detected == version:
+        return None
+    return (f"--ltx_version {version} does not match --ltxv2_model {model} (its config says {detected}"
+            f"{': ' + ', '.join(markers) if markers else ''}); set --ltx_version {detected} or "
+            "--ltx_version_check_mode off")
 
 
 def _looks_local(value: str) -> bool:

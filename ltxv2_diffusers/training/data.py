@@ -9,24 +9,24 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from ltxv2_diffusers.conditioning import ConditioningOptions
+from ltxv2_diffusers.data.batching import BatchManager, cache_directories
+from ltxv2_diffusers.data.config import load_dataset_config
+from ltxv2_diffusers.models.adapter import context_widths
+from ltxv2_diffusers.text.gemma import check_text_cache_family
+from ltxv2_diffusers.training.model import model_config
+
 
 def model_text_widths(args) -> tuple[int, int] | None:
     """(video, audio) text-context widths of `--ltxv2_model`, read from its config alone, so a text cache
     made for another backend or layout fails before the model loads. None when unknown (a Hub id, or a
     file the model loader will report on)."""
-    from ltxv2_diffusers.models.adapter import context_widths
-    from ltxv2_diffusers.training.model import model_config
-
     config = model_config(args)
     return None if config is None else context_widths(config)
 
 
 def _check_text_cache_family(args, config) -> None:
     """A text cache of Gemma 3 for an LTX-2.5 checkpoint (or the reverse) fails here, before training."""
-    from ltxv2_diffusers.data.batching import cache_directories
-    from ltxv2_diffusers.text.gemma import check_text_cache_family
-    from ltxv2_diffusers.training.model import model_config
-
     transformer_config = model_config(args)
     if transformer_config is not None:
         check_text_cache_family(cache_directories(config), transformer_config, str(args.ltxv2_model))
@@ -36,10 +36,6 @@ class TrainData:
     """Batches per epoch and iteration from a position, for `args.mode` and `args.seed`."""
 
     def __init__(self, args, world_size: int = 1):
-        from ltxv2_diffusers.conditioning import ConditioningOptions
-        from ltxv2_diffusers.data.batching import BatchManager
-        from ltxv2_diffusers.data.config import load_dataset_config
-
         config = load_dataset_config(args.dataset_config, require_media=False)
         _check_text_cache_family(args, config)
         self.world_size = int(world_size)

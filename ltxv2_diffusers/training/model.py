@@ -11,8 +11,26 @@ from typing import Any
 
 import torch
 
+from ltxv2_diffusers import __version__
+from ltxv2_diffusers.conditioning.metadata import conditioning_metadata
+from ltxv2_diffusers.data.prompts import load_prompts
+from ltxv2_diffusers.lora import (
+    add_lora, apply_lora, lora_from_model, read_lora, save_lora, target_options_from_network_args,
+)
+from ltxv2_diffusers.lora import lora_metadata as make_metadata
+from ltxv2_diffusers.lora.targets import mode_allows
+from ltxv2_diffusers.models.adapter import adapter_class_for_mode
+from ltxv2_diffusers.models.loading import load_components, read_transformer_config
+from ltxv2_diffusers.models.official_config import model_version_of
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
+from ltxv2_diffusers.training.previews import (
+    PromptCache,
+    build_preview_pipeline,
+    preview_name,
+    preview_pipeline_class,
+    render_preview,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +50,6 @@ class TrainingBundle:
 
     def prepare_prompts(self, args, device) -> None:
         """Parse `--sample_prompts` and get every prompt's text context once (cache or text encoder)."""
-        from ltxv2_diffusers.data.prompts import load_prompts
-        from ltxv2_diffusers.training.previews import PromptCache
-
         self.prompts = load_prompts(args.sample_prompts)
         texts = [p.prompt for p in self.prompts]
         guidance = [args.sample_guidance_scale if p.guidance_scale is None else p.guidance_scale for p in self.prompts]
@@ -52,8 +67,6 @@ def model_config(args) -> dict[str, Any] | None:
     checks that should fail before a long load. None when it cannot be read here (a Hub id, or a file the
     model loader will report on)."""
     from safetensors import SafetensorError
-
-    from ltxv2_diffusers.models.loading import read_transformer_config
 
     try:
         return read_transformer_config(args.ltxv2_model, getattr(args, "ltxv2_backend", None))
@@ -78,10 +91,6 @@ def _apply_except(module: torch.nn.Module, fn, keep: torch.nn.Module) -> None:
 
 def build_training_model(args, device: torch.device | str = "cpu", keep_preview_parts: bool = False) -> TrainingBundle:
     """Load the transformer (+ VAE statistics), add the LoRA for `args.mode`, wrap in the adapter."""
-    from ltxv2_diffusers.lora import add_lora, target_options_from_network_args
-    from ltxv2_diffusers.models.adapter import adapter_class_for_mode
-    from ltxv2_diffusers.models.loading import load_components
-
     mode: LtxMode = args.mode
     transformer = load_components(args.ltxv2_model, backend=args.ltxv2_backend, components=["transformer"])["transformer"]
     wanted = ["vae", "audio_vae"] + (["vocoder"] if keep_preview_parts else [])
@@ -126,9 +135,6 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
 
 def _continue_lora(transformer, mode: LtxMode, path) -> list[str]:
     """`--network_weights`: attach the file's LoRA as the trainable adapter (its ranks and alphas)."""
-    from ltxv2_diffusers.lora import apply_lora, read_lora
-    from ltxv2_diffusers.lora.targets import mode_allows
-
     lora = read_lora(path)
     foreign = [name for name in lora.modules if not mode_allows(name, mode)]
     if foreign:
@@ -140,11 +146,6 @@ def _continue_lora(transformer, mode: LtxMode, path) -> list[str]:
 def lora_metadata(args, step: int, transformer: torch.nn.Module | None = None) -> dict[str, str]:
     """Metadata stored in every saved LoRA (strings only: safetensors metadata); with the transformer, the
     official version of the base model (`base_model_version`, e.g. "2.5.0")."""
-    from ltxv2_diffusers import __version__
-    from ltxv2_diffusers.conditioning.metadata import conditioning_metadata
-    from ltxv2_diffusers.lora import lora_metadata as make_metadata
-    from ltxv2_diffusers.models.official_config import model_version_of
-
     version = None if transformer is None else model_version_of(transformer.config)
     return make_metadata(mode=args.mode.value, base_model=str(args.ltxv2_model), training_args=args_to_dict(args),
                          rank=args.network_dim, alpha=args.network_alpha, steps=step,
@@ -156,8 +157,6 @@ def lora_metadata(args, step: int, transformer: torch.nn.Module | None = None) -
 
 def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, step: int) -> Path:
     """`directory/name.safetensors` (official/ComfyUI) and `directory/name-diffusers/` (diffusers)."""
-    from ltxv2_diffusers.lora import lora_from_model, save_lora
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     official, _diffusers = save_lora(lora_from_model(bundle.transformer,
@@ -168,13 +167,6 @@ def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, st
 
 def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int) -> list[Path]:
     """One preview file per `--sample_prompts` line with the current LoRA."""
-    from ltxv2_diffusers.training.previews import (
-        build_preview_pipeline,
-        preview_name,
-        preview_pipeline_class,
-        render_preview,
-    )
-
     parts = bundle.preview_parts
     pipelines: dict[type, Any] = {}  # one stock pipeline per kind of prompt line (--i, --v), sharing the parts
     if getattr(args, "reference_temporal_scale", 1) != 1 and any(p.reference for p in bundle.prompts):

@@ -19,7 +19,8 @@ MEANING_FLAGS = (
     "learning_rate", "lr_scheduler", "lr_warmup_steps", "optimizer_type", "adam_beta1", "adam_beta2",
     "adam_weight_decay", "adam_epsilon", "max_grad_norm", "seed", "gradient_accumulation_steps",
     "weighting_scheme", "video_loss_weight", "audio_loss_weight", "independent_audio_sigmas",
-    "timestep_sampling", "min_timestep", "max_timestep", "sigma_sampling",
+    "timestep_sampling", "min_timestep", "max_timestep", "sigma_sampling", "discrete_flow_shift", "sigmoid_scale",
+    "logit_std", "shifted_logit_mode", "ltx_version", "preserve_distribution_shape",
 )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ltxv2_diffusers import plugins
 from ltxv2_diffusers.conditioning import ConditioningOptions, apply_conditioning
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.losses import compute_losses
@@ -70,8 +71,6 @@ class TrainStep:
 
     def _sigmas(self, modality: str, batch_size: int, num_tokens: int, generator: Generators,
                 device: torch.device) -> torch.Tensor:
-        from ltxv2_diffusers import plugins
-
         def draw(n: int, gen: torch.Generator | None) -> torch.Tensor:
             sigmas = plugins.sample_sigmas(batch_size=n, num_tokens=num_tokens, modality=modality,
                                            args=self.args, generator=gen)
@@ -137,8 +136,6 @@ class TrainStep:
     # -- the step ---------------------------------------------------------------------------
     def __call__(self, batch: Mapping[str, Any], generator: Generators = None):
         """Loss (a scalar with grad) and logs (detached scalars: total, per term, mean sigmas)."""
-        from ltxv2_diffusers import plugins
-
         transformed = plugins.transform_batch(batch=batch, args=self.args)
         if transformed is not None:
             batch = transformed

@@ -171,7 +171,8 @@ class Trainer:
         from ltxv2_diffusers.training.args import network_kwargs
 
         self.figures = planner.ModelFigures.from_config(config, self.args.mode.value, self.args.network_dim,
-                                                        target_options_from_network_args(network_kwargs(self.args)))
+                                                        target_options_from_network_args(network_kwargs(self.args)),
+                                                        min_features=options.quantize_min_features)
         self.workload = planner.Workload(video_tokens=largest["video"], audio_tokens=largest["audio"],
                                          batch=largest["batch"])
         self.budget_gib = planner.resolve_budget(options.memory_budget, self.accelerator.device)
@@ -262,46 +263,60 @@ class Trainer:
         self.accelerator.print(f"resumed from {path} at step {self.progress.global_step}")
 
     def _confirm_plan(self, stream):
-        """Run the first batch's forward and backward once, without an update, and hold its peak against the
-        memory budget: over it (or out of memory), re-plan once with the measured error and rebuild the
-        model, instead of failing. Returns the stream with that batch still first."""
+        """Run the first batch's forward and backward twice (the second starts with every weight the first
+        step's backward left on the GPU), without an update, and hold the peak against the memory budget:
+        over `CONFIRM_HEADROOM` of it (or out of memory), re-plan once with the measured error and rebuild
+        the model, instead of failing later. Returns the stream with that batch still first."""
+        from ltxv2_diffusers.speed.planner import CONFIRM_HEADROOM
+
         first = next(stream)
         peak = self._probe(first)
         plan, budget = self.plan, self.budget_gib
-        if peak is not None and peak[1] <= budget:
-            self.accelerator.print(f"memory plan confirmed: the first step peaked at {peak[0]:.1f} GiB allocated, "
-                                   f"{peak[1]:.1f} GiB reserved (predicted {plan.peak_gib:.1f}; budget {budget:.1f})")
-            return _prepend(first, stream)
+        limit = budget * CONFIRM_HEADROOM
         if peak is None:
             correction, what = 1.25, "ran out of memory"
         else:
-            correction = 1.05 * max(peak[1] / budget, peak[0] / plan.peak_gib)
+            correction = 1.05 * max(peak[1] / limit, peak[0] / plan.peak_gib)
             what = f"peaked at {peak[1]:.1f} GiB reserved"
-        self.accelerator.print(f"memory plan: the first step {what}, over the {budget:.1f} GiB budget; re-planning "
-                               f"for {correction:.2f}x the predicted peak")
+        if self.world_size > 1:  # every process re-plans, or none: a rebuild is collective
+            worst = torch.tensor([0.0 if peak is not None and peak[1] <= limit else correction],
+                                 device=self.accelerator.device)
+            worst = float(self.accelerator.reduce(worst, reduction="max"))
+            correction = max(correction, worst) if worst else correction
+            if worst and peak is not None and peak[1] <= limit:
+                peak, what = None, "went over the budget on another process"
+        if peak is not None and peak[1] <= limit:
+            self.accelerator.print(f"memory plan confirmed: the first steps peaked at {peak[0]:.1f} GiB allocated, "
+                                   f"{peak[1]:.1f} GiB reserved (predicted {plan.peak_gib:.1f}; budget {budget:.1f})")
+            return _prepend(first, stream)
+        self.accelerator.print(f"memory plan: the first steps {what}, over {limit:.1f} GiB of the {budget:.1f} GiB "
+                               f"budget; re-planning for {correction:.2f}x the predicted peak")
         self._teardown_model()
         self._setup_model(correction=correction)
         self._resume()
-        self.adapter.train()
         return _prepend(first, stream)
 
-    def _probe(self, entry) -> tuple[float, float] | None:
-        """(allocated, reserved) GiB at the peak of one forward and backward of `entry`'s batch, or None
-        when it ran out of memory; the gradients are discarded."""
+    def _probe(self, entry, passes: int = 2) -> tuple[float, float] | None:
+        """(allocated, reserved) GiB at the peak of `passes` forwards and backwards of `entry`'s batch, or
+        None when they ran out of memory; the gradients are discarded."""
         import gc
 
         acc, device = self.accelerator, self.accelerator.device
         _, _, batch = entry
         local = self._local(batch)
         offset = local.pop("_global_offset")
-        gens = self._generators(self.progress.global_step, 0, offset, len(local["keys"]))
+        self.adapter.train()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         peak = None
         try:
-            with acc.autocast(), self.speed.autocast():
-                loss, _ = self.step_fn(local, gens)
-            acc.backward(loss)
+            for _ in range(passes):
+                gens = self._generators(self.progress.global_step, 0, offset, len(local["keys"]))
+                with acc.autocast(), self.speed.autocast():
+                    loss, _ = self.step_fn(local, gens)
+                acc.backward(loss)
+                loss = None
+                acc.unwrap_model(self.adapter).zero_grad(set_to_none=True)
             torch.cuda.synchronize(device)
             peak = (torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30)
         except torch.OutOfMemoryError:
@@ -394,8 +409,7 @@ class Trainer:
                     loss, logs = self.step_fn(local, gens)
                 # Backward runs whatever the loss is, so the host never waits for the forward to finish
                 # before queueing it; a non-finite loss only leaves gradients the step discards.
-                acc.backward(loss / accum)
-                self.speed.accumulate_grads()
+                self.speed.backward(loss / accum, acc)
             losses.append(loss)
             for key, value in logs.items():  # summed on the device, read with the verdict
                 sums[key] = sums.get(key, 0.0) + torch.as_tensor(value).detach().double() / accum
@@ -433,10 +447,8 @@ class Trainer:
                     outcome.extra["grad_norm"] = float(self.speed.clip_grad_norm(self.args.max_grad_norm,
                                                                                  self.accelerator))
                 self.optimizer.step()
-        self.speed.after_optimizer_step()  # fp32 masters -> compute-dtype LoRA (unchanged if skipped)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.speed.master is None:  # fp32 masters already took the model's grads; this walks every parameter
-            self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)  # grads a skipped step left
+        # fp32 masters -> compute-dtype LoRA (unchanged if skipped); gradients cleared
+        self.speed.after_optimizer_step(self.optimizer, self.accelerator.unwrap_model(self.adapter))
         self.progress.global_step += 1
 
     def _account(self, outcome: StepOutcome) -> dict[str, float]:
@@ -524,9 +536,11 @@ class Trainer:
 
             path = self._writing(lambda: self.checkpoints.write(step, fill), self.checkpoints.root)
             self.last_good_checkpoint = path
-            if self.args.save_last_n_steps:
-                for old in self.checkpoints.prune(step - self.args.save_last_n_steps, keep=path):
-                    logger.info("removed old checkpoint %s (--save_last_n_steps)", old)
+            window = self.args.save_last_n_steps or (getattr(self.args, "save_last_n_epochs", None) or 0) * \
+                self.data.batches_per_epoch()
+            if window:
+                for old in self.checkpoints.prune(step - window, keep=path):
+                    logger.info("removed old checkpoint %s (--save_last_n_steps / --save_last_n_epochs)", old)
             from ltxv2_diffusers import plugins
 
             plugins.on_save(path=path, step=step)
@@ -602,6 +616,9 @@ class Trainer:
         self._check_resume()
         self._setup_model()
         self._resume()
+        stream = self._batch_stream()
+        if self.plan is not None:  # before anything holds the model: a re-plan rebuilds it
+            stream = self._confirm_plan(stream)
         acc = self.accelerator
         if args.log_with != "none":
             acc.init_trackers("ltxv2-lora", config={k: v for k, v in args_to_dict(args).items()
@@ -612,9 +629,6 @@ class Trainer:
         if args.sample_at_first and self.progress.global_step == 0:
             self.sample()
         self.adapter.train()
-        stream = self._batch_stream()
-        if self.plan is not None:
-            stream = self._confirm_plan(stream)
         if args.prefetch_batches:
             stream = Prefetcher(stream, depth=args.prefetch_batches, prepare=self._pinned)
         bar = tqdm(total=self.max_steps, initial=self.progress.global_step, disable=not acc.is_local_main_process,
@@ -695,7 +709,8 @@ class Trainer:
 
         acc, args = self.accelerator, self.args
         push_error = None
-        if (args.save_every_n_steps or args.save_every_n_epochs) and self._checkpoint_step != self.progress.global_step:
+        if ((args.save_every_n_steps or args.save_every_n_epochs or getattr(args, "save_state_on_train_end", False))
+                and self._checkpoint_step != self.progress.global_step):
             self.save_checkpoint()
         final = self.output_dir / f"{args.output_name}.safetensors"
         self.speed.flush()

@@ -4,7 +4,7 @@ The forward quantizes each token's activations to e4m3 with a scale of its own a
 `torch._scaled_mm` (row-wise scales, output in the activations' dtype); the input gradient does the
 same with the output gradient, whose columns first take the weight's per-channel scales, since
 there they lie on the contracted axis. Hopper and Ada tensor cores are rated at twice the bf16 rate
-for fp8 (a full-size LTX-2 step: 12 % faster, benchmarks/RESULTS.md), and the weights take half the
+for fp8 (a full-size LTX-2 step: 12 % faster, benchmarks/history.md), and the weights take half the
 memory and half the host-link bytes when swapped.
 Results differ from bf16 by e4m3's rounding (3 mantissa bits: about 3.6 % of a random matmul's
 output), which is why this is a lever the user opts into, like the int8 weights. The LoRA beside

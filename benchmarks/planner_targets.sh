@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The memory planner's targets (issue 22) in one device call: the naive step, then the benchmark step
+# as the planner chooses it for each budget (smaller cards emulated with a per-process memory cap).
+# Usage: bash benchmarks/planner_targets.sh OUTDIR [SET]   (SET: main | more)
+# The naive baseline script must sit beside the repository root (naive_baseline.py), as the device call
+# copies it there. Each run is time-limited so one failure leaves the others' figures.
+set -u
+out=${1:-/tmp/planner}; set_name=${2:-main}; mkdir -p "$out"
+res="$out/results.jsonl"
+step() { local tag=$1 limit=$2; shift 2
+  echo "== $tag: $*" | tee -a "$out/log.txt"
+  timeout "$limit" python3 benchmarks/train_step.py --tag "$tag" --results "$res" "$@" >>"$out/log.txt" 2>&1 \
+    || echo "RESULT {\"tag\": \"$tag\", \"error\": \"exit $?\"}" | tee -a "$res"
+  grep -h "memory plan" "$out/log.txt" | tail -1; grep "\"tag\": \"$tag\"" "$res" | tail -1 | cut -c1-400; }
+# the trainer CLI itself (planner, first-step check) on a model of --num_layers blocks
+trainer() { local tag=$1 limit=$2; shift 2
+  echo "== $tag: trainer $*" | tee -a "$out/log.txt"
+  timeout "$limit" python3 benchmarks/trainer_full_size.py --workdir /tmp/ws --items 4 "$@" >"$out/$tag.txt" 2>&1 \
+    || echo "RESULT {\"tag\": \"$tag\", \"error\": \"exit $?\"}" >>"$out/$tag.txt"
+  grep -h "memory plan\|speed:\|RESULT" "$out/$tag.txt" | cut -c1-400 | tee -a "$res"; }
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,power.limit --format=csv | tee -a "$out/log.txt"
+if [ "$set_name" != cli ]; then
+  echo "== naive" | tee -a "$out/log.txt"
+  timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2
+fi
+if [ "$set_name" = cli ]; then  # a functional check of the trainer's GPU path, not a timed ratio
+  [ -n "${WITH_CLI_AUTO-1}" ] && trainer cli8 100 --num_layers 8 --steps 6 --
+  trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
+elif [ "$set_name" = main ]; then
+  step auto 160 --memory_budget auto --steps 6 --warmup 2
+  step b24 135 --memory_budget 24 --emulate_gib 24 --steps 4 --warmup 2
+  step b16 135 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2
+elif [ "$set_name" = small ]; then
+  step b24 115 --memory_budget 24 --emulate_gib 24 --steps 4 --warmup 2
+  step b16 115 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2
+  [ -n "${WITH_CLI_AUTO:-}" ] && trainer cli8 90 --num_layers 8 --steps 6 --
+  trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
+else
+  step fp8 150 --memory_budget 45 --fp8_base --steps 6 --warmup 2
+  step val960 140 --memory_budget auto --frames 89 --height 544 --width 960 --steps 5 --warmup 2
+  step image 110 --memory_budget auto --frames 1 --steps 5 --warmup 2
+fi
