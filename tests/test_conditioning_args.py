@@ -92,3 +92,12 @@ def test_lora_target_preset_names_the_strategy_as_in_musubi(argv):
     assert args.ic_lora_strategy == "audio_ref_ic"
     args = parse_args(argv("--ltx_mode", "video", "--lora_target_preset", "v2v", "--ic_lora_strategy", "none"))
     assert args.ic_lora_strategy == "none"  # an explicit choice wins
+
+
+def test_musubi_command_gets_musubis_first_frame_default(argv, tmp_path):
+    model = tmp_path / "model.safetensors"
+    args = parse_args(argv("--ltx_mode", "video", "--ltx2_checkpoint", str(model)))
+    assert args.first_frame_conditioning_p == 0.1  # musubi conditions the first frame of every video run
+    args = parse_args(argv("--ltx_mode", "audio", "--ltx2_checkpoint", str(model)))
+    assert args.first_frame_conditioning_p is None  # audio only: nothing to condition
+    assert parse_args(argv("--ltx_mode", "video")).first_frame_conditioning_p is None

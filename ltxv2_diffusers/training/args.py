@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ltxv2_diffusers.models.av_timestep import AV_TIMESTEP_RULES
+from ltxv2_diffusers.conditioning.policy import IC_LORA_FIRST_FRAME_P as MUSUBI_FIRST_FRAME_P
 from ltxv2_diffusers.conditioning.policy import IC_LORA_STRATEGIES
 from ltxv2_diffusers.modes import MODE_ALIASES, MODE_CHOICES, resolve_mode
 from ltxv2_diffusers.timesteps import FORMAT_CHOICES, SIGMA_SAMPLING_CHOICES, parse_timestep_format
@@ -150,7 +151,8 @@ FLAGS: tuple[Flag, ...] = (
     F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
     # --- conditioning (ltxv2_diffusers/conditioning; docs/conditioning.md) ---
     F("--first_frame_conditioning_p", float, None, "probability that an item's first latent frame is given clean "
-      "(timestep 0, no loss): trains image-to-video (default 0.1 with --ic_lora_strategy, else 0)",
+      "(timestep 0, no loss): trains image-to-video (default 0.1 with --ic_lora_strategy or in a musubi command "
+      "(--ltx2_checkpoint), as there; else 0)",
       group="conditioning", aliases=("--ltx2_first_frame_conditioning_p",)),
     F("--ic_lora_strategy", str, None, "IC-LoRA reference conditioning: v2v (video reference, --ltx_mode video), "
       "av_ic (video + audio references), video_ref_only_av (video reference, audio trained without one), "
@@ -547,6 +549,8 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         if mode.has_video and mode.has_audio:
             need(args.video_loss_weight + args.audio_loss_weight > 0,
                  "--video_loss_weight and --audio_loss_weight are both 0: nothing to train")
+    if args.ltx2_checkpoint and args.first_frame_conditioning_p is None and mode is not None and mode.has_video:
+        args.first_frame_conditioning_p = MUSUBI_FIRST_FRAME_P  # musubi's default for every video run
     if args.ic_lora_strategy in (None, "auto") and args.lora_target_preset in IC_LORA_STRATEGIES:
         args.ic_lora_strategy = args.lora_target_preset  # musubi's `auto`: the strategy the preset is made for
     if mode is not None:
