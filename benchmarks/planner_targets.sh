@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The memory planner's targets (issue 22) in one device call: the naive step, then the benchmark step
 # as the planner chooses it for each budget (smaller cards emulated with a per-process memory cap).
-# Usage: bash benchmarks/planner_targets.sh OUTDIR [SET]   (SET: main | more)
+# Usage: bash benchmarks/planner_targets.sh OUTDIR [SET]   (SET: main | small | cli | more: fp8, 960x544x89, one frame)
 # The naive baseline script must sit beside the repository root (naive_baseline.py), as the device call
 # copies it there. Each run is time-limited so one failure leaves the others' figures.
 set -u

@@ -1,6 +1,6 @@
 """The trainer itself on a GPU: the tiny `ltxv2-demo` workspace trained for 6 steps through the
 trainer's CLI (five blocks, so that blocks can be swapped): as the memory planner chooses with the
-GPU's free memory and with a small budget, with hand-set swapped blocks and blocks without recompute
+GPU's free memory, with hand-set swapped blocks and blocks without recompute
 (also with --offload_optimizer), the planner off, and the low-memory path; prints one `TRAINER {json}`
 line per run (exit code, seconds, per-step losses, previews written; the planned run also samples
 previews through LTX2Pipeline). On a CPU the CUDA-only runs are refused.
@@ -18,7 +18,6 @@ ws = write_workspace(root, num_clips=2, num_layers=5)
 run_cache_jobs(ws)
 previews = ["--sample_prompts", str(ws.prompts), "--sample_every_n_steps", "6"]
 runs = {"fast": ["--memory_budget", "off"], "planned": [*previews],
-        "planned_small": ["--memory_budget", "0.05"],
         "swap_norecompute": ["--gradient_checkpointing", "--blocks_to_swap", "2", "--blocks_without_recompute", "2",
                              *previews],
         # same as swap_norecompute with the optimizer in host memory (its losses should match), saving mid-run

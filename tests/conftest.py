@@ -5,12 +5,15 @@
   `accelerate_launch`, `subprocess_env`, `lora_tensors`.
 - `PoisonSteps`: a real plugin whose extra loss is NaN on chosen steps.
 - Tiny LoRA models for the speed tests: `tiny_lora_model`, `tiny_batch`, `adapter_loss`, `lora_grads`.
+- musubi's cache layout as musubi writes and finds it: `write_like_musubi`, `musubi_loader_items`.
+- Flags and plugins: the `files` fixture with `base_argv`, the `pm` fixture (a fresh plugin manager) and `make_plugin`.
 
 Test files import helpers from here (`from conftest import ...`), never from each other.
 """
 
 import atexit
 import fcntl
+import glob
 import importlib.util
 import os
 import pathlib
@@ -18,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 # Tiny models on a small CPU run several times faster single-threaded than with one thread per core
@@ -29,8 +33,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
+from ltxv2_diffusers import plugins  # noqa: E402
+from ltxv2_diffusers.data import musubi  # noqa: E402
 from ltxv2_diffusers.hookspecs import hookimpl  # noqa: E402
 from ltxv2_diffusers.lora import add_lora  # noqa: E402
 from ltxv2_diffusers.models.presets import build_components  # noqa: E402
@@ -243,3 +249,106 @@ def adapter_loss(adapter, batch):
 def lora_grads(transformer):
     """Every gradient of the model, as float copies."""
     return {n: p.grad.float().clone() for n, p in transformer.named_parameters() if p.grad is not None}
+
+
+# --------------------------------------------------------------------------------------------------
+# musubi's cache layout, written and found as musubi's own code does
+
+
+def _musubi_dtype_str(dtype):  # musubi's utils.model_utils.dtype_to_str: torch's own name
+    return str(dtype).split(".")[-1]
+
+
+def write_like_musubi(cache_dir, item_key, bucket, latents, fps=25.0, frame_count=9, audio=None, audio_steps=None,
+                      text=None, video_width=None):
+    """One item as musubi's writers lay it out; `latents`/`audio` already normalized (what its encoders return).
+    `text` (per media file) is written when given, split into video/audio prompt embeds at `video_width`."""
+    os.makedirs(cache_dir, exist_ok=True)
+    w, h = bucket
+    _, f, lh, lw = latents.shape
+    base = os.path.join(cache_dir, f"{item_key}_{w:04d}x{h:04d}_ltx2")
+    save_file({f"latents_{f}x{lh}x{lw}_{_musubi_dtype_str(latents.dtype)}": latents.contiguous()}, base + ".safetensors",
+              metadata={"architecture": "ltx2_v1", "width": str(w), "height": str(h), "format_version": "1.0.1",
+                        "frame_count": str(frame_count), "target_fps": str(float(fps)),
+                        "duration_seconds": str(frame_count / fps)})
+    if audio is not None:
+        c, t, m = audio.shape
+        lengths = torch.tensor(audio_steps if audio_steps is not None else t, dtype=torch.int32)
+        save_file({f"audio_latents_{t}x{m}x{c}_{_musubi_dtype_str(audio.dtype)}": audio.contiguous(),
+                   f"audio_lengths_{_musubi_dtype_str(lengths.dtype)}": lengths}, base + "_audio.safetensors",
+                  metadata={"architecture": "ltx2_v1", "format_version": "1.0.1", "target_fps": str(float(fps)),
+                            "duration_seconds": str(frame_count / fps)})
+    if text is not None:
+        emb, mask, caption = text
+        stem = musubi.media_stem(item_key)
+        d = _musubi_dtype_str(emb.dtype)
+        vw = video_width or emb.shape[-1]
+        sd = {f"video_prompt_embeds_{d}": emb[:, :vw].contiguous(), "prompt_attention_mask": mask.to(torch.int64).clone(),
+              f"text_{d}": emb.clone(), "text_mask": mask.to(torch.int64).clone()}
+        if vw < emb.shape[-1]:
+            sd[f"audio_prompt_embeds_{d}"] = emb[:, vw:].contiguous()
+        save_file(sd, os.path.join(cache_dir, f"{stem}_ltx2_te.safetensors"),
+                  metadata={"architecture": "ltx2_v1", "caption1": caption, "format_version": "1.0.1"})
+
+
+def musubi_loader_items(cache_dir, architecture="ltx2"):
+    """Items musubi's video dataset `prepare_for_training` finds: every `*_{arch}.safetensors`, split on `_`:
+    the last-but-one token is the bucket `WxH`, the one before it the frame window `start-count`, the rest the
+    item key whose `{key}_{arch}_te.safetensors` must exist (else the item is skipped); the audio sidecar is the
+    latent file's name with `_{arch}_audio`. Returns `{latent file: (text file, audio file or None, frame count)}`."""
+    found = {}
+    for cache_file in glob.glob(os.path.join(cache_dir, f"*_{architecture}.safetensors")):
+        tokens = os.path.basename(cache_file).split("_")
+        int_w, int_h = map(int, tokens[-2].split("x"))  # noqa: F841 - musubi parses it; a bad one raises
+        frame_pos, frame_count = map(int, tokens[-3].split("-")[:2])
+        item_key = "_".join(tokens[:-3])
+        te = os.path.join(cache_dir, f"{item_key}_{architecture}_te.safetensors")
+        if not os.path.exists(te):
+            continue
+        audio = cache_file[: -len(f"_{architecture}.safetensors")] + f"_{architecture}_audio.safetensors"
+        found[os.path.basename(cache_file)] = (te, audio if os.path.exists(audio) else None, frame_count)
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# flags and plugins
+
+
+@pytest.fixture()
+def files(tmp_path: Path):
+    """Placeholder dataset config, model and prompts files: enough for flag validation, which opens none."""
+    dataset = tmp_path / "data.toml"
+    dataset.write_text("[[datasets]]\n")
+    model = tmp_path / "ltx-2-19b-dev.safetensors"
+    model.write_bytes(b"")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat --w 64 --h 64 --f 9\n")
+    return dataset, model, prompts
+
+
+def base_argv(files, tmp_path, *extra):
+    """A valid training command line on `files`."""
+    dataset, model, _ = files
+    return ["--dataset_config", str(dataset), "--ltxv2_model", str(model), "--ltxv2_timestep_format",
+            "flowmatch_1_1000", "--output_dir", str(tmp_path / "out"), *extra]
+
+
+@pytest.fixture
+def pm(monkeypatch):
+    """A freshly loaded manager; hand-registered plugins removed after."""
+    plugins.configure(None)
+    before = {name for name, _ in plugins.get_plugin_manager().list_name_plugin()}
+    yield plugins.get_plugin_manager()
+    for name, plugin in plugins.get_plugin_manager().list_name_plugin():
+        if name not in before and plugin is not None:
+            plugins.unregister_plugin(name)
+    monkeypatch.undo()
+    plugins.configure(None)
+
+
+def make_plugin(name: str, **hooks) -> types.ModuleType:
+    """A real module object holding the given hookimpl functions."""
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, fn)
+    return module

@@ -2,14 +2,12 @@
 by frame windows, normalized latents, fps metadata), read as is; our exports found in full by musubi's
 loader rules.
 
-`write_like_musubi` writes files the way musubi's cache writers do (names, keys, dtypes, metadata) and
-`musubi_loader_items` finds items the way its dataset loader does (video datasets): the test's own code,
-from reading musubi's `dataset/cache_io.py`, `ltx2_cache_latents.py` and `dataset/image_video_dataset.py`.
+`write_like_musubi` (conftest) writes files the way musubi's cache writers do (names, keys, dtypes, metadata)
+and `musubi_loader_items` (conftest) finds items the way its dataset loader does (video datasets).
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 
@@ -18,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from conftest import musubi_loader_items, write_like_musubi
 from ltxv2_diffusers.data import musubi
 from ltxv2_diffusers.data.batching import BatchManager, CacheSource
 from ltxv2_diffusers.data.stores import CacheStore, rows_to_stores, tensor_to_columns
@@ -31,61 +30,6 @@ def _stats(seed=0, channels=128, audio_width=128):
     g = torch.Generator().manual_seed(seed)
     return musubi.LatentStats(torch.randn(channels, generator=g), torch.rand(channels, generator=g) + 0.5,
                               torch.randn(audio_width, generator=g), torch.rand(audio_width, generator=g) + 0.5)
-
-
-def _dtype_str(dtype):  # musubi's utils.model_utils.dtype_to_str: torch's own name
-    return str(dtype).split(".")[-1]
-
-
-def write_like_musubi(cache_dir, item_key, bucket, latents, fps=25.0, frame_count=9, audio=None, audio_steps=None,
-                      text=None, video_width=None):
-    """One item as musubi's writers lay it out; `latents`/`audio` already normalized (what its encoders return).
-    `text` (per media file) is written when given, split into video/audio prompt embeds at `video_width`."""
-    os.makedirs(cache_dir, exist_ok=True)
-    w, h = bucket
-    _, f, lh, lw = latents.shape
-    base = os.path.join(cache_dir, f"{item_key}_{w:04d}x{h:04d}_ltx2")
-    save_file({f"latents_{f}x{lh}x{lw}_{_dtype_str(latents.dtype)}": latents.contiguous()}, base + ".safetensors",
-              metadata={"architecture": "ltx2_v1", "width": str(w), "height": str(h), "format_version": "1.0.1",
-                        "frame_count": str(frame_count), "target_fps": str(float(fps)),
-                        "duration_seconds": str(frame_count / fps)})
-    if audio is not None:
-        c, t, m = audio.shape
-        lengths = torch.tensor(audio_steps if audio_steps is not None else t, dtype=torch.int32)
-        save_file({f"audio_latents_{t}x{m}x{c}_{_dtype_str(audio.dtype)}": audio.contiguous(),
-                   f"audio_lengths_{_dtype_str(lengths.dtype)}": lengths}, base + "_audio.safetensors",
-                  metadata={"architecture": "ltx2_v1", "format_version": "1.0.1", "target_fps": str(float(fps)),
-                            "duration_seconds": str(frame_count / fps)})
-    if text is not None:
-        emb, mask, caption = text
-        stem = musubi.media_stem(item_key)
-        d = _dtype_str(emb.dtype)
-        vw = video_width or emb.shape[-1]
-        sd = {f"video_prompt_embeds_{d}": emb[:, :vw].contiguous(), "prompt_attention_mask": mask.to(torch.int64).clone(),
-              f"text_{d}": emb.clone(), "text_mask": mask.to(torch.int64).clone()}
-        if vw < emb.shape[-1]:
-            sd[f"audio_prompt_embeds_{d}"] = emb[:, vw:].contiguous()
-        save_file(sd, os.path.join(cache_dir, f"{stem}_ltx2_te.safetensors"),
-                  metadata={"architecture": "ltx2_v1", "caption1": caption, "format_version": "1.0.1"})
-
-
-def musubi_loader_items(cache_dir, architecture="ltx2"):
-    """Items musubi's video dataset `prepare_for_training` finds: every `*_{arch}.safetensors`, split on `_`:
-    the last-but-one token is the bucket `WxH`, the one before it the frame window `start-count`, the rest the
-    item key whose `{key}_{arch}_te.safetensors` must exist (else the item is skipped); the audio sidecar is the
-    latent file's name with `_{arch}_audio`. Returns `{latent file: (text file, audio file or None, frame count)}`."""
-    found = {}
-    for cache_file in glob.glob(os.path.join(cache_dir, f"*_{architecture}.safetensors")):
-        tokens = os.path.basename(cache_file).split("_")
-        int_w, int_h = map(int, tokens[-2].split("x"))  # noqa: F841 - musubi parses it; a bad one raises
-        frame_pos, frame_count = map(int, tokens[-3].split("-")[:2])
-        item_key = "_".join(tokens[:-3])
-        te = os.path.join(cache_dir, f"{item_key}_{architecture}_te.safetensors")
-        if not os.path.exists(te):
-            continue
-        audio = cache_file[: -len(f"_{architecture}.safetensors")] + f"_{architecture}_audio.safetensors"
-        found[os.path.basename(cache_file)] = (te, audio if os.path.exists(audio) else None, frame_count)
-    return found
 
 
 @pytest.fixture

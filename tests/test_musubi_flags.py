@@ -9,8 +9,7 @@ import logging
 import pytest
 import torch
 
-from test_plugins import pm  # noqa: F401 - the fixture
-from test_train_args import base_argv, files  # noqa: F401 - the fixture
+from conftest import base_argv, make_plugin
 from ltxv2_diffusers import plugins
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.args import parse_args
@@ -29,7 +28,7 @@ DEFINITIONS = {"flowmatch_1_1000": lambda t: (t - 1) / 1000, "legacy_0_1000": la
 @pytest.mark.parametrize("fmt, lo_t, hi_t", [("flowmatch_1_1000", 101, 601), ("legacy_0_1000", 101, 601),
                                              ("sd3_0_1", 0.25, 0.75)])
 @pytest.mark.parametrize("method", ["shifted_logit_normal", "uniform", "sigmoid", "shift"])
-def test_timestep_range_is_read_in_the_declared_format(files, tmp_path, fmt, lo_t, hi_t, method):  # noqa: F811
+def test_timestep_range_is_read_in_the_declared_format(files, tmp_path, fmt, lo_t, hi_t, method):
     argv = base_argv(files, tmp_path, "--timestep_sampling", method, "--discrete_flow_shift", "3")
     argv[argv.index("--ltxv2_timestep_format") + 1] = fmt
     plain = _sigmas(parse_args(argv))
@@ -39,7 +38,7 @@ def test_timestep_range_is_read_in_the_declared_format(files, tmp_path, fmt, lo_
     assert float(ranged.min()) >= lo - 1e-6 and float(ranged.max()) <= hi + 1e-6
 
 
-def test_the_same_numbers_mean_different_sigmas_per_format(files, tmp_path):  # noqa: F811
+def test_the_same_numbers_mean_different_sigmas_per_format(files, tmp_path):
     got = {}
     for fmt in ("flowmatch_1_1000", "legacy_0_1000"):
         argv = base_argv(files, tmp_path, "--timestep_sampling", "uniform", "--min_timestep", "1",
@@ -57,7 +56,7 @@ def test_the_same_numbers_mean_different_sigmas_per_format(files, tmp_path):  # 
     ("legacy_0_1000", ["--min_timestep", "600", "--max_timestep", "500"], "empty sigma range"),
     ("legacy_0_1000", ["--preserve_distribution_shape"], "needs --min_timestep"),
 ])
-def test_timesteps_outside_the_format_fail(files, tmp_path, capsys, fmt, extra, message):  # noqa: F811
+def test_timesteps_outside_the_format_fail(files, tmp_path, capsys, fmt, extra, message):
     argv = base_argv(files, tmp_path, *extra)
     argv[argv.index("--ltxv2_timestep_format") + 1] = fmt
     with pytest.raises(SystemExit):
@@ -86,7 +85,7 @@ def test_sampling_methods_follow_musubis_definitions():
                                LTXV2FlowMatchScheduler().sample_sigmas(n, 4096, generator=g()), rtol=0, atol=0)
 
 
-def test_musubi_spellings_map_onto_ours(files, tmp_path, caplog):  # noqa: F811
+def test_musubi_spellings_map_onto_ours(files, tmp_path, caplog):
     dataset, model, _ = files
     argv = ["--dataset_config", str(dataset), "--ltx2_checkpoint", str(model), "--gemma_root", "/gemma",
             "--ltx2_mode", "va", "--ltxv2_timestep_format", "flowmatch_1_1000", "--output_dir", str(tmp_path),
@@ -105,7 +104,7 @@ def test_musubi_spellings_map_onto_ours(files, tmp_path, caplog):  # noqa: F811
         assert parse_args(base_argv(files, tmp_path, "--ltx2_mode", mode)).mode is expected
 
 
-def test_musubi_keys_in_a_config_file(files, tmp_path):  # noqa: F811
+def test_musubi_keys_in_a_config_file(files, tmp_path):
     dataset, model, _ = files
     config = tmp_path / "run.toml"
     config.write_text(f'dataset_config = "{dataset}"\nltx2_checkpoint = "{model}"\nltx2_mode = "av"\n'
@@ -126,13 +125,13 @@ def test_musubi_keys_in_a_config_file(files, tmp_path):  # noqa: F811
     (["--save_last_n_epochs", "2"], "--save_last_n_epochs needs --save_every_n_steps or --save_every_n_epochs"),
     (["--timestep_sampling", "sigmoid", "--sigma_sampling", "uniform"], "--timestep_sampling sigmoid contradicts"),
 ])
-def test_unsupported_musubi_flags_fail_naming_the_flag(files, tmp_path, capsys, extra, message):  # noqa: F811
+def test_unsupported_musubi_flags_fail_naming_the_flag(files, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
         parse_args(base_argv(files, tmp_path, *extra))
     assert message in capsys.readouterr().err
 
 
-def test_audio_loss_weight_in_video_mode_warns_and_trains_on(files, tmp_path, caplog):  # noqa: F811
+def test_audio_loss_weight_in_video_mode_warns_and_trains_on(files, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ltxv2_diffusers.training.args"):
         args = parse_args(base_argv(files, tmp_path, "--ltx_mode", "video", "--audio_loss_weight", "2"))
     assert args.mode is LtxMode.VIDEO
@@ -142,7 +141,7 @@ def test_audio_loss_weight_in_video_mode_warns_and_trains_on(files, tmp_path, ca
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the rule is for machines without CUDA")
-def test_blocks_to_swap_without_cuda_is_ignored_with_a_warning(files, tmp_path, caplog):  # noqa: F811
+def test_blocks_to_swap_without_cuda_is_ignored_with_a_warning(files, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ltxv2_diffusers.training.args"):
         args = parse_args(base_argv(files, tmp_path, "--gradient_checkpointing", "--blocks_to_swap", "10"))
     assert args.blocks_to_swap is None and any("--blocks_to_swap 10 has no effect" in r.getMessage()
@@ -163,7 +162,7 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-def test_ltx_version_is_checked_against_the_checkpoint(files, tmp_path, checkpoints, capsys, caplog):  # noqa: F811
+def test_ltx_version_is_checked_against_the_checkpoint(files, tmp_path, checkpoints, capsys, caplog):
     def argv(model, *extra):
         a = base_argv(files, tmp_path, *extra)
         a[a.index("--ltxv2_model") + 1] = str(model)
@@ -209,10 +208,8 @@ def test_lora_target_presets_pick_musubis_modules(preset, allowed):
 @pytest.mark.parametrize("fmt, timesteps, sigmas", [("flowmatch_1_1000", [1.0, 501.0, 1000.0], [0.0, 0.5, 0.999]),
                                                    ("legacy_0_1000", [0.0, 500.0, 1000.0], [0.0, 0.5, 1.0]),
                                                    ("sd3_0_1", [0.0, 0.5, 1.0], [0.0, 0.5, 1.0])])
-def test_plugin_supplied_timesteps_are_read_in_the_declared_format(pm, files, tmp_path, fmt, timesteps,  # noqa: F811
+def test_plugin_supplied_timesteps_are_read_in_the_declared_format(pm, files, tmp_path, fmt, timesteps,
                                                                    sigmas):
-    from test_plugins import make_plugin
-
     from ltxv2_diffusers.hookspecs import hookimpl
     from ltxv2_diffusers.plugins import PluginError
 
@@ -228,7 +225,7 @@ def test_plugin_supplied_timesteps_are_read_in_the_declared_format(pm, files, tm
         _sigmas(parse_args(argv), n=3)
 
 
-def test_legacy_shifted_logit_normal_and_musubis_defaults(files, tmp_path):  # noqa: F811
+def test_legacy_shifted_logit_normal_and_musubis_defaults(files, tmp_path):
     n, g = 512, lambda: torch.Generator().manual_seed(4)
     legacy = SigmaSampler("shifted_logit_normal", logit_std=1.5, logit_mode="legacy").sample(n, 2048, g())
     mu = 0.95 + (2.05 - 0.95) / (4096 - 1024) * (2048 - 1024)  # the token-count shift, as the official one

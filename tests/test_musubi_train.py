@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from test_musubi_compat import musubi_loader_items, write_like_musubi
-from conftest import REPO, SCRIPT, baseline_argv, subprocess_env, workspace
+from conftest import REPO, SCRIPT, baseline_argv, musubi_loader_items, subprocess_env, workspace, write_like_musubi
 from ltxv2_diffusers.data import musubi
 from ltxv2_diffusers.data.stores import CacheStore
 from ltxv2_diffusers.training.args import parse_args

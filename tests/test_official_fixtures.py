@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter, LTXV2ModelAdapter
-from ltxv2_diffusers.models.loading import CheckpointKeyError, load_components, load_transformer
+from ltxv2_diffusers.models.keymap import TRANSFORMER_PREFIX, transformer_key_to_official
+from ltxv2_diffusers.models.loading import CheckpointKeyError, load_components, load_transformer, official_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 VERSIONS = ("2.0", "2.3", "2.5")
@@ -122,7 +123,7 @@ def test_release_folder_and_split_files_load_the_text_path_like_official():
     text_file = next((RELEASE_2_5 / "text_encoders").glob("*.safetensors"))
     by_folder = load_components(RELEASE_2_5, torch_dtype=torch.float32)
     by_files = load_components(transformer_file, text_file, components=("connectors",))
-    assert set(by_folder) == {"transformer", "connectors"}
+    assert set(by_folder) == {"transformer", "connectors", "vae"}
     for name, p in by_folder["connectors"].state_dict().items():
         assert torch.equal(p, by_files["connectors"].state_dict()[name]), name
     record = load_file(str(FIXTURES / "ltx-2.5-tiny-text-outputs.safetensors"))
@@ -179,3 +180,41 @@ def test_gemma4_file_gives_the_projection_to_a_transformer_file_alone():
     reference = load_components(RELEASE_2_5, components=("connectors",))["connectors"]
     for name, p in reference.state_dict().items():
         assert torch.equal(backend.connectors.state_dict()[name], p), name
+
+
+def test_diffusion_decoder_vae_file_encodes_like_the_official_encoder():
+    """LTX-2.5's default video VAE file (diffusion decoder, nested config, bare keys): its encoder loads
+    strictly and encodes like the official `VideoEncoder`; decoding names the file to pass instead."""
+    from ltxv2_diffusers.models.loading import is_encoder_only
+
+    vae = load_components(RELEASE_2_5 / "vae" / "ltx-2.5-tiny-video-vae.safetensors")["vae"]
+    assert is_encoder_only(vae)
+    record = load_file(str(FIXTURES / "ltx-2.5-tiny-vae-encoder-outputs.safetensors"))
+    with torch.no_grad():
+        means = vae.encode(record["clip"].float()).latent_dist.mean
+    shape = (1, -1, 1, 1, 1)
+    normalized = (means - vae.latents_mean.view(shape)) / vae.latents_std.view(shape)
+    assert _rel(normalized, record["latents"]) <= RTOL, f"relative difference {_rel(normalized, record['latents']):.2e}"
+    with pytest.raises(RuntimeError, match="video-vae-conv"):
+        vae.decode(means)
+
+
+def test_official_layout_2_5_lora_fuses_like_the_official_loader():
+    """An official-layout LoRA on the tiny 2.5 model: our reader + fuse changes exactly the weights the
+    official loader (400fd31) changes, to within one bf16 rounding (it fuses in bf16, we in fp32)."""
+    from ltxv2_diffusers.lora import apply_lora, read_lora
+
+    lora = read_lora(FIXTURES / "ltx-2.5-tiny-lora.safetensors")
+    assert lora.metadata["base_model_version"] == "2.5.0"
+    transformer = load_transformer(RELEASE_2_5, torch_dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in transformer.state_dict().items()}
+    apply_lora(transformer, lora)
+    ours = official_state_dict(transformer=transformer)
+    changed = {TRANSFORMER_PREFIX + transformer_key_to_official(k)
+               for k, v in transformer.state_dict().items() if not torch.equal(v, before[k])}
+    official = load_file(str(FIXTURES / "ltx-2.5-tiny-lora-fused.safetensors"))
+    assert changed == set(official)
+    for key, ref in official.items():
+        diff = float((ours[key].float() - ref).abs().max() / ref.abs().max())
+        assert diff <= 2**-7, f"{key}: {diff:.2e}"
+

@@ -6,37 +6,16 @@ import argparse
 import math
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
 
+from conftest import make_plugin
 from ltxv2_diffusers import plugins
 from ltxv2_diffusers.hookspecs import hookimpl
 from ltxv2_diffusers.plugins import PluginError, PluginPolicy
 
 BUILTINS = {"default.weighting", "default.sigmas", "default.audio_loss", "default.text_backends"}
-
-
-@pytest.fixture
-def pm(monkeypatch):
-    """A freshly loaded manager; hand-registered plugins removed after."""
-    plugins.configure(None)
-    before = {name for name, _ in plugins.get_plugin_manager().list_name_plugin()}
-    yield plugins.get_plugin_manager()
-    for name, plugin in plugins.get_plugin_manager().list_name_plugin():
-        if name not in before and plugin is not None:
-            plugins.unregister_plugin(name)
-    monkeypatch.undo()
-    plugins.configure(None)
-
-
-def make_plugin(name: str, **hooks) -> types.ModuleType:
-    """A real module object holding the given hookimpl functions."""
-    module = types.ModuleType(name)
-    for hook_name, fn in hooks.items():
-        setattr(module, hook_name, fn)
-    return module
 
 
 def loaded_names() -> set[str]:

@@ -181,6 +181,7 @@ def test_resume_from_fallback_with_a_half_written_metrics_line(tiny_train, tmp_p
     metrics = out / "logs" / "metrics.jsonl"
     with open(metrics, "a") as handle:
         handle.write('{"step": 5, "loss": 0.1')  # cut mid-line
+    assert [m["step"] for m in read_metrics(metrics)] == [1, 2, 3, 4]  # readers skip it too
     assert main(argv(out, 4, "--save_every_n_steps", "2", "--resume", "latest")) == 0
     assert "resumed from" in capsys.readouterr().out
     assert [m["step"] for m in read_metrics(metrics)] == [1, 2, 3, 4]

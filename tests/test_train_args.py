@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import base_argv
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.timesteps import TimestepFormat
+from conftest import base_argv
 from ltxv2_diffusers.training.args import FLAGS, parse_args
 
 # The old musubi LTX-2 training command, every flag of it.
@@ -21,23 +23,6 @@ MUSUBI_FLAGS = [
     "--network_dim", "--network_alpha", "--sample_prompts", "--video_loss_weight", "--audio_loss_weight",
     "--dataset_config",
 ]
-
-
-@pytest.fixture()
-def files(tmp_path: Path):
-    dataset = tmp_path / "data.toml"
-    dataset.write_text("[[datasets]]\n")
-    model = tmp_path / "ltx-2-19b-dev.safetensors"
-    model.write_bytes(b"")
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a cat --w 64 --h 64 --f 9\n")
-    return dataset, model, prompts
-
-
-def base_argv(files, tmp_path, *extra):
-    dataset, model, _ = files
-    return ["--dataset_config", str(dataset), "--ltxv2_model", str(model), "--ltxv2_timestep_format",
-            "flowmatch_1_1000", "--output_dir", str(tmp_path / "out"), *extra]
 
 
 def test_every_musubi_flag_exists():

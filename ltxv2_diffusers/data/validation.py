@@ -144,6 +144,10 @@ def check_files(files: Iterable[str], read: Callable[[str], Iterable[tuple[str, 
     is damaged; it is not remembered, so a repaired file is checked again."""
     damaged: dict[str, str] = {}
     bad: dict[str, dict[str, str]] = {}
+    files = list(files)
+    new = sum(1 for path in files if memo.known(path) is None)
+    if new:  # the first check reads every tensor: say why the start pauses
+        logger.info("checking %d new cache file(s) in %s (shapes, dtypes, NaN/inf; once)", new, memo.root)
     for path in files:
         known = memo.known(path)
         if known is None:

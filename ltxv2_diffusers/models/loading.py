@@ -25,8 +25,8 @@ import torch
 
 from . import keymap
 from .official_config import (
-    OfficialConfigError,
     check_transformer_section,
+    has_diffusion_decoder,
     diffusers_configs_from_official,
     model_version_of,
     official_config_from_diffusers,
@@ -146,8 +146,7 @@ def _vae_config(path: Path) -> dict[str, Any] | None:
 
 
 def _has_diffusion_decoder(path: Path) -> bool:
-    # The diffusion-decoder VAE nests its halves' configs under "encoder" / "decoder".
-    return "encoder" in (_vae_config(path) or {})
+    return has_diffusion_decoder(_vae_config(path) or {})
 
 
 def _component_folders(path: Path) -> dict[str, Path]:
@@ -316,12 +315,10 @@ def _load_official(paths: list[Path], torch_dtype, wanted: tuple[str, ...]) -> d
             f"{where}: the text connectors need the text projection ({PROJECTION_PREFIX}*), which LTX-2.5 keeps "
             "in the text-encoder file (text_encoders/gemma4-...-with-proj-...safetensors): pass that file too"
         )
-    if "vae" in wanted and by_component.get("vae") and "encoder" in config.get("vae", {}):
-        raise OfficialConfigError(
-            f"{where}: this video VAE has a diffusion decoder ({config['vae'].get('_class_name', 'nested config')}), "
-            "which diffusers' AutoencoderKLLTX2Video cannot hold; pass the convolutional one "
-            "(vae/*-video-vae-conv-*.safetensors)"
-        )
+    encoder_only = has_diffusion_decoder(config.get("vae") or {})
+    if encoder_only and by_component.get("vae"):
+        # Its diffusion decoder is no diffusers module: the encoder (all caching needs) and the statistics load.
+        by_component["vae"] = [k for k in by_component["vae"] if not k.startswith("vae.decoder.")]
     configs = diffusers_configs_from_official(config, shapes)
 
     out: dict[str, torch.nn.Module] = {}
@@ -343,6 +340,8 @@ def _load_official(paths: list[Path], torch_dtype, wanted: tuple[str, ...]) -> d
             with init_empty_weights(include_buffers=False):
                 model = _diffusers_class(class_name)(**kwargs)
             down = len(kwargs.get("block_out_channels", ())) or 4
+            if component == "vae" and encoder_only:
+                model.decoder = EncoderOnlyDecoder(where)
             expected = set(model.state_dict())
             extras = {k: tensor(k) for k in keys if _is_unused_statistic(component, k)}
             names = {_from_official(component, k, down): k for k in keys if k not in extras}
@@ -366,6 +365,25 @@ def _load_official(paths: list[Path], torch_dtype, wanted: tuple[str, ...]) -> d
             setattr(model, OFFICIAL_EXTRAS_ATTR, extras)
             out[component] = model.eval()
     return out
+
+
+class EncoderOnlyDecoder(torch.nn.Module):
+    """Stands for the diffusion decoder of a video VAE file: it refuses to decode, naming what to pass."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(
+            f"{self.source}: this video VAE's decoder is a diffusion decoder, which diffusers cannot run; it encodes "
+            "(caching) but cannot decode (previews): pass the convolutional one, vae/*-video-vae-conv-*.safetensors"
+        )
+
+
+def is_encoder_only(vae: torch.nn.Module) -> bool:
+    """True for a video VAE loaded from a diffusion-decoder file (see `EncoderOnlyDecoder`)."""
+    return isinstance(getattr(vae, "decoder", None), EncoderOnlyDecoder)
 
 
 def official_files(path_or_repo: str | os.PathLike, *more_paths: str | os.PathLike) -> list[Path] | None:

@@ -285,6 +285,36 @@ def vae_config_from_official(v: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+def has_diffusion_decoder(v: Mapping[str, Any]) -> bool:
+    """True for the `"vae"` section of a video VAE whose decoder is a diffusion decoder (LTX-2.5's default
+    `ltx-2.5-video-vae-*`): its halves' configs nest under `"encoder"` / `"decoder"`."""
+    return isinstance(v.get("encoder"), Mapping)
+
+
+# A placeholder decoder for an encoder-only video VAE: the smallest diffusers builds (it is never loaded
+# nor run; `models.loading` swaps it for a module that refuses to decode).
+_PLACEHOLDER_DECODER = {"decoder_blocks": [["res_x", {"num_layers": 1}], ["compress_all", {"multiplier": 1}],
+                                           ["res_x", {"num_layers": 1}]], "decoder_base_channels": 1}
+
+
+def encoder_only_vae_config_from_official(v: Mapping[str, Any]) -> dict[str, Any]:
+    """`AutoencoderKLLTX2Video` kwargs for the encoder of a diffusion-decoder VAE section (see
+    `has_diffusion_decoder`), with a placeholder decoder."""
+    e = v["encoder"]
+    flat = {
+        "dims": e.get("dims", v.get("dims", 3)),
+        "in_channels": e.get("in_channels", 3),
+        "latent_channels": e.get("out_channels", v.get("latent_channels", 128)),
+        "encoder_blocks": e.get("blocks", e.get("encoder_blocks", [])),
+        "patch_size": e.get("patch_size", 4),
+        "norm_layer": e.get("norm_layer", "pixel_norm"),
+        "latent_log_var": e.get("latent_log_var", "uniform"),
+        "encoder_spatial_padding_mode": e.get("spatial_padding_mode", v.get("encoder_spatial_padding_mode", "zeros")),
+        **_PLACEHOLDER_DECODER,
+    }
+    return vae_config_from_official(flat)
+
+
 def audio_vae_config_from_official(a: Mapping[str, Any]) -> dict[str, Any]:
     """`AutoencoderKLLTX2Audio` kwargs from an official `"audio_vae"` section."""
     params = a.get("model", {}).get("params", {})
@@ -363,7 +393,9 @@ def diffusers_configs_from_official(
         out["transformer"] = ("LTX2VideoTransformer3DModel", transformer_config_from_official(t))
         out["connectors"] = ("LTX2TextConnectors", connectors_config_from_official(t, shapes))
     if config.get("vae") is not None:
-        out["vae"] = ("AutoencoderKLLTX2Video", vae_config_from_official(config["vae"]))
+        v = config["vae"]
+        kwargs = encoder_only_vae_config_from_official(v) if has_diffusion_decoder(v) else vae_config_from_official(v)
+        out["vae"] = ("AutoencoderKLLTX2Video", kwargs)
     if config.get("audio_vae") is not None:
         out["audio_vae"] = ("AutoencoderKLLTX2Audio", audio_vae_config_from_official(config["audio_vae"]))
     if config.get("vocoder") is not None:

@@ -14,9 +14,6 @@ import torch
 
 from .block_swap import check_swap_count
 
-# A budget of "off" keeps the levers as set by hand; "auto" is the device's free memory less this margin
-# (other processes' growth, the CUDA context of libraries loaded later).
-AUTO_MARGIN_GIB = 1.5
 OFFLOAD_NEEDS_FAST = ("--offload_optimizer offloads the fast path's fp32 master weights; it needs bf16 compute "
                       "(drop --speed naive)")
 FP8_NEEDS_FAST = "--fp8_base multiplies the fast path's bf16 activations in fp8; drop --speed naive"
@@ -140,16 +137,17 @@ class SpeedOptions:
         """Whether the compiled blocks do the recomputation themselves instead of diffusers' checkpointing."""
         return compiled_recompute(compile=self.compile, recompute=self.recompute, checkpointing=checkpointing)
 
-    def problems(self, num_blocks: int | None = None, checkpointing: bool = True) -> list[str]:
+    def problems(self, num_blocks: int | None = None, checkpointing: bool = True, *, device: bool = True) -> list[str]:
         """Everything wrong with this combination, one message each (naming the flags and what to do), for
         a model of `num_blocks` transformer blocks (None: not known yet) with diffusers' gradient
-        checkpointing as the run sets it."""
+        checkpointing as the run sets it. `device=False` leaves out that the memory levers want CUDA (the
+        user's flags must run on CUDA; tests and benchmarks stream blocks on a CPU on purpose)."""
         out: list[str] = []
         cuda_only = [flag for flag, on in (("--low_memory", self.low_memory), ("--blocks_to_swap", self.blocks_to_swap),
                                            ("--activation_memory_budget", self.activation_memory_budget is not None),
                                            ("--blocks_without_recompute", self.blocks_without_recompute),
                                            ("--offload_optimizer", self.offload_optimizer)) if on]
-        if self.device_type != "cuda" and cuda_only:
+        if device and self.device_type != "cuda" and cuda_only:
             out.append(f"{' / '.join(cuda_only)} need a CUDA device and none is available (this run is on "
                        f"{self.device_type}); drop them to train on this machine")
         naive = self.naive and self.device_type == "cuda"
@@ -227,9 +225,9 @@ def compiled_recompute(*, compile: bool, recompute: str, checkpointing: bool) ->
 
 
 def check_options(options: SpeedOptions, num_blocks: int, checkpointing: bool) -> bool:
-    """Raise ValueError with `options.problems(...)` for a model of `num_blocks` blocks, if any; returns
-    whether the compiled blocks recompute (`compiled_recompute`)."""
-    problems = options.problems(num_blocks, checkpointing)
+    """Raise ValueError with `options.problems(...)` for a model of `num_blocks` blocks, if any (the device
+    rule is the flags' check, `args_problems`); returns whether the compiled blocks recompute."""
+    problems = options.problems(num_blocks, checkpointing, device=False)
     if problems:
         raise ValueError("; ".join(problems))
     return options.compiled_recompute(checkpointing)

@@ -60,7 +60,9 @@ CONFIRM_HEADROOM = 0.95
 # an H200; and the host link's rate for pinned copies (55 GB/s measured, less for many copies at once).
 MATMUL_RATE = 830e12
 LINK_RATE = 50e9
-BASES = ("bf16", "int8", "fp8")
+# `--memory_budget auto` is the device's free memory less this margin (other processes' growth, the CUDA
+# context of libraries loaded later).
+AUTO_MARGIN_GIB = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,7 +291,7 @@ def explain(fig: ModelFigures, work: Workload, plan: Plan) -> str:
             f"{need:.0f}){fewer}")
 
 
-def resolve_budget(budget: float | str, device=None, margin_gib: float = 1.5) -> float:
+def resolve_budget(budget: float | str, device=None, margin_gib: float = AUTO_MARGIN_GIB) -> float:
     """GiB for a `--memory_budget`: a number as given; 'auto' is the device's free memory less `margin_gib`."""
     if budget != "auto":
         return float(budget)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any
 
 import torch
 
 from .block_swap import LTX2_TEXT_KEYS_VALUES, BlockSwapper, evenly_spaced
 from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
-from .options import SpeedOptions, check_options, compiled_recompute
+from .options import SpeedOptions, check_options
 from .optim.master_weights import MasterWeights
 from .optim.optimizer_offload import HostMasterWeights, OffloadedAdamW
 from .quant.fp8 import check_fp8_device, fp8_base_weights

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-GEMMA_CONFIG_KEY = "gemma_config"
+from ltxv2_diffusers.models.loading import GEMMA_CONFIG_KEY, PROJECTION_PREFIX, CheckpointKeyError
+
 TOKENIZER_KEY = "tokenizer_json"
 ASSET_PREFIX = "hf_asset__"
-_NOT_GEMMA = ("text_embedding_projection.", TOKENIZER_KEY, ASSET_PREFIX)
+_NOT_GEMMA = (PROJECTION_PREFIX, TOKENIZER_KEY, ASSET_PREFIX)
 # ComfyUI's names for the Gemma 4 base model's embedders.
 _COMFY_TOWERS = {"vision_model.": "vision_embedder.", "multi_modal_projector.": "embed_vision.",
                  "audio_projector.": "embed_audio."}
@@ -46,8 +47,6 @@ def load_gemma_file(path: str | os.PathLike, dtype: torch.dtype | None = None):
     from accelerate import init_empty_weights
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from ltxv2_diffusers.models.loading import CheckpointKeyError
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}

@@ -18,14 +18,7 @@ class MetricsLog:
         """Keep only lines of steps <= `step` (0: start a fresh file); a line a kill cut short is dropped."""
         if not self.path.is_file():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # half-written by a killed run
-            if isinstance(entry, dict) and entry.get("step", 0) <= step:
-                kept.append(line)
+        kept = [line for line, entry in _lines(self.path) if entry.get("step", 0) <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         tmp.replace(self.path)
@@ -41,8 +34,18 @@ class MetricsLog:
             raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
 
+def _lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`(line, entry)` of every complete line; a line a killed run left half-written is skipped."""
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            yield line, entry
+
+
 def read_metrics(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The entries of a metrics.jsonl file, in order."""
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            yield json.loads(line)
+    """The entries of a metrics.jsonl file, in order (a half-written last line is skipped)."""
+    for _line, entry in _lines(Path(path)):
+        yield entry

@@ -20,7 +20,7 @@ from ltxv2_diffusers.lora import (
 from ltxv2_diffusers.lora import lora_metadata as make_metadata
 from ltxv2_diffusers.lora.targets import mode_allows
 from ltxv2_diffusers.models.adapter import adapter_class_for_mode
-from ltxv2_diffusers.models.loading import load_components, read_transformer_config
+from ltxv2_diffusers.models.loading import is_encoder_only, load_components, read_transformer_config
 from ltxv2_diffusers.models.official_config import model_version_of
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
@@ -126,6 +126,9 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
             p.data = p.data.float()
     preview = {}
     if keep_preview_parts:
+        if is_encoder_only(parts["vae"]):
+            raise ValueError(f"--vae {' '.join(sources)}: previews decode video, which this VAE's diffusion decoder "
+                             "cannot do here; pass --vae vae/*-video-vae-conv-*.safetensors")
         preview = {name: parts[name].to(device).eval() for name in ("vae", "audio_vae", "vocoder") if name in parts}
         if "vocoder" not in preview:
             raise ValueError(f"previews need the vocoder, which {' '.join(sources)} lacks (LTX-2.5: pass --audio_vae)")

@@ -27,6 +27,7 @@ class OutputDirLock:
         self.path = Path(output_dir) / LOCK_NAME
         self._fd: int | None = None
         self.taken_over: str | None = None  # the holder a killed run left in the file, if any
+        self.unprotected: str | None = None  # why the folder could not be locked (a file system without locks)
 
     def acquire(self) -> "OutputDirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,9 +39,10 @@ class OutputDirLock:
             os.close(fd)
             raise OutputDirBusy(f"--output_dir {self.path.parent} is in use by another run ({holder}); wait for it "
                                 "to end or choose another --output_dir") from None
-        except OSError as exc:  # a filesystem without locks: say so rather than run unprotected silently
+        except OSError as exc:  # a file system without locks: run, but not silently unprotected
             os.close(fd)
-            raise OutputDirBusy(f"--output_dir {self.path.parent}: cannot lock {self.path} ({exc})") from None
+            self.unprotected = f"cannot lock {self.path} ({exc.strerror or exc}): a second run there would not be stopped"
+            return self
         # A clean release empties the file: text left in it is a run that died holding the lock.
         self.taken_over = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or None
         os.ftruncate(fd, 0)

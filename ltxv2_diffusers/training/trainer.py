@@ -110,6 +110,8 @@ class Trainer:
                 raise TrainingFailed(str(exc)) from None
             except OSError as exc:
                 raise TrainingFailed(f"--output_dir {self.output_dir}: cannot write there ({exc})") from None
+            if self.lock.unprotected:
+                logger.warning("--output_dir %s: %s", self.output_dir, self.lock.unprotected)
             if self.lock.taken_over:
                 logger.warning("--output_dir %s: the run that held it (%s) ended without releasing it; taking over",
                                self.output_dir, self.lock.taken_over)
