@@ -8,22 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import base_argv
 from ltxv2_diffusers.conditioning.metadata import conditioning_metadata
 from ltxv2_diffusers.training.args import parse_args
 
 
 @pytest.fixture()
-def argv(tmp_path: Path):
-    dataset = tmp_path / "data.toml"
-    dataset.write_text("[[datasets]]\n")
-    model = tmp_path / "model.safetensors"
-    model.write_bytes(b"")
-
-    def make(*extra):
-        return ["--dataset_config", str(dataset), "--ltxv2_model", str(model), "--ltxv2_timestep_format",
-                "flowmatch_1_1000", "--output_dir", str(tmp_path / "out"), *extra]
-
-    return make
+def argv(files, tmp_path: Path):
+    return lambda *extra: base_argv(files, tmp_path, *extra)
 
 
 def test_musubi_spellings_and_defaults(argv):
@@ -94,8 +86,8 @@ def test_lora_target_preset_names_the_strategy_as_in_musubi(argv):
     assert args.ic_lora_strategy == "none"  # an explicit choice wins
 
 
-def test_musubi_command_gets_musubis_first_frame_default(argv, tmp_path):
-    model = tmp_path / "model.safetensors"
+def test_musubi_command_gets_musubis_first_frame_default(argv, files):
+    model = files[1]
     args = parse_args(argv("--ltx_mode", "video", "--ltx2_checkpoint", str(model)))
     assert args.first_frame_conditioning_p == 0.1  # musubi conditions the first frame of every video run
     args = parse_args(argv("--ltx_mode", "audio", "--ltx2_checkpoint", str(model)))
