@@ -202,7 +202,9 @@ class Trainer:
             self.requested = SpeedOptions.from_args(args, device)
             self._check_block_counts(self.requested)
         options = self._plan_memory(self.requested, correction)
-        self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
+        # Previews render on the main process only: the others need neither the decoders nor the prompts.
+        previews_here = self._previews_enabled() and self.accelerator.is_main_process
+        self.bundle = build_training_model(args, device=device, keep_preview_parts=previews_here)
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
         self.accelerator.print(self.speed.summary())
         if not self.speed.trainable_params:
@@ -236,7 +238,7 @@ class Trainer:
     def _check_resume(self):
         """Find the checkpoint to resume from (the newest intact one for `latest`) and check that this
         run's flags and items continue it, before the model loads; a fresh run starts fresh logs."""
-        from ltxv2_diffusers.training.resume import check_resume_flags, report_item_changes
+        from ltxv2_diffusers.training.resume import batching_change, check_resume_flags, report_item_changes
 
         path = ckpt.resolve_resume(self.args.resume, self.output_dir)
         if path is None:
@@ -249,6 +251,9 @@ class Trainer:
         check_resume_flags(saved, args_to_dict(self.args), self.args.resume_override or (), path)
         if self.accelerator.is_main_process:
             report_item_changes(ckpt.saved_items(path), self.data.item_keys(), path)
+            change = batching_change(ckpt.saved_batching(path), self.data.batching(), path)
+            if change:
+                (logger.warning if change[0] == "warning" else self.accelerator.print)(change[1])
         self._resume_from = path
 
     def _resume(self):
@@ -533,13 +538,16 @@ class Trainer:
             def fill(tmp: Path) -> None:
                 save_lora_files(self.bundle, self.args, tmp, f"{self.args.output_name}-step{step:08d}", step)
                 ckpt.save_training_state(tmp, adapter, self.optimizer, self.lr_scheduler, self.progress,
-                                         extra={"args": args_to_dict(self.args), "items": self.data.item_keys()},
+                                         extra={"args": args_to_dict(self.args), "items": self.data.item_keys(),
+                                                "batching": self.data.batching()},
                                          master=self.speed.master)
 
             path = self._writing(lambda: self.checkpoints.write(step, fill), self.checkpoints.root)
             self.last_good_checkpoint = path
-            window = self.args.save_last_n_steps or (getattr(self.args, "save_last_n_epochs", None) or 0) * \
-                self.data.batches_per_epoch()
+            # an epoch is batches_per_epoch / gradient_accumulation_steps optimizer steps
+            window = self.args.save_last_n_steps or math.ceil(
+                (getattr(self.args, "save_last_n_epochs", None) or 0) * self.data.batches_per_epoch()
+                / self.args.gradient_accumulation_steps)
             if window:
                 for old in self.checkpoints.prune(step - window, keep=path):
                     logger.info("removed old checkpoint %s (--save_last_n_steps / --save_last_n_epochs)", old)
@@ -626,7 +634,7 @@ class Trainer:
             acc.init_trackers("ltxv2-lora", config={k: v for k, v in args_to_dict(args).items()
                                                    if isinstance(v, (int, float, str, bool))})
         plugins.on_train_start(args=args, model=acc.unwrap_model(self.adapter))
-        if self._previews_enabled():
+        if self._previews_enabled() and acc.is_main_process:
             self.bundle.prepare_prompts(args, acc.device)
         if args.sample_at_first and self.progress.global_step == 0:
             self.sample()

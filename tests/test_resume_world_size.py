@@ -1,0 +1,67 @@
+"""Resume on another number of processes through a real `accelerate launch` (gloo on the CPU): with the
+same global batch, a checkpoint saved by one process continues in two and one saved by two continues in
+one, and both end with the LoRA of the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import SAVE_EVERY, STEPS, accelerate_launch, baseline_argv, baseline_run, lora_tensors, workspace
+from ltxv2_diffusers.training.logging import read_metrics
+from ltxv2_diffusers.training.resume import batching_change
+
+
+def _assert_same_run(reference, resumed, first_step: int) -> None:
+    a, b = lora_tensors(reference / "demo_lora.safetensors"), lora_tensors(resumed / "demo_lora.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+    expected = [m for m in read_metrics(reference / "logs" / "metrics.jsonl") if m["step"] >= first_step]
+    got = list(read_metrics(resumed / "logs" / "metrics.jsonl"))
+    assert [m["step"] for m in got] == list(range(first_step, STEPS + 1))
+    assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in expected], rel=1e-4)
+    assert [m["lr"] for m in got] == pytest.approx([m["lr"] for m in expected], rel=1e-6)
+
+
+def test_batching_change_names_the_batch_size_that_keeps_the_global_batch():
+    saved = {"processes": 2, "global_batch_sizes": [4, 2]}
+    assert batching_change(saved, dict(saved), "ck") is None
+    assert batching_change(None, saved, "ck") is None  # older checkpoints did not record it
+    kind, message = batching_change(saved, {"processes": 4, "global_batch_sizes": [4, 2]}, "ck")
+    assert kind == "info" and "saved by 2 process(es), continuing on 4" in message
+    # the user kept batch_size (per process) while halving the processes: the global batch halves
+    kind, message = batching_change(saved, {"processes": 1, "global_batch_sizes": [2, 1]}, "ck")
+    assert kind == "warning" and "from [4, 2] to [2, 1]" in message and "batch_size = 4, 2" in message
+    kind, message = batching_change(saved, {"processes": 4, "global_batch_sizes": [8, 4]}, "ck")
+    assert kind == "warning" and "batch_size = 1, (none: 2 does not split over 4)" in message
+
+
+@pytest.mark.slow
+def test_resume_across_world_sizes(tmp_path_factory, tmp_path):
+    ws = workspace(tmp_path_factory)
+    single = baseline_run(tmp_path_factory)  # 1 process, batch_size 2, checkpoints every SAVE_EVERY steps
+    # Two processes with batch_size 1 each: the same global batch of 2 (dataset paths stay relative to it).
+    per_process = ws.dataset_config.with_name("dataset_per_process_resume.toml")
+    text = ws.dataset_config.read_text(encoding="utf-8")
+    assert "batch_size = 2" in text
+    per_process.write_text(text.replace("batch_size = 2", "batch_size = 1"), encoding="utf-8")
+
+    # saved by 1 process at step 2 -> continued by 2 processes to the end
+    two = tmp_path / "two"
+    start = single / "checkpoints" / f"step-{SAVE_EVERY:08d}"
+    proc = accelerate_launch(baseline_argv(ws, two, extra=["--dataset_config", str(per_process),
+                                                          "--resume", str(start)]), num_processes=2)
+    assert "saved by 1 process(es), continuing on 2 with the same global batch" in proc.stdout
+    _assert_same_run(single, two, SAVE_EVERY + 1)
+
+    # saved by those 2 processes at step 4 -> continued by 1 process to the end
+    saved_by_two = two / "checkpoints" / f"step-{2 * SAVE_EVERY:08d}"
+    state = json.loads((saved_by_two / "training_state.json").read_text(encoding="utf-8"))
+    assert state["batching"] == {"processes": 2, "global_batch_sizes": [2]}
+    one = tmp_path / "one"
+    proc = accelerate_launch(baseline_argv(ws, one, extra=["--resume", str(saved_by_two)]))
+    assert "saved by 2 process(es), continuing on 1 with the same global batch" in proc.stdout
+    _assert_same_run(single, one, 2 * SAVE_EVERY + 1)
