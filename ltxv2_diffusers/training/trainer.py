@@ -241,6 +241,7 @@ class Trainer:
         from ltxv2_diffusers.training.resume import batching_change, check_resume_flags, report_item_changes
 
         path = ckpt.resolve_resume(self.args.resume, self.output_dir)
+        self._check_same_checkpoint(path)
         if path is None:
             if self.args.resume == "latest":
                 logger.warning("--resume latest: no checkpoint in %s yet, starting from scratch", self.output_dir)
@@ -255,6 +256,19 @@ class Trainer:
             if change:
                 (logger.warning if change[0] == "warning" else self.accelerator.print)(change[1])
         self._resume_from = path
+
+    def _check_same_checkpoint(self, path: Path | None) -> None:
+        """Every process must resume from the same checkpoint: on several machines an --output_dir that is
+        not one shared folder would let one machine start from scratch while another resumes."""
+        if self.world_size == 1:
+            return
+        from accelerate.utils import gather_object
+
+        seen = gather_object([None if path is None else str(path)])
+        if len(set(seen)) > 1:
+            found = ", ".join(f"process {i}: {s or 'none'}" for i, s in enumerate(seen))
+            raise TrainingFailed(f"--resume {self.args.resume}: the processes found different checkpoints ({found}); "
+                                 "on several machines --output_dir must be a folder every machine shares")
 
     def _resume(self):
         path = self._resume_from
