@@ -49,11 +49,12 @@ def test_resume_across_world_sizes(tmp_path_factory, tmp_path):
     assert "batch_size = 2" in text
     per_process.write_text(text.replace("batch_size = 2", "batch_size = 1"), encoding="utf-8")
 
-    # saved by 1 process at step 2 -> continued by 2 processes to the end
+    # saved by 1 process at step 2 -> continued by 2 processes to the end; with gradient checkpointing
+    # there, whose recompute must not disturb DDP's gradient sync (and changes no value)
     two = tmp_path / "two"
     start = single / "checkpoints" / f"step-{SAVE_EVERY:08d}"
-    proc = accelerate_launch(baseline_argv(ws, two, extra=["--dataset_config", str(per_process),
-                                                          "--resume", str(start)]), num_processes=2)
+    proc = accelerate_launch(baseline_argv(ws, two, extra=["--dataset_config", str(per_process), "--resume", str(start),
+                                                          "--gradient_checkpointing"]), num_processes=2)
     assert "saved by 1 process(es), continuing on 2 with the same global batch" in proc.stdout
     _assert_same_run(single, two, SAVE_EVERY + 1)
 

@@ -243,7 +243,7 @@ class Trainer:
         path = ckpt.resolve_resume(self.args.resume, self.output_dir)
         self._check_same_checkpoint(path)
         if path is None:
-            if self.args.resume == "latest":
+            if self.args.resume == "latest" and self.accelerator.is_main_process:
                 logger.warning("--resume latest: no checkpoint in %s yet, starting from scratch", self.output_dir)
             if self.accelerator.is_main_process:
                 self.metrics.truncate_after(0)  # a previous run's lines are not this run's
