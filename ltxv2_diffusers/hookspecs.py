@@ -108,6 +108,22 @@ def ltxv2_transform_batch(batch, args):
 
 
 @hookspec
+def ltxv2_conditioning_masks(batch, args, generator):
+    """Add a conditioning kind: target tokens kept clean this step (timestep 0, left out of the loss).
+
+    Arguments: ``batch`` — the batch dict (after ``ltxv2_transform_batch``); ``args`` — parsed flags;
+    ``generator`` — the step's ``torch.Generator``, a list of one per item, or None (draw from it for
+    reproducible runs).
+    Returns: a dict ``{"video": mask, "audio": mask}`` (either key optional) of bool tensors ``[B, N]``
+    over the target's packed tokens (video: ``F*H*W`` in frame, row, column order; audio: latent
+    frames), True = kept clean; or None. Every plugin is called; the masks are OR-ed with each other
+    and with the built-in first-frame / extension masks. To condition on extra content instead (a depth
+    map, a pose video), put its latents in the batch as ``reference_latents`` from
+    ``ltxv2_transform_batch`` and train with an ``--ic_lora_strategy`` that uses a video reference.
+    """
+
+
+@hookspec
 def ltxv2_on_train_start(args, model):
     """Called once before the first training step.
 

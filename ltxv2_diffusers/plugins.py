@@ -15,7 +15,7 @@ import importlib.metadata
 import textwrap
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Mapping
 
 import pluggy
 
@@ -251,6 +251,19 @@ def transform_batch(batch, args):
         result = impl.function(*[call[a] for a in impl.argnames])
         batch = batch if result is None else result
     return batch
+
+
+def conditioning_masks(batch, args, generator) -> dict[str, Any]:
+    """Every plugin's clean-token masks per modality, OR-ed (empty when no plugin adds any)."""
+    merged: dict[str, Any] = {}
+    for result in get_plugin_manager().hook.ltxv2_conditioning_masks(batch=batch, args=args, generator=generator):
+        if not isinstance(result, Mapping) or not set(result) <= {"video", "audio"}:
+            raise PluginError(None, "ltxv2_conditioning_masks",
+                              f"must return a dict with 'video' and/or 'audio' masks or None, got {result!r:.200}")
+        for name, mask in result.items():
+            if mask is not None:
+                merged[name] = mask if name not in merged else merged[name] | mask
+    return merged
 
 
 def add_arguments(parser) -> None:

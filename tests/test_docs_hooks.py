@@ -38,7 +38,7 @@ def doc_sections() -> dict[str, tuple[list[str], str]]:
 def test_every_hook_is_documented_with_its_signature():
     sections = doc_sections()
     hooks = plugins.hook_names()
-    assert len(hooks) == 11
+    assert len(hooks) == 12
     missing = sorted(set(hooks) - set(sections))
     assert not missing, f"docs/plugins.md lacks a '### name(args)' section for {missing}"
     stale = sorted(set(sections) - set(hooks))

@@ -32,7 +32,21 @@ def _main(argv=None) -> int:
     config, listing = common.load_items(args, mode)
     encoder = AudioLatentEncoder(args.vae, device=args.device, dtype=args.vae_dtype, decode_workers=args.num_workers)
     report = common.run_job(args, listing, encoder)
-    return common.finish(report, args, cache_directories(config), listing.items)
+    code = common.finish(report, args, cache_directories(config), listing.items)
+    if any(e.reference_audio_directories for e in config.datasets):
+        from ltxv2_diffusers.data.jobs import run_cache_job
+        from ltxv2_diffusers.data.references import ReferenceAudioEncoder, reference_audio_items
+
+        # Reference audio: the same map job, its own cache kind; a missing reference skips only its item.
+        items, bad = reference_audio_items(listing.items, config)
+        ref_encoder = ReferenceAudioEncoder(args.vae, device=args.device, dtype=args.vae_dtype,
+                                            decode_workers=args.num_workers,
+                                            audio_vae_module=getattr(encoder, "_m_vae", None))
+        ref_report = run_cache_job(items, ref_encoder, listing_bad=bad, batch_size=args.batch_size,
+                                   num_proc=args.num_proc, skip_existing=args.skip_existing, repair=args.repair)
+        dirs = sorted({d for e in config.datasets for d in e.reference_audio_cache_directories})
+        code = max(code, common.finish(ref_report, args, dirs, items))
+    return code
 
 
 def main(argv=None) -> int:

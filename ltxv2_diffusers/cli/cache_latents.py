@@ -17,7 +17,38 @@ def build_parser():
                    help="temporal tiles of this many frames (multiple of 8) for long clips")
     p.add_argument("--vae_spatial_tile_sample_min_size", type=int, default=None,
                    help="musubi flag: spatial tile size in pixels (implies --vae_tiling)")
+    ref = p.add_argument_group("IC-LoRA references (datasets with reference_directory; docs/conditioning.md)")
+    ref.add_argument("--reference_downscale", type=int, default=1,
+                     help="encode references at 1/N of the item's width and height (train with the same value)")
+    ref.add_argument("--reference_temporal_scale", type=int, default=1,
+                     help="keep the first reference frame, then every N-th (train with the same value)")
+    ref.add_argument("--reference_frames", type=int, default=None,
+                     help="frames of each video reference, 8k+1 (default: the item's; a dataset's reference_frames wins)")
     return p
+
+
+def cache_references(args, config, listing, encoder) -> int | None:
+    """The reference job of the datasets that have references (None when none has): same map job, its own
+    cache kind; an item whose reference is missing or unusable is reported and skipped."""
+    from ltxv2_diffusers.data.jobs import run_cache_job
+    from ltxv2_diffusers.data.references import ReferenceLatentEncoder, reference_items
+
+    if not any(e.reference_directories for e in config.datasets):
+        return None
+    if args.reference_downscale < 1 or args.reference_temporal_scale < 1:
+        raise ValueError("--reference_downscale and --reference_temporal_scale must be >= 1")
+    if args.reference_frames is not None and (args.reference_frames < 1 or (args.reference_frames - 1) % 8):
+        raise ValueError(f"--reference_frames {args.reference_frames} must be 8k+1 (1, 9, 17, ...)")
+    items, bad = reference_items(listing.items, config, args.reference_downscale, args.reference_temporal_scale,
+                                 args.reference_frames)
+    ref_encoder = ReferenceLatentEncoder(
+        encoder.vae, device=encoder.device, dtype=encoder.dtype, tiling=encoder.tiling, tile_size=encoder.tile_size,
+        chunk_size=encoder.chunk_size, decode_workers=encoder.decode_workers,
+        vae_module=getattr(encoder, "_m_vae", None))
+    report = run_cache_job(items, ref_encoder, listing_bad=bad, batch_size=args.batch_size, num_proc=args.num_proc,
+                           skip_existing=args.skip_existing, repair=args.repair)
+    dirs = sorted({d for e in config.datasets for d in e.reference_cache_directories})
+    return common.finish(report, args, dirs, items)
 
 
 def _main(argv=None) -> int:
@@ -40,7 +71,9 @@ def _main(argv=None) -> int:
         chunk_size=args.vae_chunk_size, decode_workers=args.num_workers,
     )
     report = common.run_job(args, listing, encoder)
-    return common.finish(report, args, cache_directories(config), listing.items)
+    code = common.finish(report, args, cache_directories(config), listing.items)
+    ref_code = cache_references(args, config, listing, encoder)
+    return code if ref_code is None else max(code, ref_code)
 
 
 def main(argv=None) -> int:

@@ -6,8 +6,11 @@ batched with that dataset's `batch_size`, repeated `num_repeats` times, and orde
 only, so a resumed run sees the same batches (`iter_epoch(epoch, start=k)` skips to batch `k`).
 
 Batch dict (docs/architecture.md): `latents [B,128,F,H,W]`, `text [B,L,D]`, `text_mask [B,L]` bool,
-`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`; and, when a batch holds items
-from musubi's `ltx2` caches (normalized latents), `latents_normalized` / `audio_latents_normalized` `[B]` bool.
+`audio_latents [B,8,Fa,16]`, `audio_lengths [B]` int64, `fps [B]`, `keys`; when a batch holds items
+from musubi's `ltx2` caches (normalized latents), `latents_normalized` / `audio_latents_normalized` `[B]` bool;
+with `references`, the IC-LoRA references `reference_latents [B,128,Fr,Hr,Wr]` / `reference_audio_latents
+[B,8,Tr,16]` (several reference streams concatenated along time, as musubi does; `reference_*_normalized` as
+above); items without them are left out and said so.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ logger = logging.getLogger("ltxv2_diffusers.data")
 _SHOWN = 10  # bad items named one by one; the rest are counted
 _WHAT = {"video": "video latents", "audio": "audio latents", "text": "text embeddings"}
 DEFAULT_FPS = 24.0  # Arrow rows record their own; musubi caches carry theirs or musubi's 25
+logger = logging.getLogger(__name__)
+# reference kind -> (cache kind, tensor name, batch key, concatenation dim of one item's tensor, command)
+_REFERENCES = {
+    "video": ("reference", "latents", "reference_latents", 1, "ltxv2-cache-latents"),
+    "audio": ("reference_audio", "audio_latents", "reference_audio_latents", 1, "ltxv2-cache-audio-latents"),
+}
 
 
 @dataclass(frozen=True)
@@ -40,14 +49,17 @@ class CacheSource:
     cache_directory: str
     batch_size: int = 1
     num_repeats: int = 1
+    reference_cache_directories: tuple[str, ...] = ()
+    reference_audio_cache_directories: tuple[str, ...] = ()
 
 
 class _KindReader:
     """One kind (`video`, `audio`, `text`) of one cache directory: Arrow rows first, musubi files after."""
 
-    def __init__(self, cache_directory: str, kind: str, entries: dict[str, musubi.MusubiEntry]):
+    def __init__(self, cache_directory: str, kind: str, entries: dict[str, musubi.MusubiEntry],
+                 store_kind: str | None = None):
         self.kind = kind
-        self.store = CacheStore(cache_directory, kind)
+        self.store = CacheStore(cache_directory, store_kind or kind)  # references: kind `reference[_audio]`
         self.rows = self.store.index()
         self.files = {k: getattr(e, kind) for k, e in entries.items() if getattr(e, kind)}
         self.normalized = {k for k, e in entries.items() if e.normalized}
@@ -129,7 +141,7 @@ class BatchManager:
 
     def __init__(self, sources: list[CacheSource], mode: str | LtxMode = "video", seed: int = 0,
                  text_dims: tuple[int, int] | None = None, dataset_config: str | None = None,
-                 processes: int = 1):
+                 processes: int = 1, references: tuple[str, ...] = ()):
         if not sources:
             raise ValueError("no datasets: the dataset config lists no [[datasets]] entries.")
         self.mode = mode if isinstance(mode, LtxMode) else resolve_mode(mode)
@@ -137,6 +149,8 @@ class BatchManager:
         self.seed = int(seed)
         self.processes = max(1, int(processes))
         self.text_dims = tuple(text_dims) if text_dims else None
+        self.references = tuple(references)  # which IC-LoRA references to load: "video", "audio"
+        self._reference_stores: list[dict[str, list[_KindReader]]] = []
         self._config_hint = f" --dataset_config {dataset_config}" if dataset_config else " --dataset_config <your toml>"
         self._readers: list[dict[str, _KindReader]] = []
         self.left_out: list[str] = []  # keys of items some cache lacks or holds unusable (warned about)
@@ -146,14 +160,17 @@ class BatchManager:
         self._check_text_widths()
 
     @classmethod
-    def from_config(cls, config, mode="video", seed: int = 0, text_dims=None, processes: int = 1) -> "BatchManager":
+    def from_config(cls, config, mode="video", seed: int = 0, text_dims=None, processes: int = 1,
+                    references: tuple[str, ...] = ()) -> "BatchManager":
         """From a `DatasetConfig` (data/config.py): one source per `[[datasets]]` entry. A dataset's
         `batch_size` is per process, as in musubi: the global batch is `batch_size x processes`."""
         processes = max(1, int(processes))
-        sources = [CacheSource(e.cache_directory, int(e.batch_size) * processes, int(e.num_repeats))
+        sources = [CacheSource(e.cache_directory, int(e.batch_size) * processes, int(e.num_repeats),
+                               tuple(getattr(e, "reference_cache_directories", ())),
+                               tuple(getattr(e, "reference_audio_cache_directories", ())))
                    for e in config.datasets]
         return cls(sources, mode, seed=seed, text_dims=text_dims, dataset_config=getattr(config, "path", None),
-                   processes=processes)
+                   processes=processes, references=references)
 
     # ------------------------------------------------------------------ indexing and checks
 
@@ -189,6 +206,27 @@ class BatchManager:
                 raise self._missing(kind, cache_dir, missing)
             for key in missing:
                 bad.setdefault(key, f"no cached {_WHAT[kind]} (run {_COMMANDS[kind]}{self._config_hint})")
+        stores = self._index_references(src)
+        for kind in self.references:
+            for reader in stores[kind]:  # reference latents are checked like the target's
+                memo = ValidationMemo(reader.store.cache_directory)
+                try:
+                    keys_of: dict[str, list[str]] = {}
+                    for key, path in reader.files.items():
+                        keys_of.setdefault(path, []).append(key)
+                    self._validate_store(reader.store, kind, keys_of, memo, bad)
+                finally:
+                    memo.save()
+        shapes: dict[str, tuple[int, ...]] = {}  # an item's references' shapes, one after the other
+        for key in keys:
+            found = [self._reference_shape(stores[kind], key) for kind in self.references]
+            missing_kinds = [kind for kind, shape in zip(self.references, found) if shape is None]
+            if missing_kinds:
+                kind = missing_kinds[0]
+                bad.setdefault(key, f"no cached {kind} reference (run {_REFERENCES[kind][4]}{self._config_hint} with "
+                                    f"reference_{'audio_' if kind == 'audio' else ''}directory in the dataset)")
+            else:
+                shapes[key] = tuple(x for shape in found for x in shape)
         left_out = [k for k in keys if k in bad]
         if left_out:
             self._report_left_out(cache_dir, left_out, bad, len(keys))
@@ -203,9 +241,38 @@ class BatchManager:
                 bucket = primary.shape(key, "latents")[-4:]
             else:
                 bucket = primary.shape(key, "audio_latents")[-3:]
-            records.append((key, tuple(bucket)))
+            # Items batch together only when their references have the same shape too.
+            records.append((key, tuple(bucket) + shapes[key]))
         self._readers.append(readers)
         self._records.append(records)
+        self._reference_stores.append(stores)
+
+    def _index_references(self, src: CacheSource) -> dict[str, list[_KindReader]]:
+        """Per reference kind, one reader per reference stream: our Arrow caches, and musubi's per-item files
+        (named like the item's own cache file) when the reference cache is a folder of its own."""
+        dirs = {"video": src.reference_cache_directories, "audio": src.reference_audio_cache_directories}
+        out = {}
+        for kind in self.references:
+            if not dirs[kind]:
+                key = "reference_audio_directory" if kind == "audio" else "reference_directory"
+                raise ValueError(f"{src.cache_directory}: the dataset has no {key}, but the --ic_lora_strategy trains "
+                                 f"with {kind} references{self._config_hint}.")
+            out[kind] = [
+                _KindReader(d, kind, {} if not os.path.isdir(d) or os.path.samefile(d, src.cache_directory)
+                            else musubi.scan_musubi_cache(d), store_kind=_REFERENCES[kind][0])
+                for d in dirs[kind]]
+        return out
+
+    @staticmethod
+    def _reference_shape(readers: list[_KindReader], key: str) -> tuple[int, ...] | None:
+        """Shape of an item's references concatenated along time, or None when one is missing."""
+        shape = None
+        for reader in readers:
+            if key not in reader:
+                return None
+            one = tuple(int(v) for v in reader.shape(key, _REFERENCES[reader.kind][1]))
+            shape = one if shape is None else (shape[0], shape[1] + one[1], *shape[2:])
+        return shape
 
     def _validate(self, cache_dir: str, kinds: list[str], entries: dict[str, musubi.MusubiEntry]) -> dict[str, str]:
         """Check every cached item of `kinds` (`data/validation.py`): `{key: why it is unusable}`. A damaged Arrow
@@ -214,36 +281,43 @@ class BatchManager:
         bad: dict[str, str] = {}
         try:
             for kind in kinds:
-                store = CacheStore(cache_dir, kind)
-                shards = store.shard_files()
-                damaged, bad_rows = check_files(shards, store.shard_items, memo)
-                if damaged:
-                    listed = "; ".join(f"{path}: {why}" for path, why in damaged.items())
-                    raise CacheError(f"damaged {_WHAT[kind]} cache shard(s): {listed}. Run {_COMMANDS[kind]}"
-                                     f"{self._config_hint} --repair to drop them and recompute their items")
-                winner = {}
-                for shard in shards:  # the newest row of a key is the one training reads
-                    winner.update((key, shard) for key in store.open_shard(shard)["key"])
-                for shard, problems in bad_rows.items():
-                    for key, problem in problems.items():
-                        if winner.get(key) == shard:
-                            bad.setdefault(key, f"{shard}: {problem}")
                 keys_of: dict[str, list[str]] = {}  # one musubi text cache serves every frame window of its video
                 for key, e in entries.items():
-                    if getattr(e, kind) and key not in winner:
+                    if getattr(e, kind):
                         keys_of.setdefault(getattr(e, kind), []).append(key)
-
-                def read(path: str, kind: str = kind) -> list[tuple[str, str | None]]:
-                    problem = _musubi_problem(kind, path)
-                    return [(key, problem) for key in keys_of[path]]
-
-                _damaged, bad_files = check_files(keys_of, read, memo)
-                for path, problems in bad_files.items():
-                    for key, problem in problems.items():
-                        bad.setdefault(key, f"{path}: {problem}")
+                self._validate_store(CacheStore(cache_dir, kind), kind, keys_of, memo, bad)
         finally:
             memo.save()
         return bad
+
+    def _validate_store(self, store: CacheStore, kind: str, keys_of: dict[str, list[str]], memo: ValidationMemo,
+                        bad: dict[str, str]) -> None:
+        """Check one Arrow cache and the musubi files `{path: [keys]}` of the items it lacks, with the tensor
+        rules of `kind` (`video`, `audio`, `text`); unusable items go into `bad`."""
+        shards = store.shard_files()
+        damaged, bad_rows = check_files(shards, store.shard_items, memo)
+        if damaged:
+            listed = "; ".join(f"{path}: {why}" for path, why in damaged.items())
+            raise CacheError(f"damaged {_WHAT[kind]} cache shard(s): {listed}. Run {_COMMANDS[store.kind]}"
+                             f"{self._config_hint} --repair to drop them and recompute their items")
+        winner = {}
+        for shard in shards:  # the newest row of a key is the one training reads
+            winner.update((key, shard) for key in store.open_shard(shard)["key"])
+        for shard, problems in bad_rows.items():
+            for key, problem in problems.items():
+                if winner.get(key) == shard:
+                    bad.setdefault(key, f"{shard}: {problem}")
+        keys_of = {path: [k for k in keys if k not in winner] for path, keys in keys_of.items()}
+        keys_of = {path: keys for path, keys in keys_of.items() if keys}
+
+        def read(path: str) -> list[tuple[str, str | None]]:
+            problem = _musubi_problem(kind, path)
+            return [(key, problem) for key in keys_of[path]]
+
+        _damaged, bad_files = check_files(keys_of, read, memo)
+        for path, problems in bad_files.items():
+            for key, problem in problems.items():
+                bad.setdefault(key, f"{path}: {problem}")
 
     def _report_left_out(self, cache_dir: str, left_out: list[str], why: dict[str, str], total: int) -> None:
         for key in left_out[:_SHOWN]:
@@ -389,6 +463,16 @@ class BatchManager:
             out["audio_latents"] = squeeze_leading(row["audio_latents"], 3)
             out["audio_lengths"] = int(torch.as_tensor(row["audio_lengths"]).reshape(-1)[0])
             out["audio_latents_normalized"] = bool(row.get("normalized", False))
+        for kind in self.references:
+            _, name, batch_key, dim, _ = _REFERENCES[kind]
+            rows = [reader.read(key) for reader in self._reference_stores[source][kind]]
+            parts = [squeeze_leading(row[name], 4 if kind == "video" else 3) for row in rows]
+            out[batch_key] = torch.cat(parts, dim=dim) if len(parts) > 1 else parts[0]
+            normalized = {bool(row.get("normalized", False)) for row in rows}
+            if len(normalized) > 1:
+                raise ValueError(f"item {key!r}: its reference streams mix normalized (musubi ltx2) and un-normalized "
+                                 "caches; cache them with one tool")
+            out[f"{batch_key}_normalized"] = normalized.pop()
         row = readers["text"].read(key)
         out["text"] = squeeze_leading(row["text"], 2)
         out["text_mask"] = row["text_mask"].reshape(-1).bool()
@@ -404,9 +488,14 @@ class BatchManager:
         if self.mode.has_audio:
             batch["audio_latents"] = _pad_stack([it["audio_latents"] for it in items], dim=1)
             batch["audio_lengths"] = torch.tensor([it["audio_lengths"] for it in items], dtype=torch.int64)
-        for flag in ("latents_normalized", "audio_latents_normalized"):
+        flags = ("latents_normalized", "audio_latents_normalized", "reference_latents_normalized",
+                 "reference_audio_latents_normalized")
+        for flag in flags:
             if any(it.get(flag) for it in items):
                 batch[flag] = torch.tensor([bool(it.get(flag)) for it in items], dtype=torch.bool)
+        for kind in self.references:
+            batch_key = _REFERENCES[kind][2]
+            batch[batch_key] = torch.stack([it[batch_key].to(items[0][batch_key].dtype) for it in items])
         batch["text"] = _pad_stack([it["text"] for it in items], dim=0)
         batch["text_mask"] = _pad_stack([it["text_mask"] for it in items], dim=0)
         return batch

@@ -35,6 +35,17 @@ _SHARED_KEYS = {
     "cache_directory",  # musubi's own example sets it in [general]
 }
 _DATASET_ONLY_KEYS = {"video_directory", "image_directory", "audio_directory"}
+# IC-LoRA references (musubi's keys): matched to items by file stem; singular or plural (one per reference
+# stream). Cache directories may also be set in [general], as musubi allows.
+_REFERENCE_KEYS = {
+    "reference_directory": "reference_directories",
+    "reference_cache_directory": "reference_cache_directories",
+    "reference_audio_directory": "reference_audio_directories",
+    "reference_audio_cache_directory": "reference_audio_cache_directories",
+}
+_REFERENCE_GENERAL_KEYS = {"reference_cache_directory", "reference_cache_directories", "reference_audio_cache_directory",
+                           "reference_audio_cache_directories", "reference_frames"}
+_DATASET_ONLY_KEYS |= set(_REFERENCE_KEYS) | set(_REFERENCE_KEYS.values()) | {"reference_frames"}
 # musubi keys that have a meaning there but no implementation here: a clear error, not "unknown".
 _UNSUPPORTED_MUSUBI_KEYS = {
     "video_jsonl_file": "use video_directory with caption files beside the videos",
@@ -92,6 +103,13 @@ class DatasetEntry:
     num_repeats: int
     enable_bucket: bool
     bucket_no_upscale: bool
+    # IC-LoRA references: media folders, and where their latents are cached (default: cache_directory,
+    # in caches of their own kind), one per reference stream.
+    reference_directories: tuple[str, ...] = ()
+    reference_cache_directories: tuple[str, ...] = ()
+    reference_audio_directories: tuple[str, ...] = ()
+    reference_audio_cache_directories: tuple[str, ...] = ()
+    reference_frames: int | None = None  # frames of each video reference (default: the item's frame count)
 
     @property
     def is_image_dataset(self) -> bool:
@@ -136,7 +154,7 @@ def parse_dataset_config(raw: dict, path: str | os.PathLike = "<dataset config>"
     general = raw.get("general", {})
     if not isinstance(general, dict):
         raise DatasetConfigError(f"{where}: 'general' must be a table ([general]).")
-    _check_keys(general, _SHARED_KEYS, where, "[general]")
+    _check_keys(general, _SHARED_KEYS | _REFERENCE_GENERAL_KEYS, where, "[general]")
     entries = raw.get("datasets")
     if not entries or not isinstance(entries, list):
         raise DatasetConfigError(f"{where}: no [[datasets]] entries; add at least one with video_directory or image_directory.")
@@ -266,7 +284,9 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
     if not caption_extension:
         raise DatasetConfigError(f"{where}: {origin('caption_extension')} key 'caption_extension' is empty; use e.g. '.txt'.")
 
+    references = _references(entry, general, path, section, base, cache_dir, require_media)
     return DatasetEntry(
+        **references,
         index=index,
         video_directory=media_dir if has_video else None,
         image_directory=media_dir if has_image else None,
@@ -285,6 +305,44 @@ def _resolve_entry(index: int, entry: dict, general: dict, path: Path, section: 
         enable_bucket=typed("enable_bucket", bool),
         bucket_no_upscale=typed("bucket_no_upscale", bool),
     )
+
+
+def _references(entry: dict, general: dict, path: Path, section: str, base: Path, cache_dir: str,
+                require_media: bool) -> dict[str, Any]:
+    """The reference fields of a `DatasetEntry` (musubi's singular and plural keys)."""
+    where = str(path)
+    out: dict[str, Any] = {}
+    for single, plural in _REFERENCE_KEYS.items():
+        table = entry if (single in entry or plural in entry) else general
+        origin = section if table is entry else "[general]"
+        if single in table and plural in table:
+            raise DatasetConfigError(f"{where}: {origin} sets both {single!r} and {plural!r}; keep one.")
+        values = [table[single]] if single in table else table.get(plural, [])
+        if not isinstance(values, list):
+            raise DatasetConfigError(f"{where}: {origin} key {plural!r} must be a list of paths, got {values!r}.")
+        media = "cache" not in single
+        out[plural] = tuple(
+            _directory(v, path, f"{origin} key {single if single in table else plural!r}",
+                       must_exist=media and require_media, base=None if media else base)
+            for v in values)
+    for media, cache in (("reference_directories", "reference_cache_directories"),
+                         ("reference_audio_directories", "reference_audio_cache_directories")):
+        if not out[media]:
+            continue
+        if not out[cache] and len(out[media]) == 1:
+            out[cache] = (cache_dir,)  # the reference cache is of its own kind there
+        if len(out[cache]) != len(out[media]):
+            raise DatasetConfigError(f"{where}: {section} has {len(out[media])} {media} but {len(out[cache])} "
+                                     f"{cache}; give one cache directory per reference directory.")
+        if len(set(out[cache])) != len(out[cache]):
+            raise DatasetConfigError(f"{where}: {section} {cache} repeats a directory; give each reference stream "
+                                     "its own cache directory.")
+    frames = entry.get("reference_frames", general.get("reference_frames"))
+    if frames is not None and (not isinstance(frames, int) or isinstance(frames, bool) or frames < 1
+                               or (frames - 1) % TEMPORAL_MULTIPLE):
+        raise DatasetConfigError(f"{where}: {section} key 'reference_frames' must be 8k+1 (1, 9, 17, ...), got {frames!r}.")
+    out["reference_frames"] = frames
+    return out
 
 
 def _base_of(given: str, config_path: Path) -> Path:

@@ -28,7 +28,8 @@ from .stores import tensor_to_columns
 logger = logging.getLogger(__name__)
 
 # Bump when a job's output for the same inputs changes; old cache rows are then recomputed.
-CODE_VERSIONS = {"video": "1", "audio": "1", "text": "1", "sample_prompts": "1"}
+CODE_VERSIONS = {"video": "1", "audio": "1", "text": "1", "sample_prompts": "1", "reference": "1",
+                 "reference_audio": "1"}
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -195,7 +196,7 @@ class VideoLatentEncoder(ItemEncoder):
             self._m_vae = vae_module
 
     def fingerprint(self) -> str:
-        return content_hash("video", CODE_VERSIONS["video"], str(self.vae), file_stamp(self.vae), str(self.dtype),
+        return content_hash(self.kind, CODE_VERSIONS[self.kind], str(self.vae), file_stamp(self.vae), str(self.dtype),
                      self.tiling, self.tile_size, self.chunk_size)
 
     def item_signature(self, item) -> Any:
@@ -270,7 +271,7 @@ class AudioLatentEncoder(ItemEncoder):
             self._m_vae = audio_vae_module
 
     def fingerprint(self) -> str:
-        return content_hash("audio", CODE_VERSIONS["audio"], str(self.vae), file_stamp(self.vae), str(self.dtype))
+        return content_hash(self.kind, CODE_VERSIONS[self.kind], str(self.vae), file_stamp(self.vae), str(self.dtype))
 
     def item_signature(self, item) -> Any:
         audio = getattr(item, "audio_path", None) or item_media(item)
@@ -286,12 +287,16 @@ class AudioLatentEncoder(ItemEncoder):
             _announce("audio VAE", rank, dev)
         return self._m_vae
 
+    def load_clip(self, item, sample_rate: int):
+        """The audio this encoder encodes for `item`: its frames' time window."""
+        return load_audio(item, sample_rate=sample_rate)
+
     def mel(self, item) -> tuple[torch.Tensor, int]:
         """`(log-mel [2,T,64], valid mel frames)` for the item's time window."""
         cfg = self._m_vae.config
         rate = int(getattr(cfg, "sample_rate", 16000))
         hop = int(getattr(cfg, "mel_hop_length", 160))
-        clip = load_audio(item, sample_rate=rate)
+        clip = self.load_clip(item, rate)
         wave, valid = clip.waveform, clip.num_valid_samples
         if valid <= 0 or wave.shape[-1] == 0:
             raise ValueError("audio of zero length in the item's time window")

@@ -25,6 +25,8 @@ class PreviewPrompt:
     negative_prompt: str = ""
     frame_rate: float = 24.0
     index: int = 0
+    image: str | None = None  # `--i`: first-frame image (image-to-video)
+    reference: str | None = None  # `--v`: IC-LoRA reference, an image or a video
 
 
 _OVERRIDES = {
@@ -36,6 +38,7 @@ _OVERRIDES = {
     "d": ("seed", int), "seed": ("seed", int),
     "n": ("negative_prompt", str), "negative": ("negative_prompt", str),
     "fps": ("frame_rate", float), "r": ("frame_rate", float),
+    "i": ("image", str), "v": ("reference", str),
 }
 
 
@@ -54,7 +57,7 @@ def parse_prompt_line(line: str, index: int = 0, source: str = "--sample_prompts
         key = key.lower()  # musubi reads --W and --w alike
         if key not in _OVERRIDES:
             raise ValueError(f"{source} line {index + 1}: unknown override --{key}; use "
-                             "--w --h --f --s --g --d --n --fps")
+                             "--w --h --f --s --g --d --n --fps --i --v")
         field, kind = _OVERRIDES[key]
         try:
             setattr(prompt, field, kind(value.strip()))
@@ -76,10 +79,22 @@ def load_prompts(path: str | Path) -> list[PreviewPrompt]:
     for i, line in enumerate(lines):
         parsed = parse_prompt_line(line, index=len(prompts), source=f"--sample_prompts {path}")
         if parsed is not None:
+            for field in ("image", "reference"):
+                value = getattr(parsed, field)
+                if value is not None:
+                    setattr(parsed, field, _media_path(value, Path(path), i, "--i" if field == "image" else "--v"))
             prompts.append(parsed)
     if not prompts:
         raise ValueError(f"--sample_prompts {path}: no prompts (one per line)")
     return prompts
+
+
+def _media_path(value: str, prompt_file: Path, line: int, flag: str) -> str:
+    """A `--i` / `--v` path as given (relative to the working directory), else relative to the prompt file."""
+    for candidate in (Path(value).expanduser(), prompt_file.parent / value):
+        if candidate.is_file():
+            return str(candidate)
+    raise ValueError(f"--sample_prompts {prompt_file} line {line + 1}: {flag} {value}: no such file")
 
 
 def parse_sample_prompts(path: str) -> list[str]:

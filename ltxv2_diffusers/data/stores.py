@@ -17,9 +17,11 @@ from typing import Any, Iterable
 
 import torch
 
-CACHE_KINDS = ("video", "audio", "text", "sample_prompts")
+CACHE_KINDS = ("video", "audio", "text", "sample_prompts", "reference", "reference_audio")
 _FOLDERS = {
     "video": "ltxv2_video_latents",
+    "reference": "ltxv2_reference_latents",  # IC-LoRA video references (data/references.py)
+    "reference_audio": "ltxv2_reference_audio_latents",
     "audio": "ltxv2_audio_latents",
     "text": "ltxv2_text",
     "sample_prompts": "ltxv2_sample_prompts",
@@ -27,12 +29,17 @@ _FOLDERS = {
 # Which tensor columns each kind holds (each as `<name>`, `<name>_shape`, `<name>_dtype`).
 TENSOR_COLUMNS = {
     "video": ("latents",),
+    "reference": ("latents",),
+    "reference_audio": ("audio_latents",),
     "audio": ("audio_latents",),
     "text": ("text", "text_mask"),
     "sample_prompts": ("text", "text_mask"),
 }
 SCALAR_COLUMNS = {
     "video": {"fps": "float32", "width": "int32", "height": "int32", "num_frames": "int32", "source": "string"},
+    "reference": {"fps": "float32", "width": "int32", "height": "int32", "num_frames": "int32", "source": "string"},
+    "reference_audio": {"audio_lengths": "int64", "sample_rate": "int32", "width": "int32", "height": "int32",
+                        "source": "string"},
     "audio": {"audio_lengths": "int64", "sample_rate": "int32", "width": "int32", "height": "int32",
               "source": "string"},
     "text": {"caption": "string"},
@@ -45,6 +52,8 @@ CACHE_COMMANDS = {
     "audio": "ltxv2-cache-audio-latents",
     "text": "ltxv2-cache-text-encoder-outputs",
     "sample_prompts": "ltxv2-cache-text-encoder-outputs --sample_prompts",
+    "reference": "ltxv2-cache-latents",
+    "reference_audio": "ltxv2-cache-audio-latents",
 }
 
 
@@ -150,7 +159,8 @@ class CacheStore:
             try:
                 tensors = {name: columns_to_tensor(row, name) for name in TENSOR_COLUMNS[self.kind]}
                 tensors.update({k: row[k] for k in SCALAR_COLUMNS[self.kind] if k == "audio_lengths"})
-                problem = check_tensors(self.kind, tensors) if self.kind in ("video", "audio", "text") else None
+                rule = {"reference": "video", "reference_audio": "audio"}.get(self.kind, self.kind)
+                problem = check_tensors(rule, tensors) if rule in ("video", "audio", "text") else None
             except ValueError as exc:
                 problem = str(exc)
             yield row["key"], problem

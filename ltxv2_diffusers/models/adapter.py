@@ -13,10 +13,13 @@ Forward (see docs/architecture.md):
         -> {"video": ModalityOutput, "audio": ModalityOutput}   (trained modalities only)
 A per-token sigma of 0 marks a conditioning token: it stays clean, gets timestep 0 and is left out of
 the loss mask; the per-sample sigma the model also needs (cross-modal and prompt modulation) is the
-largest per-token sigma of the item. An optional `batch["keyframes_mask"]` (bool `[B, Nv]`, packed video
-tokens) marks tokens that encode a single pixel frame (conditioning keyframes); LTX-2.5 adds its learned
-keyframe position embedding to them, other versions ignore it. The audio<->video cross-attention follows
-`av_timestep_rule` (models/av_timestep.py).
+largest per-token sigma of the item. Optional `reference_latents` / `reference_audio_latents` in the
+batch are IC-LoRA references: clean tokens appended after the target's, at the positions
+`ltxv2_diffusers.conditioning` gives them; outputs cover the target tokens only. An optional
+`batch["keyframes_mask"]` (bool `[B, Nv]` over the target's packed video tokens) marks tokens that encode a
+single pixel frame (conditioning keyframes); LTX-2.5 adds its learned keyframe position embedding to them,
+other versions ignore it; appended reference tokens are never marked, as in official inference. The
+audio<->video cross-attention follows `av_timestep_rule` (models/av_timestep.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ltxv2_diffusers import diffusers_component
+from ltxv2_diffusers.conditioning.layout import (
+    infer_reference_scales,
+    reference_audio_coords,
+    reference_video_coords,
+)
 from ltxv2_diffusers.models.av_timestep import (
     DEFAULT_AV_TIMESTEP_RULE,
     check_av_timestep_rule,
@@ -392,20 +400,25 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
         preds = {"video": video_pred, "audio": audio_pred}
         for name in self.trained_modalities:
             p = prepared[name]
-            outputs[name] = ModalityOutput(pred=preds[name], target=p["target"], mask=p["mask"], sigmas=p["sigmas"])
+            pred = preds[name][:, : p["target"].shape[1]]  # appended reference tokens are not predicted
+            outputs[name] = ModalityOutput(pred=pred, target=p["target"], mask=p["mask"], sigmas=p["sigmas"])
         return outputs
 
     def _keyframes_mask(self, batch, video: dict[str, Any], batch_size: int, device) -> torch.Tensor | None:
         mask = batch.get("keyframes_mask")
         if mask is None:
             return None
-        n = video["x_t"].shape[1]
+        n = video["target"].shape[1]
         if tuple(mask.shape) != (batch_size, n):
             raise ValueError(
                 f"batch['keyframes_mask'] has shape {tuple(mask.shape)}; expected [{batch_size}, {n}] "
-                "(one flag per packed video token)"
+                "(one flag per packed video token of the target)"
             )
-        return mask.to(device=device).unsqueeze(-1)
+        mask = mask.to(device=device)
+        appended = video["x_t"].shape[1] - n
+        if appended:  # reference tokens are never keyframes (official inference leaves them unmarked)
+            mask = torch.cat([mask, mask.new_zeros(batch_size, appended)], dim=1)
+        return mask.unsqueeze(-1)
 
     def _dummy(self, channels: int, coords: torch.Tensor, sigma: torch.Tensor, batch_size: int, device) -> dict:
         return {
@@ -449,6 +462,17 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             )
         return given.to(device=x0.device, dtype=torch.float32)
 
+    def _normalized_video(self, latents: torch.Tensor, device, batch: Mapping[str, Any], flag: str) -> torch.Tensor:
+        """VAE means `[B,C,F,H,W]` -> the model's normalized float32 latents (items `batch[flag]` marks as cached
+        already normalized pass unchanged)."""
+        x0 = latents.to(device=device, dtype=torch.float32)
+        mean, std = self._stat("latents_mean", device), self._stat("latents_std", device)
+        if mean is not None or std is not None or self.config.scaling_factor != 1.0:
+            mean = mean if mean is not None else torch.zeros(self.video_latent_channels, device=device)
+            std = std if std is not None else torch.ones(self.video_latent_channels, device=device)
+            x0 = _unless_normalized(batch, flag, x0, normalize_video_latents(x0, mean, std, self.config.scaling_factor))
+        return x0
+
     def _prepare_video(self, batch, sigmas, given_noise, generator, batch_size, device) -> dict[str, Any]:
         tc = self.transformer.config
         latents = self._require(batch, "latents", 5)
@@ -458,21 +482,40 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
                 f"{self.video_latent_channels}, F, H, W] (batch size from batch['text'])"
             )
         p, pt = tc.patch_size, tc.patch_size_t
-        x0 = latents.to(device=device, dtype=torch.float32)
-        mean, std = self._stat("latents_mean", device), self._stat("latents_std", device)
-        if mean is not None or std is not None or self.config.scaling_factor != 1.0:
-            mean = mean if mean is not None else torch.zeros(self.video_latent_channels, device=device)
-            std = std if std is not None else torch.ones(self.video_latent_channels, device=device)
-            x0 = _unless_normalized(batch, "latents_normalized", x0,
-                                    normalize_video_latents(x0, mean, std, self.config.scaling_factor))
+        x0 = self._normalized_video(latents, device, batch, "latents_normalized")
         _, _, f, h, w = x0.shape
         x0 = pack_video_latents(x0, p, pt)
         n = x0.shape[1]
         s, per_sample, per_token = self._sigmas(sigmas, "video", batch_size, n, device)
         eps = self._noise(given_noise, x0, latents.shape, lambda t: pack_video_latents(t, p, pt), generator, "video")
         mask = s > 0 if per_token else torch.ones(batch_size, n, dtype=torch.bool, device=device)
-        return _noised(x0, eps, s, per_sample, mask,
-                       self._video_coords(f // pt, h // p, w // p, batch.get("fps"), batch_size, device))
+        out = _noised(x0, eps, s, per_sample, mask,
+                      self._video_coords(f // pt, h // p, w // p, batch.get("fps"), batch_size, device))
+        reference = batch.get("reference_latents")
+        if reference is not None:
+            self._append_video_reference(out, batch, reference, (f // pt, h // p, w // p), batch_size, device)
+        return out
+
+    def _append_video_reference(self, out: dict, batch: Mapping[str, Any], reference: torch.Tensor,
+                                grid: tuple[int, int, int], batch_size: int, device) -> None:
+        """Append clean reference tokens (timestep 0) after the target's, at the official reference positions."""
+        tc = self.transformer.config
+        p, pt = tc.patch_size, tc.patch_size_t
+        if reference.ndim != 5 or reference.shape[0] != batch_size or reference.shape[1] != self.video_latent_channels:
+            raise ValueError(f"batch['reference_latents'] has shape {tuple(reference.shape)}; expected [{batch_size}, "
+                             f"{self.video_latent_channels}, F, H, W]")
+        r0 = self._normalized_video(reference, device, batch, "reference_latents_normalized")
+        rgrid = (r0.shape[2] // pt, r0.shape[3] // p, r0.shape[4] // p)
+        spatial, temporal = infer_reference_scales(grid, rgrid)
+        tokens = pack_video_latents(r0, p, pt)
+        base = self._base_video_coords(*rgrid, device).repeat(batch_size, 1, 1, 1)
+        fps = batch.get("fps")
+        fps_value = DEFAULT_FPS if fps is None else torch.as_tensor(fps, dtype=torch.float32).flatten()
+        if isinstance(fps_value, torch.Tensor) and fps_value.device.type == "cpu":
+            if bool((fps_value == fps_value[0]).all()):
+                fps_value = float(fps_value[0])  # a Python-float divisor, as the target's positions and official code
+        coords = reference_video_coords(base, fps_value, out["coords"][:, 0, 0:1, 1:2], spatial, temporal)
+        _append_clean(out, tokens, coords)
 
     def _prepare_audio(self, batch, sigmas, given_noise, generator, batch_size, device) -> dict[str, Any]:
         c, m = self.config.audio_latent_channels, self.config.audio_latent_mel_bins
@@ -500,7 +543,20 @@ class LTXModelAdapterBase(ModelMixin, ConfigMixin):
             mask = torch.arange(n, device=device).unsqueeze(0) < lengths.unsqueeze(1)
         if per_token:
             mask = mask & (s > 0)
-        return _noised(x0, eps, s, per_sample, mask, self._audio_coords(n, batch_size, device))
+        out = _noised(x0, eps, s, per_sample, mask, self._audio_coords(n, batch_size, device))
+        reference = batch.get("reference_audio_latents")
+        if reference is not None:
+            if reference.ndim != 4 or tuple(reference.shape[:2]) != (batch_size, c) or reference.shape[3] != m:
+                raise ValueError(f"batch['reference_audio_latents'] has shape {tuple(reference.shape)}; expected "
+                                 f"[{batch_size}, {c}, T, {m}]")
+            r0 = pack_audio_latents(reference.to(device=device, dtype=torch.float32))
+            if mean is not None or std is not None:
+                r0 = _unless_normalized(batch, "reference_audio_latents_normalized", r0,
+                                        normalize_audio_tokens(r0, mean, std))
+            coords = reference_audio_coords(self._audio_coords(r0.shape[1], batch_size, device),
+                                            negative=bool(batch.get("reference_audio_negative_positions", False)))
+            _append_clean(out, r0, coords)
+        return out
 
 
 def _noised(x0: torch.Tensor, eps: torch.Tensor, sigmas: torch.Tensor, per_sample: torch.Tensor,
@@ -515,6 +571,17 @@ def _noised(x0: torch.Tensor, eps: torch.Tensor, sigmas: torch.Tensor, per_sampl
         "tok_sigma": sigmas,
         "coords": coords,
     }
+
+
+def _append_clean(out: dict[str, Any], tokens: torch.Tensor, coords: torch.Tensor) -> None:
+    """Append clean conditioning tokens to a prepared modality: model input and positions grow; target,
+    loss mask and reported sigmas stay the target's."""
+    out["x_t"] = torch.cat([out["x_t"], tokens.to(out["x_t"].dtype)], dim=1)
+    tok = out["tok_sigma"]
+    if tok.ndim == 1:
+        tok = tok.unsqueeze(1).expand(-1, out["x_t"].shape[1] - tokens.shape[1])
+    out["tok_sigma"] = torch.cat([tok, tok.new_zeros(tok.shape[0], tokens.shape[1])], dim=1)
+    out["coords"] = torch.cat([out["coords"], coords.to(out["coords"].dtype)], dim=2)
 
 
 @diffusers_component

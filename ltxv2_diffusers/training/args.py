@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ltxv2_diffusers.models.av_timestep import AV_TIMESTEP_RULES
+from ltxv2_diffusers.conditioning.policy import IC_LORA_FIRST_FRAME_P as MUSUBI_FIRST_FRAME_P
+from ltxv2_diffusers.conditioning.policy import IC_LORA_STRATEGIES
 from ltxv2_diffusers.modes import MODE_ALIASES, MODE_CHOICES, resolve_mode
 from ltxv2_diffusers.timesteps import FORMAT_CHOICES, SIGMA_SAMPLING_CHOICES, parse_timestep_format
 
@@ -147,6 +149,41 @@ FLAGS: tuple[Flag, ...] = (
     F("--video_loss_weight", float, 1.0, "video loss weight (prediction and target scaled by sqrt)",
       group="loss"),
     F("--audio_loss_weight", float, 1.0, "audio loss weight", group="loss"),
+    # --- conditioning (ltxv2_diffusers/conditioning; docs/conditioning.md) ---
+    F("--first_frame_conditioning_p", float, None, "probability that an item's first latent frame is given clean "
+      "(timestep 0, no loss): trains image-to-video (default 0.1 with --ic_lora_strategy or in a musubi command "
+      "(--ltx2_checkpoint), as there; else 0)",
+      group="conditioning", aliases=("--ltx2_first_frame_conditioning_p",)),
+    F("--ic_lora_strategy", str, None, "IC-LoRA reference conditioning: v2v (video reference, --ltx_mode video), "
+      "av_ic (video + audio references), video_ref_only_av (video reference, audio trained without one), "
+      "audio_ref_ic (audio reference; av or audio); default (musubi's auto): the one --lora_target_preset names, "
+      "else none", choices=("auto", "none", *IC_LORA_STRATEGIES), group="conditioning"),
+    F("--ic_lora_ref_probability", float, 1.0, "probability the video reference is used at a step (dropped "
+      "batch-wide otherwise, so the LoRA also learns to generate without it)", group="conditioning"),
+    F("--reference_downscale", int, 1, "references are cached at 1/N of the target's width and height (pass the "
+      "same value to ltxv2-cache-latents); positions are scaled back and the factor goes into the LoRA metadata",
+      group="conditioning"),
+    F("--reference_temporal_scale", int, 1, "references are cached at 1/N of the target's frame rate (first frame, "
+      "then every N-th); same value as at caching", group="conditioning"),
+    F("--reference_frames", int, None, "video frames of each cached reference (8k+1, as given to "
+      "ltxv2-cache-latents); checked against the cache", group="conditioning"),
+    F("--audio_ref_use_negative_positions", bool, False, "reference audio at negative positions (ending 0.04 s "
+      "before the target starts), as the official Dub-It pipeline feeds it", group="conditioning"),
+    F("--extend_prefix_frames", int, 0, "video extension: the first N latent frames given clean (forward "
+      "extension); N latent frames are 1+8(N-1) video frames", group="conditioning",
+      aliases=("--ltx2_extend_prefix_frames",)),
+    F("--extend_suffix_frames", int, 0, "video extension: the last N latent frames given clean (backward "
+      "extension)", group="conditioning", aliases=("--ltx2_extend_suffix_frames",)),
+    F("--extend_p", float, 1.0, "probability per item that the video extension frames are given",
+      group="conditioning", aliases=("--ltx2_extend_p",)),
+    F("--audio_extend_prefix_frames", int, 0, "audio extension: the first N audio latent frames (25 per second) "
+      "given clean", group="conditioning", aliases=("--ltx2_audio_extend_prefix_frames",)),
+    F("--audio_extend_suffix_frames", int, 0, "audio extension: the last N audio latent frames given clean",
+      group="conditioning", aliases=("--ltx2_audio_extend_suffix_frames",)),
+    F("--audio_extend_p", float, 1.0, "probability per item that the audio extension frames are given",
+      group="conditioning", aliases=("--ltx2_audio_extend_p",)),
+    F("--sample_include_reference", bool, False, "previews of --sample_prompts lines with --v REFERENCE show the "
+      "reference left of the output", group="conditioning"),
     # --- musubi-tuner's LTX-2 flags today (docs/musubi.md maps every one) ---
     F("--ltx2_checkpoint", str, None, "musubi's name of --ltxv2_model; a command using it is a musubi command, "
       "whose timesteps are musubi's (--ltxv2_timestep_format legacy_0_1000 unless given)", group="musubi"),
@@ -301,7 +338,8 @@ FLAGS: tuple[Flag, ...] = (
 FLAG_BY_DEST = {flag.dest: flag for flag in FLAGS}
 _GROUP_TITLES = {
     "data": "data", "model": "model", "network": "LoRA network", "loss": "loss", "run": "run",
-    "training": "optimization", "speed": "speed and memory (docs/speed.md)",
+    "training": "optimization", "conditioning": "conditioning: I2V, extension, IC-LoRA (docs/conditioning.md)",
+    "speed": "speed and memory (docs/speed.md)",
     "advanced": "advanced speed and memory (hand-set levers; the planner chooses the rest)", "state": "checkpoints and resume", "previews": "previews", "hub": "Hugging Face Hub",
     "musubi": "musubi-tuner compatibility (docs/musubi.md)",
 }
@@ -511,6 +549,12 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         if mode.has_video and mode.has_audio:
             need(args.video_loss_weight + args.audio_loss_weight > 0,
                  "--video_loss_weight and --audio_loss_weight are both 0: nothing to train")
+    if args.ltx2_checkpoint and args.first_frame_conditioning_p is None and mode is not None and mode.has_video:
+        args.first_frame_conditioning_p = MUSUBI_FIRST_FRAME_P  # musubi's default for every video run
+    if args.ic_lora_strategy in (None, "auto") and args.lora_target_preset in IC_LORA_STRATEGIES:
+        args.ic_lora_strategy = args.lora_target_preset  # musubi's `auto`: the strategy the preset is made for
+    if mode is not None:
+        problems.extend(conditioning_problems(args, mode))
     if weighting_schemes is not None:
         need(args.weighting_scheme in weighting_schemes,
              f"--weighting_scheme {args.weighting_scheme!r} is not registered; choose one of "
@@ -573,6 +617,64 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     if args.logging_dir is None:
         args.logging_dir = Path(args.output_dir) / "logs"
     return args
+
+
+def conditioning_problems(args: argparse.Namespace, mode) -> list[str]:
+    """What is wrong with the conditioning flags for `mode` (each message names the flags involved)."""
+    problems: list[str] = []
+    strategy = None if args.ic_lora_strategy in (None, "none", "auto") else args.ic_lora_strategy
+    needs = {"v2v": ("video",), "av_ic": ("av",), "video_ref_only_av": ("av",), "audio_ref_ic": ("av", "audio")}
+    if strategy and mode.value not in needs[strategy]:
+        problems.append(f"--ic_lora_strategy {strategy} needs --ltx_mode {' or '.join(needs[strategy])}, got "
+                        f"--ltx_mode {mode.value}")
+    video_ref = strategy in ("v2v", "av_ic", "video_ref_only_av")
+    for flag in ("first_frame_conditioning_p", "ic_lora_ref_probability", "extend_p", "audio_extend_p"):
+        value = getattr(args, flag)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.append(f"--{flag} must lie in [0, 1] (got {value})")
+    if args.first_frame_conditioning_p and not mode.has_video:
+        problems.append(f"--first_frame_conditioning_p conditions video frames; --ltx_mode {mode.value} trains none")
+    if args.ic_lora_ref_probability != 1.0 and not video_ref:
+        problems.append("--ic_lora_ref_probability drops the video reference: it needs --ic_lora_strategy v2v, av_ic "
+                        "or video_ref_only_av")
+    for flag in ("reference_downscale", "reference_temporal_scale"):
+        value = getattr(args, flag)
+        if value < 1:
+            problems.append(f"--{flag} must be >= 1 (got {value})")
+        elif value != 1 and not video_ref:
+            problems.append(f"--{flag} {value} applies to video references: it needs --ic_lora_strategy v2v, av_ic "
+                            "or video_ref_only_av")
+    if args.reference_frames is not None:
+        if args.reference_frames < 1 or (args.reference_frames - 1) % 8:
+            problems.append(f"--reference_frames {args.reference_frames} must be 8k+1 (1, 9, 17, ...)")
+        elif args.reference_temporal_scale > 1 and ((args.reference_frames - 1) // 8) % args.reference_temporal_scale:
+            problems.append(f"--reference_frames {args.reference_frames} cannot be subsampled by "
+                            f"--reference_temporal_scale {args.reference_temporal_scale}: use 8k+1 with k a multiple "
+                            "of the factor")
+        elif not video_ref:
+            problems.append("--reference_frames applies to video references: it needs --ic_lora_strategy v2v, av_ic "
+                            "or video_ref_only_av")
+    if args.audio_ref_use_negative_positions and strategy not in ("av_ic", "audio_ref_ic"):
+        problems.append("--audio_ref_use_negative_positions needs an audio reference: --ic_lora_strategy audio_ref_ic "
+                        "or av_ic")
+    for kind, has in (("", mode.has_video), ("audio_", mode.has_audio)):
+        prefix, suffix = getattr(args, f"{kind}extend_prefix_frames"), getattr(args, f"{kind}extend_suffix_frames")
+        if prefix < 0 or suffix < 0:
+            problems.append(f"--{kind}extend_prefix_frames / --{kind}extend_suffix_frames must be >= 0")
+        elif (prefix or suffix) and not has:
+            problems.append(f"--{kind}extend_prefix_frames / --{kind}extend_suffix_frames extend "
+                            f"{'audio' if kind else 'video'}; --ltx_mode {mode.value} does not train it")
+    if not mode.has_video and args.sample_prompts is not None and Path(args.sample_prompts).is_file():
+        from ltxv2_diffusers.data.prompts import load_prompts
+
+        try:
+            conditioned = [p.index + 1 for p in load_prompts(args.sample_prompts) if p.image or p.reference]
+        except ValueError as exc:
+            conditioned, problems = [], [*problems, str(exc)]
+        if conditioned:
+            problems.append(f"--sample_prompts {args.sample_prompts}: prompts {conditioned} have --i / --v, which "
+                            f"condition video; --ltx_mode {mode.value} renders none")
+    return problems
 
 
 def _musubi_flags(args: argparse.Namespace) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from ltxv2_diffusers.conditioning import ConditioningOptions
 from ltxv2_diffusers.data.batching import BatchManager, cache_directories
 from ltxv2_diffusers.data.config import load_dataset_config
 from ltxv2_diffusers.models.adapter import context_widths
@@ -38,8 +39,11 @@ class TrainData:
         config = load_dataset_config(args.dataset_config, require_media=False)
         _check_text_cache_family(args, config)
         self.world_size = int(world_size)
+        options = ConditioningOptions.from_args(args)
+        references = tuple(kind for kind, used in (("video", options.uses_video_reference),
+                                                   ("audio", options.uses_audio_reference)) if used)
         self.manager = BatchManager.from_config(config, mode=args.mode, seed=args.seed, processes=self.world_size,
-                                                text_dims=model_text_widths(args))
+                                                text_dims=model_text_widths(args), references=references)
         if len(self.manager) == 0:
             raise ValueError(f"--dataset_config {args.dataset_config}: no cached items to train on"
                              + (f" (no bucket has {self.world_size} items, one per process)" if self.world_size > 1

@@ -5,12 +5,14 @@ render previews. The trainer talks to models/ and lora/ only through this module
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ltxv2_diffusers import __version__
+from ltxv2_diffusers.conditioning.metadata import conditioning_metadata
 from ltxv2_diffusers.data.prompts import load_prompts
 from ltxv2_diffusers.lora import (
     add_lora, apply_lora, lora_from_model, read_lora, save_lora, target_options_from_network_args,
@@ -22,7 +24,15 @@ from ltxv2_diffusers.models.loading import is_encoder_only, load_components, rea
 from ltxv2_diffusers.models.official_config import model_version_of
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
-from ltxv2_diffusers.training.previews import PromptCache, build_preview_pipeline, preview_name, render_preview
+from ltxv2_diffusers.training.previews import (
+    PromptCache,
+    build_preview_pipeline,
+    preview_name,
+    preview_pipeline_class,
+    render_preview,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -144,7 +154,8 @@ def lora_metadata(args, step: int, transformer: torch.nn.Module | None = None) -
                          rank=args.network_dim, alpha=args.network_alpha, steps=step,
                          timestep_format=args.timestep_format.value, trainer=f"ltxv2-diffusers {__version__}",
                          base_model_version=version,
-                         av_timestep_rule=getattr(args, "av_timestep_rule", None))
+                         av_timestep_rule=getattr(args, "av_timestep_rule", None),
+                         **conditioning_metadata(args))
 
 
 def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, step: int) -> Path:
@@ -160,14 +171,24 @@ def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, st
 def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int) -> list[Path]:
     """One preview file per `--sample_prompts` line with the current LoRA."""
     parts = bundle.preview_parts
-    pipeline = build_preview_pipeline(bundle.transformer, parts["vae"], parts["audio_vae"], parts["vocoder"])
-    pipeline.set_progress_bar_config(disable=True)
+    pipelines: dict[type, Any] = {}  # one stock pipeline per kind of prompt line (--i, --v), sharing the parts
+    if getattr(args, "reference_temporal_scale", 1) != 1 and any(p.reference for p in bundle.prompts):
+        logger.warning("--v previews: diffusers' LTX2InContextPipeline has no temporal reference factor; the "
+                       "reference is placed as if --reference_temporal_scale were 1")
     written = []
     for prompt in bundle.prompts:
+        kind = preview_pipeline_class(prompt)
+        if kind not in pipelines:
+            pipelines[kind] = build_preview_pipeline(bundle.transformer, parts["vae"], parts["audio_vae"],
+                                                     parts["vocoder"], pipeline_class=kind)
+            pipelines[kind].set_progress_bar_config(disable=True)
+        pipeline = pipelines[kind]
         guidance = args.sample_guidance_scale if prompt.guidance_scale is None else prompt.guidance_scale
         negative = bundle.prompt_cache[prompt.negative_prompt] if guidance > 1.0 else None
         written.append(render_preview(
             pipeline, prompt, bundle.prompt_cache[prompt.prompt], negative, bundle.mode,
             Path(out_dir) / preview_name(step, prompt), default_steps=args.sample_steps,
-            default_guidance=args.sample_guidance_scale, seed=args.seed))
+            default_guidance=args.sample_guidance_scale, seed=args.seed,
+            reference_downscale=getattr(args, "reference_downscale", 1),
+            include_reference=getattr(args, "sample_include_reference", False)))
     return written

@@ -87,8 +87,10 @@ def fit_audio_stats(audio_vae, audio_in_channels: int) -> None:
         audio_vae.register_buffer(name, fitted, persistent=True)
 
 
-def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None):
-    """The stock `LTX2Pipeline` around the training transformer, with no text encoder."""
+def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None, pipeline_class=None):
+    """The stock `LTX2Pipeline` (or `pipeline_class`: `LTX2ImageToVideoPipeline`, `LTX2ConditionPipeline`,
+    `LTX2InContextPipeline`, which take the same components) around the training transformer, with no text
+    encoder."""
     from diffusers import LTX2Pipeline
 
     from ltxv2_diffusers.models.adapter import context_widths
@@ -99,18 +101,73 @@ def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None)
         scheduler = LTXV2FlowMatchScheduler()
     video_width, audio_width = context_widths(transformer.config)
     fit_audio_stats(audio_vae, int(transformer.config.audio_in_channels))
-    return LTX2Pipeline(
+    return (pipeline_class or LTX2Pipeline)(
         scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
         connectors=CachedContextConnectors(video_width, audio_width), transformer=transformer, vocoder=vocoder,
     )
+
+
+def load_frames(path: str, width: int, height: int, num_frames: int) -> list:
+    """Up to `num_frames` frames of an image or video as PIL images of `width` x `height` (center-cropped)."""
+    from PIL import Image
+
+    from ltxv2_diffusers.data.media import decode_video_frames, probe_video
+
+    count = max(1, min(num_frames, probe_video(path).num_frames))
+    frames = decode_video_frames(path, 0, count, (width, height))
+    pixels = ((frames.permute(0, 2, 3, 1) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return [Image.fromarray(f) for f in pixels]
+
+
+def preview_pipeline_class(prompt: PreviewPrompt):
+    """The stock pipeline a prompt line needs: `--v` -> `LTX2InContextPipeline`, `--i` ->
+    `LTX2ImageToVideoPipeline`, else `LTX2Pipeline`."""
+    import diffusers
+
+    if prompt.reference is not None:
+        return diffusers.LTX2InContextPipeline
+    if prompt.image is not None:
+        return diffusers.LTX2ImageToVideoPipeline
+    return diffusers.LTX2Pipeline
+
+
+def conditioning_inputs(prompt: PreviewPrompt, reference_downscale: int = 1) -> dict[str, Any]:
+    """The pipeline arguments of a prompt's `--i` / `--v` (see `preview_pipeline_class`)."""
+    if prompt.reference is not None:
+        from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+        from diffusers.pipelines.ltx2.pipeline_ltx2_ic_lora import LTX2ReferenceCondition
+
+        frames = load_frames(prompt.reference, prompt.width, prompt.height, prompt.num_frames)
+        out: dict[str, Any] = {"reference_conditions": [LTX2ReferenceCondition(frames=frames)],
+                               "reference_downscale_factor": int(reference_downscale)}
+        if prompt.image is not None:
+            image = load_frames(prompt.image, prompt.width, prompt.height, 1)[0]
+            out["conditions"] = [LTX2VideoCondition(frames=image, index=0)]
+        return out
+    if prompt.image is not None:
+        return {"image": load_frames(prompt.image, prompt.width, prompt.height, 1)[0]}
+    return {}
+
+
+def beside_reference(frames: np.ndarray, reference: str) -> np.ndarray:
+    """`[F,H,W,3]` output frames with the reference (resized, its last frame held) on their left."""
+    count, height, width = frames.shape[:3]
+    ref = load_frames(reference, width, height, count)
+    ref = np.stack([np.asarray(ref[min(i, len(ref) - 1)], dtype=np.float32) / 255.0 for i in range(count)])
+    return np.concatenate([ref.astype(frames.dtype), frames], axis=2)
 
 
 @torch.no_grad()
 def render_preview(pipeline, prompt: PreviewPrompt, embeds: tuple[torch.Tensor, torch.Tensor],
                    negative: tuple[torch.Tensor, torch.Tensor] | None, mode: LtxMode, out_stem: Path,
                    default_steps: int = 20, default_guidance: float = 1.0, seed: int = 0,
-                   output_type: str = "np") -> Path:
-    """Render one prompt and write `out_stem.mp4` (video/av) or `out_stem.wav` (audio); returns the file."""
+                   output_type: str = "np", reference_downscale: int = 1, include_reference: bool = False) -> Path:
+    """Render one prompt and write `out_stem.mp4` (video/av) or `out_stem.wav` (audio); returns the file.
+
+    A prompt with `--i` / `--v` needs the pipeline `preview_pipeline_class(prompt)` names; with
+    `include_reference` the `--v` reference is shown left of the output."""
+    if mode is LtxMode.AUDIO and (prompt.image or prompt.reference):
+        raise ValueError(f"preview {prompt.index}: --i / --v condition video; --ltx_mode audio renders none")
     from diffusers.utils import encode_video
 
     # LTX2Pipeline feeds the transformer in the prompt embeddings' dtype: match the transformer's
@@ -127,6 +184,7 @@ def render_preview(pipeline, prompt: PreviewPrompt, embeds: tuple[torch.Tensor, 
         spatio_temporal_guidance_blocks=None,
         generator=torch.Generator("cpu").manual_seed(prompt.seed if prompt.seed is not None else seed),
         output_type=output_type, return_dict=False, max_sequence_length=text.shape[1],
+        **conditioning_inputs(prompt, reference_downscale),
     )
     if guidance > 1.0:
         if negative is None:
@@ -142,6 +200,8 @@ def render_preview(pipeline, prompt: PreviewPrompt, embeds: tuple[torch.Tensor, 
         return path
     path = out_stem.with_suffix(".mp4")
     frames = np.asarray(video[0])
+    if include_reference and prompt.reference is not None:
+        frames = beside_reference(frames, prompt.reference)
     track = audio[0].float().cpu() if mode is LtxMode.AV else None
     encode_video(frames, fps=int(round(prompt.frame_rate)), output_path=str(path), audio=track,
                  audio_sample_rate=sample_rate if track is not None else None)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ltxv2_diffusers import plugins
+from ltxv2_diffusers.conditioning import ConditioningOptions, apply_conditioning
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.losses import compute_losses
 
@@ -57,6 +58,7 @@ class TrainStep:
         self.args = args
         self.mode: LtxMode = args.mode
         self.draw_noise_on_device: bool | None = None  # None: on CUDA devices (see `noise_on_device`)
+        self.conditioning = ConditioningOptions.from_args(args)
 
     # -- randomness -------------------------------------------------------------------------
     def _per_item(self, generator: Generators, batch_size: int) -> list[torch.Generator | None] | None:
@@ -138,9 +140,13 @@ class TrainStep:
         if transformed is not None:
             batch = transformed
         sigmas, noise = self.draw(batch, generator)
+        drawn = sigmas
+        extra = plugins.conditioning_masks(batch=batch, args=self.args, generator=generator)
+        if self.conditioning.active or extra or "reference_latents" in batch or "reference_audio_latents" in batch:
+            batch, sigmas = apply_conditioning(batch, sigmas, self.conditioning, generator, extra)
         outputs = self.adapter(batch, sigmas=sigmas, noise=noise)
         loss, terms = compute_losses(outputs, batch, self.args)
         logs: dict[str, torch.Tensor] = {"loss": loss.detach(), **terms}
-        for modality, value in sigmas.items():
+        for modality, value in drawn.items():
             logs[f"sigma/{modality}"] = value.detach().float().mean()
         return loss, logs
