@@ -59,6 +59,19 @@ def _is_out_of_memory(exc: BaseException | None) -> bool:
     return False
 
 
+# accelerate's kinds of distribution that change how the model and its state are held (sharded or
+# wrapped by another engine): checkpoints, master weights and the speed options assume whole DDP copies.
+UNSUPPORTED_DISTRIBUTION = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed", "MEGATRON_LM": "Megatron-LM", "XLA": "XLA"}
+
+
+def check_distribution(distributed_type) -> None:
+    """Raise `TrainingFailed` for an accelerate config this trainer does not run (see docs/multi_gpu.md)."""
+    name = getattr(distributed_type, "name", str(distributed_type))
+    if name in UNSUPPORTED_DISTRIBUTION:
+        raise TrainingFailed(f"accelerate config: distributed_type {name} is not supported; use MULTI_GPU (data "
+                             f"parallel, one whole model per GPU: accelerate launch --multi_gpu), see docs/multi_gpu.md")
+
+
 def item_seed(seed: int, step: int, micro: int, index: int) -> int:
     """Seed of one item's randomness (sigma + noise) in a given optimizer step."""
     mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + micro * 0x94D049BB133111EB + index * 0x2545F491)
@@ -99,6 +112,7 @@ class Trainer:
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(args.logging_dir)),
         )
+        check_distribution(self.accelerator.distributed_type)
         set_seed(args.seed)  # LoRA init; per-item sigma/noise use their own generators
         world = self.accelerator.num_processes
         self.world_size = world

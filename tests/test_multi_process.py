@@ -1,6 +1,7 @@
-"""Resume on another number of processes through a real `accelerate launch` (gloo on the CPU): with the
-same global batch, a checkpoint saved by one process continues in two and one saved by two continues in
-one, and both end with the LoRA of the uninterrupted run."""
+"""Several processes: resume on another number of processes through a real `accelerate launch` (gloo on
+the CPU): with the same global batch, a checkpoint saved by one process continues in two and one saved
+by two continues in one, and both end with the LoRA of the uninterrupted run. accelerate configs that
+shard or re-wrap the model are refused."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from conftest import SAVE_EVERY, STEPS, accelerate_launch, baseline_argv, baseline_run, lora_tensors, workspace
 from ltxv2_diffusers.training.logging import read_metrics
 from ltxv2_diffusers.training.resume import batching_change
+from ltxv2_diffusers.training.trainer import TrainingFailed, check_distribution
 
 
 def _assert_same_run(reference, resumed, first_step: int) -> None:
@@ -37,6 +39,16 @@ def test_batching_change_names_the_batch_size_that_keeps_the_global_batch():
     assert kind == "warning" and "from [4, 2] to [2, 1]" in message and "batch_size = 4, 2" in message
     kind, message = batching_change(saved, {"processes": 4, "global_batch_sizes": [8, 4]}, "ck")
     assert kind == "warning" and "batch_size = 1, (none: 2 does not split over 4)" in message
+
+
+def test_sharding_accelerate_configs_are_refused_with_the_fix():
+    from accelerate.utils import DistributedType
+
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_distribution(kind)
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(TrainingFailed, match=rf"distributed_type {kind.name} is not supported; use MULTI_GPU"):
+            check_distribution(kind)
 
 
 @pytest.mark.slow
