@@ -96,19 +96,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup_accelerator(self):
+        from datetime import timedelta
+
         from accelerate import Accelerator
-        from accelerate.utils import AutocastKwargs, ProjectConfiguration, set_seed
+        from accelerate.utils import AutocastKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 
         args = self.args
         log_with = None if args.log_with == "none" else args.log_with
         # The fast path (speed/setup.py) computes in bf16 natively; autocast would only add the
         # fp32 round trips of norms and casts that path exists to avoid.
         native_bf16 = getattr(args, "speed", "fast") == "fast" and torch.cuda.is_available()
+        handlers = [AutocastKwargs(enabled=False)] if native_bf16 else []
+        if getattr(args, "ddp_timeout", None):  # NCCL's own default (10 min) is shorter than a preview round
+            handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=args.ddp_timeout)))
         self.accelerator = Accelerator(
             # On a host without CUDA, cpu=True is what makes torchrun workers join one gloo group.
             cpu=not torch.cuda.is_available(),
             mixed_precision=args.mixed_precision,
-            kwargs_handlers=[AutocastKwargs(enabled=False)] if native_bf16 else None,
+            kwargs_handlers=handlers or None,
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(args.logging_dir)),
         )
