@@ -1,7 +1,7 @@
 """Several processes: resume on another number of processes through a real `accelerate launch` (gloo on
 the CPU): with the same global batch, a checkpoint saved by one process continues in two and one saved
-by two continues in one, and both end with the LoRA of the uninterrupted run. accelerate configs that
-shard or re-wrap the model are refused."""
+by two continues in one, and both end with the LoRA of the uninterrupted run. DDP holds the LoRA only;
+accelerate configs that shard or re-wrap the model are refused."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from conftest import SAVE_EVERY, STEPS, accelerate_launch, baseline_argv, baseline_run, lora_tensors, workspace
 from ltxv2_diffusers.training.logging import read_metrics
 from ltxv2_diffusers.training.resume import batching_change
-from ltxv2_diffusers.training.trainer import TrainingFailed, check_distribution
+from ltxv2_diffusers.training.ddp import check_distribution, leave_frozen_to_each_process
 
 
 def _assert_same_run(reference, resumed, first_step: int) -> None:
@@ -47,8 +47,32 @@ def test_sharding_accelerate_configs_are_refused_with_the_fix():
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_distribution(kind)
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(TrainingFailed, match=rf"distributed_type {kind.name} is not supported; use MULTI_GPU"):
+        with pytest.raises(ValueError, match=rf"distributed_type {kind.name} is not supported; use MULTI_GPU"):
             check_distribution(kind)
+
+
+def test_ddp_leaves_the_frozen_base_to_each_process(tmp_path):
+    """A frozen base held elsewhere than the LoRA (on GPUs: blocks swapped to host memory) makes DDP refuse
+    the model; once the frozen tensors are DDP-ignored, DDP holds (syncs, all-reduces) the LoRA only."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        model[0].requires_grad_(False)
+        model[0].to("meta")  # a device type other than the trainable layer's, as swapped blocks are
+        model.register_buffer("stats", torch.ones(3))
+        with pytest.raises(ValueError, match="same type of devices"):
+            DistributedDataParallel(model)
+        assert sorted(leave_frozen_to_each_process(model)) == ["0.bias", "0.weight", "stats"]
+        ddp = DistributedDataParallel(model)
+        assert [id(p) for p in ddp._module_parameters] == [id(p) for p in model[1].parameters()]
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ import torch
 
 from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict
+from ltxv2_diffusers.training.ddp import check_distribution, leave_frozen_to_each_process
 from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.outcome import StepOutcome
 from ltxv2_diffusers.training.prefetch import Prefetcher
@@ -57,19 +58,6 @@ def _is_out_of_memory(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-# accelerate's kinds of distribution that change how the model and its state are held (sharded or
-# wrapped by another engine): checkpoints, master weights and the speed options assume whole DDP copies.
-UNSUPPORTED_DISTRIBUTION = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed", "MEGATRON_LM": "Megatron-LM", "XLA": "XLA"}
-
-
-def check_distribution(distributed_type) -> None:
-    """Raise `TrainingFailed` for an accelerate config this trainer does not run (see docs/multi_gpu.md)."""
-    name = getattr(distributed_type, "name", str(distributed_type))
-    if name in UNSUPPORTED_DISTRIBUTION:
-        raise TrainingFailed(f"accelerate config: distributed_type {name} is not supported; use MULTI_GPU (data "
-                             f"parallel, one whole model per GPU: accelerate launch --multi_gpu), see docs/multi_gpu.md")
 
 
 def item_seed(seed: int, step: int, micro: int, index: int) -> int:
@@ -237,6 +225,8 @@ class Trainer:
             args.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=args.lr_warmup_steps,
             num_training_steps=self.max_steps,
         )
+        if self.world_size > 1:
+            leave_frozen_to_each_process(self.bundle.adapter)
         self.adapter, self.optimizer = self.accelerator.prepare(self.bundle.adapter, self.optimizer)
         self.step_fn = TrainStep(self.adapter, args)
 
