@@ -130,7 +130,10 @@ class Trainer:
     def _setup_data(self):
         from ltxv2_diffusers.training.data import TrainData
 
-        self.data = TrainData(self.args, world_size=self.world_size)
+        # The main process checks the caches first; the others then find its record of checked files
+        # (data/validation.py) instead of all reading every cache file at once.
+        with self.accelerator.main_process_first():
+            self.data = TrainData(self.args, world_size=self.world_size)
         if self.data.dropped_per_epoch and self.accelerator.is_main_process:
             logger.warning("%d item(s) per epoch are left out: their buckets' last batches do not split over %d "
                            "processes", self.data.dropped_per_epoch, self.world_size)
