@@ -92,6 +92,7 @@ def test_resume_across_world_sizes(tmp_path_factory, tmp_path):
     proc = accelerate_launch(baseline_argv(ws, two, extra=["--dataset_config", str(per_process), "--resume", str(start),
                                                           "--gradient_checkpointing"]), num_processes=2)
     assert "saved by 1 process(es), continuing on 2 with the same global batch" in proc.stdout
+    assert "global batch: 2 item(s) (each dataset's batch_size x 2 processes) x 2 per optimizer step" in proc.stdout
     _assert_same_run(single, two, SAVE_EVERY + 1)
 
     # saved by those 2 processes at step 4 -> continued by 1 process to the end

@@ -139,6 +139,10 @@ class Trainer:
                            "processes", self.data.dropped_per_epoch, self.world_size)
         per_epoch = self.data.batches_per_epoch()
         accum = self.args.gradient_accumulation_steps
+        if self.world_size > 1:
+            sizes = self.data.batching()["global_batch_sizes"]
+            self.accelerator.print(f"global batch: {', '.join(map(str, sizes))} item(s) (each dataset's batch_size x "
+                                   f"{self.world_size} processes) x {accum} per optimizer step")
         if self.args.max_train_epochs is not None:
             self.max_steps = math.ceil(self.args.max_train_epochs * per_epoch / accum)
         else:
