@@ -513,7 +513,8 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     except ValueError as exc:
         problems.append(str(exc))
     need(args.prefetch_batches >= 0, f"--prefetch_batches must be >= 0 (got {args.prefetch_batches})")
-    need(args.ddp_timeout is None or args.ddp_timeout > 0, f"--ddp_timeout must be > 0 minutes (got {args.ddp_timeout})")
+    need(args.ddp_timeout is None or args.ddp_timeout > 0,
+         f"--ddp_timeout must be > 0 minutes (got {args.ddp_timeout})")
     need(args.network_dim > 0, f"--network_dim must be > 0 (got {args.network_dim})")
     if args.network_alpha is None:
         args.network_alpha = float(args.network_dim)
