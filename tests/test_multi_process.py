@@ -86,11 +86,13 @@ def test_resume_across_world_sizes(tmp_path_factory, tmp_path):
     per_process.write_text(text.replace("batch_size = 2", "batch_size = 1"), encoding="utf-8")
 
     # saved by 1 process at step 2 -> continued by 2 processes to the end; with gradient checkpointing
-    # there, whose recompute must not disturb DDP's gradient sync (and changes no value)
+    # there, whose recompute must not disturb DDP's gradient sync (and changes no value), and musubi's DDP
+    # options, which change how DDP syncs, not what
     two = tmp_path / "two"
     start = single / "checkpoints" / f"step-{SAVE_EVERY:08d}"
     proc = accelerate_launch(baseline_argv(ws, two, extra=["--dataset_config", str(per_process), "--resume", str(start),
-                                                          "--gradient_checkpointing"]), num_processes=2)
+                                                          "--gradient_checkpointing", "--ddp_gradient_as_bucket_view",
+                                                          "--ddp_find_unused_parameters"]), num_processes=2)
     assert "saved by 1 process(es), continuing on 2 with the same global batch" in proc.stdout
     assert "global batch: 2 item(s) (each dataset's batch_size x 2 processes) x 2 per optimizer step" in proc.stdout
     _assert_same_run(single, two, SAVE_EVERY + 1)

@@ -87,7 +87,9 @@ class Trainer:
         from datetime import timedelta
 
         from accelerate import Accelerator
-        from accelerate.utils import AutocastKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+        from accelerate.utils import (
+            AutocastKwargs, DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed,
+        )
 
         args = self.args
         log_with = None if args.log_with == "none" else args.log_with
@@ -97,6 +99,10 @@ class Trainer:
         handlers = [AutocastKwargs(enabled=False)] if native_bf16 else []
         if getattr(args, "ddp_timeout", None):  # NCCL's own default (10 min) is shorter than a preview round
             handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=args.ddp_timeout)))
+        ddp = {name: True for name in ("gradient_as_bucket_view", "find_unused_parameters")
+               if getattr(args, f"ddp_{name}", False)}
+        if ddp:
+            handlers.append(DistributedDataParallelKwargs(**ddp))
         self.accelerator = Accelerator(
             # On a host without CUDA, cpu=True is what makes torchrun workers join one gloo group.
             cpu=not torch.cuda.is_available(),
