@@ -234,6 +234,8 @@ FLAGS: tuple[Flag, ...] = (
         ("--persistent_data_loader_workers", "batches are read by a background thread (--prefetch_batches)"),
         ("--vae_dtype", "training never runs the VAE; previews use the checkpoint's dtype"),
         ("--dit", "musubi ignores it for LTX-2 too; --ltx2_checkpoint is the model"),
+        ("--ddp_static_graph", "DDP's static-graph mode gave other gradients than one process with "
+         "--gradient_accumulation_steps here; DDP runs without it"),
     )),
     *(F(name, unsupported=why, group="musubi") for name, why in (
         ("--nf4_base", "use --low_memory (int8 base weights) or --fp8_base"),
@@ -310,6 +312,12 @@ FLAGS: tuple[Flag, ...] = (
     F("--low_memory", bool, False, "a fixed recipe instead of the planner: int8 frozen base weights and 8 blocks "
       "re-run and streamed (about 21 GiB at 768x512x121)", group="advanced"),
     F("--no_compile", bool, False, "skip torch.compile of the transformer blocks", group="advanced"),
+    F("--ddp_timeout", int, 60, "minutes the processes of a several-GPU run wait for each other (they wait "
+      "while the main process renders previews or writes checkpoints)", group="advanced"),
+    F("--ddp_gradient_as_bucket_view", bool, False, "DDP: gradients as views of its all-reduce buckets (one copy "
+      "less)", group="advanced"),
+    F("--ddp_find_unused_parameters", bool, False, "DDP: look for LoRA weights a step leaves without a gradient "
+      "(only for plugins or modes that skip some)", group="advanced"),
     F("--attention_backend", str, None, "diffusers attention backend (e.g. flash, _native_cudnn)", group="advanced"),
     # --- state ---
     F("--save_every_n_steps", int, None, "save LoRA + training state every N steps", group="state"),
@@ -511,6 +519,8 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
     except ValueError as exc:
         problems.append(str(exc))
     need(args.prefetch_batches >= 0, f"--prefetch_batches must be >= 0 (got {args.prefetch_batches})")
+    need(args.ddp_timeout is None or args.ddp_timeout > 0,
+         f"--ddp_timeout must be > 0 minutes (got {args.ddp_timeout})")
     need(args.network_dim > 0, f"--network_dim must be > 0 (got {args.network_dim})")
     if args.network_alpha is None:
         args.network_alpha = float(args.network_dim)

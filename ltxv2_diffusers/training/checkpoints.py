@@ -168,6 +168,12 @@ def saved_items(directory: Path) -> list[str] | None:
     return payload.get("items")
 
 
+def saved_batching(directory: Path) -> dict[str, Any] | None:
+    """The processes and global batch sizes of a checkpointed run (None when it did not record them)."""
+    payload = json.loads((Path(directory) / STATE_FILE).read_text(encoding="utf-8"))
+    return payload.get("batching")
+
+
 def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
     """`--resume latest` → the newest intact checkpoint (None if there is none yet; damaged ones are
     skipped with a warning naming the file); a path → itself, which must be intact."""

@@ -54,6 +54,12 @@ class TrainData:
         """Every item key training uses, sorted (recorded in checkpoints to report changes on resume)."""
         return self.manager.item_keys()
 
+    def batching(self) -> dict[str, Any]:
+        """The processes and each dataset's global batch size (recorded in checkpoints: a resume on another
+        number of processes continues the same training only with the same global batches)."""
+        return {"processes": self.world_size,
+                "global_batch_sizes": [int(src.batch_size) for src in self.manager.sources]}
+
     def batches_per_epoch(self) -> int:
         return len(self.manager)
 

@@ -4,6 +4,10 @@ A checkpoint continues one run. A resumed command with another rank, learning ra
 accumulation would mix two runs into one LoRA (or fail deep inside the optimizer), so such a change is
 an error listing old → new values, unless `--resume_override NAME` accepts it on purpose. Items added to
 or removed from the dataset only change the data order from then on: a warning says how many.
+
+The number of processes may change on resume: what must stay is the global batch (each dataset's
+`batch_size` per process x processes), since the data position is counted in global batches and the
+loss is averaged over them. Another global batch is a warning saying which `batch_size` keeps it.
 """
 
 from __future__ import annotations
@@ -70,3 +74,23 @@ def report_item_changes(saved_keys: Sequence[str] | None, keys: Sequence[str], c
                        "from here on differs from the original run's", checkpoint, len(removed),
                        f" (e.g. {removed[:3]})" if removed else "", len(added),
                        f" (e.g. {added[:3]})" if added else "")
+
+
+def batching_change(saved: dict[str, Any] | None, now: dict[str, Any], checkpoint) -> tuple[str, str] | None:
+    """`("warning" | "info", message)` when the processes or the global batches (per `[[datasets]]` entry)
+    differ from the checkpointed run's, as recorded by `TrainData.batching()`; None when unchanged or
+    not recorded (older checkpoints)."""
+    if not saved:
+        return None
+    old_n, new_n = int(saved["processes"]), int(now["processes"])
+    old, new = [int(b) for b in saved["global_batch_sizes"]], [int(b) for b in now["global_batch_sizes"]]
+    if old == new:
+        if old_n == new_n:
+            return None
+        return "info", (f"--resume {checkpoint}: saved by {old_n} process(es), continuing on {new_n} with the same "
+                        f"global batch ({', '.join(map(str, new))} item(s) per step and dataset)")
+    keep = [f"{b // new_n}" if b % new_n == 0 else f"(none: {b} does not split over {new_n})" for b in old]
+    return "warning", (f"--resume {checkpoint}: the global batch changes from {old} to {new} item(s) per dataset "
+                       f"(batch_size per process x {old_n} -> {new_n} processes); the data order and the averaged "
+                       f"loss differ from the checkpointed run's. For the same training set batch_size = "
+                       f"{', '.join(keep)} in the dataset config")

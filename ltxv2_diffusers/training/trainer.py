@@ -24,6 +24,7 @@ import torch
 
 from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict
+from ltxv2_diffusers.training.ddp import check_distribution, leave_frozen_to_each_process
 from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.outcome import StepOutcome
 from ltxv2_diffusers.training.prefetch import Prefetcher
@@ -83,22 +84,34 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup_accelerator(self):
+        from datetime import timedelta
+
         from accelerate import Accelerator
-        from accelerate.utils import AutocastKwargs, ProjectConfiguration, set_seed
+        from accelerate.utils import (
+            AutocastKwargs, DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed,
+        )
 
         args = self.args
         log_with = None if args.log_with == "none" else args.log_with
         # The fast path (speed/setup.py) computes in bf16 natively; autocast would only add the
         # fp32 round trips of norms and casts that path exists to avoid.
         native_bf16 = getattr(args, "speed", "fast") == "fast" and torch.cuda.is_available()
+        handlers = [AutocastKwargs(enabled=False)] if native_bf16 else []
+        if getattr(args, "ddp_timeout", None):  # NCCL's own default (10 min) is shorter than a preview round
+            handlers.append(InitProcessGroupKwargs(timeout=timedelta(minutes=args.ddp_timeout)))
+        ddp = {name: True for name in ("gradient_as_bucket_view", "find_unused_parameters")
+               if getattr(args, f"ddp_{name}", False)}
+        if ddp:
+            handlers.append(DistributedDataParallelKwargs(**ddp))
         self.accelerator = Accelerator(
             # On a host without CUDA, cpu=True is what makes torchrun workers join one gloo group.
             cpu=not torch.cuda.is_available(),
             mixed_precision=args.mixed_precision,
-            kwargs_handlers=[AutocastKwargs(enabled=False)] if native_bf16 else None,
+            kwargs_handlers=handlers or None,
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(args.logging_dir)),
         )
+        check_distribution(self.accelerator.distributed_type)
         set_seed(args.seed)  # LoRA init; per-item sigma/noise use their own generators
         world = self.accelerator.num_processes
         self.world_size = world
@@ -123,12 +136,19 @@ class Trainer:
     def _setup_data(self):
         from ltxv2_diffusers.training.data import TrainData
 
-        self.data = TrainData(self.args, world_size=self.world_size)
+        # The main process checks the caches first; the others then find its record of checked files
+        # (data/validation.py) instead of all reading every cache file at once.
+        with self.accelerator.main_process_first():
+            self.data = TrainData(self.args, world_size=self.world_size)
         if self.data.dropped_per_epoch and self.accelerator.is_main_process:
             logger.warning("%d item(s) per epoch are left out: their buckets' last batches do not split over %d "
                            "processes", self.data.dropped_per_epoch, self.world_size)
         per_epoch = self.data.batches_per_epoch()
         accum = self.args.gradient_accumulation_steps
+        if self.world_size > 1:
+            sizes = self.data.batching()["global_batch_sizes"]
+            self.accelerator.print(f"global batch: {', '.join(map(str, sizes))} item(s) (each dataset's batch_size x "
+                                   f"{self.world_size} processes) x {accum} per optimizer step")
         if self.args.max_train_epochs is not None:
             self.max_steps = math.ceil(self.args.max_train_epochs * per_epoch / accum)
         else:
@@ -202,7 +222,9 @@ class Trainer:
             self.requested = SpeedOptions.from_args(args, device)
             self._check_block_counts(self.requested)
         options = self._plan_memory(self.requested, correction)
-        self.bundle = build_training_model(args, device=device, keep_preview_parts=self._previews_enabled())
+        # Previews render on the main process only: the others need neither the decoders nor the prompts.
+        previews_here = self._previews_enabled() and self.accelerator.is_main_process
+        self.bundle = build_training_model(args, device=device, keep_preview_parts=previews_here)
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
         self.accelerator.print(self.speed.summary())
         if not self.speed.trainable_params:
@@ -216,6 +238,8 @@ class Trainer:
             args.lr_scheduler, optimizer=self.optimizer, num_warmup_steps=args.lr_warmup_steps,
             num_training_steps=self.max_steps,
         )
+        if self.world_size > 1:
+            leave_frozen_to_each_process(self.bundle.adapter)
         self.adapter, self.optimizer = self.accelerator.prepare(self.bundle.adapter, self.optimizer)
         self.step_fn = TrainStep(self.adapter, args)
 
@@ -236,11 +260,12 @@ class Trainer:
     def _check_resume(self):
         """Find the checkpoint to resume from (the newest intact one for `latest`) and check that this
         run's flags and items continue it, before the model loads; a fresh run starts fresh logs."""
-        from ltxv2_diffusers.training.resume import check_resume_flags, report_item_changes
+        from ltxv2_diffusers.training.resume import batching_change, check_resume_flags, report_item_changes
 
         path = ckpt.resolve_resume(self.args.resume, self.output_dir)
+        self._check_same_checkpoint(path)
         if path is None:
-            if self.args.resume == "latest":
+            if self.args.resume == "latest" and self.accelerator.is_main_process:
                 logger.warning("--resume latest: no checkpoint in %s yet, starting from scratch", self.output_dir)
             if self.accelerator.is_main_process:
                 self.metrics.truncate_after(0)  # a previous run's lines are not this run's
@@ -249,7 +274,23 @@ class Trainer:
         check_resume_flags(saved, args_to_dict(self.args), self.args.resume_override or (), path)
         if self.accelerator.is_main_process:
             report_item_changes(ckpt.saved_items(path), self.data.item_keys(), path)
+            change = batching_change(ckpt.saved_batching(path), self.data.batching(), path)
+            if change:
+                (logger.warning if change[0] == "warning" else self.accelerator.print)(change[1])
         self._resume_from = path
+
+    def _check_same_checkpoint(self, path: Path | None) -> None:
+        """Every process must resume from the same checkpoint: on several machines an --output_dir that is
+        not one shared folder would let one machine start from scratch while another resumes."""
+        if self.world_size == 1:
+            return
+        from accelerate.utils import gather_object
+
+        seen = gather_object([None if path is None else str(path)])
+        if len(set(seen)) > 1:
+            found = ", ".join(f"process {i}: {s or 'none'}" for i, s in enumerate(seen))
+            raise TrainingFailed(f"--resume {self.args.resume}: the processes found different checkpoints ({found}); "
+                                 "on several machines --output_dir must be a folder every machine shares")
 
     def _resume(self):
         path = self._resume_from
@@ -533,13 +574,16 @@ class Trainer:
             def fill(tmp: Path) -> None:
                 save_lora_files(self.bundle, self.args, tmp, f"{self.args.output_name}-step{step:08d}", step)
                 ckpt.save_training_state(tmp, adapter, self.optimizer, self.lr_scheduler, self.progress,
-                                         extra={"args": args_to_dict(self.args), "items": self.data.item_keys()},
+                                         extra={"args": args_to_dict(self.args), "items": self.data.item_keys(),
+                                                "batching": self.data.batching()},
                                          master=self.speed.master)
 
             path = self._writing(lambda: self.checkpoints.write(step, fill), self.checkpoints.root)
             self.last_good_checkpoint = path
-            window = self.args.save_last_n_steps or (getattr(self.args, "save_last_n_epochs", None) or 0) * \
-                self.data.batches_per_epoch()
+            # an epoch is batches_per_epoch / gradient_accumulation_steps optimizer steps
+            window = self.args.save_last_n_steps or math.ceil(
+                (getattr(self.args, "save_last_n_epochs", None) or 0) * self.data.batches_per_epoch()
+                / self.args.gradient_accumulation_steps)
             if window:
                 for old in self.checkpoints.prune(step - window, keep=path):
                     logger.info("removed old checkpoint %s (--save_last_n_steps / --save_last_n_epochs)", old)
@@ -626,7 +670,7 @@ class Trainer:
             acc.init_trackers("ltxv2-lora", config={k: v for k, v in args_to_dict(args).items()
                                                    if isinstance(v, (int, float, str, bool))})
         plugins.on_train_start(args=args, model=acc.unwrap_model(self.adapter))
-        if self._previews_enabled():
+        if self._previews_enabled() and acc.is_main_process:
             self.bundle.prepare_prompts(args, acc.device)
         if args.sample_at_first and self.progress.global_step == 0:
             self.sample()
