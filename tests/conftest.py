@@ -18,6 +18,7 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -151,11 +152,19 @@ def subprocess_env(extra_path: str | None = None) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def accelerate_launch(argv: list[str], num_processes: int = 1, env=None, timeout: int = 600):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", "--num_processes", str(num_processes)]
-    # On a CPU-only host `--multi_gpu` starts torchrun workers that Accelerate joins with gloo.
-    launcher += ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
+    # On a CPU-only host `--multi_gpu` starts torchrun workers that Accelerate joins with gloo, on a port
+    # of their own: two launches at once (`pytest -n`) would both take torchrun's default.
+    launcher += ["--multi_gpu", "--main_process_port", str(free_port())] if num_processes > 1 else ["--cpu"]
     proc = subprocess.run([*launcher, str(SCRIPT), *argv], capture_output=True, text=True, timeout=timeout,
                           env=env or subprocess_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
