@@ -22,13 +22,28 @@ from typing import Any
 
 import torch
 
+from ltxv2_diffusers import plugins
+from ltxv2_diffusers.lora import NonFiniteWeights, target_options_from_network_args
+from ltxv2_diffusers.speed import planner
+from ltxv2_diffusers.speed.options import SpeedOptions, check_options
+from ltxv2_diffusers.speed.planner import CONFIRM_HEADROOM
+from ltxv2_diffusers.speed.setup import apply_speed_options, freeze_host_objects, thaw_host_objects
 from ltxv2_diffusers.training import checkpoints as ckpt
-from ltxv2_diffusers.training.args import args_to_dict
+from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
+from ltxv2_diffusers.training.data import TrainData
 from ltxv2_diffusers.training.ddp import check_distribution, leave_frozen_to_each_process
+from ltxv2_diffusers.training.hub import HubUploadError, push_lora
 from ltxv2_diffusers.training.logging import MetricsLog
+from ltxv2_diffusers.training.model import (
+    build_training_model,
+    model_config,
+    render_previews,
+    save_lora_files,
+)
 from ltxv2_diffusers.training.outcome import StepOutcome
+from ltxv2_diffusers.training.plotting import plot_loss_curve
 from ltxv2_diffusers.training.prefetch import Prefetcher
-from ltxv2_diffusers.speed.setup import freeze_host_objects, thaw_host_objects
+from ltxv2_diffusers.training.resume import batching_change, check_resume_flags, report_item_changes
 from ltxv2_diffusers.training.run_lock import OutputDirBusy, OutputDirLock
 from ltxv2_diffusers.training.step import TrainStep
 
@@ -134,8 +149,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _setup_data(self):
-        from ltxv2_diffusers.training.data import TrainData
-
         # The main process checks the caches first; the others then find its record of checked files
         # (data/validation.py) instead of all reading every cache file at once.
         with self.accelerator.main_process_first():
@@ -157,8 +170,6 @@ class Trainer:
     def _check_block_counts(self, options) -> None:
         """Block counts in the speed flags against the model's depth, from its config, before the weights
         load (a 19B load takes minutes); models whose config cannot be read are checked after loading."""
-        from ltxv2_diffusers.speed.options import check_options
-        from ltxv2_diffusers.training.model import model_config
 
         if not (options.blocks_to_swap or options.blocks_without_recompute):
             return
@@ -174,8 +185,6 @@ class Trainer:
         """With a memory budget on CUDA: the levers the user left unset, chosen by the memory planner from
         the model's config and the largest batch (before any weight loads); prints the plan. Returns the
         options to apply. `correction`: a first step's measured peak over the plan's (`_confirm_plan`)."""
-        from ltxv2_diffusers.speed import planner
-        from ltxv2_diffusers.training.model import model_config
 
         self.plan = None
         if not options.planned:
@@ -189,8 +198,6 @@ class Trainer:
                                    "using the advanced flags as given")
             return options
         largest = self.data.manager.largest_batch()
-        from ltxv2_diffusers.lora import target_options_from_network_args
-        from ltxv2_diffusers.training.args import network_kwargs
 
         self.figures = planner.ModelFigures.from_config(config, self.args.mode.value, self.args.network_dim,
                                                         target_options_from_network_args(network_kwargs(self.args)),
@@ -201,8 +208,6 @@ class Trainer:
         return self._adopt(planner.plan_for(options, self.figures, self.workload, self.budget_gib), options)
 
     def _adopt(self, plan, options):
-        from ltxv2_diffusers.speed import planner
-
         self.accelerator.print(plan.describe())
         if not plan.fits:
             raise TrainingFailed(planner.explain(self.figures, self.workload, plan))
@@ -213,10 +218,6 @@ class Trainer:
         return planner.planned_options(options, plan)
 
     def _setup_model(self, correction: float = 1.0):
-        from ltxv2_diffusers.speed.options import SpeedOptions
-        from ltxv2_diffusers.speed.setup import apply_speed_options
-        from ltxv2_diffusers.training.model import build_training_model
-
         args, device = self.args, self.accelerator.device
         if correction == 1.0:  # what the user asked for, before a plan fills args in
             self.requested = SpeedOptions.from_args(args, device)
@@ -260,7 +261,6 @@ class Trainer:
     def _check_resume(self):
         """Find the checkpoint to resume from (the newest intact one for `latest`) and check that this
         run's flags and items continue it, before the model loads; a fresh run starts fresh logs."""
-        from ltxv2_diffusers.training.resume import batching_change, check_resume_flags, report_item_changes
 
         path = ckpt.resolve_resume(self.args.resume, self.output_dir)
         self._check_same_checkpoint(path)
@@ -310,7 +310,6 @@ class Trainer:
         step's backward left on the GPU), without an update, and hold the peak against the memory budget:
         over `CONFIRM_HEADROOM` of it (or out of memory), re-plan once with the measured error and rebuild
         the model, instead of failing later. Returns the stream with that batch still first."""
-        from ltxv2_diffusers.speed.planner import CONFIRM_HEADROOM
 
         first = next(stream)
         peak = self._probe(first)
@@ -531,8 +530,6 @@ class Trainer:
 
     def _report(self, outcome: StepOutcome, logs: dict[str, float], bar) -> None:
         """A step's logs to the progress bar, `on_step_end` plugins, the trackers and metrics.jsonl."""
-        from ltxv2_diffusers import plugins
-
         step = outcome.step
         logs["step_time"], s_per_step = outcome.timing
         bar.update(1)
@@ -563,8 +560,6 @@ class Trainer:
     # ------------------------------------------------------------------ saves and previews
     def save_checkpoint(self) -> Path | None:
         """LoRA files + training state of the current step, atomically; prunes per --save_last_n_steps."""
-        from ltxv2_diffusers.training.model import save_lora_files
-
         acc, step = self.accelerator, self.progress.global_step
         path = None
         self.speed.flush()  # an offloaded optimizer's last update, into the LoRA about to be saved
@@ -587,7 +582,6 @@ class Trainer:
             if window:
                 for old in self.checkpoints.prune(step - window, keep=path):
                     logger.info("removed old checkpoint %s (--save_last_n_steps / --save_last_n_epochs)", old)
-            from ltxv2_diffusers import plugins
 
             plugins.on_save(path=path, step=step)
             self._say(f"saved {path}")
@@ -600,7 +594,6 @@ class Trainer:
         path and the last good checkpoint (nothing broken is left behind: writes are atomic)."""
         import errno
 
-        from ltxv2_diffusers.lora import NonFiniteWeights
 
         keep = self.last_good_checkpoint or "none saved yet"
         try:
@@ -624,8 +617,6 @@ class Trainer:
 
     def sample(self) -> list[Path]:
         """Render every preview prompt with the current LoRA (main process only)."""
-        from ltxv2_diffusers.training.model import render_previews
-
         acc = self.accelerator
         written: list[Path] = []
         self.speed.flush()
@@ -653,7 +644,6 @@ class Trainer:
             self.lock.release()
 
     def _run(self) -> Path:
-        from ltxv2_diffusers import plugins
         from tqdm.auto import tqdm
 
         args = self.args
@@ -749,10 +739,6 @@ class Trainer:
 
     def finish(self) -> Path:
         """Final checkpoint + LoRA in OUTPUT_DIR, the loss plot, hooks, optional Hub push."""
-        from ltxv2_diffusers import plugins
-        from ltxv2_diffusers.training.model import save_lora_files
-        from ltxv2_diffusers.training.plotting import plot_loss_curve
-
         acc, args = self.accelerator, self.args
         push_error = None
         if ((args.save_every_n_steps or args.save_every_n_epochs or getattr(args, "save_state_on_train_end", False))
@@ -767,7 +753,6 @@ class Trainer:
                             skipped=self.progress.skipped_steps)
             acc.print(f"LoRA: {final}")
             if args.push_to_hub:
-                from ltxv2_diffusers.training.hub import HubUploadError, push_lora
 
                 try:
                     url = push_lora(args, self.output_dir, final, self.progress.global_step, previews=self.previews_written)
