@@ -241,6 +241,21 @@ def tiny_lora_model(dtype, num_layers=None):
     return transformer
 
 
+def tiny_components_with_statistics(seed: int, audio_statistics: bool = True) -> dict:
+    """Tiny transformer + VAEs whose latent statistics are not the identity, so normalization shows in outputs."""
+    from ltxv2_diffusers.models.presets import build_components
+
+    c = build_components("tiny", seed=seed, components=("transformer", "vae", "audio_vae"))
+    gen = torch.Generator().manual_seed(0)
+    c["vae"].latents_mean.copy_(torch.randn(128, generator=gen))
+    c["vae"].latents_std.copy_(torch.rand(128, generator=gen) + 0.5)
+    if audio_statistics:
+        # diffusers sizes the tiny audio VAE's statistics per latent channel (8), official checkpoints per packed feature.
+        c["audio_vae"].latents_mean.copy_(torch.randn(8, generator=gen))
+        c["audio_vae"].latents_std.copy_(torch.rand(8, generator=gen) + 0.5)
+    return c
+
+
 def adapter_loss(adapter, batch):
     """A fixed-noise, fixed-sigma flow-matching loss of one batch (masked mean over tokens)."""
     g = torch.Generator().manual_seed(3)

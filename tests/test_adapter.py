@@ -17,6 +17,7 @@ from ltxv2_diffusers.models.adapter import (
     adapter_class_for_mode,
     context_widths,
 )
+from conftest import tiny_components_with_statistics
 from ltxv2_diffusers.models.presets import build_components
 from ltxv2_diffusers.modes import LtxMode
 
@@ -25,14 +26,7 @@ B, F, H, W, NA, L = 2, 2, 2, 3, 5, 6
 
 @pytest.fixture(scope="module")
 def comps():
-    c = build_components("tiny", seed=1, components=("transformer", "vae", "audio_vae"))
-    gen = torch.Generator().manual_seed(0)
-    c["vae"].latents_mean.copy_(torch.randn(128, generator=gen))
-    c["vae"].latents_std.copy_(torch.rand(128, generator=gen) + 0.5)
-    # diffusers sizes the tiny audio VAE's statistics per latent channel (8), official checkpoints per packed feature.
-    c["audio_vae"].latents_mean.copy_(torch.randn(8, generator=gen))
-    c["audio_vae"].latents_std.copy_(torch.rand(8, generator=gen) + 0.5)
-    return c
+    return tiny_components_with_statistics(seed=1)
 
 
 def make_batch(transformer, seed=0, text_width=None):

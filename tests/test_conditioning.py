@@ -20,6 +20,7 @@ from ltxv2_diffusers.conditioning import (
     video_clean_mask,
 )
 from ltxv2_diffusers.models.adapter import LTXAudioModelAdapter, LTXAVModelAdapter, LTXV2ModelAdapter, context_widths
+from conftest import tiny_components_with_statistics
 from ltxv2_diffusers.models.presets import build_components
 
 FIXTURES = load_file(str(Path(__file__).parent / "fixtures" / "conditioning_positions.safetensors"))
@@ -27,11 +28,7 @@ FIXTURES = load_file(str(Path(__file__).parent / "fixtures" / "conditioning_posi
 
 @pytest.fixture(scope="module")
 def comps():
-    c = build_components("tiny", seed=3, components=("transformer", "vae", "audio_vae"))
-    gen = torch.Generator().manual_seed(0)
-    c["vae"].latents_mean.copy_(torch.randn(128, generator=gen))
-    c["vae"].latents_std.copy_(torch.rand(128, generator=gen) + 0.5)
-    return c
+    return tiny_components_with_statistics(seed=3, audio_statistics=False)
 
 
 def capture(adapter):
