@@ -569,27 +569,16 @@ def save_official_checkpoint(path: str | os.PathLike, **components: torch.nn.Mod
     The file has official key names and the ltx-core config JSON in its metadata, so ltx-core's model
     builders read every component in it. Returns the path.
     """
-    from safetensors.torch import save_file
-
     if not components:
         raise ValueError("save_official_checkpoint needs at least one component, e.g. transformer=model")
     configs = {name: (type(m).__name__, dict(m.config)) for name, m in components.items()}
     base = next((getattr(m, OFFICIAL_CONFIG_ATTR) for m in components.values() if hasattr(m, OFFICIAL_CONFIG_ATTR)), None)
     config = official_config_from_diffusers(configs, base)
-    tensors = official_state_dict(**components)
-    seen: set[int] = set()
-    for key, tensor in tensors.items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        if tensor.untyped_storage().data_ptr() in seen and tensor.numel():  # safetensors refuses shared storage
-            tensor = tensor.clone()
-        seen.add(tensor.untyped_storage().data_ptr())
-        tensors[key] = tensor
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     metadata = {"config": json.dumps(config)}
     if "transformer" in components:
         # Official 2.5 files carry it; loaders that pick defaults by version read it.
         metadata["model_version"] = model_version_of(components["transformer"].config)
-    save_file(tensors, str(path), metadata=metadata)
+    _save_tensors(Path(path), official_state_dict(**components), metadata)
     return str(path)
 
 
