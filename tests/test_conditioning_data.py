@@ -5,7 +5,6 @@ a short av_ic training run whose LoRA carries the reference factor the official 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

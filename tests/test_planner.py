@@ -12,6 +12,7 @@ from ltxv2_diffusers.models.presets import preset_config
 from ltxv2_diffusers.speed import planner
 from ltxv2_diffusers.speed.options import SpeedOptions, parse_memory_budget
 from ltxv2_diffusers.speed.planner import Fixed, ModelFigures, Plan, Workload, plan_memory, predict_peak
+from ltxv2_diffusers.speed.run_plan import RunPlan
 
 GiB = 2**30
 FULL = Workload(video_tokens=6144, audio_tokens=126)  # 768x512x121 + audio
@@ -175,13 +176,13 @@ def test_a_first_step_over_the_budget_re_plans_and_trains(tmp_path_factory, tmp_
 
     monkeypatch.setattr(SpeedOptions, "for_device", classmethod(for_device))
     budget = {}
-    runs = []
+    original_make = RunPlan.make.__func__
 
-    def resolve(value, device=None, margin_gib=1.5):  # just enough for the leanest bf16 plan of this run
-        trainer = runs[0]
-        lean = planner.plan_for(trainer.requested, trainer.figures, trainer.workload, 1.0)
+    def make(cls, *args, **kwargs):  # a budget just enough for the leanest bf16 plan of this run
+        run = original_make(cls, *args, **kwargs)
+        lean = planner.plan_for(run.requested, run.figures, run.workload, 1.0)
         budget["gib"] = lean.peak_gib / planner.ALLOCATOR_SLACK * 1.01
-        return budget["gib"]
+        return dataclasses.replace(run, budget_gib=budget["gib"])
 
     probes = []
 
@@ -189,15 +190,56 @@ def test_a_first_step_over_the_budget_re_plans_and_trains(tmp_path_factory, tmp_
         probes.append(self.plan)
         return self.plan.peak_gib, 0.97 * budget["gib"]  # reserved: over the 95 % of the budget it may use
 
-    monkeypatch.setattr(planner, "resolve_budget", resolve)
+    monkeypatch.setattr(planner, "resolve_budget", lambda value, device=None: 1.0)  # no CUDA here
+    monkeypatch.setattr(RunPlan, "make", classmethod(make))
     monkeypatch.setattr(Trainer, "_probe", probe)
     args = parse_args(baseline_argv(ws, tmp_path, steps=2, extra=["--memory_budget", "auto"]))
+    asked = dict(vars(args))
     trainer = Trainer(args)
-    runs.append(trainer)
     lora = trainer.run()
+    # the plan lives in the speed options, not in the user's flags (saved with the LoRA and checkpoints)
+    assert {k: v for k, v in vars(args).items() if k in asked and v != asked[k]} == {}
     out = capsys.readouterr().out
     assert lora.is_file() and len(probes) == 1  # one check, one re-plan, no second check
     assert out.count("memory plan: ") == 3 and "re-planning for" in out
     assert trainer.plan.peak_gib < probes[0].peak_gib and trainer.plan.fits
     assert probes[0].base == "bf16" and trainer.plan.base == "int8" and trainer.speed.quantized_layers > 0
     assert trainer.plan.budget_gib == pytest.approx(budget["gib"])
+
+
+def test_a_continued_lora_is_planned_with_the_size_of_its_file(tmp_path):
+    """`--network_weights`: the LoRA trained on is the file's (its ranks), not `--network_dim`'s; counted from
+    the file's header."""
+    from conftest import tiny_lora_model
+
+    from ltxv2_diffusers.lora import lora_from_model, lora_parameter_count, save_lora
+
+    model = tiny_lora_model(torch.float32)
+    path, _ = save_lora(lora_from_model(model), tmp_path, "rank4")
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora_parameter_count(path) == trained
+    config = preset_config("ltx-2.0")["transformer"]
+    largest = {"batch": 1, "video": FULL.video_tokens, "audio": FULL.audio_tokens}
+    options = SpeedOptions.for_device("cuda", memory_budget=24.0)
+    by_flag = RunPlan.make(options, config, largest, mode="av", rank=32)
+    by_file = RunPlan.make(options, config, largest, mode="av", rank=32, lora_params=4 * by_flag.figures.lora_params)
+    assert by_file.figures.lora_params == 4 * by_flag.figures.lora_params
+    assert by_file.choose() and by_flag.choose()
+    assert by_file.plan.peak_gib > by_flag.plan.peak_gib or by_file.plan.seconds > by_flag.plan.seconds
+
+
+def test_the_first_steps_verdict():
+    """Under 95 % of the budget (reserved) confirms; over it, or out of memory, re-plans with the error."""
+    run = RunPlan.make(SpeedOptions.for_device("cuda", memory_budget=24.0), preset_config("ltx-2.0")["transformer"],
+                       {"batch": 1, "video": FULL.video_tokens, "audio": FULL.audio_tokens}, mode="av", rank=32)
+    options = run.choose()
+    assert options.gradient_checkpointing and options.blocks_to_swap == run.plan.blocks_to_swap
+    ok = run.verdict((run.plan.peak_gib, 22.0))
+    assert ok.correction is None and ok.message.startswith("memory plan confirmed")
+    over = run.verdict((run.plan.peak_gib, 23.5))
+    assert over.correction == pytest.approx(1.05 * 23.5 / (24 * 0.95)) and "re-planning" in over.message
+    assert run.verdict(None).correction == 1.25
+    first = run.plan
+    run.choose(over.correction)
+    assert run.plan.budget_gib == 24.0 and run.plan.peak_gib <= 24.0 / over.correction * planner.ALLOCATOR_SLACK
+    assert run.plan.peak_gib < first.peak_gib

@@ -485,17 +485,34 @@ def test_block_swap_keeps_the_compute_dtype_of_the_fast_path():
 
 
 def test_streaming_set_up_leaves_the_blocks_where_they_are():
-    """With swapping the trainer moves everything but the blocks (the swapper moves or streams those),
-    keeping parameter identities; a dtype change stands in for the move to the GPU."""
-    from ltxv2_diffusers.training.model import _apply_except
+    """With swapping, the speed setup moves everything but the blocks (the swapper moves or streams those),
+    keeping parameter identities; without, everything. A dtype change stands in for the move to the GPU
+    (`Tensor.to` and `Module.to` take either)."""
+    from ltxv2_diffusers.speed.setup import _place_outside_blocks
 
     model = tiny_lora_model(torch.float32)
     before = {n: p for n, p in model.named_parameters()}
-    _apply_except(model, lambda t: t.to(torch.float64), model.transformer_blocks)
+    _place_outside_blocks(model, model, SpeedOptions(blocks_to_swap=1), torch.float64)
     for name, p in model.named_parameters():
         assert p is before[name]
         assert p.dtype == (torch.float32 if name.startswith("transformer_blocks.") else torch.float64), name
     assert any(not n.startswith("transformer_blocks.") for n in before)
+    _place_outside_blocks(model, model, SpeedOptions(), torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+
+
+def test_speed_setup_sets_checkpointing_and_trains_the_lora_in_fp32_on_the_eager_path():
+    """`gradient_checkpointing` in the options is what the transformer gets (None: as it is); the eager path
+    trains fp32 LoRA weights whatever dtype they were made in."""
+    model = tiny_lora_model(torch.bfloat16)
+    assert not model.is_gradient_checkpointing
+    setup = apply_speed_options(model, SpeedOptions.for_device("cpu", gradient_checkpointing=True), device="cpu")
+    assert model.is_gradient_checkpointing and setup.recompute == "whole blocks (torch.utils.checkpoint)"
+    assert {p.dtype for p in setup.trainable_params} == {torch.float32}
+    apply_speed_options(model, SpeedOptions.for_device("cpu"), device="cpu")
+    assert model.is_gradient_checkpointing  # None: left as it was
+    apply_speed_options(model, SpeedOptions.for_device("cpu", gradient_checkpointing=False), device="cpu")
+    assert not model.is_gradient_checkpointing
 
 
 def test_block_swap_refuses_more_than_the_host_memory():

@@ -13,7 +13,6 @@ import torch
 from conftest import base_argv
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.timesteps import TimestepFormat
-from conftest import base_argv
 from ltxv2_diffusers.training.args import FLAGS, parse_args
 
 # The old musubi LTX-2 training command, every flag of it.

@@ -333,6 +333,17 @@ def read_lora(path: str | os.PathLike, *, resolver: MusubiNameResolver | None = 
     return lora
 
 
+def lora_parameter_count(path: str | os.PathLike) -> int:
+    """How many parameters a LoRA file's matrices hold, from its header alone (no tensor is read)."""
+    file = resolve_lora_path(path)
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as handle:
+            shapes = [handle.get_slice(key).get_shape() for key in handle.keys()]
+    except (safetensors.SafetensorError, OSError) as exc:
+        raise LoraFormatError(f"{file}: not a readable safetensors file ({exc})") from None
+    return sum(math.prod(shape) for shape in shapes if len(shape) >= 2)  # alphas are scalars
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
     """Write a safetensors file atomically: temp file in the target folder, fsync, `os.replace`."""
     path = Path(path)

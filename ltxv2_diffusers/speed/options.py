@@ -81,6 +81,9 @@ class SpeedOptions:
     memory_budget: float | str | None = None
     # Levers the user set by hand, which the planner keeps
     fixed: frozenset = frozenset()
+    # Recompute activations in backward (`--gradient_checkpointing`; a memory plan always does):
+    # `apply_speed_options` sets it on the transformer. None: leave the transformer as it is (library use).
+    gradient_checkpointing: bool | None = None
 
     @classmethod
     def for_device(cls, device: str | torch.device, *, naive: bool = False, compile: bool = True,
@@ -88,7 +91,8 @@ class SpeedOptions:
                    blocks_to_swap: int | None = None, recompute: str = "compiled",
                    activation_memory_budget: float | None = None, blocks_without_recompute: int | None = None,
                    offload_optimizer: bool = False, fp8_base: bool = False,
-                   memory_budget: float | str | None = None) -> "SpeedOptions":
+                   memory_budget: float | str | None = None,
+                   gradient_checkpointing: bool | None = None) -> "SpeedOptions":
         """What the flags ask for on `device`, unchecked (`problems` says what is wrong): the fast path
         needs CUDA; on a CPU the step stays eager in fp32 (the memory levers asked for stay recorded,
         so `problems` can name them)."""
@@ -100,13 +104,16 @@ class SpeedOptions:
         swap = blocks_to_swap if blocks_to_swap is not None else (8 if low_memory else 0)
         levers = dict(blocks_to_swap=swap, activation_memory_budget=activation_memory_budget,
                       blocks_without_recompute=blocks_without_recompute or 0, offload_optimizer=offload_optimizer,
-                      low_memory=low_memory, fp8_base=fp8_base, fixed=frozenset(fixed))
+                      low_memory=low_memory, fp8_base=fp8_base, fixed=frozenset(fixed),
+                      gradient_checkpointing=gradient_checkpointing)
         if device_type != "cuda":
             return cls(naive=True, compile=False, recompute="checkpoint", compute_dtype=torch.float32,
                        device_type=device_type, **levers)
         # The 24 GiB recipe re-runs whole blocks: keeping attention outputs would cost 2.3 GiB. With --fp8_base its
         # base weights are fp8 instead of int8 (the same bytes, multiplied in fp8 instead of dequantized).
         planned = memory_budget is not None and not naive and not low_memory
+        if planned:  # every plan's levers recompute
+            levers["gradient_checkpointing"] = True
         return cls(naive=naive, compile=compile and not naive, attention_backend=attention_backend,
                    int8_base=low_memory and not fp8_base, recompute="checkpoint" if low_memory else recompute,
                    memory_budget=memory_budget if planned else None, **levers)
@@ -126,7 +133,8 @@ class SpeedOptions:
                               blocks_without_recompute=get("blocks_without_recompute"),
                               offload_optimizer=bool(get("offload_optimizer", False)),
                               fp8_base=bool(get("fp8_base", False)),
-                              memory_budget=parse_memory_budget(get("memory_budget", "auto")))
+                              memory_budget=parse_memory_budget(get("memory_budget", "auto")),
+                              gradient_checkpointing=bool(get("gradient_checkpointing", False)))
 
     @property
     def planned(self) -> bool:
@@ -137,11 +145,15 @@ class SpeedOptions:
         """Whether the compiled blocks do the recomputation themselves instead of diffusers' checkpointing."""
         return compiled_recompute(compile=self.compile, recompute=self.recompute, checkpointing=checkpointing)
 
-    def problems(self, num_blocks: int | None = None, checkpointing: bool = True, *, device: bool = True) -> list[str]:
+    def problems(self, num_blocks: int | None = None, checkpointing: bool | None = None, *,
+                 device: bool = True) -> list[str]:
         """Everything wrong with this combination, one message each (naming the flags and what to do), for
         a model of `num_blocks` transformer blocks (None: not known yet) with diffusers' gradient
-        checkpointing as the run sets it. `device=False` leaves out that the memory levers want CUDA (the
-        user's flags must run on CUDA; tests and benchmarks stream blocks on a CPU on purpose)."""
+        checkpointing as the run sets it (None: `gradient_checkpointing`, else on). `device=False` leaves out
+        that the memory levers want CUDA (the user's flags must run on CUDA; tests and benchmarks stream
+        blocks on a CPU on purpose)."""
+        if checkpointing is None:
+            checkpointing = self.gradient_checkpointing is not False
         out: list[str] = []
         cuda_only = [flag for flag, on in (("--low_memory", self.low_memory), ("--blocks_to_swap", self.blocks_to_swap),
                                            ("--activation_memory_budget", self.activation_memory_budget is not None),
@@ -205,8 +217,7 @@ def args_problems(args, device: str | torch.device | None = None) -> list[str]:
         options = SpeedOptions.from_args(args, device)
     except ValueError as exc:
         return [str(exc)]
-    checkpointing = bool(getattr(args, "gradient_checkpointing", False)) or options.planned
-    out = options.problems(None, checkpointing)
+    out = options.problems(None)
     if getattr(args, "speed", "fast") == "naive" and options.device_type != "cuda":  # CPU runs are eager anyway
         out += [message for asked, message in ((options.offload_optimizer, OFFLOAD_NEEDS_FAST),
                                                (options.fp8_base, FP8_NEEDS_FAST)) if asked]

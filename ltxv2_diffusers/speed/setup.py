@@ -174,14 +174,23 @@ def thaw_host_objects() -> None:
 
 
 def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
-                        device: str | torch.device = "cuda") -> SpeedSetup:
-    """Apply `options` to a transformer that already carries its trainable LoRA, and move it to `device`.
+                        device: str | torch.device = "cuda", *, model: torch.nn.Module | None = None) -> SpeedSetup:
+    """Apply `options` to a transformer that already carries its trainable LoRA, and place `model` (the
+    module holding the transformer, e.g. the training adapter; default the transformer) on `device`.
 
-    With block swapping the transformer may still be on the CPU: swapped blocks' weights then go
-    straight to pinned host memory and only the rest is moved, so the GPU never holds all of them.
+    Owns where every weight lives and in which dtype: streamed blocks' weights go straight from the CPU
+    to pinned host memory and only the rest is moved, so the GPU never holds all of them; the frozen base
+    runs in the compute dtype, the LoRA in it too with fp32 master weights (or in fp32 on the eager path).
     """
     device = torch.device(device)
+    if options.gradient_checkpointing is not None and \
+            options.gradient_checkpointing != transformer.is_gradient_checkpointing:
+        if options.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        else:
+            transformer.disable_gradient_checkpointing()
     _recompute_inside(transformer, options)  # checks the options before the model changes
+    _place_outside_blocks(model if model is not None else transformer, transformer, options, device)
     quantized = 0
     if options.int8_base:
         quantized = quantize_base_weights(transformer, options.quantize_min_features)
@@ -210,12 +219,31 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
         master = HostMasterWeights(trainable, list(transformer.transformer_blocks), options.compute_dtype)
     elif fast:
         master = MasterWeights(trainable, options.compute_dtype)
-    else:
+    else:  # autocast computes in the low dtype; the weights it trains stay fp32
         for p in trainable:
             p.data = p.data.float()
     recompute = configure_recompute(transformer, options)
     return SpeedSetup(options=options, trainable_params=trainable, master=master, swapper=swapper,
                       device_type=device.type, recompute=recompute, quantized_layers=quantized)
+
+
+def _place_outside_blocks(model: torch.nn.Module, transformer: torch.nn.Module, options: SpeedOptions,
+                          device: torch.device) -> None:
+    """Move `model` to `device`; with streamed blocks, all but the transformer blocks (the swapper places
+    those). Parameter identities are kept, so LoRA parameters collected earlier stay valid."""
+    if not options.blocks_to_swap:
+        model.to(device)
+        return
+    blocks = {id(m) for m in transformer.transformer_blocks.modules()}
+    for m in model.modules():
+        if id(m) in blocks:
+            continue
+        for p in m._parameters.values():
+            if p is not None:
+                p.data = p.data.to(device)
+        for name, b in m._buffers.items():
+            if b is not None:
+                m._buffers[name] = b.to(device)
 
 
 def blocks_without_recompute(transformer: torch.nn.Module, options: SpeedOptions) -> set[int]:

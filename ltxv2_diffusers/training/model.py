@@ -74,23 +74,10 @@ def model_config(args) -> dict[str, Any] | None:
         return None
 
 
-def _apply_except(module: torch.nn.Module, fn, keep: torch.nn.Module) -> None:
-    """Replace `module`'s parameters and buffers by `fn(tensor)` (e.g. a device move), except those inside
-    `keep`; parameter identities are kept."""
-    kept = {id(m) for m in keep.modules()}
-    for m in module.modules():
-        if id(m) in kept:
-            continue
-        for p in m._parameters.values():
-            if p is not None:
-                p.data = fn(p.data)
-        for name, b in m._buffers.items():
-            if b is not None:
-                m._buffers[name] = fn(b)
-
-
 def build_training_model(args, device: torch.device | str = "cpu", keep_preview_parts: bool = False) -> TrainingBundle:
-    """Load the transformer (+ VAE statistics), add the LoRA for `args.mode`, wrap in the adapter."""
+    """Load the transformer (+ VAE statistics), add the LoRA for `args.mode`, wrap in the adapter. The
+    training model stays where it loaded: `speed.setup.apply_speed_options` places it and sets the
+    weights' dtypes and gradient checkpointing. Preview parts go to `device`."""
     mode: LtxMode = args.mode
     transformer = load_components(args.ltxv2_model, backend=args.ltxv2_backend, components=["transformer"])["transformer"]
     wanted = ["vae", "audio_vae"] + (["vocoder"] if keep_preview_parts else [])
@@ -108,22 +95,10 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
     else:
         targets = add_lora(transformer, mode, args.network_dim, args.network_alpha,
                            target_options_from_network_args(network_kwargs(args)))
-    if args.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
     adapter = adapter_class_for_mode(mode).from_components(
         transformer, vae=parts["vae"], audio_vae=parts["audio_vae"],
         av_timestep_rule=getattr(args, "av_timestep_rule", "current"),
     )
-    if getattr(args, "low_memory", False) or getattr(args, "blocks_to_swap", None):
-        # The blocks stay on the CPU: the block swapper (speed/setup.py) sends the swapped ones to
-        # pinned host memory and moves the rest, so the GPU never holds every weight at once.
-        _apply_except(adapter, lambda t: t.to(device), transformer.transformer_blocks)
-    else:
-        adapter.to(device)
-    # LoRA weights train in fp32 even when the base runs in bf16 (mixed precision autocasts matmuls).
-    for p in adapter.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
     preview = {}
     if keep_preview_parts:
         if is_encoder_only(parts["vae"]):

@@ -23,10 +23,9 @@ from typing import Any
 import torch
 
 from ltxv2_diffusers import plugins
-from ltxv2_diffusers.lora import NonFiniteWeights, target_options_from_network_args
-from ltxv2_diffusers.speed import planner
+from ltxv2_diffusers.lora import NonFiniteWeights, lora_parameter_count, target_options_from_network_args
 from ltxv2_diffusers.speed.options import SpeedOptions, check_options
-from ltxv2_diffusers.speed.planner import CONFIRM_HEADROOM
+from ltxv2_diffusers.speed.run_plan import PlanDoesNotFit, RunPlan
 from ltxv2_diffusers.speed.setup import apply_speed_options, freeze_host_objects, thaw_host_objects
 from ltxv2_diffusers.training import checkpoints as ckpt
 from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
@@ -93,7 +92,7 @@ class Trainer:
         self._checkpoint_step = -1
         self.previews_written: list[Path] = []
         self.metrics = MetricsLog(Path(args.logging_dir) / "metrics.jsonl")
-        self.plan = None  # the memory planner's choice (`_plan_memory`), when a budget applies
+        self.memory = None  # the run's memory plan (speed/run_plan.py), when a budget applies
         self.lock = OutputDirLock(self.output_dir)
         self._resume_from: Path | None = None
 
@@ -177,56 +176,44 @@ class Trainer:
         if config is None or "num_layers" not in config:
             return
         try:
-            check_options(options, int(config["num_layers"]), self.args.gradient_checkpointing or options.planned)
+            check_options(options, int(config["num_layers"]), options.gradient_checkpointing is not False)
         except ValueError as exc:
             raise TrainingFailed(f"{exc} (--ltxv2_model {self.args.ltxv2_model})") from None
 
-    def _plan_memory(self, options, correction: float = 1.0):
-        """With a memory budget on CUDA: the levers the user left unset, chosen by the memory planner from
-        the model's config and the largest batch (before any weight loads); prints the plan. Returns the
-        options to apply. `correction`: a first step's measured peak over the plan's (`_confirm_plan`)."""
-
-        self.plan = None
+    def _plan_memory(self, options):
+        """With a memory budget on CUDA: the memory plan for this model and the largest batch, made before
+        any weight loads (None without a budget, or when the model's config cannot be read here)."""
         if not options.planned:
-            return options
-        if correction != 1.0:  # re-planning: same model, data and budget
-            plan = planner.plan_for(options, self.figures, self.workload, self.budget_gib, correction=correction)
-            return self._adopt(plan, options)
+            return None
         config = model_config(self.args)
         if config is None:
             self.accelerator.print("memory plan: none (the model's config cannot be read before loading); "
                                    "using the advanced flags as given")
-            return options
-        largest = self.data.manager.largest_batch()
-
-        self.figures = planner.ModelFigures.from_config(config, self.args.mode.value, self.args.network_dim,
-                                                        target_options_from_network_args(network_kwargs(self.args)),
-                                                        min_features=options.quantize_min_features)
-        self.workload = planner.Workload(video_tokens=largest["video"], audio_tokens=largest["audio"],
-                                         batch=largest["batch"])
-        self.budget_gib = planner.resolve_budget(options.memory_budget, self.accelerator.device)
-        return self._adopt(planner.plan_for(options, self.figures, self.workload, self.budget_gib), options)
-
-    def _adopt(self, plan, options):
-        self.accelerator.print(plan.describe())
-        if not plan.fits:
-            raise TrainingFailed(planner.explain(self.figures, self.workload, plan))
-        self.plan = plan
-        # The plan's levers need checkpointing, and the loader keeps streamed blocks off the GPU.
-        self.args.gradient_checkpointing = True
-        self.args.blocks_to_swap = plan.blocks_to_swap or None
-        return planner.planned_options(options, plan)
+            return None
+        args = self.args
+        return RunPlan.make(options, config, self.data.manager.largest_batch(), mode=args.mode.value,
+                            rank=args.network_dim, target_options=target_options_from_network_args(network_kwargs(args)),
+                            lora_params=lora_parameter_count(args.network_weights) if args.network_weights else None,
+                            device=self.accelerator.device)
 
     def _setup_model(self, correction: float = 1.0):
         args, device = self.args, self.accelerator.device
-        if correction == 1.0:  # what the user asked for, before a plan fills args in
+        if correction == 1.0:
             self.requested = SpeedOptions.from_args(args, device)
             self._check_block_counts(self.requested)
-        options = self._plan_memory(self.requested, correction)
+            self.memory = self._plan_memory(self.requested)
+        options = self.requested
+        if self.memory is not None:
+            try:
+                options = self.memory.choose(correction)
+            except PlanDoesNotFit as exc:
+                raise TrainingFailed(str(exc)) from None
+            finally:
+                self.accelerator.print(self.memory.describe())
         # Previews render on the main process only: the others need neither the decoders nor the prompts.
         previews_here = self._previews_enabled() and self.accelerator.is_main_process
         self.bundle = build_training_model(args, device=device, keep_preview_parts=previews_here)
-        self.speed = apply_speed_options(self.bundle.transformer, options, device=device)
+        self.speed = apply_speed_options(self.bundle.transformer, options, device=device, model=self.bundle.adapter)
         self.accelerator.print(self.speed.summary())
         if not self.speed.trainable_params:
             raise RuntimeError("the LoRA added no trainable parameters")
@@ -243,6 +230,11 @@ class Trainer:
             leave_frozen_to_each_process(self.bundle.adapter)
         self.adapter, self.optimizer = self.accelerator.prepare(self.bundle.adapter, self.optimizer)
         self.step_fn = TrainStep(self.adapter, args)
+
+    @property
+    def plan(self):
+        """The memory planner's current choice, when a budget applies."""
+        return self.memory.plan if self.memory is not None else None
 
     def _make_optimizer(self):
         args = self.args
@@ -307,35 +299,24 @@ class Trainer:
 
     def _confirm_plan(self, stream):
         """Run the first batch's forward and backward twice (the second starts with every weight the first
-        step's backward left on the GPU), without an update, and hold the peak against the memory budget:
-        over `CONFIRM_HEADROOM` of it (or out of memory), re-plan once with the measured error and rebuild
-        the model, instead of failing later. Returns the stream with that batch still first."""
+        step's backward left on the GPU), without an update, and hold the peak against the memory budget
+        (`RunPlan.verdict`): over it, or out of memory, re-plan once with the measured error and rebuild the
+        model, instead of failing later. Returns the stream with that batch still first."""
 
         first = next(stream)
-        peak = self._probe(first)
-        plan, budget = self.plan, self.budget_gib
-        limit = budget * CONFIRM_HEADROOM
-        if peak is None:
-            correction, what = 1.25, "ran out of memory"
-        else:
-            correction = 1.05 * max(peak[1] / limit, peak[0] / plan.peak_gib)
-            what = f"peaked at {peak[1]:.1f} GiB reserved"
+        verdict = self.memory.verdict(self._probe(first))
         if self.world_size > 1:  # every process re-plans, or none: a rebuild is collective
-            worst = torch.tensor([0.0 if peak is not None and peak[1] <= limit else correction],
-                                 device=self.accelerator.device)
+            worst = torch.tensor([verdict.correction or 0.0], device=self.accelerator.device)
             worst = float(self.accelerator.reduce(worst, reduction="max"))
-            correction = max(correction, worst) if worst else correction
-            if worst and peak is not None and peak[1] <= limit:
-                peak, what = None, "went over the budget on another process"
-        if peak is not None and peak[1] <= limit:
-            self.accelerator.print(f"memory plan confirmed: the first steps peaked at {peak[0]:.1f} GiB allocated, "
-                                   f"{peak[1]:.1f} GiB reserved (predicted {plan.peak_gib:.1f}; budget {budget:.1f})")
-            return _prepend(first, stream)
-        self.accelerator.print(f"memory plan: the first steps {what}, over {limit:.1f} GiB of the {budget:.1f} GiB "
-                               f"budget; re-planning for {correction:.2f}x the predicted peak")
-        self._teardown_model()
-        self._setup_model(correction=correction)
-        self._resume()
+            if worst and verdict.correction is None:
+                verdict = self.memory.overruled(worst)
+            elif worst:
+                verdict.correction = max(verdict.correction, worst)
+        self.accelerator.print(verdict.message)
+        if verdict.correction is not None:
+            self._teardown_model()
+            self._setup_model(correction=verdict.correction)
+            self._resume()
         return _prepend(first, stream)
 
     def _probe(self, entry, passes: int = 2) -> tuple[float, float] | None:
@@ -570,7 +551,8 @@ class Trainer:
                 save_lora_files(self.bundle, self.args, tmp, f"{self.args.output_name}-step{step:08d}", step)
                 ckpt.save_training_state(tmp, adapter, self.optimizer, self.lr_scheduler, self.progress,
                                          extra={"args": args_to_dict(self.args), "items": self.data.item_keys(),
-                                                "batching": self.data.batching()},
+                                                "batching": self.data.batching(), "speed": self.speed.summary(),
+                                                **({"memory_plan": self.plan.describe()} if self.plan else {})},
                                          master=self.speed.master)
 
             path = self._writing(lambda: self.checkpoints.write(step, fill), self.checkpoints.root)

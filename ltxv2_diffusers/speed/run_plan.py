@@ -1,0 +1,90 @@
+"""A training run's memory plan: chosen before the model loads, held against the first steps' peak.
+
+`RunPlan.make` gathers what the planner needs (the model's config, the largest batch, the LoRA's size,
+the budget in GiB); `choose` returns the `SpeedOptions` with the levers the user left unset filled in;
+`verdict` compares the first steps' measured peak with the budget and says whether to re-plan, and by
+how much. The trainer only measures, prints and rebuilds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import planner
+from .options import SpeedOptions
+
+# What a first step that ran out of memory is taken to have needed, over the plan's prediction.
+OUT_OF_MEMORY_CORRECTION = 1.25
+# A re-plan aims this much below the measured error, so it is not right at the edge again.
+REPLAN_MARGIN = 1.05
+
+
+class PlanDoesNotFit(ValueError):
+    """No combination of levers fits the budget; the message says what would."""
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The first steps' peak against the budget: `correction` is None when the plan is confirmed."""
+
+    message: str
+    correction: float | None = None
+
+
+@dataclasses.dataclass
+class RunPlan:
+    requested: SpeedOptions  # what the user's flags ask for (the planner keeps the levers they set)
+    figures: planner.ModelFigures
+    workload: planner.Workload
+    budget_gib: float
+    plan: planner.Plan | None = None  # the current choice (`choose`)
+
+    @classmethod
+    def make(cls, requested: SpeedOptions, config: dict, largest: dict, *, mode: str, rank: int,
+             target_options=None, lora_params: int | None = None, device=None) -> "RunPlan":
+        """For a model of transformer `config`, whose largest batch is `largest` ({'batch', 'video',
+        'audio'} tokens), with a LoRA of `rank` on `mode`'s targets (or of `lora_params` parameters, e.g.
+        a `--network_weights` file's own size)."""
+        figures = planner.ModelFigures.from_config(config, mode, rank, target_options,
+                                                   min_features=requested.quantize_min_features)
+        if lora_params is not None:
+            figures = dataclasses.replace(figures, lora_params=int(lora_params))
+        workload = planner.Workload(video_tokens=largest["video"], audio_tokens=largest["audio"],
+                                    batch=largest["batch"])
+        budget = planner.resolve_budget(requested.memory_budget, device)
+        return cls(requested=requested, figures=figures, workload=workload, budget_gib=budget)
+
+    def choose(self, correction: float = 1.0) -> SpeedOptions:
+        """The options to apply: the fastest plan that fits (the budget scaled down by `correction`, a
+        measured peak over the predicted one). Raises `PlanDoesNotFit` saying what would fit."""
+        plan = planner.plan_for(self.requested, self.figures, self.workload, self.budget_gib, correction=correction)
+        self.plan = plan
+        if not plan.fits:
+            raise PlanDoesNotFit(planner.explain(self.figures, self.workload, plan))
+        return planner.planned_options(self.requested, plan)
+
+    def describe(self) -> str:
+        return self.plan.describe() if self.plan is not None else "memory plan: none"
+
+    def verdict(self, peak: tuple[float, float] | None) -> Verdict:
+        """Judge the first steps' (allocated, reserved) peak in GiB, None if they ran out of memory: over
+        `CONFIRM_HEADROOM` of the budget (reserved) asks for a re-plan with the measured error."""
+        limit = self.budget_gib * planner.CONFIRM_HEADROOM
+        if peak is not None and peak[1] <= limit:
+            return Verdict(f"memory plan confirmed: the first steps peaked at {peak[0]:.1f} GiB allocated, "
+                           f"{peak[1]:.1f} GiB reserved (predicted {self.plan.peak_gib:.1f}; budget "
+                           f"{self.budget_gib:.1f})")
+        if peak is None:
+            correction, what = OUT_OF_MEMORY_CORRECTION, "ran out of memory"
+        else:
+            correction = REPLAN_MARGIN * max(peak[1] / limit, peak[0] / self.plan.peak_gib)
+            what = f"peaked at {peak[1]:.1f} GiB reserved"
+        return Verdict(self._replanning(what, correction), correction)
+
+    def overruled(self, correction: float) -> Verdict:
+        """Another process went over the budget (a rebuild is collective: all re-plan, or none)."""
+        return Verdict(self._replanning("went over the budget on another process", correction), correction)
+
+    def _replanning(self, what: str, correction: float) -> str:
+        return (f"memory plan: the first steps {what}, over {self.budget_gib * planner.CONFIRM_HEADROOM:.1f} GiB "
+                f"of the {self.budget_gib:.1f} GiB budget; re-planning for {correction:.2f}x the predicted peak")
