@@ -243,3 +243,26 @@ def test_the_first_steps_verdict():
     run.choose(over.correction)
     assert run.plan.budget_gib == 24.0 and run.plan.peak_gib <= 24.0 / over.correction * planner.ALLOCATOR_SLACK
     assert run.plan.peak_gib < first.peak_gib
+
+
+def test_the_predictions_in_docs_speed_are_the_planners(bench_script):
+    """docs/speed.md's table of predicted plans is what `benchmarks/planner_predictions.py` prints: each of its
+    rows names the same streamed blocks and peak as the script's row for that clip and budget."""
+    import re
+    from pathlib import Path
+
+    script = bench_script("planner_predictions")
+    predicted = {(clip.split()[0], plan.budget_gib): plan for clip, _, _, plan in script.rows("ltx-2.0", "av", 32)}
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "speed.md").read_text(encoding="utf-8")
+    table = [line for line in docs.splitlines() if line.startswith(("| 960×544×89", "| 768×512 image"))]
+    assert len(table) == 7
+    for line in table:
+        clip, card, levers, peak = [c.strip() for c in line.strip("|").split("|")][:4]
+        given = re.search(r"--memory_budget (\d+)", card)
+        budgets = [float(given.group(1))] if given else \
+            [budget for name, budget in script.CARDS if name.split()[0] in card and "auto" in name]
+        assert budgets, line
+        for budget in budgets:
+            plan = predicted[(clip.split()[0], budget)]
+            assert peak == f"{plan.peak_gib:.1f} GiB", line
+            assert levers.startswith(f"{plan.base}, {plan.blocks_to_swap} streamed"), line
