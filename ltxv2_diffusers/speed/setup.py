@@ -1,9 +1,11 @@
 """How a training run uses the speed and memory levers of this package.
 
-`SpeedOptions` is what the flags ask for; `apply_speed_options` changes the LoRA'd transformer
-accordingly and returns a `SpeedSetup` that the trainer and `benchmarks/train_step.py` use the same
-way: build the optimizer through it, run the step under its `autocast()`, and call
-`before_optimizer_step()` / `after_optimizer_step()` around `optimizer.step()`.
+`SpeedOptions` is what the flags ask for; `apply_speed_options` places the training model, changes the
+LoRA'd transformer accordingly and returns a `SpeedSetup`, which the trainer and `benchmarks/train_step.py`
+use the same way: the optimizer built through it (`make_optimizer`), each forward under its `autocast()`
+and each micro-batch under its `gradient_sync()`, the backward through `backward()`, then
+`before_optimizer_step()`, `clip_grad_norm()` and `update()` (the step, skipped on the device where
+non-finite, and `after_optimizer_step()`); `flush()` before anything reads the LoRA.
 """
 
 from __future__ import annotations
@@ -112,10 +114,34 @@ class SpeedSetup:
         if isinstance(self.optimizer, OffloadedAdamW):
             self.optimizer.apply_pending()
 
-    def autocast(self):
+    def autocast(self, accelerator=None):
+        """Around a forward (not its backward): the naive path's autocast, and `accelerator`'s (mixed
+        precision as the run configured it; the trainer disables it where the fast path computes in bf16)."""
+        stack = contextlib.ExitStack()
+        if accelerator is not None:
+            stack.enter_context(accelerator.autocast())
         if self.options.naive and self.device_type == "cuda":
-            return torch.autocast("cuda", dtype=self.options.compute_dtype)
-        return contextlib.nullcontext()
+            stack.enter_context(torch.autocast("cuda", dtype=self.options.compute_dtype))
+        return stack
+
+    def gradient_sync(self, accelerator=None, model=None, *, last: bool = True, processes: int = 1):
+        """Around one micro-batch's forward and backward: under DDP, no gradient sync for every micro-batch
+        of an optimizer step but the `last`. Not with fp32 masters: they take each micro-batch's gradients
+        out of the model, so every micro-batch's gradients must be synced before they move."""
+        if accelerator is None or last or processes == 1 or self.master is not None:
+            return contextlib.nullcontext()
+        return accelerator.no_sync(model)
+
+    def update(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None, *,
+               found_inf: torch.Tensor | None = None, apply: bool = True) -> None:
+        """One optimizer step through `optimizer` (the one `make_optimizer` built, or accelerate's wrapper
+        of it), then `after_optimizer_step`. `found_inf`: a 0-d tensor, 1 where the device must skip the
+        update (`skip_if`); `apply=False`: the host decided to skip it."""
+        if found_inf is not None:
+            self.skip_if(found_inf)
+        if apply:
+            optimizer.step()
+        self.after_optimizer_step(optimizer, model)
 
     def accumulate_grads(self) -> None:
         """After each micro-batch's backward: move bf16 grads into the fp32 masters."""

@@ -335,7 +335,7 @@ class Trainer:
         try:
             for _ in range(passes):
                 gens = self._generators(self.progress.global_step, 0, offset, len(local["keys"]))
-                with acc.autocast(), self.speed.autocast():
+                with self.speed.autocast(acc):
                     loss, _ = self.step_fn(local, gens)
                 acc.backward(loss)
                 loss = None
@@ -421,14 +421,8 @@ class Trainer:
             local = self._local(batch)
             offset = local.pop("_global_offset")
             gens = self._generators(step, micro, offset, len(local["keys"]))
-            last = micro == accum - 1
-            # One no_sync context around forward and backward of every micro-batch but the last. Not with
-            # fp32 masters: their per-micro-batch accumulation moves grads out of the model, so every
-            # micro-batch's grads must be synced before they move.
-            local_accum = not last and self.world_size > 1 and self.speed.master is None
-            ctx = acc.no_sync(self.adapter) if local_accum else _null()
-            with ctx:
-                with acc.autocast(), self.speed.autocast():
+            with self.speed.gradient_sync(acc, self.adapter, last=micro == accum - 1, processes=self.world_size):
+                with self.speed.autocast(acc):
                     loss, logs = self.step_fn(local, gens)
                 # Backward runs whatever the loss is, so the host never waits for the forward to finish
                 # before queueing it; a non-finite loss only leaves gradients the step discards.
@@ -460,18 +454,15 @@ class Trainer:
     def _update(self, outcome: StepOutcome) -> None:
         """Apply `outcome`'s step: skipped on the device where non-finite, else (fp16, AdamW8bit) after
         the host read the verdict. Then clear the gradients and move on to the next step."""
+        model = self.accelerator.unwrap_model(self.adapter)
         if self._skips_on_device:
-            self.speed.skip_if(outcome.found_inf)
-            self.optimizer.step()
+            self.speed.update(self.optimizer, model, found_inf=outcome.found_inf)
         else:
             finite, _ = outcome.read()
-            if finite:
-                if self.args.max_grad_norm > 0 and self.accelerator.scaler is not None:
-                    outcome.extra["grad_norm"] = float(self.speed.clip_grad_norm(self.args.max_grad_norm,
-                                                                                 self.accelerator))
-                self.optimizer.step()
-        # fp32 masters -> compute-dtype LoRA (unchanged if skipped); gradients cleared
-        self.speed.after_optimizer_step(self.optimizer, self.accelerator.unwrap_model(self.adapter))
+            if finite and self.args.max_grad_norm > 0 and self.accelerator.scaler is not None:
+                outcome.extra["grad_norm"] = float(self.speed.clip_grad_norm(self.args.max_grad_norm,
+                                                                             self.accelerator))
+            self.speed.update(self.optimizer, model, apply=finite)
         self.progress.global_step += 1
 
     def _account(self, outcome: StepOutcome) -> dict[str, float]:
@@ -782,11 +773,3 @@ def _due(step: int, finished_epochs: list[int], every_n_steps: int | None, every
     if every_n_steps and step % every_n_steps == 0:
         return True
     return bool(every_n_epochs) and any(epoch % every_n_epochs == 0 for epoch in finished_epochs)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
