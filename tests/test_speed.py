@@ -653,3 +653,11 @@ def test_block_counts_are_checked_against_the_models_depth():
         check_options(SpeedOptions(blocks_to_swap=48, recompute="checkpoint"), 48, checkpointing=True)
     with pytest.raises(ValueError, match="--blocks_without_recompute must be between 1 and 48"):
         check_options(SpeedOptions(blocks_without_recompute=49), 48, checkpointing=True)
+
+
+def test_speed_setup_refuses_a_transformer_without_a_lora():
+    from ltxv2_diffusers.models.presets import build_components
+
+    bare = build_components("tiny", components=("transformer",))["transformer"].requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter: add the LoRA"):
+        apply_speed_options(bare, SpeedOptions.for_device("cpu"), device="cpu")

@@ -240,6 +240,8 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     if options.attention_backend:
         transformer.set_attention_backend(options.attention_backend)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the transformer has no trainable parameter: add the LoRA before the speed options")
     master = None
     if fast and options.offload_optimizer:
         master = HostMasterWeights(trainable, list(transformer.transformer_blocks), options.compute_dtype)

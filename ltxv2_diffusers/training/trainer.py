@@ -215,8 +215,6 @@ class Trainer:
         self.bundle = build_training_model(args, device=device, keep_preview_parts=previews_here)
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device, model=self.bundle.adapter)
         self.accelerator.print(self.speed.summary())
-        if not self.speed.trainable_params:
-            raise RuntimeError("the LoRA added no trainable parameters")
         self.optimizer = self._make_optimizer()
         from diffusers.optimization import get_scheduler
 
@@ -240,11 +238,12 @@ class Trainer:
         args = self.args
         kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                       weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+        cls = torch.optim.AdamW
         if args.optimizer_type == "AdamW8bit":
             import bitsandbytes as bnb
 
-            return self.speed.make_optimizer(bnb.optim.AdamW8bit, **kwargs)
-        return self.speed.make_optimizer(torch.optim.AdamW, **kwargs)
+            cls = bnb.optim.AdamW8bit
+        return self.speed.make_optimizer(cls, **kwargs)
 
     def _previews_enabled(self) -> bool:
         a = self.args
