@@ -19,6 +19,7 @@ CLIPS = [
     ("768×512×121", 16 * 24 * 16, 126),
     ("960×544×89 (official validation size)", 12 * 17 * 30, 93),
     ("768×512 image", 16 * 24, 1),
+    ("1280×720×241", 31 * 23 * 40, 252),
 ]
 # (card, budget in GiB): `auto` is the free memory less 1.5 GiB
 CARDS = [("H200 141 GB, auto", 137.8), ("H100 80 GB, auto", 77.0), ("`--memory_budget 24`", 24.0),
@@ -46,6 +47,7 @@ def main(argv=None) -> None:
     for clip, card, work, plan in rows(a.preset, a.mode, a.rank):
         levers = (f"{plan.base}, {plan.blocks_to_swap} streamed, "
                   + ("whole blocks re-run" if plan.rerun else f"{plan.blocks_without_recompute} without recompute")
+                  + (" (their inputs in host memory)" if plan.offload_activations else "")
                   + (", optimizer in host memory" if plan.offload_optimizer else ""))
         fast = work.video_tokens + work.audio_tokens < LAUNCH_BOUND_TOKENS and not plan.blocks_to_swap
         seconds = "— (launch-bound)" if fast else f"≈{plan.seconds:.2f}"

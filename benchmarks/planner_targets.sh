@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The memory planner's targets (issue 22) in one device call: the naive step, then the benchmark step
 # as the planner chooses it for each budget (smaller cards emulated with a per-process memory cap).
-# Usage: bash benchmarks/planner_targets.sh OUTDIR [SET]   (SET: main | small | cli | more: fp8, 960x544x89, one frame)
+# Usage: bash benchmarks/planner_targets.sh OUTDIR [SET]
+#   SET: main | small | cli | more (fp8, 960x544x89, one frame) | long (1280x720x241 at 16 GiB: block inputs in host memory)
 # The naive baseline script must sit beside the repository root (naive_baseline.py), as the device call
 # copies it there. Each run is time-limited so one failure leaves the others' figures.
 set -u
@@ -35,6 +36,9 @@ elif [ "$set_name" = small ]; then
   step b16 115 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2
   [ -n "${WITH_CLI_AUTO:-}" ] && trainer cli8 90 --num_layers 8 --steps 6 --
   trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
+elif [ "$set_name" = long ]; then
+  step long16 300 --memory_budget 16 --emulate_gib 16 --frames 241 --height 720 --width 1280 --steps 3 --warmup 1
+  step long24 150 --memory_budget 24 --emulate_gib 24 --frames 241 --height 720 --width 1280 --steps 2 --warmup 1
 else
   step fp8 150 --memory_budget 45 --fp8_base --steps 6 --warmup 2
   step val960 140 --memory_budget auto --frames 89 --height 544 --width 960 --steps 5 --warmup 2

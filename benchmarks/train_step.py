@@ -53,6 +53,9 @@ def parse(argv=None):
     p.add_argument("--no_compile", action="store_true")
     p.add_argument("--offload_optimizer", action="store_true",
                    help="fp32 masters and AdamW moments in pinned CPU memory, applied during the next forward")
+    p.add_argument("--offload_activations", action="store_true",
+                   help="with whole-block re-runs ('ckpt'): each block's input hidden states in pinned CPU memory "
+                        "between forward and backward")
     p.add_argument("--backward_prefetch", type=int, default=None, help="swapped blocks fetched ahead in backward")
     p.add_argument("--blocks_without_recompute", type=int, default=0,
                    help="with compiled recompute: the last N blocks keep every activation instead")
@@ -394,11 +397,13 @@ def main(argv=None) -> dict:
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
                                    blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute,
-                                   offload_optimizer=a.offload_optimizer, fp8_base=a.fp8_base)
+                                   offload_optimizer=a.offload_optimizer, fp8_base=a.fp8_base,
+                                   offload_activations=a.offload_activations)
     plan = None
     if budget is not None:  # the trainer's planner, on this model and batch
         opts = SpeedOptions.for_device(a.device, compile=not a.no_compile, attention_backend=a.attention_backend,
-                                       fp8_base=a.fp8_base, memory_budget=budget)
+                                       fp8_base=a.fp8_base, offload_activations=a.offload_activations,
+                                       memory_budget=budget)
         trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
         tokens = adapter.token_counts(batch)
         work = planner.Workload(video_tokens=tokens.get("video", 0), audio_tokens=tokens.get("audio", 0),

@@ -256,3 +256,13 @@ def test_musubis_caching_commands_parse_with_their_meaning(capsys):
     err = capsys.readouterr().err
     assert "--gemma_load_in_8bit is accepted for compatibility and ignored" in err
     assert "--mixed_precision is accepted for compatibility and ignored" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the rule is for machines without CUDA")
+def test_musubis_activation_offload_is_ours_and_ignored_without_cuda(files, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ltxv2_diffusers.training.args"):
+        args = parse_args(base_argv(files, tmp_path, "--gradient_checkpointing", "--gradient_checkpointing_cpu_offload"))
+    assert args.offload_activations is False and any("--offload_activations has no effect" in r.getMessage()
+                                                     for r in caplog.records)
+    args = parse_args(base_argv(files, tmp_path, "--gradient_checkpointing_cpu_offload"), validate=False)
+    assert args.offload_activations is True  # the alias sets our flag

@@ -18,6 +18,7 @@ GiB = 2**30
 FULL = Workload(video_tokens=6144, audio_tokens=126)  # 768x512x121 + audio
 VALIDATION = Workload(video_tokens=12 * 17 * 30, audio_tokens=93)  # 960x544x89, the official trainer's validation
 IMAGE = Workload(video_tokens=16 * 24, audio_tokens=1)  # one 768x512 frame
+LONG = Workload(video_tokens=31 * 23 * 40, audio_tokens=252)  # 1280x720x241 + audio
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,12 @@ def test_predicted_peaks_match_the_measured_full_size_peaks(full, plan, measured
     (FULL, 36, dict(rerun=True, base="bf16")),
     (FULL, 24, dict(rerun=True, offload_optimizer=True, base="bf16")),
     (FULL, 16, dict(rerun=True, offload_optimizer=True, base="bf16")),
-    (FULL, 8, dict(rerun=True, offload_optimizer=True, base="int8")),  # quantized only when bf16 cannot fit
+    (FULL, 16, dict(offload_activations=False)),  # block inputs stay on the GPU while they fit
+    # below that the block inputs go to host memory before the weights are quantized
+    (FULL, 8, dict(rerun=True, offload_optimizer=True, offload_activations=True, base="bf16")),
+    (FULL, 6, dict(rerun=True, offload_optimizer=True, offload_activations=True, base="int8")),
+    # long clips: 48 block inputs of 223 MiB each outweigh the blocks' weights
+    (LONG, 16, dict(rerun=True, offload_activations=True, base="bf16")),
     (VALIDATION, 24, dict(rerun=True, base="bf16")),
     (IMAGE, 139, dict(blocks_to_swap=0, blocks_without_recompute=48, base="bf16")),
     (IMAGE, 16, dict(rerun=True, base="bf16")),
@@ -94,15 +100,15 @@ def test_hand_set_levers_are_kept(full):
 
 
 def test_a_plan_that_does_not_fit_says_what_would(full):
-    plan = plan_memory(full, FULL, 6)
+    plan = plan_memory(full, FULL, 5)
     assert not plan.fits and "DOES NOT FIT" in plan.describe()
     why = planner.explain(full, FULL, plan)
-    assert why.startswith("nothing fits 6.0 GiB: the leanest plan needs about") and "--memory_budget 8" in why
+    assert why.startswith("nothing fits 5.0 GiB: the leanest plan needs about 5.4 GiB") and "--memory_budget 6" in why
     assert "buckets of at most" in why  # fewer tokens per batch would fit
     smaller = int(why.split("buckets of at most ")[1].split()[0])
-    assert plan_memory(full, dataclasses.replace(FULL, video_tokens=smaller, audio_tokens=0), 6).fits
+    assert plan_memory(full, dataclasses.replace(FULL, video_tokens=smaller, audio_tokens=0), 5).fits
     # below what the weights alone need, fewer tokens do not help: only a larger budget is named
-    assert "buckets" not in planner.explain(full, FULL, plan_memory(full, FULL, 4))
+    assert "buckets" not in planner.explain(full, FULL, plan_memory(full, FULL, 3))
 
 
 def test_a_correction_after_an_overshoot_plans_less_memory(full):
@@ -254,8 +260,8 @@ def test_the_predictions_in_docs_speed_are_the_planners(bench_script):
     script = bench_script("planner_predictions")
     predicted = {(clip.split()[0], plan.budget_gib): plan for clip, _, _, plan in script.rows("ltx-2.0", "av", 32)}
     docs = (Path(__file__).resolve().parents[1] / "docs" / "speed.md").read_text(encoding="utf-8")
-    table = [line for line in docs.splitlines() if line.startswith(("| 960×544×89", "| 768×512 image"))]
-    assert len(table) == 7
+    table = [line for line in docs.splitlines() if line.startswith(("| 960×544×89", "| 768×512 image", "| 1280×720"))]
+    assert len(table) == 9
     for line in table:
         clip, card, levers, peak = [c.strip() for c in line.strip("|").split("|")][:4]
         given = re.search(r"--memory_budget (\d+)", card)
@@ -266,3 +272,25 @@ def test_the_predictions_in_docs_speed_are_the_planners(bench_script):
             plan = predicted[(clip.split()[0], budget)]
             assert peak == f"{plan.peak_gib:.1f} GiB", line
             assert levers.startswith(f"{plan.base}, {plan.blocks_to_swap} streamed"), line
+            assert ("their inputs in host memory" in levers) == plan.offload_activations, line
+
+
+def test_offloaded_activations_as_options():
+    """A hand-set `--offload_activations` is kept by the planner, which then re-runs whole blocks; without the
+    planner it needs whole-block re-runs, and it excludes blocks that keep their outputs."""
+    options = SpeedOptions.for_device("cuda", offload_activations=True, memory_budget=139.0)
+    assert options.problems(48) == [] and "offload_activations" in options.fixed
+    full = ModelFigures.from_config(preset_config("ltx-2.0")["transformer"], "av", 32)
+    plan = planner.plan_for(options, full, FULL, 139.0)
+    applied = planner.planned_options(options, plan)
+    assert plan.rerun and plan.offload_activations and applied.offload_activations and applied.recompute == "checkpoint"
+    assert "(their inputs in host memory)" in plan.describe()
+    by_hand = SpeedOptions.for_device("cuda", offload_activations=True, gradient_checkpointing=True)
+    assert any("--offload_activations keeps the inputs of whole-block re-runs" in p for p in by_hand.problems(48))
+    assert SpeedOptions.for_device("cuda", offload_activations=True, compile=False,
+                                   gradient_checkpointing=True).problems(48) == []
+    both = SpeedOptions.for_device("cuda", offload_activations=True, blocks_without_recompute=4, compile=False,
+                                   gradient_checkpointing=True)
+    assert any("exclude each other" in p for p in both.problems(48))
+    on_cpu = SpeedOptions.for_device("cpu", offload_activations=True, gradient_checkpointing=True)
+    assert any("--offload_activations need a CUDA device" in p for p in on_cpu.problems(48))

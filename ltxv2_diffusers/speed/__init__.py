@@ -22,18 +22,23 @@ that saves, loads and samples like any other. Figures for each lever are in benc
   H100, within e4m3 rounding of bf16 (opt-in).
 - `OffloadedAdamW` over `HostMasterWeights`: the fp32 masters and AdamW moments live in pinned CPU
   memory; each step's update is applied a few blocks at a time on the GPU during the next forward.
+- `ActivationOffloader`: whole-block gradient checkpointing whose saved block inputs (the hidden
+  states entering each block) wait in pinned CPU memory between forward and backward.
 - `BlockSwapper`: the frozen weight matrices of N blocks live in pinned CPU memory and are copied to the GPU
   on a side stream ahead of use (with whole-block re-runs, or fetched back by a gradient hook
   before each block's backward).
 
 One module per lever: `compile`, `optim/master_weights`, `optim/optimizer_offload`, `quant/int8`,
-`quant/fp8` (both through `quant/base_linears`), `block_swap`; this package re-exports them. Around them:
+`quant/fp8` (both through `quant/base_linears`), `block_swap`, `activation_offload`; this package
+re-exports them. Around them:
 `options` (`SpeedOptions`: what a run asks for, `from_args`, and every rule about combining the levers in
 `problems()`), `planner` (the memory planner: the fastest combination that fits a memory budget) and
-`setup` (`apply_speed_options` -> `SpeedSetup`: the levers applied to a transformer; backward, optimizer
-and update through it). docs/speed.md is the user's view.
+`setup` (`apply_speed_options` -> `SpeedSetup`: the levers applied to a transformer, which it places;
+backward, optimizer and update through it) and `run_plan` (a training run's plan, checked by its first
+steps). docs/speed.md is the user's view.
 """
 
+from .activation_offload import ActivationOffloader
 from .block_swap import (LTX2_TEXT_KEYS_VALUES, BlockSwapper, ForwardOnly, available_host_memory, check_host_memory,
                          check_swap_count, evenly_spaced, spread_blocks)
 from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
@@ -42,7 +47,8 @@ from .quant.int8 import Int8WeightLinear, quantize_base_weights
 from .optim.master_weights import MasterWeights
 from .optim.optimizer_offload import HostMasterWeights, OffloadedAdamW, block_runs
 
-__all__ = ["LTX2_TEXT_KEYS_VALUES", "BlockSwapper", "ForwardOnly", "Fp8Linear", "HostMasterWeights", "Int8WeightLinear",
-           "MasterWeights", "OffloadedAdamW", "available_host_memory", "block_runs", "check_fp8_device",
-           "check_host_memory", "check_swap_count", "compile_blocks", "evenly_spaced", "fp8_base_weights",
-           "keep_attention_policy", "keep_matmul_outputs_policy", "quantize_base_weights", "spread_blocks"]
+__all__ = ["LTX2_TEXT_KEYS_VALUES", "ActivationOffloader", "BlockSwapper", "ForwardOnly", "Fp8Linear",
+           "HostMasterWeights", "Int8WeightLinear", "MasterWeights", "OffloadedAdamW", "available_host_memory",
+           "block_runs", "check_fp8_device", "check_host_memory", "check_swap_count", "compile_blocks",
+           "evenly_spaced", "fp8_base_weights", "keep_attention_policy", "keep_matmul_outputs_policy",
+           "quantize_base_weights", "spread_blocks"]

@@ -69,6 +69,9 @@ class SpeedOptions:
     # fp32 masters and AdamW moments in pinned host memory, updated during the next forward (-2.4 GiB at
     # full size, rank 32); see optim/optimizer_offload.py
     offload_optimizer: bool = False
+    # With whole-block re-runs: each block's hidden-state inputs wait in pinned host memory between forward
+    # and backward instead of on the GPU (activation_offload.py)
+    offload_activations: bool = False
     # Swapped blocks that recompute nothing leave the text keys' and values' weights, which their
     # backward never reads, to be fetched by the next forward (`BlockSwapper(forward_only=...)`)
     split_forward_only: bool = True
@@ -91,7 +94,7 @@ class SpeedOptions:
                    blocks_to_swap: int | None = None, recompute: str = "compiled",
                    activation_memory_budget: float | None = None, blocks_without_recompute: int | None = None,
                    offload_optimizer: bool = False, fp8_base: bool = False,
-                   memory_budget: float | str | None = None,
+                   offload_activations: bool = False, memory_budget: float | str | None = None,
                    gradient_checkpointing: bool | None = None) -> "SpeedOptions":
         """What the flags ask for on `device`, unchecked (`problems` says what is wrong): the fast path
         needs CUDA; on a CPU the step stays eager in fp32 (the memory levers asked for stay recorded,
@@ -100,10 +103,12 @@ class SpeedOptions:
         fixed = {name for name, value in (("blocks_to_swap", blocks_to_swap),
                                           ("blocks_without_recompute", blocks_without_recompute)) if value is not None}
         fixed |= {"offload_optimizer"} if offload_optimizer else set()
+        fixed |= {"offload_activations"} if offload_activations else set()
         fixed |= {"base"} if fp8_base else set()
         swap = blocks_to_swap if blocks_to_swap is not None else (8 if low_memory else 0)
         levers = dict(blocks_to_swap=swap, activation_memory_budget=activation_memory_budget,
                       blocks_without_recompute=blocks_without_recompute or 0, offload_optimizer=offload_optimizer,
+                      offload_activations=offload_activations,
                       low_memory=low_memory, fp8_base=fp8_base, fixed=frozenset(fixed),
                       gradient_checkpointing=gradient_checkpointing)
         if device_type != "cuda":
@@ -133,6 +138,7 @@ class SpeedOptions:
                               blocks_without_recompute=get("blocks_without_recompute"),
                               offload_optimizer=bool(get("offload_optimizer", False)),
                               fp8_base=bool(get("fp8_base", False)),
+                              offload_activations=bool(get("offload_activations", False)),
                               memory_budget=parse_memory_budget(get("memory_budget", "auto")),
                               gradient_checkpointing=bool(get("gradient_checkpointing", False)))
 
@@ -158,7 +164,8 @@ class SpeedOptions:
         cuda_only = [flag for flag, on in (("--low_memory", self.low_memory), ("--blocks_to_swap", self.blocks_to_swap),
                                            ("--activation_memory_budget", self.activation_memory_budget is not None),
                                            ("--blocks_without_recompute", self.blocks_without_recompute),
-                                           ("--offload_optimizer", self.offload_optimizer)) if on]
+                                           ("--offload_optimizer", self.offload_optimizer),
+                                           ("--offload_activations", self.offload_activations)) if on]
         if device and self.device_type != "cuda" and cuda_only:
             out.append(f"{' / '.join(cuda_only)} need a CUDA device and none is available (this run is on "
                        f"{self.device_type}); drop them to train on this machine")
@@ -186,6 +193,13 @@ class SpeedOptions:
             if not inside:
                 out.append("--activation_memory_budget sets what compiled blocks keep when they recompute: it needs "
                            "--gradient_checkpointing and --recompute compiled, without --no_compile or --low_memory")
+        if self.offload_activations and not self.planned and (inside or not checkpointing):
+            out.append("--offload_activations keeps the inputs of whole-block re-runs in host memory: it needs "
+                       "--gradient_checkpointing with whole blocks re-run: leave the other levers to the memory planner "
+                       "(--memory_budget), or add --no_compile")
+        if self.offload_activations and self.blocks_without_recompute:
+            out.append("--offload_activations and --blocks_without_recompute exclude each other (one re-runs whole "
+                       "blocks, the other keeps compiled blocks' outputs); keep one")
         k = self.blocks_without_recompute
         if k:
             if k < 0:

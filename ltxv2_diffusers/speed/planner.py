@@ -8,6 +8,8 @@ size, `plan_memory` predicts the peak of every combination of
 - whole-block re-runs instead of compiled recompute (`rerun`: least activation memory; the mode in which
   every block but one can be streamed, since the forward drops what it fetched),
 - the fp32 masters and AdamW moments in host memory (`offload_optimizer`),
+- with re-runs, each block's hidden-state inputs in host memory between forward and backward
+  (`offload_activations`: long clips, whose inputs outweigh the blocks' weights),
 - int8 or fp8 base weights (only when no bf16 combination fits),
 
 and a step time relative to the model's forward, and keeps the fastest that fits. The figures per block
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Iterable
 
 GiB = 2**30
@@ -44,6 +47,12 @@ RECOMPUTE = 0.75
 RERUN = 1.4
 BASE_SPEED = {"bf16": 1.0, "fp8": 0.88, "int8": 1.12}
 OFFLOAD_COST = 0.01  # the host-side AdamW runs beside the next forward: almost free
+# Block inputs in host memory: copies on a side stream beside the compute (their bytes share the host link
+# with streamed blocks), plus host work per block; an estimate, not yet measured on a GPU. Its first
+# effect is to keep the lever for budgets that need it.
+ACTIVATION_OFFLOAD_COST = 0.02
+# Block inputs on the GPU with `offload_activations`: the block re-running and the one fetched ahead.
+ACTIVATIONS_IN_FLIGHT = 2
 SWAP_COST = 0.001  # per streamed block, host work and hooks, so equal plans stream no more than they must
 # LoRA bytes per parameter on the GPU: bf16 weight and gradient (4) + fp32 master, its gradient and the
 # two AdamW moments (16); with the optimizer offloaded, master and moments (12) live in host memory.
@@ -151,6 +160,7 @@ class Plan:
     rerun: bool = False  # whole-block re-runs (torch.utils.checkpoint) instead of compiled recompute
     offload_optimizer: bool = False
     base: str = "bf16"
+    offload_activations: bool = False  # block inputs in host memory (re-runs only)
     peak_gib: float = 0.0
     seconds: float = 0.0
     budget_gib: float | None = None
@@ -161,6 +171,8 @@ class Plan:
         base = {"bf16": "bf16 base", "int8": "int8 base", "fp8": "fp8 base"}[self.base]
         recompute = ("whole blocks re-run in backward" if self.rerun else
                      f"{self.blocks_without_recompute} blocks without recompute")
+        if self.offload_activations:
+            recompute += " (their inputs in host memory)"
         parts = [base, f"{self.blocks_to_swap} blocks streamed from host memory", recompute,
                  "optimizer in host memory" if self.offload_optimizer else "optimizer on the GPU"]
         budget = f" of a {self.budget_gib:.1f} GiB budget" if self.budget_gib is not None else ""
@@ -172,7 +184,8 @@ class Plan:
         """The `SpeedOptions` fields this plan sets."""
         return dict(blocks_to_swap=self.blocks_to_swap, blocks_without_recompute=self.blocks_without_recompute,
                     recompute="checkpoint" if self.rerun else "compiled", offload_optimizer=self.offload_optimizer,
-                    int8_base=self.base == "int8", fp8_base=self.base == "fp8")
+                    int8_base=self.base == "int8", fp8_base=self.base == "fp8",
+                    offload_activations=self.offload_activations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +197,7 @@ class Fixed:
     rerun: bool | None = None
     offload_optimizer: bool | None = None
     base: str | None = None
+    offload_activations: bool | None = None
 
 
 def _hidden_bytes(fig: ModelFigures, work: Workload) -> float:
@@ -209,7 +223,8 @@ def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
     if plan.offload_optimizer:
         lora += fig.lora_params * 12 * min(OFFLOAD_CHUNKS_BLOCKS, n) / n
     if plan.rerun:  # the re-run block and the next one in flight
-        return fixed + (n - s) * w + min(2, s) * w + (n * KEPT_RERUN + WORKING) * unit + lora
+        inputs = min(ACTIVATIONS_IN_FLIGHT, n) if plan.offload_activations else n
+        return fixed + (n - s) * w + min(2, s) * w + (inputs * KEPT_RERUN + WORKING) * unit + lora
     kept = k * KEPT_WITHOUT_RECOMPUTE + (n - k) * KEPT_RECOMPUTE
     backward_start = fixed + (n - s) * w + min(1, s) * w + (kept + WORKING) * unit + lora
     # Blocks fetched for backward stay into the next forward: between steps every weight is on the GPU.
@@ -225,7 +240,11 @@ def predict_seconds(fig: ModelFigures, work: Workload, plan: Plan, rate: float =
     w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
     copy = s * w / link
     if plan.rerun:  # fetched twice: for the forward and for the re-run before backward
+        if plan.offload_activations:  # every block's inputs out during forward, back during backward
+            copy += n * _hidden_bytes(fig, work) / link
         seconds = max(f, copy) + max(f * (RERUN + BACKWARD), copy)
+        if plan.offload_activations:
+            seconds += f * ACTIVATION_OFFLOAD_COST
     else:  # fetched once, during backward; kept into the next forward
         backward = f * (BACKWARD + RECOMPUTE * (n - k) / n)
         seconds = f + max(backward, copy)
@@ -236,14 +255,17 @@ def _candidates(fig: ModelFigures, bases: Iterable[str], fixed: Fixed) -> Iterab
     n = fig.num_blocks
     for base in bases:
         for rerun in (False, True) if fixed.rerun is None else (fixed.rerun,):
-            for offload in (False, True) if fixed.offload_optimizer is None else (fixed.offload_optimizer,):
+            acts = ((False, True) if rerun else (False,)) if fixed.offload_activations is None \
+                else (fixed.offload_activations,)
+            for offload, activations in itertools.product(
+                    (False, True) if fixed.offload_optimizer is None else (fixed.offload_optimizer,), acts):
                 swaps = range(n) if fixed.blocks_to_swap is None else (fixed.blocks_to_swap,)
                 exempt = ((0,) if rerun else range(n + 1)) if fixed.blocks_without_recompute is None \
                     else (fixed.blocks_without_recompute,)
                 for s in swaps:
                     for k in exempt:
                         yield Plan(blocks_to_swap=s, blocks_without_recompute=k, rerun=rerun,
-                                   offload_optimizer=offload, base=base)
+                                   offload_optimizer=offload, base=base, offload_activations=activations)
 
 
 def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantized: Iterable[str] = ("int8",),
@@ -288,7 +310,7 @@ def explain(fig: ModelFigures, work: Workload, plan: Plan) -> str:
     fewer = (f", or buckets of at most {lo} video tokens per batch (now {tokens}; "
              f"tokens = frames/8+1 x height/32 x width/32 x batch)") if lo > 1 else ""
     return (f"nothing fits {plan.budget_gib:.1f} GiB: the leanest plan needs about {need:.1f} GiB (--memory_budget "
-            f"{need:.0f}){fewer}")
+            f"{math.ceil(need)}){fewer}")
 
 
 def resolve_budget(budget: float | str, device=None, margin_gib: float = AUTO_MARGIN_GIB) -> float:
@@ -307,9 +329,10 @@ def fixed_levers(options) -> Fixed:
     no_compiled_recompute = not options.compile or options.recompute != "compiled"
     return Fixed(blocks_to_swap=options.blocks_to_swap if "blocks_to_swap" in f else None,
                  blocks_without_recompute=options.blocks_without_recompute if "blocks_without_recompute" in f else None,
-                 rerun=True if no_compiled_recompute else None,
+                 rerun=True if no_compiled_recompute or "offload_activations" in f else None,
                  offload_optimizer=True if "offload_optimizer" in f else None,
-                 base="fp8" if options.fp8_base else None)
+                 base="fp8" if options.fp8_base else None,
+                 offload_activations=True if "offload_activations" in f else None)
 
 
 def planned_options(options, plan: Plan):

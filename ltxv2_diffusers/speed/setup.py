@@ -16,6 +16,7 @@ import logging
 
 import torch
 
+from .activation_offload import ActivationOffloader
 from .block_swap import LTX2_TEXT_KEYS_VALUES, BlockSwapper, evenly_spaced
 from .compile import compile_blocks, keep_attention_policy, keep_matmul_outputs_policy
 from .options import SpeedOptions, check_options
@@ -37,6 +38,7 @@ class SpeedSetup:
     recompute: str = "none"  # who recomputes activations in backward, in words
     optimizer: torch.optim.Optimizer | None = None  # the one `make_optimizer` built
     quantized_layers: int = 0  # base linears int8 or fp8 replaced
+    activations: ActivationOffloader | None = None  # block inputs in host memory (`offload_activations`)
 
     def summary(self) -> str:
         """One line for the run's log: compute dtype, compilation, recomputation, memory levers."""
@@ -176,8 +178,12 @@ class SpeedSetup:
         self.reset()
 
     def reset(self) -> None:
+        """Between steps: the swapper ready for the next forward; block inputs an interrupted step left
+        in host memory dropped."""
         if self.swapper is not None:
             self.swapper.reset()
+        if self.activations is not None:
+            self.activations.reset()
 
 
 def freeze_host_objects() -> None:
@@ -250,9 +256,16 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
     else:  # autocast computes in the low dtype; the weights it trains stay fp32
         for p in trainable:
             p.data = p.data.float()
+    activations = None
+    if options.offload_activations:  # diffusers' re-runs, with the block inputs in host memory meanwhile
+        activations = ActivationOffloader(device)
+        transformer.enable_gradient_checkpointing(activations.checkpoint)
     recompute = configure_recompute(transformer, options)
+    if activations is not None:
+        recompute += ", block inputs in host memory"
     return SpeedSetup(options=options, trainable_params=trainable, master=master, swapper=swapper,
-                      device_type=device.type, recompute=recompute, quantized_layers=quantized)
+                      device_type=device.type, recompute=recompute, quantized_layers=quantized,
+                      activations=activations)
 
 
 def _place_outside_blocks(model: torch.nn.Module, transformer: torch.nn.Module, options: SpeedOptions,

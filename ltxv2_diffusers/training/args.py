@@ -244,7 +244,6 @@ FLAGS: tuple[Flag, ...] = (
         ("--w4a8", "use --low_memory (int8 base weights) or --fp8_base"),
         ("--fused_backward_pass", "use --offload_optimizer to save optimizer memory"),
         ("--blockwise_checkpointing", "use --gradient_checkpointing (and --blocks_without_recompute)"),
-        ("--gradient_checkpointing_cpu_offload", "use --gradient_checkpointing with --blocks_to_swap"),
         ("--split_attn", "use --attention_backend"),
         ("--shifted_logit_shift", "the shift comes from the token count, as in the official trainer"),
         ("--shifted_logit_uniform_prob", "the official share of uniform draws (0.1) is fixed"),
@@ -309,6 +308,10 @@ FLAGS: tuple[Flag, ...] = (
     F("--offload_optimizer", bool, False, "keep the fp32 master weights and AdamW moments (12 bytes per LoRA "
       "parameter, 2.4 GiB for a rank-32 AV LoRA) in pinned CPU memory; each step's update is applied four blocks "
       "at a time during the next forward (AdamW, CUDA)", group="advanced"),
+    F("--offload_activations", bool, False, "with whole blocks re-run in backward: each block's input hidden states "
+      "wait in pinned CPU memory between forward and backward (48 x 223 MiB at 1280x720x241); the planner turns it "
+      "on where a budget needs it (musubi's --gradient_checkpointing_cpu_offload is the same flag)", group="advanced",
+      aliases=("--gradient_checkpointing_cpu_offload",)),
     F("--low_memory", bool, False, "a fixed recipe instead of the planner: int8 frozen base weights and 8 blocks "
       "re-run and streamed (about 21 GiB at 768x512x121)", group="advanced"),
     F("--no_compile", bool, False, "skip torch.compile of the transformer blocks", group="advanced"),
@@ -577,13 +580,18 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(importlib.util.find_spec("bitsandbytes") is not None,
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
     problems.extend(_musubi_flags(args))
-    if args.blocks_to_swap and not args.low_memory:
+    if (args.blocks_to_swap and not args.low_memory) or args.offload_activations:
         import torch
 
-        if not torch.cuda.is_available():  # musubi commands carry it: on the host there is nothing to swap to
-            logger.warning("--blocks_to_swap %d has no effect without a CUDA device (the weights are in host "
-                           "memory already); ignored", args.blocks_to_swap)
-            args.blocks_to_swap = None
+        if not torch.cuda.is_available():  # musubi commands carry them: on the host there is nothing to offload to
+            if args.blocks_to_swap and not args.low_memory:
+                logger.warning("--blocks_to_swap %d has no effect without a CUDA device (the weights are in host "
+                               "memory already); ignored", args.blocks_to_swap)
+                args.blocks_to_swap = None
+            if args.offload_activations:
+                logger.warning("--offload_activations has no effect without a CUDA device (the activations are in "
+                               "host memory already); ignored")
+                args.offload_activations = False
     from ltxv2_diffusers.speed.options import args_problems
 
     problems.extend(args_problems(args))
