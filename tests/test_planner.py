@@ -213,7 +213,15 @@ def test_a_first_step_over_the_budget_re_plans_and_trains(tmp_path_factory, tmp_
     assert trainer.plan.budget_gib == pytest.approx(budget["gib"])
 
 
-def test_a_continued_lora_is_planned_with_the_size_of_its_file(tmp_path):
+@pytest.fixture
+def any_host(monkeypatch):
+    """Run plans made as on a host whose free memory is unknown (not checked), whatever this machine has."""
+    from ltxv2_diffusers.speed import run_plan
+
+    monkeypatch.setattr(run_plan, "available_host_memory", lambda: None)
+
+
+def test_a_continued_lora_is_planned_with_the_size_of_its_file(tmp_path, any_host):
     """`--network_weights`: the LoRA trained on is the file's (its ranks), not `--network_dim`'s; counted from
     the file's header."""
     from conftest import tiny_lora_model
@@ -234,7 +242,7 @@ def test_a_continued_lora_is_planned_with_the_size_of_its_file(tmp_path):
     assert by_file.plan.peak_gib > by_flag.plan.peak_gib or by_file.plan.seconds > by_flag.plan.seconds
 
 
-def test_the_first_steps_verdict():
+def test_the_first_steps_verdict(any_host):
     """Under 95 % of the budget (reserved) confirms; over it, or out of memory, re-plans with the error."""
     run = RunPlan.make(SpeedOptions.for_device("cuda", memory_budget=24.0), preset_config("ltx-2.0")["transformer"],
                        {"batch": 1, "video": FULL.video_tokens, "audio": FULL.audio_tokens}, mode="av", rank=32)
@@ -294,3 +302,49 @@ def test_offloaded_activations_as_options():
     assert any("exclude each other" in p for p in both.problems(48))
     on_cpu = SpeedOptions.for_device("cpu", offload_activations=True, gradient_checkpointing=True)
     assert any("--offload_activations need a CUDA device" in p for p in on_cpu.problems(48))
+
+
+@pytest.mark.parametrize("host_gib, budget, expect", [
+    (None, 16, dict(blocks_to_swap=38, base="bf16")),
+    # the streamed copies are made while the loaded blocks (34.5 GiB) are still there: 36 blocks at most
+    (64, 16, dict(base="bf16", offload_activations=True)),
+    (48, 16, dict(base="int8")),  # bf16 cannot stream enough beside the loaded model: half the bytes can
+])
+def test_plans_fit_the_host_memory_too(full, host_gib, budget, expect):
+    host = None if host_gib is None else host_gib * GiB
+    plan = plan_memory(full, FULL, budget, host_available=host)
+    assert plan.fits and {k: getattr(plan, k) for k in expect} == expect
+    assert planner.fits_host(full, FULL, plan, host)
+    if host is not None:
+        loaded = full.num_blocks * (full.block_bytes if plan.base == "bf16" else full.block_quantized_bytes)
+        streamed, pinned = planner.host_bytes(full, FULL, plan)
+        assert streamed <= planner.HOST_SHARE * (host - loaded) and pinned <= planner.HOST_SHARE * host
+        assert f"{pinned / GiB:.1f} GiB of host memory pinned" in plan.describe()
+
+
+def test_a_host_too_small_is_named(full):
+    """A budget that streaming would meet on a larger host names the host memory that would do; hand-set
+    levers that pin more than the host has are named as such."""
+    plan = plan_memory(full, FULL, 16, host_available=8 * GiB)
+    assert not plan.fits and plan.blocks_to_swap == 0  # no room to stream from: every block on the GPU
+    why = planner.explain(full, FULL, plan, 8 * GiB)
+    assert "GiB of free host memory (now 8) to stream blocks from" in why
+    import re
+
+    need = int(re.search(r"or (\d+) GiB of free host memory", why).group(1))
+    assert plan_memory(full, FULL, 16, host_available=need * GiB).fits
+    fixed = Fixed(blocks_to_swap=40)
+    plan = plan_memory(full, FULL, 16, host_available=20 * GiB, fixed=fixed)
+    why = planner.explain(full, FULL, plan, 20 * GiB, fixed)
+    assert why.startswith("nothing fits 16.0 GiB with the host memory available (20.0 GiB for this process)")
+    assert "run fewer processes on this host" in why
+
+
+def test_the_run_plan_shares_the_host_memory_between_the_processes_on_it(monkeypatch):
+    from ltxv2_diffusers.speed import run_plan
+
+    monkeypatch.setattr(run_plan, "available_host_memory", lambda: 64 * GiB)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert run_plan.host_memory_per_process() == 32 * GiB
+    monkeypatch.setattr(run_plan, "available_host_memory", lambda: None)
+    assert run_plan.host_memory_per_process() is None

@@ -69,6 +69,8 @@ CONFIRM_HEADROOM = 0.95
 # an H200; and the host link's rate for pinned copies (55 GB/s measured, less for many copies at once).
 MATMUL_RATE = 830e12
 LINK_RATE = 50e9
+# The share of the host's available memory pinned copies may take (`block_swap.check_host_memory`'s rule).
+HOST_SHARE = 0.9
 # `--memory_budget auto` is the device's free memory less this margin (other processes' growth, the CUDA
 # context of libraries loaded later).
 AUTO_MARGIN_GIB = 1.5
@@ -165,6 +167,7 @@ class Plan:
     seconds: float = 0.0
     budget_gib: float | None = None
     fits: bool = True
+    host_gib: float = 0.0  # pinned host memory while training (streamed blocks, optimizer, block inputs)
 
     def describe(self) -> str:
         """The plan in one line, for the run's log."""
@@ -177,7 +180,8 @@ class Plan:
                  "optimizer in host memory" if self.offload_optimizer else "optimizer on the GPU"]
         budget = f" of a {self.budget_gib:.1f} GiB budget" if self.budget_gib is not None else ""
         verdict = "" if self.fits else " (DOES NOT FIT)"
-        return (f"memory plan: {', '.join(parts)}; predicted peak {self.peak_gib:.1f} GiB{budget}{verdict}, "
+        host = f", {self.host_gib:.1f} GiB of host memory pinned" if self.host_gib >= 0.05 else ""
+        return (f"memory plan: {', '.join(parts)}; predicted peak {self.peak_gib:.1f} GiB{budget}{verdict}{host}, "
                 f"about {self.seconds:.2f} s/step")
 
     def speed_options(self) -> dict:
@@ -232,6 +236,31 @@ def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
     return max(backward_start, between_steps)
 
 
+def host_bytes(fig: ModelFigures, work: Workload, plan: Plan) -> tuple[float, float]:
+    """Pinned host memory a plan needs: (the streamed blocks' copies, made while every block still sits in
+    host memory as loaded; everything pinned while training: those, the offloaded optimizer, block inputs)."""
+    n = fig.num_blocks
+    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    streamed = plan.blocks_to_swap * w
+    training = streamed + (12 * fig.lora_params if plan.offload_optimizer else 0)
+    if plan.offload_activations and plan.rerun:
+        training += n * _hidden_bytes(fig, work)
+    return streamed, training
+
+
+def fits_host(fig: ModelFigures, work: Workload, plan: Plan, available: float | None) -> bool:
+    """Whether the plan's pinned copies fit `available` bytes of host memory (None: unknown, assume so). The
+    streamed blocks are copied while the loaded model still holds every block there, as the block swapper
+    checks before it copies."""
+    if available is None:
+        return True
+    streamed, training = host_bytes(fig, work, plan)
+    loaded = fig.num_blocks * (fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes)
+    if streamed and streamed > HOST_SHARE * (available - loaded):
+        return False
+    return training <= HOST_SHARE * available
+
+
 def predict_seconds(fig: ModelFigures, work: Workload, plan: Plan, rate: float = MATMUL_RATE,
                     link: float = LINK_RATE) -> float:
     """Predicted seconds per step: compute, plus what the host link adds where streaming outlasts it."""
@@ -269,21 +298,27 @@ def _candidates(fig: ModelFigures, bases: Iterable[str], fixed: Fixed) -> Iterab
 
 
 def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantized: Iterable[str] = ("int8",),
-                fixed: Fixed = Fixed(), rate: float = MATMUL_RATE, link: float = LINK_RATE) -> Plan:
-    """The fastest plan whose predicted peak fits `budget_gib` (with the allocator's slack). bf16 base
-    weights first; `quantized` bases (in order of preference) only when no bf16 plan fits. When nothing
-    fits, the plan with the smallest peak, marked `fits=False` (`explain` says what would fit)."""
+                fixed: Fixed = Fixed(), rate: float = MATMUL_RATE, link: float = LINK_RATE,
+                host_available: float | None = None) -> Plan:
+    """The fastest plan whose predicted peak fits `budget_gib` (with the allocator's slack) and whose pinned
+    copies fit `host_available` bytes of host memory (None: not checked). bf16 base weights first;
+    `quantized` bases (in order of preference) only when no bf16 plan fits. When nothing fits, the plan with
+    the smallest peak (among those the host can hold, if any), marked `fits=False` (`explain` says what
+    would fit)."""
     limit = budget_gib * GiB * ALLOCATOR_SLACK
     bases = [fixed.base] if fixed.base else ["bf16", *[b for b in quantized if b != "bf16"]]
     smallest: Plan | None = None
+    smallest_on_host = False
     for tier in ([bases[0]], bases[1:]) if not fixed.base else ([fixed.base],):
         best: Plan | None = None
         for plan in _candidates(fig, tier, fixed):
             peak = predict_peak(fig, work, plan)
-            plan = dataclasses.replace(plan, peak_gib=peak / GiB, budget_gib=budget_gib)
-            if smallest is None or peak < smallest.peak_gib * GiB:
-                smallest = plan
-            if peak > limit:
+            plan = dataclasses.replace(plan, peak_gib=peak / GiB, budget_gib=budget_gib,
+                                       host_gib=host_bytes(fig, work, plan)[1] / GiB)
+            on_host = fits_host(fig, work, plan, host_available)
+            if smallest is None or (on_host, -peak) > (smallest_on_host, -smallest.peak_gib * GiB):
+                smallest, smallest_on_host = plan, on_host
+            if peak > limit or not on_host:
                 continue
             seconds = predict_seconds(fig, work, plan, rate, link)
             if best is None or (seconds, peak) < (best.seconds, best.peak_gib * GiB):
@@ -294,8 +329,16 @@ def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantiz
     return dataclasses.replace(smallest, fits=False, seconds=predict_seconds(fig, work, smallest, rate, link))
 
 
-def explain(fig: ModelFigures, work: Workload, plan: Plan) -> str:
-    """For a plan that does not fit: what would (a larger budget, fewer tokens), in one sentence."""
+def explain(fig: ModelFigures, work: Workload, plan: Plan, host_available: float | None = None,
+            fixed: Fixed = Fixed()) -> str:
+    """For a plan that does not fit: what would (a larger budget, fewer tokens, more free host memory), in
+    one sentence (`fixed`: the levers the plan was made with)."""
+    if not fits_host(fig, work, plan, host_available):
+        pinned = host_bytes(fig, work, plan)
+        return (f"nothing fits {plan.budget_gib:.1f} GiB with the host memory available ({host_available / GiB:.1f} "
+                f"GiB for this process): the leanest plan pins {pinned[1] / GiB:.1f} GiB there (streaming blocks "
+                f"needs room beside the loaded model too); free host memory, run fewer processes on this host, or "
+                f"raise --memory_budget")
     need = plan.peak_gib / ALLOCATOR_SLACK
     tokens, lo = work.video_tokens, 1
     # The largest video token count (same frames/size ratio) whose smallest plan fits.
@@ -309,6 +352,11 @@ def explain(fig: ModelFigures, work: Workload, plan: Plan) -> str:
             hi = mid - 1
     fewer = (f", or buckets of at most {lo} video tokens per batch (now {tokens}; "
              f"tokens = frames/8+1 x height/32 x width/32 x batch)") if lo > 1 else ""
+    if host_available is not None:  # would more free host memory (for streaming) do?
+        unlimited = plan_memory(fig, work, plan.budget_gib, fixed=fixed)
+        if unlimited.fits:
+            fewer += (f", or {math.ceil(unlimited.host_gib / HOST_SHARE + fig.num_blocks * fig.block_bytes / GiB)} "
+                      f"GiB of free host memory (now {host_available / GiB:.0f}) to stream blocks from")
     return (f"nothing fits {plan.budget_gib:.1f} GiB: the leanest plan needs about {need:.1f} GiB (--memory_budget "
             f"{math.ceil(need)}){fewer}")
 
@@ -340,10 +388,12 @@ def planned_options(options, plan: Plan):
     return dataclasses.replace(options, **plan.speed_options())
 
 
-def plan_for(options, figures: ModelFigures, work: Workload, budget_gib: float, *, correction: float = 1.0) -> Plan:
+def plan_for(options, figures: ModelFigures, work: Workload, budget_gib: float, *, correction: float = 1.0,
+             host_available: float | None = None) -> Plan:
     """The plan for `SpeedOptions` with a budget: the user's levers fixed, int8 base weights when nothing in
     bf16 fits (fp8 only when asked for: `--fp8_base`). `correction` (measured peak over predicted) scales
-    the budget down after a first step that overshot."""
+    the budget down after a first step that overshot; `host_available`: bytes of host memory this process
+    may pin (None: not checked)."""
     plan = plan_memory(figures, work, budget_gib / max(correction, 1.0), fixed=fixed_levers(options),
-                       quantized=("int8",))
+                       quantized=("int8",), host_available=host_available)
     return dataclasses.replace(plan, budget_gib=budget_gib)

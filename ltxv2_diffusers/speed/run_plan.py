@@ -9,14 +9,24 @@ how much. The trainer only measures, prints and rebuilds.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from . import planner
+from .block_swap import available_host_memory
 from .options import SpeedOptions
 
 # What a first step that ran out of memory is taken to have needed, over the plan's prediction.
 OUT_OF_MEMORY_CORRECTION = 1.25
 # A re-plan aims this much below the measured error, so it is not right at the edge again.
 REPLAN_MARGIN = 1.05
+
+
+def host_memory_per_process() -> float | None:
+    """Bytes of host memory available now, shared by the training processes on this host (None: unknown)."""
+    available = available_host_memory()
+    if available is None:
+        return None
+    return available / max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
 
 class PlanDoesNotFit(ValueError):
@@ -37,6 +47,7 @@ class RunPlan:
     figures: planner.ModelFigures
     workload: planner.Workload
     budget_gib: float
+    host_available: float | None = None  # bytes of host memory this process may pin (None: unknown)
     plan: planner.Plan | None = None  # the current choice (`choose`)
 
     @classmethod
@@ -52,15 +63,18 @@ class RunPlan:
         workload = planner.Workload(video_tokens=largest["video"], audio_tokens=largest["audio"],
                                     batch=largest["batch"])
         budget = planner.resolve_budget(requested.memory_budget, device)
-        return cls(requested=requested, figures=figures, workload=workload, budget_gib=budget)
+        return cls(requested=requested, figures=figures, workload=workload, budget_gib=budget,
+                   host_available=host_memory_per_process())
 
     def choose(self, correction: float = 1.0) -> SpeedOptions:
         """The options to apply: the fastest plan that fits (the budget scaled down by `correction`, a
         measured peak over the predicted one). Raises `PlanDoesNotFit` saying what would fit."""
-        plan = planner.plan_for(self.requested, self.figures, self.workload, self.budget_gib, correction=correction)
+        plan = planner.plan_for(self.requested, self.figures, self.workload, self.budget_gib, correction=correction,
+                                host_available=self.host_available)
         self.plan = plan
         if not plan.fits:
-            raise PlanDoesNotFit(planner.explain(self.figures, self.workload, plan))
+            raise PlanDoesNotFit(planner.explain(self.figures, self.workload, plan, self.host_available,
+                                                 planner.fixed_levers(self.requested)))
         return planner.planned_options(self.requested, plan)
 
     def describe(self) -> str:
