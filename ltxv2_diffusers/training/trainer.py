@@ -92,7 +92,7 @@ class Trainer:
         self._checkpoint_step = -1
         self.previews_written: list[Path] = []
         self.metrics = MetricsLog(Path(args.logging_dir) / "metrics.jsonl")
-        self.memory = None  # the run's memory plan (speed/run_plan.py), when a budget applies
+        self.memory_plan = None  # the run's memory plan (speed/run_plan.py), when a budget applies
         self.lock = OutputDirLock(self.output_dir)
         self._resume_from: Path | None = None
 
@@ -201,15 +201,15 @@ class Trainer:
         if correction == 1.0:
             self.requested = SpeedOptions.from_args(args, device)
             self._check_block_counts(self.requested)
-            self.memory = self._plan_memory(self.requested)
+            self.memory_plan = self._plan_memory(self.requested)
         options = self.requested
-        if self.memory is not None:
+        if self.memory_plan is not None:
             try:
-                options = self.memory.choose(correction)
+                options = self.memory_plan.choose(correction)
             except PlanDoesNotFit as exc:
                 raise TrainingFailed(str(exc)) from None
             finally:
-                self.accelerator.print(self.memory.describe())
+                self.accelerator.print(self.memory_plan.describe())
         # Previews render on the main process only: the others need neither the decoders nor the prompts.
         previews_here = self._previews_enabled() and self.accelerator.is_main_process
         self.bundle = build_training_model(args, device=device, keep_preview_parts=previews_here)
@@ -232,7 +232,7 @@ class Trainer:
     @property
     def plan(self):
         """The memory planner's current choice, when a budget applies."""
-        return self.memory.plan if self.memory is not None else None
+        return self.memory_plan.plan if self.memory_plan is not None else None
 
     def _make_optimizer(self):
         args = self.args
@@ -303,12 +303,12 @@ class Trainer:
         model, instead of failing later. Returns the stream with that batch still first."""
 
         first = next(stream)
-        verdict = self.memory.verdict(self._probe(first))
+        verdict = self.memory_plan.verdict(self._probe(first))
         if self.world_size > 1:  # every process re-plans, or none: a rebuild is collective
             worst = torch.tensor([verdict.correction or 0.0], device=self.accelerator.device)
             worst = float(self.accelerator.reduce(worst, reduction="max"))
             if worst and verdict.correction is None:
-                verdict = self.memory.overruled(worst)
+                verdict = self.memory_plan.overruled(worst)
             elif worst:
                 verdict.correction = max(verdict.correction, worst)
         self.accelerator.print(verdict.message)
