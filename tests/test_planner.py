@@ -268,7 +268,8 @@ def test_the_predictions_in_docs_speed_are_the_planners(bench_script):
     script = bench_script("planner_predictions")
     predicted = {(clip.split()[0], plan.budget_gib): plan for clip, _, _, plan in script.rows("ltx-2.0", "av", 32)}
     docs = (Path(__file__).resolve().parents[1] / "docs" / "speed.md").read_text(encoding="utf-8")
-    table = [line for line in docs.splitlines() if line.startswith(("| 960×544×89", "| 768×512 image", "| 1280×720"))]
+    rows = ("| 960×544×89", "| 768×512 image", "| 1280×720")
+    table = [line for line in docs.splitlines() if line.startswith(rows)]
     assert len(table) == 9
     for line in table:
         clip, card, levers, peak = [c.strip() for c in line.strip("|").split("|")][:4]
@@ -304,38 +305,52 @@ def test_offloaded_activations_as_options():
     assert any("--offload_activations need a CUDA device" in p for p in on_cpu.problems(48))
 
 
-@pytest.mark.parametrize("host_gib, budget, expect", [
-    (None, 16, dict(blocks_to_swap=38, base="bf16")),
-    # the streamed copies are made while the loaded blocks (34.5 GiB) are still there: 36 blocks at most
-    (64, 16, dict(base="bf16", offload_activations=True)),
-    (48, 16, dict(base="int8")),  # bf16 cannot stream enough beside the loaded model: half the bytes can
+@pytest.mark.parametrize("host_gib, mapped, budget, expect", [
+    (None, True, 16, dict(blocks_to_swap=38, base="bf16")),
+    # a bf16 checkpoint stays mapped: only the pinned copies count (38 blocks of 1 GiB, the optimizer's 3 GiB)
+    (48, True, 16, dict(blocks_to_swap=38, base="bf16")),
+    (44, True, 16, dict(base="int8")),  # too little for them: int8 blocks pin half as much
+    # a checkpoint in another dtype is cast in process memory (34.5 GiB of blocks) before blocks are copied
+    (48, False, 16, dict(base="int8")),
 ])
-def test_plans_fit_the_host_memory_too(full, host_gib, budget, expect):
-    host = None if host_gib is None else host_gib * GiB
-    plan = plan_memory(full, FULL, budget, host_available=host)
+def test_plans_fit_the_host_memory_too(full, host_gib, mapped, budget, expect):
+    host = None if host_gib is None else planner.Host(host_gib * GiB, checkpoint_mapped=mapped)
+    plan = plan_memory(full, FULL, budget, host=host)
     assert plan.fits and {k: getattr(plan, k) for k in expect} == expect
     assert planner.fits_host(full, FULL, plan, host)
+    streamed, pinned = planner.host_bytes(full, FULL, plan)
+    assert streamed == plan.blocks_to_swap * acceleration_pinned(full, plan)
     if host is not None:
-        loaded = full.num_blocks * (full.block_bytes if plan.base == "bf16" else full.block_quantized_bytes)
-        streamed, pinned = planner.host_bytes(full, FULL, plan)
-        assert streamed <= planner.HOST_SHARE * (host - loaded) and pinned <= planner.HOST_SHARE * host
+        assert pinned <= planner.HOST_SHARE * host.available
         assert f"{pinned / GiB:.1f} GiB of host memory pinned" in plan.describe()
+
+
+def acceleration_pinned(full, plan):
+    """One streamed block's pinned copy: its bytes rounded up to a power of two, as torch's pinned allocator does."""
+    from ltxv2_diffusers.speed.block_swap import pinned_size
+
+    w = full.block_bytes if plan.base == "bf16" else full.block_quantized_bytes
+    assert pinned_size(w) >= w and pinned_size(w) & (pinned_size(w) - 1) == 0 and pinned_size(w) < 2 * w
+    return pinned_size(w)
 
 
 def test_a_host_too_small_is_named(full):
     """A budget that streaming would meet on a larger host names the host memory that would do; hand-set
     levers that pin more than the host has are named as such."""
-    plan = plan_memory(full, FULL, 16, host_available=8 * GiB)
-    assert not plan.fits and plan.blocks_to_swap == 0  # no room to stream from: every block on the GPU
-    why = planner.explain(full, FULL, plan, 8 * GiB)
-    assert "GiB of free host memory (now 8) to stream blocks from" in why
     import re
 
+    host = planner.Host(8 * GiB)
+    plan = plan_memory(full, FULL, 16, host=host)
+    assert not plan.fits and plan.blocks_to_swap == 0  # no room to stream from: every block on the GPU
+    why = planner.explain(full, FULL, plan, host)
+    assert "GiB of free host memory (now 8) to stream blocks from" in why
     need = int(re.search(r"or (\d+) GiB of free host memory", why).group(1))
-    assert plan_memory(full, FULL, 16, host_available=need * GiB).fits
+    assert plan_memory(full, FULL, 16, host=planner.Host(need * GiB)).fits
+    assert not plan_memory(full, FULL, 16, host=planner.Host((need - 1) * GiB)).fits
     fixed = Fixed(blocks_to_swap=40)
-    plan = plan_memory(full, FULL, 16, host_available=20 * GiB, fixed=fixed)
-    why = planner.explain(full, FULL, plan, 20 * GiB, fixed)
+    small = planner.Host(20 * GiB)
+    plan = plan_memory(full, FULL, 16, host=small, fixed=fixed)
+    why = planner.explain(full, FULL, plan, small, fixed)
     assert why.startswith("nothing fits 16.0 GiB with the host memory available (20.0 GiB for this process)")
     assert "run fewer processes on this host" in why
 
@@ -345,6 +360,7 @@ def test_the_run_plan_shares_the_host_memory_between_the_processes_on_it(monkeyp
 
     monkeypatch.setattr(run_plan, "available_host_memory", lambda: 64 * GiB)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert run_plan.host_memory_per_process() == 32 * GiB
+    assert run_plan.host_memory("BF16") == planner.Host(32 * GiB, checkpoint_mapped=True)
+    assert run_plan.host_memory(None) == planner.Host(32 * GiB, checkpoint_mapped=False)
     monkeypatch.setattr(run_plan, "available_host_memory", lambda: None)
-    assert run_plan.host_memory_per_process() is None
+    assert run_plan.host_memory("BF16") is None

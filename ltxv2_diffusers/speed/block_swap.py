@@ -47,6 +47,14 @@ def check_swap_count(count: int, num_blocks: int) -> None:
                          f"(got {count})")
 
 
+def pinned_size(nbytes: int) -> int:
+    """Host memory one pinned allocation of `nbytes` takes: PyTorch's pinned-memory allocator rounds every
+    allocation up to a power of two (to reuse freed blocks; `pinned_max_round_threshold_mb` of
+    PYTORCH_CUDA_ALLOC_CONF lowers that where the installed PyTorch knows it), e.g. a full-size block's 0.72
+    GiB takes 1 GiB."""
+    return 1 << max(int(nbytes) - 1, 0).bit_length() if nbytes > 0 else 0
+
+
 def available_host_memory() -> int | None:
     """Bytes of host memory available now (Linux), or None where unknown."""
     try:
@@ -248,7 +256,8 @@ class BlockSwapper:
         self.swapped = sorted(swapped)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        check_host_memory(sum(_HostCopy.bytes_needed(blocks[i]) for i in self.swapped), f"--blocks_to_swap {num_blocks}")
+        sizes = [_HostCopy.bytes_needed(blocks[i]) for i in self.swapped]
+        check_host_memory(sum(map(pinned_size, sizes)) if self.cuda else sum(sizes), f"--blocks_to_swap {num_blocks}")
         self.forward_only = None if rerun_in_backward else forward_only
         self.forward_only_blocks = set(forward_only_blocks)
         split = self.forward_only_blocks & set(self.swapped) if self.forward_only is not None else set()

@@ -195,8 +195,8 @@ class SpeedOptions:
                            "--gradient_checkpointing and --recompute compiled, without --no_compile or --low_memory")
         if self.offload_activations and not self.planned and (inside or not checkpointing):
             out.append("--offload_activations keeps the inputs of whole-block re-runs in host memory: it needs "
-                       "--gradient_checkpointing with whole blocks re-run: leave the other levers to the memory planner "
-                       "(--memory_budget), or add --no_compile")
+                       "--gradient_checkpointing with whole blocks re-run: leave the other levers to the memory "
+                       "planner (--memory_budget), or add --no_compile")
         if self.offload_activations and self.blocks_without_recompute:
             out.append("--offload_activations and --blocks_without_recompute exclude each other (one re-runs whole "
                        "blocks, the other keeps compiled blocks' outputs); keep one")

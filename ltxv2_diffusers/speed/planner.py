@@ -25,6 +25,8 @@ import itertools
 import math
 from typing import Iterable
 
+from .block_swap import pinned_size
+
 GiB = 2**30
 
 # Activation figures in units of one block's bf16 hidden states (batch x (video tokens x video width +
@@ -237,28 +239,43 @@ def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
 
 
 def host_bytes(fig: ModelFigures, work: Workload, plan: Plan) -> tuple[float, float]:
-    """Pinned host memory a plan needs: (the streamed blocks' copies, made while every block still sits in
-    host memory as loaded; everything pinned while training: those, the offloaded optimizer, block inputs)."""
+    """Pinned host memory a plan needs, each allocation as the pinned allocator rounds it (`pinned_size`):
+    (the streamed blocks' copies, made while every block still sits in host memory as loaded; everything
+    pinned while training: those, the offloaded optimizer's master and moments, block inputs)."""
     n = fig.num_blocks
     w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
-    streamed = plan.blocks_to_swap * w
-    training = streamed + (12 * fig.lora_params if plan.offload_optimizer else 0)
+    streamed = plan.blocks_to_swap * pinned_size(w)
+    training = streamed + (3 * pinned_size(4 * fig.lora_params) if plan.offload_optimizer else 0)
     if plan.offload_activations and plan.rerun:
-        training += n * _hidden_bytes(fig, work)
+        video = work.batch * work.video_tokens * fig.video_width * 2
+        audio = work.batch * work.audio_tokens * fig.audio_width * 2
+        training += n * (pinned_size(video) + pinned_size(audio))
     return streamed, training
 
 
-def fits_host(fig: ModelFigures, work: Workload, plan: Plan, available: float | None) -> bool:
-    """Whether the plan's pinned copies fit `available` bytes of host memory (None: unknown, assume so). The
-    streamed blocks are copied while the loaded model still holds every block there, as the block swapper
-    checks before it copies."""
-    if available is None:
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """The host memory a run may use: `available` bytes for this process (its share of what the host has
+    free before the model loads); `checkpoint_mapped`: the blocks' weights are bf16 in the checkpoint, so
+    until they are streamed they stay memory-mapped file pages the kernel can drop, not process memory
+    (the loader's safetensors path; measured by tests/test_host_memory.py)."""
+
+    available: float
+    checkpoint_mapped: bool = True
+
+
+def fits_host(fig: ModelFigures, work: Workload, plan: Plan, host: Host | None) -> bool:
+    """Whether the plan's pinned copies fit the host's memory (None: unknown, assume so). Streamed blocks
+    are copied while every block is still in host memory as loaded: free for a mapped bf16 checkpoint,
+    process memory once cast or quantized (the block swapper's own check then sees that memory in use)."""
+    if host is None:
         return True
     streamed, training = host_bytes(fig, work, plan)
-    loaded = fig.num_blocks * (fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes)
-    if streamed and streamed > HOST_SHARE * (available - loaded):
+    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    loaded = 0 if plan.base == "bf16" and host.checkpoint_mapped else fig.num_blocks * w
+    if streamed and streamed > HOST_SHARE * (host.available - loaded):
         return False
-    return training <= HOST_SHARE * available
+    return training <= HOST_SHARE * host.available
 
 
 def predict_seconds(fig: ModelFigures, work: Workload, plan: Plan, rate: float = MATMUL_RATE,
@@ -299,9 +316,9 @@ def _candidates(fig: ModelFigures, bases: Iterable[str], fixed: Fixed) -> Iterab
 
 def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantized: Iterable[str] = ("int8",),
                 fixed: Fixed = Fixed(), rate: float = MATMUL_RATE, link: float = LINK_RATE,
-                host_available: float | None = None) -> Plan:
+                host: Host | None = None) -> Plan:
     """The fastest plan whose predicted peak fits `budget_gib` (with the allocator's slack) and whose pinned
-    copies fit `host_available` bytes of host memory (None: not checked). bf16 base weights first;
+    copies fit the `host`'s memory (None: not checked). bf16 base weights first;
     `quantized` bases (in order of preference) only when no bf16 plan fits. When nothing fits, the plan with
     the smallest peak (among those the host can hold, if any), marked `fits=False` (`explain` says what
     would fit)."""
@@ -315,7 +332,7 @@ def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantiz
             peak = predict_peak(fig, work, plan)
             plan = dataclasses.replace(plan, peak_gib=peak / GiB, budget_gib=budget_gib,
                                        host_gib=host_bytes(fig, work, plan)[1] / GiB)
-            on_host = fits_host(fig, work, plan, host_available)
+            on_host = fits_host(fig, work, plan, host)
             if smallest is None or (on_host, -peak) > (smallest_on_host, -smallest.peak_gib * GiB):
                 smallest, smallest_on_host = plan, on_host
             if peak > limit or not on_host:
@@ -329,13 +346,13 @@ def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantiz
     return dataclasses.replace(smallest, fits=False, seconds=predict_seconds(fig, work, smallest, rate, link))
 
 
-def explain(fig: ModelFigures, work: Workload, plan: Plan, host_available: float | None = None,
+def explain(fig: ModelFigures, work: Workload, plan: Plan, host: Host | None = None,
             fixed: Fixed = Fixed()) -> str:
     """For a plan that does not fit: what would (a larger budget, fewer tokens, more free host memory), in
     one sentence (`fixed`: the levers the plan was made with)."""
-    if not fits_host(fig, work, plan, host_available):
+    if not fits_host(fig, work, plan, host):
         pinned = host_bytes(fig, work, plan)
-        return (f"nothing fits {plan.budget_gib:.1f} GiB with the host memory available ({host_available / GiB:.1f} "
+        return (f"nothing fits {plan.budget_gib:.1f} GiB with the host memory available ({host.available / GiB:.1f} "
                 f"GiB for this process): the leanest plan pins {pinned[1] / GiB:.1f} GiB there (streaming blocks "
                 f"needs room beside the loaded model too); free host memory, run fewer processes on this host, or "
                 f"raise --memory_budget")
@@ -352,11 +369,18 @@ def explain(fig: ModelFigures, work: Workload, plan: Plan, host_available: float
             hi = mid - 1
     fewer = (f", or buckets of at most {lo} video tokens per batch (now {tokens}; "
              f"tokens = frames/8+1 x height/32 x width/32 x batch)") if lo > 1 else ""
-    if host_available is not None:  # would more free host memory (for streaming) do?
+    if host is not None:  # would more free host memory (for streaming) do?
         unlimited = plan_memory(fig, work, plan.budget_gib, fixed=fixed)
-        if unlimited.fits:
-            fewer += (f", or {math.ceil(unlimited.host_gib / HOST_SHARE + fig.num_blocks * fig.block_bytes / GiB)} "
-                      f"GiB of free host memory (now {host_available / GiB:.0f}) to stream blocks from")
+        if unlimited.fits:  # the least free host memory with which some plan fits, between now and that plan's
+            lo = math.ceil(host.available / GiB)
+            hi = next(gib for gib in itertools.count(lo)
+                      if fits_host(fig, work, unlimited, dataclasses.replace(host, available=gib * GiB)))
+            while lo < hi:
+                mid = (lo + hi) // 2
+                more = dataclasses.replace(host, available=mid * GiB)
+                fits = plan_memory(fig, work, plan.budget_gib, fixed=fixed, host=more).fits
+                lo, hi = (lo, mid) if fits else (mid + 1, hi)
+            fewer += f", or {hi} GiB of free host memory (now {host.available / GiB:.0f}) to stream blocks from"
     return (f"nothing fits {plan.budget_gib:.1f} GiB: the leanest plan needs about {need:.1f} GiB (--memory_budget "
             f"{math.ceil(need)}){fewer}")
 
@@ -389,11 +413,11 @@ def planned_options(options, plan: Plan):
 
 
 def plan_for(options, figures: ModelFigures, work: Workload, budget_gib: float, *, correction: float = 1.0,
-             host_available: float | None = None) -> Plan:
+             host: Host | None = None) -> Plan:
     """The plan for `SpeedOptions` with a budget: the user's levers fixed, int8 base weights when nothing in
     bf16 fits (fp8 only when asked for: `--fp8_base`). `correction` (measured peak over predicted) scales
-    the budget down after a first step that overshot; `host_available`: bytes of host memory this process
-    may pin (None: not checked)."""
+    the budget down after a first step that overshot; `host`: the host memory this process may pin (None:
+    not checked)."""
     plan = plan_memory(figures, work, budget_gib / max(correction, 1.0), fixed=fixed_levers(options),
-                       quantized=("int8",), host_available=host_available)
+                       quantized=("int8",), host=host)
     return dataclasses.replace(plan, budget_gib=budget_gib)

@@ -21,12 +21,14 @@ OUT_OF_MEMORY_CORRECTION = 1.25
 REPLAN_MARGIN = 1.05
 
 
-def host_memory_per_process() -> float | None:
-    """Bytes of host memory available now, shared by the training processes on this host (None: unknown)."""
+def host_memory(checkpoint_dtype: str | None = None) -> planner.Host | None:
+    """This process's share of the host memory available now (the training processes on this host share
+    it; None: unknown), for a checkpoint storing the blocks' weights as `checkpoint_dtype`."""
     available = available_host_memory()
     if available is None:
         return None
-    return available / max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    share = available / max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return planner.Host(available=share, checkpoint_mapped=checkpoint_dtype == "BF16")
 
 
 class PlanDoesNotFit(ValueError):
@@ -47,15 +49,17 @@ class RunPlan:
     figures: planner.ModelFigures
     workload: planner.Workload
     budget_gib: float
-    host_available: float | None = None  # bytes of host memory this process may pin (None: unknown)
+    host: planner.Host | None = None  # the host memory this process may pin (None: unknown)
     plan: planner.Plan | None = None  # the current choice (`choose`)
 
     @classmethod
     def make(cls, requested: SpeedOptions, config: dict, largest: dict, *, mode: str, rank: int,
-             target_options=None, lora_params: int | None = None, device=None) -> "RunPlan":
+             target_options=None, lora_params: int | None = None, device=None,
+             checkpoint_dtype: str | None = None) -> "RunPlan":
         """For a model of transformer `config`, whose largest batch is `largest` ({'batch', 'video',
         'audio'} tokens), with a LoRA of `rank` on `mode`'s targets (or of `lora_params` parameters, e.g.
-        a `--network_weights` file's own size)."""
+        a `--network_weights` file's own size); `checkpoint_dtype`: how the checkpoint stores the blocks'
+        weights ("BF16" ones stay memory-mapped until streamed; None: not known, assume they do not)."""
         figures = planner.ModelFigures.from_config(config, mode, rank, target_options,
                                                    min_features=requested.quantize_min_features)
         if lora_params is not None:
@@ -64,16 +68,16 @@ class RunPlan:
                                     batch=largest["batch"])
         budget = planner.resolve_budget(requested.memory_budget, device)
         return cls(requested=requested, figures=figures, workload=workload, budget_gib=budget,
-                   host_available=host_memory_per_process())
+                   host=host_memory(checkpoint_dtype))
 
     def choose(self, correction: float = 1.0) -> SpeedOptions:
         """The options to apply: the fastest plan that fits (the budget scaled down by `correction`, a
         measured peak over the predicted one). Raises `PlanDoesNotFit` saying what would fit."""
         plan = planner.plan_for(self.requested, self.figures, self.workload, self.budget_gib, correction=correction,
-                                host_available=self.host_available)
+                                host=self.host)
         self.plan = plan
         if not plan.fits:
-            raise PlanDoesNotFit(planner.explain(self.figures, self.workload, plan, self.host_available,
+            raise PlanDoesNotFit(planner.explain(self.figures, self.workload, plan, self.host,
                                                  planner.fixed_levers(self.requested)))
         return planner.planned_options(self.requested, plan)
 

@@ -15,12 +15,15 @@ from ltxv2_diffusers import __version__
 from ltxv2_diffusers.conditioning.metadata import conditioning_metadata
 from ltxv2_diffusers.data.prompts import load_prompts
 from ltxv2_diffusers.lora import (
-    add_lora, apply_lora, lora_from_model, read_lora, save_lora, target_options_from_network_args,
+    add_lora, apply_lora, lora_from_model, lora_parameter_count, read_lora, save_lora,
+    target_options_from_network_args,
 )
 from ltxv2_diffusers.lora import lora_metadata as make_metadata
 from ltxv2_diffusers.lora.targets import mode_allows
 from ltxv2_diffusers.models.adapter import adapter_class_for_mode
-from ltxv2_diffusers.models.loading import is_encoder_only, load_components, read_transformer_config
+from ltxv2_diffusers.models.loading import (
+    is_encoder_only, load_components, read_transformer_config, transformer_weights_dtype,
+)
 from ltxv2_diffusers.models.official_config import model_version_of
 from ltxv2_diffusers.modes import LtxMode
 from ltxv2_diffusers.training.args import args_to_dict, network_kwargs
@@ -72,6 +75,22 @@ def model_config(args) -> dict[str, Any] | None:
         return read_transformer_config(args.ltxv2_model, getattr(args, "ltxv2_backend", None))
     except (OSError, ValueError, KeyError, SafetensorError):
         return None
+
+
+def checkpoint_weights_dtype(args) -> str | None:
+    """How `--ltxv2_model` stores the transformer blocks' weights ("BF16", ...), from its header alone;
+    None when it cannot be told here."""
+    from safetensors import SafetensorError
+
+    try:
+        return transformer_weights_dtype(args.ltxv2_model, getattr(args, "ltxv2_backend", None))
+    except (OSError, ValueError, KeyError, SafetensorError):
+        return None
+
+
+def continued_lora_parameters(args) -> int | None:
+    """The trainable parameter count of the `--network_weights` LoRA (None without one), from its header."""
+    return lora_parameter_count(args.network_weights) if args.network_weights else None
 
 
 def build_training_model(args, device: torch.device | str = "cpu", keep_preview_parts: bool = False) -> TrainingBundle:

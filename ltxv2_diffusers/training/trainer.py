@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ltxv2_diffusers import plugins
-from ltxv2_diffusers.lora import NonFiniteWeights, lora_parameter_count, target_options_from_network_args
+from ltxv2_diffusers.lora import NonFiniteWeights, target_options_from_network_args
 from ltxv2_diffusers.speed.options import SpeedOptions, check_options
 from ltxv2_diffusers.speed.run_plan import PlanDoesNotFit, RunPlan
 from ltxv2_diffusers.speed.setup import apply_speed_options, freeze_host_objects, thaw_host_objects
@@ -35,6 +35,8 @@ from ltxv2_diffusers.training.hub import HubUploadError, push_lora
 from ltxv2_diffusers.training.logging import MetricsLog
 from ltxv2_diffusers.training.model import (
     build_training_model,
+    checkpoint_weights_dtype,
+    continued_lora_parameters,
     model_config,
     render_previews,
     save_lora_files,
@@ -191,10 +193,11 @@ class Trainer:
                                    "using the advanced flags as given")
             return None
         args = self.args
+        targets = target_options_from_network_args(network_kwargs(args))
         return RunPlan.make(options, config, self.data.manager.largest_batch(), mode=args.mode.value,
-                            rank=args.network_dim, target_options=target_options_from_network_args(network_kwargs(args)),
-                            lora_params=lora_parameter_count(args.network_weights) if args.network_weights else None,
-                            device=self.accelerator.device)
+                            rank=args.network_dim, target_options=targets,
+                            lora_params=continued_lora_parameters(args), device=self.accelerator.device,
+                            checkpoint_dtype=checkpoint_weights_dtype(args))
 
     def _setup_model(self, correction: float = 1.0):
         args, device = self.args, self.accelerator.device
