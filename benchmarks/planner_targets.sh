@@ -20,6 +20,7 @@ trainer() { local tag=$1 limit=$2; shift 2
     || echo "RESULT {\"tag\": \"$tag\", \"error\": \"exit $?\"}" >>"$out/$tag.txt"
   grep -h "memory plan\|speed:\|RESULT" "$out/$tag.txt" | cut -c1-400 | tee -a "$res"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,power.limit --format=csv | tee -a "$out/log.txt"
+free -g | tee -a "$out/log.txt"  # the host memory the plans may pin (RESULT: host_rss_gib vs predicted_host_gib)
 if [ "$set_name" != cli ]; then
   echo "== naive" | tee -a "$out/log.txt"
   timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2

@@ -258,6 +258,18 @@ def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
     return res
 
 
+def host_rss_gib() -> float | None:
+    """This process's resident host memory (GiB; Linux), the pinned copies included."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
 def profile_step(step, sync, tag: str) -> None:
     """Kernel-time table and idle-GPU report of one step."""
     import tempfile
@@ -527,7 +539,8 @@ def main(argv=None) -> dict:
                 thaw_host_objects()  # the next variant compiles new objects; it freezes again
         if plan is not None:
             res.update(plan=plan.describe(), predicted_gib=round(plan.peak_gib, 1), budget_gib=round(budget, 1),
-                       emulated_gib=a.emulate_gib)
+                       emulated_gib=a.emulate_gib, predicted_host_gib=round(plan.host_gib, 1))
+        res["host_rss_gib"] = host_rss_gib()  # pinned copies included: against the plan's predicted host memory
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),
