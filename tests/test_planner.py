@@ -364,3 +364,21 @@ def test_the_run_plan_shares_the_host_memory_between_the_processes_on_it(monkeyp
     assert run_plan.host_memory(None) == planner.Host(32 * GiB, checkpoint_mapped=False)
     monkeypatch.setattr(run_plan, "available_host_memory", lambda: None)
     assert run_plan.host_memory("BF16") is None
+
+
+@pytest.mark.parametrize("preset", ["ltx-2.0", "ltx-2.3", "ltx-2.5"])
+@pytest.mark.parametrize("mode", ["av", "video", "audio"])
+def test_every_preset_and_mode_plans_within_the_small_budgets(preset, mode):
+    """The full-size presets and the three modes: figures from their configs, the LoRA each mode trains (av
+    holds both modalities' attention LoRAs), and a plan that fits 24 and 16 GiB at 768x512x121 (audio: the
+    1-token video dummy) in bf16, streaming more blocks for the smaller budget."""
+    fig = ModelFigures.from_config(preset_config(preset)["transformer"], mode, 32)
+    assert fig.num_blocks == 48 and 0.70 < fig.block_bytes / GiB < 0.74
+    video_only = ModelFigures.from_config(preset_config(preset)["transformer"], "video", 32)
+    if mode == "av":
+        assert fig.lora_params > video_only.lora_params
+    work = Workload(video_tokens=1 if mode == "audio" else 6144, audio_tokens=0 if mode == "video" else 126)
+    plans = [plan_memory(fig, work, budget) for budget in (24, 16)]
+    assert all(p.fits and p.base == "bf16" and p.peak_gib <= b * planner.ALLOCATOR_SLACK
+               for p, b in zip(plans, (24, 16)))
+    assert plans[1].blocks_to_swap > plans[0].blocks_to_swap
