@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import struct
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -204,15 +203,17 @@ def read_official_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
 def transformer_weights_dtype(path_or_repo: str | os.PathLike, backend: str | None = None) -> str | None:
     """The dtype ("BF16", "F8_E4M3", ...) the official files of `path_or_repo` store the transformer blocks'
     weights in, from the safetensors header alone; None when it cannot be told here (diffusers folder, Hub)."""
+    from safetensors import safe_open
+
     if _resolve_backend(path_or_repo, backend) != "official":
         return None
     for path in official_files(path_or_repo) or ():
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        for key, entry in header.items():
-            if ".transformer_blocks." in f".{key}" and key.endswith(".weight") and len(entry.get("shape", ())) == 2:
-                return entry["dtype"]
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                if ".transformer_blocks." in f".{key}" and key.endswith(".weight"):
+                    weight = f.get_slice(key)
+                    if len(weight.get_shape()) == 2:
+                        return weight.get_dtype()
     return None
 
 

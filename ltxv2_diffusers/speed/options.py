@@ -143,6 +143,12 @@ class SpeedOptions:
                               gradient_checkpointing=bool(get("gradient_checkpointing", False)))
 
     @property
+    def checkpointing(self) -> bool:
+        """Whether the run recomputes activations in backward: unless `gradient_checkpointing` says it does
+        not (a plan always does; None, a library caller's transformer, is taken to)."""
+        return self.gradient_checkpointing is not False
+
+    @property
     def planned(self) -> bool:
         """Whether the memory planner chooses the levers the user left unset."""
         return self.memory_budget is not None and self.device_type == "cuda"
@@ -159,7 +165,7 @@ class SpeedOptions:
         that the memory levers want CUDA (the user's flags must run on CUDA; tests and benchmarks stream
         blocks on a CPU on purpose)."""
         if checkpointing is None:
-            checkpointing = self.gradient_checkpointing is not False
+            checkpointing = self.checkpointing
         out: list[str] = []
         cuda_only = [flag for flag, on in (("--low_memory", self.low_memory), ("--blocks_to_swap", self.blocks_to_swap),
                                            ("--activation_memory_budget", self.activation_memory_budget is not None),

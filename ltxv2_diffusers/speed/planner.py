@@ -206,6 +206,11 @@ class Fixed:
     offload_activations: bool | None = None
 
 
+def _block_bytes(fig: ModelFigures, plan: Plan) -> int:
+    """One block's frozen matrices in the plan's base dtype (what a streamed block moves and pins)."""
+    return fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+
+
 def _hidden_bytes(fig: ModelFigures, work: Workload) -> float:
     return work.batch * (work.video_tokens * fig.video_width + work.audio_tokens * fig.audio_width) * 2
 
@@ -222,7 +227,7 @@ def forward_seconds(fig: ModelFigures, work: Workload, rate: float = MATMUL_RATE
 def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
     """Predicted peak of allocated GPU memory in bytes."""
     n, s, k = fig.num_blocks, plan.blocks_to_swap, plan.blocks_without_recompute
-    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    w = _block_bytes(fig, plan)
     unit = _hidden_bytes(fig, work)
     fixed = fig.other_bytes + n * fig.block_vector_bytes
     lora = fig.lora_params * (LORA_BYTES_OFFLOADED if plan.offload_optimizer else LORA_BYTES)
@@ -243,7 +248,7 @@ def host_bytes(fig: ModelFigures, work: Workload, plan: Plan) -> tuple[float, fl
     (the streamed blocks' copies, made while every block still sits in host memory as loaded; everything
     pinned while training: those, the offloaded optimizer's master and moments, block inputs)."""
     n = fig.num_blocks
-    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    w = _block_bytes(fig, plan)
     streamed = plan.blocks_to_swap * pinned_size(w)
     training = streamed + (3 * pinned_size(4 * fig.lora_params) if plan.offload_optimizer else 0)
     if plan.offload_activations and plan.rerun:
@@ -271,7 +276,7 @@ def fits_host(fig: ModelFigures, work: Workload, plan: Plan, host: Host | None) 
     if host is None:
         return True
     streamed, training = host_bytes(fig, work, plan)
-    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    w = _block_bytes(fig, plan)
     loaded = 0 if plan.base == "bf16" and host.checkpoint_mapped else fig.num_blocks * w
     if streamed and streamed > HOST_SHARE * (host.available - loaded):
         return False
@@ -283,7 +288,7 @@ def predict_seconds(fig: ModelFigures, work: Workload, plan: Plan, rate: float =
     """Predicted seconds per step: compute, plus what the host link adds where streaming outlasts it."""
     n, s, k = fig.num_blocks, plan.blocks_to_swap, plan.blocks_without_recompute
     f = forward_seconds(fig, work, rate) * BASE_SPEED[plan.base]
-    w = fig.block_bytes if plan.base == "bf16" else fig.block_quantized_bytes
+    w = _block_bytes(fig, plan)
     copy = s * w / link
     if plan.rerun:  # fetched twice: for the forward and for the re-run before backward
         if plan.offload_activations:  # every block's inputs out during forward, back during backward

@@ -580,11 +580,12 @@ def validate_args(args: argparse.Namespace, weighting_schemes: Sequence[str] | N
         need(importlib.util.find_spec("bitsandbytes") is not None,
              "--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes (or use AdamW)")
     problems.extend(_musubi_flags(args))
-    if (args.blocks_to_swap and not args.low_memory) or args.offload_activations:
+    swap = bool(args.blocks_to_swap) and not args.low_memory
+    if swap or args.offload_activations:
         import torch
 
         if not torch.cuda.is_available():  # musubi commands carry them: on the host there is nothing to offload to
-            if args.blocks_to_swap and not args.low_memory:
+            if swap:
                 logger.warning("--blocks_to_swap %d has no effect without a CUDA device (the weights are in host "
                                "memory already); ignored", args.blocks_to_swap)
                 args.blocks_to_swap = None

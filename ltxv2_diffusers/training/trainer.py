@@ -178,7 +178,7 @@ class Trainer:
         if config is None or "num_layers" not in config:
             return
         try:
-            check_options(options, int(config["num_layers"]), options.gradient_checkpointing is not False)
+            check_options(options, int(config["num_layers"]), options.checkpointing)
         except ValueError as exc:
             raise TrainingFailed(f"{exc} (--ltxv2_model {self.args.ltxv2_model})") from None
 
