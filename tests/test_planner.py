@@ -307,9 +307,9 @@ def test_offloaded_activations_as_options():
 
 @pytest.mark.parametrize("host_gib, mapped, budget, expect", [
     (None, True, 16, dict(blocks_to_swap=38, base="bf16")),
-    # a bf16 checkpoint stays mapped: only the pinned copies count (38 blocks of 1 GiB, the optimizer's 3 GiB)
-    (48, True, 16, dict(blocks_to_swap=38, base="bf16")),
-    (44, True, 16, dict(base="int8")),  # too little for them: int8 blocks pin half as much
+    # a bf16 checkpoint stays mapped: only the pinned copies count (38 blocks of 0.72 GiB, the optimizer's 3 GiB)
+    (36, True, 16, dict(blocks_to_swap=38, base="bf16")),
+    (32, True, 16, dict(base="int8")),  # too little for them: int8 blocks pin half as much
     # a checkpoint in another dtype is cast in process memory (34.5 GiB of blocks) before blocks are copied
     (48, False, 16, dict(base="int8")),
 ])
@@ -326,12 +326,12 @@ def test_plans_fit_the_host_memory_too(full, host_gib, mapped, budget, expect):
 
 
 def acceleration_pinned(full, plan):
-    """One streamed block's pinned copy: its bytes rounded up to a power of two, as torch's pinned allocator does."""
-    from ltxv2_diffusers.speed.block_swap import pinned_size
+    """One streamed block's pinned copy: its bytes in power-of-two pieces, less than one granule over."""
+    from ltxv2_diffusers.speed.pinned import GRANULE, held_bytes
 
     w = full.block_bytes if plan.base == "bf16" else full.block_quantized_bytes
-    assert pinned_size(w) >= w and pinned_size(w) & (pinned_size(w) - 1) == 0 and pinned_size(w) < 2 * w
-    return pinned_size(w)
+    assert w <= held_bytes(w) < w + GRANULE
+    return held_bytes(w)
 
 
 def test_a_host_too_small_is_named(full):

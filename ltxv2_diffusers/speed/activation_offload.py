@@ -8,8 +8,8 @@ inputs to pinned host memory on a side stream, and backward copies them back (th
 its way while this one re-runs) before re-running the block with gradients. The other inputs (text
 context, timestep embeddings, rotary tables) are the same tensors for every block and stay where they are.
 
-On a CPU device the copies are plain clones (tests). Results are bit-identical to diffusers' own
-checkpointing: the same block runs on the same inputs.
+On a CPU device the copies are synchronous, through the same (unpinned) host buffers (tests). Results
+are bit-identical to diffusers' own checkpointing: the same block runs on the same inputs.
 """
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ import dataclasses
 import torch
 from torch.utils import _pytree as pytree
 
+from .pinned import HostBuffer, as_bytes
+
 # diffusers' LTX-2 transformer passes (block, hidden_states, audio_hidden_states, shared inputs...)
 OFFLOADED_ARGS = 2
 
 
 @dataclasses.dataclass
 class _Saved:
-    """One offloaded block input: its host copy and, once fetched back, the device copy."""
+    """One offloaded block input: its host copy (bytes) and, once fetched back, the device copy."""
 
-    host: torch.Tensor
+    host: HostBuffer
+    shape: torch.Size
+    dtype: torch.dtype
     device_copy: torch.Tensor | None = None
     ready: torch.cuda.Event | None = None
 
@@ -69,15 +73,17 @@ class ActivationOffloader:
             if position not in positions or t.device.type != self.device.type:
                 saved.append(None)
                 continue
+            t = t.detach().contiguous()
+            host = HostBuffer(t.numel() * t.element_size(), pin=self.cuda)
             if not self.cuda:
-                saved.append(_Saved(t.detach().clone()))
+                host.from_device(as_bytes(t))
+                saved.append(_Saved(host, t.shape, t.dtype))
                 continue
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self.stream):
-                host.copy_(t.detach(), non_blocking=True)
+                host.from_device(as_bytes(t), non_blocking=True)
             t.record_stream(self.stream)  # its memory is not reused before the copy has read it
-            saved.append(_Saved(host))
+            saved.append(_Saved(host, t.shape, t.dtype))
         self.pending.append(saved)
         return saved
 
@@ -87,11 +93,12 @@ class ActivationOffloader:
             if s is None or s.device_copy is not None:
                 continue
             if not self.cuda:
-                s.device_copy = s.host
+                s.device_copy = torch.empty(s.shape, dtype=s.dtype)
+                s.host.to_device(as_bytes(s.device_copy))
                 continue
             with torch.cuda.stream(self.stream):
-                s.device_copy = torch.empty(s.host.shape, dtype=s.host.dtype, device=self.device)
-                s.device_copy.copy_(s.host, non_blocking=True)
+                s.device_copy = torch.empty(s.shape, dtype=s.dtype, device=self.device)
+                s.host.to_device(as_bytes(s.device_copy), non_blocking=True)
                 s.ready = torch.cuda.Event()
                 s.ready.record(self.stream)
 

@@ -11,6 +11,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .pinned import HostBuffer, held_bytes
+
 
 def evenly_spaced(num_blocks: int, count: int) -> list[int]:
     """`count` of the indices 0..num_blocks-1, spread evenly."""
@@ -47,14 +49,6 @@ def check_swap_count(count: int, num_blocks: int) -> None:
                          f"(got {count})")
 
 
-def pinned_size(nbytes: int) -> int:
-    """Host memory one pinned allocation of `nbytes` takes: PyTorch's pinned-memory allocator rounds every
-    allocation up to a power of two (to reuse freed blocks; `pinned_max_round_threshold_mb` of
-    PYTORCH_CUDA_ALLOC_CONF lowers that where the installed PyTorch knows it), e.g. a full-size block's 0.72
-    GiB takes 1 GiB."""
-    return 1 << max(int(nbytes) - 1, 0).bit_length() if nbytes > 0 else 0
-
-
 def available_host_memory() -> int | None:
     """Bytes of host memory available now (Linux), or None where unknown."""
     try:
@@ -83,8 +77,8 @@ def check_host_memory(needed: int, flag: str, available: int | None = None, proc
 class _HostCopy:
     """The frozen matrices (parameters without grad, buffers; vectors stay) of one block, in one host buffer.
 
-    `fetch()` copies the whole block to `device` in one transfer (pinned memory, asynchronous on the
-    given side stream when the device is CUDA) and points every tensor at its slice of the device copy;
+    `fetch()` copies the whole block into one device buffer (from a pinned `HostBuffer`, asynchronously on
+    the given side stream when the device is CUDA) and points every tensor at its slice of the device copy;
     `drop()` points them at empty tensors again, which frees the device copy once the stream that
     used it is done. The module objects and parameter identities never change, so optimizers,
     hooks and tensors autograd saved for backward keep working.
@@ -131,11 +125,9 @@ class _HostCopy:
             tensors.append(t)
             offset += self._padded(t)
         self.nbytes = offset
-        self.host = torch.empty(offset, dtype=torch.uint8)
-        if device.type == "cuda":
-            self.host = self.host.pin_memory()
-        for (module, name, dtype, shape, start, nbytes), t in zip(self.entries, tensors):
-            self.host[start:start + nbytes].view(dtype).view(shape).copy_(t.detach().to("cpu"))
+        self.host = HostBuffer(offset, pin=device.type == "cuda")
+        for (_, _, _, _, start, _), t in zip(self.entries, tensors):
+            self.host.write(start, t.detach().to("cpu").contiguous())
         self.device_copy: torch.Tensor | None = None
         self.drop()
 
@@ -156,9 +148,10 @@ class _HostCopy:
             with torch.cuda.use_mem_pool(pool, device=self.device) if pool is not None else contextlib.nullcontext():
                 flat = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
             with torch.cuda.stream(stream or torch.cuda.current_stream(self.device)):
-                flat.copy_(self.host, non_blocking=True)
+                self.host.to_device(flat, non_blocking=True)
         else:
-            flat = self.host.clone()  # a separate storage, freed on drop like a device copy
+            flat = torch.empty(self.nbytes, dtype=torch.uint8)  # a separate storage, freed on drop like a device copy
+            self.host.to_device(flat)
         for module, name, dtype, shape, start, nbytes in self.entries:
             self._tensor(module, name).data = flat[start:start + nbytes].view(dtype).view(shape)
         self.device_copy = flat
@@ -207,7 +200,7 @@ class BlockSwapper:
     """Keep the frozen weight matrices of some transformer blocks in pinned CPU memory (their vectors stay:
     `_HostCopy`).
 
-    A swapped block's tensors are copied to the GPU in one transfer on a side stream while earlier
+    A swapped block's tensors are copied to one GPU buffer on a side stream while earlier
     blocks compute and dropped again once the pass moved past it; trainable (LoRA) parameters always
     stay on the GPU. (On a CPU device the same logic runs with synchronous copies, for tests.)
     Two ways to learn that backward needs a block again:
@@ -257,7 +250,7 @@ class BlockSwapper:
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         sizes = [_HostCopy.bytes_needed(blocks[i]) for i in self.swapped]
-        check_host_memory(sum(map(pinned_size, sizes)) if self.cuda else sum(sizes), f"--blocks_to_swap {num_blocks}")
+        check_host_memory(sum(map(held_bytes, sizes)), f"--blocks_to_swap {num_blocks}")
         self.forward_only = None if rerun_in_backward else forward_only
         self.forward_only_blocks = set(forward_only_blocks)
         split = self.forward_only_blocks & set(self.swapped) if self.forward_only is not None else set()

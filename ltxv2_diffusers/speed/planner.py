@@ -25,7 +25,7 @@ import itertools
 import math
 from typing import Iterable
 
-from .block_swap import pinned_size
+from .pinned import allocator_bytes, held_bytes
 
 GiB = 2**30
 
@@ -244,17 +244,19 @@ def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
 
 
 def host_bytes(fig: ModelFigures, work: Workload, plan: Plan) -> tuple[float, float]:
-    """Pinned host memory a plan needs, each allocation as the pinned allocator rounds it (`pinned_size`):
-    (the streamed blocks' copies, made while every block still sits in host memory as loaded; everything
-    pinned while training: those, the offloaded optimizer's master and moments, block inputs)."""
+    """Pinned host memory a plan needs: (the streamed blocks' copies, made while every block still sits in
+    host memory as loaded; everything pinned while training: those, the offloaded optimizer's master and
+    moments, block inputs). Blocks and block inputs are held in `HostBuffer`s (`held_bytes`); the
+    optimizer's three flat tensors are ordinary pinned tensors, each rounded up to a power of two by the
+    pinned allocator (`allocator_bytes`)."""
     n = fig.num_blocks
     w = _block_bytes(fig, plan)
-    streamed = plan.blocks_to_swap * pinned_size(w)
-    training = streamed + (3 * pinned_size(4 * fig.lora_params) if plan.offload_optimizer else 0)
+    streamed = plan.blocks_to_swap * held_bytes(w)
+    training = streamed + (3 * allocator_bytes(4 * fig.lora_params) if plan.offload_optimizer else 0)
     if plan.offload_activations and plan.rerun:
         video = work.batch * work.video_tokens * fig.video_width * 2
         audio = work.batch * work.audio_tokens * fig.audio_width * 2
-        training += n * (pinned_size(video) + pinned_size(audio))
+        training += n * (held_bytes(video) + held_bytes(audio))
     return streamed, training
 
 
