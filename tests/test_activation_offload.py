@@ -4,6 +4,7 @@ once per block and gone after backward."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import adapter_loss, lora_grads, tiny_batch, tiny_lora_model
@@ -13,18 +14,28 @@ from ltxv2_diffusers.speed.options import SpeedOptions
 from ltxv2_diffusers.speed.setup import apply_speed_options
 
 
-def _reference(num_layers=None):
-    model = tiny_lora_model(torch.float32, num_layers=num_layers)
+# The copies are synchronous clones through host buffers on a CPU; on a GPU the same test exercises the
+# side stream, pinned buffers and events.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _batch(device):
+    return {k: v.to(device) for k, v in tiny_batch().items()}
+
+
+def _reference(device="cpu", num_layers=None):
+    model = tiny_lora_model(torch.float32, num_layers=num_layers).to(device)
     model.enable_gradient_checkpointing()  # diffusers' torch.utils.checkpoint
-    loss = adapter_loss(LTXAVModelAdapter.from_components(model), tiny_batch())
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), _batch(device))
     loss.backward()
     return float(loss.detach()), lora_grads(model)
 
 
-def test_offloaded_checkpointing_gives_the_same_loss_and_gradients():
-    loss_ref, grads_ref = _reference()
-    model = tiny_lora_model(torch.float32)
-    offloader = ActivationOffloader("cpu")
+@pytest.mark.parametrize("device", DEVICES)
+def test_offloaded_checkpointing_gives_the_same_loss_and_gradients(device):
+    loss_ref, grads_ref = _reference(device)
+    model = tiny_lora_model(torch.float32).to(device)
+    offloader = ActivationOffloader(device)
     model.enable_gradient_checkpointing(offloader.checkpoint)
     calls = []
     original = offloader.offload
@@ -35,7 +46,7 @@ def test_offloaded_checkpointing_gives_the_same_loss_and_gradients():
         return saved
 
     offloader.offload = offload
-    loss = adapter_loss(LTXAVModelAdapter.from_components(model), tiny_batch())
+    loss = adapter_loss(LTXAVModelAdapter.from_components(model), _batch(device))
     # one entry per block, each the block's video and audio hidden states (the shared inputs stay put)
     assert len(calls) == len(model.transformer_blocks) and len(offloader.pending) == len(calls)
     video_width = model.config.num_attention_heads * model.config.attention_head_dim

@@ -71,3 +71,19 @@ def test_a_block_copy_spanning_several_pieces_fetches_its_weights_exactly():
     assert block(x).shape == (2, 700)
     copy.drop()
     assert copy.device_copy is None and block[0].weight.numel() == 0 and block[0].bias.numel() == 1100
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory and side-stream copies need CUDA")
+def test_pinned_pieces_copy_to_and_from_the_gpu_on_a_side_stream():
+    nbytes = 9 * MiB + 12345
+    data = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device="cuda")
+    buffer = HostBuffer(nbytes, pin=True)
+    assert all(p.is_pinned() for p in buffer.pieces)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        buffer.from_device(data, non_blocking=True)
+        back = torch.empty_like(data)
+        buffer.to_device(back, non_blocking=True)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert torch.equal(back, data)
