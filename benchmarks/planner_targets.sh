@@ -45,6 +45,8 @@ elif [ "$set_name" = long ]; then
   step long24 150 --memory_budget 24 --emulate_gib 24 --frames 241 --height 720 --width 1280 --steps 2 --warmup 1
 else
   step fp8 150 --memory_budget 45 --fp8_base --steps 6 --warmup 2
+  # where the fp8 layers' time goes, part by part (one block's shapes, per step)
+  timeout 120 python3 benchmarks/fp8_matmul.py --compiled_quantize --results "$res" 2>&1 | grep -v "^RESULT" | tee -a "$out/log.txt"
   step val960 140 --memory_budget auto --frames 89 --height 544 --width 960 --steps 5 --warmup 2
   step image 110 --memory_budget auto --frames 1 --steps 5 --warmup 2
 fi

@@ -217,3 +217,21 @@ def test_a_model_too_small_to_quantize_says_so(caplog):
                                                         fp8_base=True), device="cpu")
     assert setup.quantized_layers == 0 and "fp8 base weights and matmuls (0 layers)" in setup.summary()
     assert "--fp8_base: no frozen linear layer of the transformer blocks is at least 256 wide" in caplog.text
+
+
+def test_the_fp8_parts_benchmark_times_every_fp8_layer_of_a_block(bench_script, tmp_path):
+    """`benchmarks/fp8_matmul.py` on the tiny model (CPU smoke): the shapes it times are those of every fp8
+    layer of one block, as a forward on the clip sees them, and each part gets a per-step total."""
+    bench = bench_script("fp8_matmul")
+    results = tmp_path / "r.jsonl"
+    record = bench.main(["--preset", "tiny", "--device", "cpu", "--frames", "9", "--height", "64", "--width", "64",
+                         "--text_len", "8", "--repeats", "1", "--warmup", "0", "--min_features", "16",
+                         "--results", str(results)])
+    assert record["fp8_layers_per_block"] > 0
+    assert sum(s["layers"] for s in record["per_shape"]) == record["fp8_layers_per_block"]
+    video_tokens = 2 * 2 * 2  # 9 frames at 64x64: 2 latent frames of 2x2
+    assert {s["rows"] for s in record["per_shape"]} >= {video_tokens, 8}  # video tokens; text tokens (keys, values)
+    assert all(ms > 0 for s in record["per_shape"] for ms in s["ms"].values())
+    assert record["summary_ms"]["fp8 matmuls"] == pytest.approx(
+        record["step_ms"]["fp8 forward (row-wise)"] + record["step_ms"]["fp8 input grad (row-wise)"])
+    assert results.read_text().startswith("RESULT ")
