@@ -92,3 +92,32 @@ def test_network_weights_continue_from_a_lora(tmp_path_factory, tmp_path):
         torch.testing.assert_close(loaded.modules[name].delta(1.0), module.delta(1.0), rtol=1e-5, atol=1e-7)
     trainable = {n for n, p in bundle.transformer.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_a_preview_out_of_gpu_memory_is_skipped_and_training_goes_on(tmp_path_factory, tmp_path, monkeypatch, caplog):
+    """Fault injection: the first round of previews raises CUDA's out-of-memory error (as a preview too large
+    for the card would). It is skipped with a warning naming what to do; the run trains on, renders the next
+    round and delivers its LoRA, with the preview parts back in host memory."""
+    from ltxv2_diffusers.training import model as training_model
+
+    real, calls = training_model._render_each, []
+
+    def out_of_memory_once(*args, **kwargs):
+        calls.append(args[3])  # the step
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training_model, "_render_each", out_of_memory_once)
+    ws = workspace(tmp_path_factory)
+    trainer = Trainer(parse_args(baseline_argv(ws, tmp_path, steps=2, extra=[
+        "--sample_prompts", str(ws.prompts), "--sample_at_first", "--sample_every_n_steps", "2"])))
+    with caplog.at_level("WARNING"):
+        lora = trainer.run()
+    assert calls == [0, 2] and lora.exists()
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["step00000002_00.mp4"]
+    assert "previews at step 0 ran out of GPU memory; skipped, training goes on" in caplog.text
+    assert "--w/--h/--f" in caplog.text
+    assert [m["step"] for m in read_metrics(tmp_path / "logs" / "metrics.jsonl")] == [1, 2]
+    assert trainer.bundle.preview_parts and all(
+        p.device.type == "cpu" for m in trainer.bundle.preview_parts.values() for p in m.parameters())

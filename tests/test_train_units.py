@@ -271,6 +271,37 @@ def test_preview_with_a_bf16_transformer_from_fp32_text_cache(tmp_path):
         assert sum(1 for _ in f.decode(video=0)) == 9
 
 
+def test_previews_decode_in_tiles_whatever_their_length(tmp_path):
+    """The preview VAE decodes in diffusers' tiles (bounded memory): a 17-frame preview goes through the
+    temporal tiles (3 latent frames, tiles of 2) and still gives every frame."""
+    parts = build_components("tiny", seed=0)
+    vae = parts["vae"]
+    pipe = build_preview_pipeline(parts["transformer"], vae, parts["audio_vae"], parts["vocoder"])
+    pipe.set_progress_bar_config(disable=True)
+    assert vae.use_tiling and vae.use_framewise_decoding
+    tiled = []
+    original = vae._temporal_tiled_decode
+    vae._temporal_tiled_decode = lambda *a, **k: tiled.append(a[0].shape) or original(*a, **k)
+    embeds = (torch.randn(1, 8, 48, generator=torch.Generator().manual_seed(0)), torch.ones(1, 8, dtype=torch.bool))
+    prompt = PreviewPrompt("x", width=64, height=64, num_frames=17, steps=2)
+    path = render_preview(pipe, prompt, embeds, None, LtxMode.VIDEO, tmp_path / "p")
+    assert [shape[2] for shape in tiled] == [3]
+    with av.open(str(path)) as f:
+        assert sum(1 for _ in f.decode(video=0)) == 17
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="moves the preview parts to a GPU and back")
+def test_preview_parts_wait_in_host_memory_on_a_gpu(tmp_path):
+    from ltxv2_diffusers.training.previews import preview_parts_on
+
+    parts = {k: v for k, v in build_components("tiny", seed=0).items() if k in ("vae", "audio_vae", "vocoder")}
+    with pytest.raises(RuntimeError, match="inside"):
+        with preview_parts_on(parts, "cuda"):
+            assert all(p.is_cuda for m in parts.values() for p in m.parameters())
+            raise RuntimeError("a preview failed inside")
+    assert all(p.device.type == "cpu" for m in parts.values() for p in m.parameters())
+
+
 # ---------------------------------------------------------------- plot and hub
 
 def test_loss_plot(tmp_path):

@@ -31,6 +31,7 @@ from ltxv2_diffusers.training.previews import (
     PromptCache,
     build_preview_pipeline,
     preview_name,
+    preview_parts_on,
     preview_pipeline_class,
     render_preview,
 )
@@ -93,10 +94,11 @@ def continued_lora_parameters(args) -> int | None:
     return lora_parameter_count(args.network_weights) if args.network_weights else None
 
 
-def build_training_model(args, device: torch.device | str = "cpu", keep_preview_parts: bool = False) -> TrainingBundle:
+def build_training_model(args, keep_preview_parts: bool = False) -> TrainingBundle:
     """Load the transformer (+ VAE statistics), add the LoRA for `args.mode`, wrap in the adapter. The
     training model stays where it loaded: `speed.setup.apply_speed_options` places it and sets the
-    weights' dtypes and gradient checkpointing. Preview parts go to `device`."""
+    weights' dtypes and gradient checkpointing. Preview parts stay in host memory (`render_previews` moves
+    them)."""
     mode: LtxMode = args.mode
     transformer = load_components(args.ltxv2_model, backend=args.ltxv2_backend, components=["transformer"])["transformer"]
     wanted = ["vae", "audio_vae"] + (["vocoder"] if keep_preview_parts else [])
@@ -123,7 +125,8 @@ def build_training_model(args, device: torch.device | str = "cpu", keep_preview_
         if is_encoder_only(parts["vae"]):
             raise ValueError(f"--vae {' '.join(sources)}: previews decode video, which this VAE's diffusion decoder "
                              "cannot do here; pass --vae vae/*-video-vae-conv-*.safetensors")
-        preview = {name: parts[name].to(device).eval() for name in ("vae", "audio_vae", "vocoder") if name in parts}
+        # in host memory until a preview needs them (`preview_parts_on`)
+        preview = {name: parts[name].eval() for name in ("vae", "audio_vae", "vocoder") if name in parts}
         if "vocoder" not in preview:
             raise ValueError(f"previews need the vocoder, which {' '.join(sources)} lacks (LTX-2.5: pass --audio_vae)")
     return TrainingBundle(adapter=adapter, transformer=transformer, mode=mode, lora_targets=list(targets),
@@ -162,8 +165,15 @@ def save_lora_files(bundle: TrainingBundle, args, directory: Path, name: str, st
     return official
 
 
-def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int) -> list[Path]:
-    """One preview file per `--sample_prompts` line with the current LoRA."""
+def render_previews(bundle: TrainingBundle, args, out_dir: Path, step: int,
+                    device: torch.device | str = "cpu") -> list[Path]:
+    """One preview file per `--sample_prompts` line with the current LoRA; the preview parts are on `device`
+    meanwhile."""
+    with preview_parts_on(bundle.preview_parts, device):
+        return _render_each(bundle, args, out_dir, step)
+
+
+def _render_each(bundle: TrainingBundle, args, out_dir: Path, step: int) -> list[Path]:
     parts = bundle.preview_parts
     pipelines: dict[type, Any] = {}  # one stock pipeline per kind of prompt line (--i, --v), sharing the parts
     if getattr(args, "reference_temporal_scale", 1) != 1 and any(p.reference for p in bundle.prompts):

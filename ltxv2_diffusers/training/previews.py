@@ -6,13 +6,17 @@ the text cache) into the connector outputs the transformer reads; the pipeline's
 gets `CachedContextConnectors`, which hands those cached contexts through unchanged (the stock
 connectors would expect raw Gemma states). `av` previews are mp4 with the audio track, `video`
 previews mp4, `audio` previews wav.
+
+Previews fit the training's memory: the VAEs and vocoder wait in host memory between previews
+(`preview_parts_on`), and the video VAE decodes in tiles (`bounded_decoding`), as the official pipelines do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import wave
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -87,6 +91,30 @@ def fit_audio_stats(audio_vae, audio_in_channels: int) -> None:
         audio_vae.register_buffer(name, fitted, persistent=True)
 
 
+def bounded_decoding(vae) -> None:
+    """Decode in tiles (diffusers' own tiling: at most 512x512 pixels and 16 frames a tile, overlaps blended),
+    so a preview's decode needs about the same memory whatever its size: untiled, the last decoder stage of a
+    768x512x121 clip alone holds 12 GiB."""
+    if hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+    if hasattr(vae, "use_framewise_decoding"):
+        vae.use_framewise_decoding = True
+
+
+@contextlib.contextmanager
+def preview_parts_on(parts: Mapping[str, torch.nn.Module], device: torch.device | str) -> Iterator[None]:
+    """The preview parts on `device` while previews render, in host memory again afterwards (also when a
+    preview fails): training never holds them on the GPU (2.5 GiB for LTX-2's VAEs and vocoder), and the
+    memory plan need not count them."""
+    try:
+        for module in parts.values():
+            module.to(device)
+        yield
+    finally:
+        for module in parts.values():
+            module.to("cpu")
+
+
 def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None, pipeline_class=None):
     """The stock `LTX2Pipeline` (or `pipeline_class`: `LTX2ImageToVideoPipeline`, `LTX2ConditionPipeline`,
     `LTX2InContextPipeline`, which take the same components) around the training transformer, with no text
@@ -101,6 +129,7 @@ def build_preview_pipeline(transformer, vae, audio_vae, vocoder, scheduler=None,
         scheduler = LTXV2FlowMatchScheduler()
     video_width, audio_width = context_widths(transformer.config)
     fit_audio_stats(audio_vae, int(transformer.config.audio_in_channels))
+    bounded_decoding(vae)
     return (pipeline_class or LTX2Pipeline)(
         scheduler=scheduler, vae=vae, audio_vae=audio_vae, text_encoder=None, tokenizer=None,
         connectors=CachedContextConnectors(video_width, audio_width), transformer=transformer, vocoder=vocoder,

@@ -215,7 +215,7 @@ class Trainer:
                 self.accelerator.print(self.memory_plan.describe())
         # Previews render on the main process only: the others need neither the decoders nor the prompts.
         previews_here = self._previews_enabled() and self.accelerator.is_main_process
-        self.bundle = build_training_model(args, device=device, keep_preview_parts=previews_here)
+        self.bundle = build_training_model(args, keep_preview_parts=previews_here)
         self.speed = apply_speed_options(self.bundle.transformer, options, device=device, model=self.bundle.adapter)
         self.accelerator.print(self.speed.summary())
         self.optimizer = self._make_optimizer()
@@ -599,15 +599,40 @@ class Trainer:
             adapter = acc.unwrap_model(self.adapter)
             was_training = adapter.training
             adapter.eval()
-            with acc.autocast():
-                written = render_previews(self.bundle, self.args, self.output_dir / "samples",
-                                          self.progress.global_step)
-            adapter.train(was_training)
+            out_of_memory = False
+            try:
+                with acc.autocast():
+                    written = render_previews(self.bundle, self.args, self.output_dir / "samples",
+                                              self.progress.global_step, device=acc.device)
+            except Exception as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                out_of_memory = True  # handled below, once the failed preview's tensors are released
+            finally:
+                adapter.train(was_training)
+            if out_of_memory:
+                self._skip_previews_out_of_memory()
             self.previews_written.extend(written)
             for path in written:
                 self._say(f"preview: {path}")
         acc.wait_for_everyone()
         return written
+
+    def _skip_previews_out_of_memory(self) -> None:
+        """A preview that ran out of GPU memory is skipped, not the run: free what it held and say what to do."""
+        import gc
+
+        peak = ""
+        if self.accelerator.device.type == "cuda":
+            peak = f" ({torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30:.1f} GiB allocated at the peak)"
+        gc.collect()
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
+        message = (f"previews at step {self.progress.global_step} ran out of GPU memory{peak}; skipped, training "
+                   f"goes on. Render smaller previews (--w/--h/--f on the lines of {self.args.sample_prompts}) "
+                   "or fewer of them.")
+        logger.warning(message)
+        self._say(f"warning: {message}")
 
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
