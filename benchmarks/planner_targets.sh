@@ -26,9 +26,11 @@ if [ "$set_name" != cli ]; then
   timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2
 fi
 if [ "$set_name" = cli ]; then  # a functional check of the trainer's GPU path, not a timed ratio
-  # the tests whose CUDA variants only run on a GPU (side-stream copies, pinned pieces, offloaded inputs)
+  # the tests whose CUDA variants only run on a GPU (side-stream copies, pinned pieces, offloaded inputs,
+  # a text encoder streamed to a GPU too small for it, preview parts moved for previews)
   timeout 240 python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/test_pinned.py \
-    tests/test_activation_offload.py tests/test_speed.py tests/test_optimizer_offload.py 2>&1 | tail -4 | tee -a "$res"
+    tests/test_activation_offload.py tests/test_speed.py tests/test_optimizer_offload.py \
+    tests/test_text_backends.py tests/test_train_units.py 2>&1 | tail -4 | tee -a "$res"
   [ -n "${WITH_CLI_AUTO-1}" ] && trainer cli8 100 --num_layers 8 --steps 6 --
   trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
 elif [ "$set_name" = main ]; then

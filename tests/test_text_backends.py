@@ -90,3 +90,89 @@ def test_t5_is_the_masked_last_hidden_state(tiny_t5):
     assert (text[~mask] == 0).all()
     assert T5TextBackend(tiny_t5, max_length=12, audio_video=True).encode(PROMPTS)[0].shape[-1] == 64
     assert T5TextBackend(tiny_t5, max_length=16).identity() != backend.identity()
+
+
+def test_gemma_with_streamed_layers_and_several_passes_encodes_the_same(tiny_gemma, connectors):
+    """The text encoder as a GPU too small for it runs it (here on the CPU, copies synchronous): its last layer
+    streamed from host memory through the block swapper, and a batch split into passes of one prompt."""
+    from ltxv2_diffusers.text.streaming import TextPlan, decoder_layers, stream_layers
+
+    reference, reference_mask = GemmaTextBackend(tiny_gemma, max_length=16, connectors=connectors,
+                                                 audio_video=True).encode(PROMPTS)
+    backend = GemmaTextBackend(tiny_gemma, max_length=16, connectors=connectors, audio_video=True)
+    assert backend.swapper is None and backend.plan == TextPlan(0, None)  # on a CPU: whole, all at once
+    layers = decoder_layers(backend.model)
+    assert len(layers) == backend.model.config.num_hidden_layers
+    backend.swapper = stream_layers(backend.model, 1, "cpu")
+    assert layers[-1].self_attn.q_proj.weight.numel() == 0  # dropped: in host memory until fetched
+    for _ in range(2):  # the second encode fetches the streamed layer again
+        text, mask = backend.encode(PROMPTS)
+        assert torch.equal(text, reference) and torch.equal(mask, reference_mask)
+        assert layers[-1].self_attn.q_proj.weight.numel() == 0
+    backend.plan = TextPlan(1, 1)
+    text, mask = backend.encode(PROMPTS)
+    torch.testing.assert_close(text, reference)
+    assert torch.equal(mask, reference_mask)
+    backend.free()
+    assert not hasattr(backend, "swapper")
+
+
+@pytest.mark.parametrize("free_gib, streamed", [(80, 0), (30, 0), (23, "some"), (12, "most"), (6, "none fits")])
+def test_a_text_encoder_larger_than_the_free_memory_streams_the_fewest_layers_that_fit(free_gib, streamed):
+    """Gemma 3 12B's sizes (48 layers of 0.43 GiB, 23.6 GiB in all) against the GPU memory free for it: whole
+    when it fits with room for four prompts, else the fewest layers streamed that leave that room; a pass
+    encodes what the rest holds."""
+    from ltxv2_diffusers.text.streaming import (IN_FLIGHT, MARGIN, RESERVED_PROMPTS, encoding_bytes_per_prompt,
+                                                 plan_text_encoder)
+
+    gib = 2**30
+    total, layer, n = int(23.6 * gib), int(0.43 * gib), 48
+    per_prompt = encoding_bytes_per_prompt(49, 1024, 3840, torch.bfloat16)
+    assert 0.85 * gib < per_prompt < 0.95 * gib  # 385 MB of hidden states per prompt, kept and stacked
+    free = free_gib * gib
+    if streamed == "none fits":
+        with pytest.raises(ValueError, match=r"needs at least [\d.]+ GiB of free GPU memory even with 47 of its 48"):
+            plan_text_encoder(total, layer, n, free, per_prompt)
+        return
+    plan = plan_text_encoder(total, layer, n, free, per_prompt)
+    resident = total - plan.streamed * layer + (IN_FLIGHT * layer if plan.streamed else 0)
+    assert resident + plan.prompts_per_pass * per_prompt <= free - MARGIN
+    assert plan.prompts_per_pass >= (RESERVED_PROMPTS if streamed != "most" else 1)
+    if streamed == 0:
+        assert plan.streamed == 0
+    else:
+        assert 0 < plan.streamed < n
+        assert (plan.streamed > n // 2) == (streamed == "most")
+        fewer = total - (plan.streamed - 1) * layer + IN_FLIGHT * layer  # one layer fewer would not leave the room
+        assert fewer + RESERVED_PROMPTS * per_prompt > free - MARGIN
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_a_text_encoder_placed_on_a_device_too_small_for_it_gives_the_same_states(tmp_path, device):
+    """`place_text_encoder` told the device has room for all but half a layer: three of four layers streamed
+    (two in flight), the hidden states unchanged, pass after pass (on a GPU: pinned memory, side stream)."""
+    from transformers import AutoModel
+
+    from ltxv2_diffusers.text import streaming
+
+    folder = write_tiny_gemma(tmp_path / "gemma4layers", num_layers=4)
+    def states(model):
+        with torch.no_grad():
+            return torch.stack(model(input_ids=ids, output_hidden_states=True).hidden_states)
+
+    reference_model = AutoModel.from_pretrained(folder).eval().to(device)
+    vocab = getattr(reference_model.config, "text_config", reference_model.config).vocab_size
+    ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    reference = states(reference_model)
+    model = AutoModel.from_pretrained(folder).eval()
+    layers = streaming.decoder_layers(model)
+    total = streaming.module_bytes(model)
+    layer = max(streaming._HostCopy.bytes_needed(m.requires_grad_(False)) for m in layers)
+    per_prompt = 1 << 20
+    free = streaming.MARGIN + streaming.RESERVED_PROMPTS * per_prompt + total - layer // 2
+    swapper, plan = streaming.place_text_encoder(model, device, per_prompt, free=free)
+    assert plan.streamed == 3 and swapper is not None
+    assert layers[1].self_attn.q_proj.weight.numel() == 0  # streamed: in host memory until fetched
+    for _ in range(2):
+        assert torch.equal(states(model), reference)
+        swapper.reset()

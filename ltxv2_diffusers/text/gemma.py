@@ -16,6 +16,7 @@ import json
 import torch
 
 from .base import TextBackend
+from .streaming import encoding_bytes_per_prompt, place_text_encoder
 
 
 GEMMA_FAMILIES = ("gemma3", "gemma4")
@@ -35,7 +36,7 @@ class GemmaTextBackend(TextBackend):
     """Gemma 3 / Gemma 4 (Hub id or local folder) + `LTX2TextConnectors` (module or checkpoint path)."""
 
     name = "gemma"
-    model_attributes = ("model", "connectors")
+    model_attributes = ("model", "connectors", "swapper")
 
     def __init__(
         self,
@@ -62,11 +63,10 @@ class GemmaTextBackend(TextBackend):
         if single_file:
             # The official LTX-2.5 text-encoder file: Gemma, its tokenizer and config in one .safetensors.
             self.model, file_tokenizer = load_gemma_file(text_encoder, self.dtype)
-            self.model = self.model.to(self.device)
             if tokenizer is None:
                 self.tokenizer = file_tokenizer
         else:
-            self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).to(self.device).eval()
+            self.model = AutoModel.from_pretrained(text_encoder, dtype=self.dtype).eval()
         # The connectors were trained on left-padded Gemma prompts (see diffusers' LTX2Pipeline).
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -85,6 +85,11 @@ class GemmaTextBackend(TextBackend):
                 "registers (the official models use 1024)."
             )
         self._check_widths()
+        # Last, with the connectors placed: whatever of the model the GPU cannot hold is streamed.
+        text_cfg = getattr(self.model.config, "text_config", self.model.config)
+        per_prompt = encoding_bytes_per_prompt(text_cfg.num_hidden_layers + 1, self.max_length,
+                                               text_cfg.hidden_size, self.dtype)
+        self.swapper, self.plan = place_text_encoder(self.model, self.device, per_prompt)
 
     def _check_widths(self) -> None:
         cfg = self.model.config
@@ -123,9 +128,21 @@ class GemmaTextBackend(TextBackend):
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.plan.prompts_per_pass or len(prompts)
+        passes = [self._encode_pass(prompts[i:i + step]) for i in range(0, len(prompts), step)]
+        if len(passes) == 1:
+            return passes[0]
+        return torch.cat([text for text, _ in passes]), torch.cat([mask for _, mask in passes])
+
+    def _encode_pass(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self._tokenize(prompts)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        try:
+            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        finally:
+            if self.swapper is not None:
+                self.swapper.reset()  # the next pass fetches its layers from the first streamed one again
         states = torch.stack(out.hidden_states, dim=-1).flatten(2, 3).to(self.dtype)
+        del out
         video, audio, out_mask = self.connectors(states, mask, padding_side="left")
         text = torch.cat([video, audio], dim=-1) if self.audio_video else video
         return text, out_mask.bool()
