@@ -63,6 +63,13 @@ def stream_layers(model: nn.Module, count: int, device: torch.device | str) -> B
     return BlockSwapper(_Layers(decoder_layers(model)), count, device, rerun_in_backward=True)
 
 
+def device_free_memory(device: torch.device) -> int:
+    """Bytes a new model could take on the GPU: what the driver has free plus what PyTorch's allocator holds
+    unused (after a training step, most of the card)."""
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + cached
+
+
 @dataclasses.dataclass(frozen=True)
 class TextPlan:
     """How a text encoder runs on a GPU: decoder layers streamed, and prompts encoded per forward pass (None:
@@ -98,7 +105,7 @@ def place_text_encoder(model: nn.Module, device: torch.device | str, per_prompt:
     model.requires_grad_(False)  # frozen: its matrices are what a streamed layer moves
     plan = TextPlan(0, None)
     if device.type == "cuda" or free is not None:  # on a CPU only when told a size (tests)
-        free = torch.cuda.mem_get_info(device)[0] if free is None else free
+        free = device_free_memory(device) if free is None else free
         layers = decoder_layers(model)
         layer = max(_HostCopy.bytes_needed(m) for m in layers)
         plan = plan_text_encoder(module_bytes(model), layer, len(layers), free, per_prompt)
