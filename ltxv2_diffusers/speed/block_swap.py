@@ -228,7 +228,9 @@ class BlockSwapper:
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
                  rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1,
                  resident_tail: int = 2, forward_only: ForwardOnly | None = None,
-                 forward_only_blocks: Iterable[int] = ()):
+                 forward_only_blocks: Iterable[int] = (), host_advice: tuple[str, str] | None = None):
+        """`host_advice`: (what streams, what to do) for the message when host memory is short (default:
+        the `--blocks_to_swap` flag, swap fewer)."""
         blocks = list(transformer.transformer_blocks)
         check_swap_count(num_blocks, len(blocks))
         self.device = torch.device(device)
@@ -250,7 +252,8 @@ class BlockSwapper:
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         sizes = [_HostCopy.bytes_needed(blocks[i]) for i in self.swapped]
-        check_host_memory(sum(map(held_bytes, sizes)), f"--blocks_to_swap {num_blocks}")
+        what, advice = host_advice or (f"--blocks_to_swap {num_blocks}", "swap fewer blocks or free host memory")
+        check_host_memory(sum(map(held_bytes, sizes)), what, advice=advice)
         self.forward_only = None if rerun_in_backward else forward_only
         self.forward_only_blocks = set(forward_only_blocks)
         split = self.forward_only_blocks & set(self.swapped) if self.forward_only is not None else set()

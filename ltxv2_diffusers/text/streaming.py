@@ -60,7 +60,10 @@ def stream_layers(model: nn.Module, count: int, device: torch.device | str) -> B
     """Keep the last `count` decoder layers' weights in (pinned) host memory and fetch each ahead of use;
     call `reset()` on the result after every forward. Move the model to `device` afterwards."""
     model.requires_grad_(False)  # the swapper streams frozen tensors
-    return BlockSwapper(_Layers(decoder_layers(model)), count, device, rerun_in_backward=True)
+    advice = (f"streaming {count} text-encoder layers",
+              "free host memory, or cache the prompts on a GPU with more free memory (preview prompts: "
+              "ltxv2-cache-text-encoder-outputs --sample_prompts)")
+    return BlockSwapper(_Layers(decoder_layers(model)), count, device, rerun_in_backward=True, host_advice=advice)
 
 
 def device_free_memory(device: torch.device) -> int:
