@@ -191,3 +191,25 @@ def test_store_prune_keeps_only_current_rows_of_kept_items(tmp_path):
     assert sorted(store.index()) == ["a", "b"]
     assert store.read(store.index()["b"])["text"][0, 0] == 1.0  # the stale b was not resurrected
     assert store.prune({"a", "b"}) == 0
+
+
+def test_a_clip_too_large_for_the_gpu_is_reported_with_what_to_do(dataset, models):
+    """Fault injection: encoding the 17-frame clips runs out of GPU memory (as a long untiled clip does on a
+    small card). Those items are reported with the flags that tile the encode; the others are cached."""
+    items = list_items(dataset, "video").items
+    encoder = VideoLatentEncoder(models["ltx"], device="cpu", dtype="fp32")
+    real = encoder.encode_frames
+
+    def too_large(frames, rank=None):
+        if frames.shape[0] == 17:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB (injected)")
+        return real(frames, rank)
+
+    encoder.encode_frames = too_large
+    report = run_cache_job(items, encoder, batch_size=4)
+    assert report.cached == 2 and len(report.bad) == 2
+    for path, reason in report.bad:
+        assert path.endswith(".mp4")
+        assert reason == ("the GPU ran out of memory encoding 17 frames of 64x64; pass --vae_tiling and "
+                          "--vae_chunk_size 16 to encode in tiles")
+    assert sorted(_rows(items[0].cache_directory, "video")) == ["clip00_00000-009", "clip01_00000-009"]

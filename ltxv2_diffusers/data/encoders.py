@@ -22,6 +22,7 @@ from ltxv2_diffusers.text import get_text_backend
 from ltxv2_diffusers.text.base import folder_identity, resolve_dtype
 
 from .items import Item, load_audio, load_video_frames
+from .media import MediaError
 from .mel import log_mel
 from .stores import tensor_to_columns
 
@@ -222,6 +223,15 @@ class VideoLatentEncoder(ItemEncoder):
             vae.tile_sample_stride_num_frames = max(8, self.chunk_size - 8)
         return vae
 
+    def _out_of_memory_reason(self, frames: torch.Tensor) -> str:
+        """What to do when a clip's encode does not fit the GPU: tile it, or tile it more."""
+        size = f"{frames.shape[0]} frames of {frames.shape[3]}x{frames.shape[2]}"
+        if not self.tiling:
+            advice = "pass --vae_tiling and --vae_chunk_size 16 to encode in tiles"
+        else:
+            advice = "use smaller tiles (--vae_spatial_tile_sample_min_size 256, --vae_chunk_size 16) or smaller buckets"
+        return f"the GPU ran out of memory encoding {size}; {advice}"
+
     @staticmethod
     def decode(item) -> torch.Tensor:
         frames = load_video_frames(item)
@@ -242,12 +252,19 @@ class VideoLatentEncoder(ItemEncoder):
         self._model(rank)
         ahead = prefetched_in_processes if self.decode_processes else prefetched
         for item, frames in ahead(self.decode, items, self.decode_workers):
+            out_of_memory = False
             try:
                 if isinstance(frames, BaseException):
                     raise frames
                 latents = self.encode_frames(frames, rank).cpu()
+            except torch.OutOfMemoryError:
+                out_of_memory = True  # reported below, once the failed encode's tensors are released
             except Exception as e:  # one bad item must not stop the job
                 yield item, e
+                continue
+            if out_of_memory:
+                torch.cuda.empty_cache()  # the next (maybe smaller) item gets the memory back
+                yield item, MediaError(item_media(item), self._out_of_memory_reason(frames))
                 continue
             yield item, {
                 **tensor_to_columns("latents", latents),
