@@ -213,3 +213,17 @@ def test_a_clip_too_large_for_the_gpu_is_reported_with_what_to_do(dataset, model
         assert reason == ("the GPU ran out of memory encoding 17 frames of 64x64; pass --vae_tiling and "
                           "--vae_chunk_size 16 to encode in tiles")
     assert sorted(_rows(items[0].cache_directory, "video")) == ["clip00_00000-009", "clip01_00000-009"]
+
+
+def test_captions_out_of_gpu_memory_name_the_batch_size(dataset, models):
+    items = list_items(dataset, "video").items
+    encoder = TextEmbeddingEncoder("gemma", models["gemma"], max_length=16, connectors=models["ltx"], device="cpu")
+
+    def out_of_memory(prompts, rank=None):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    encoder.encode_prompts = out_of_memory
+    report = run_cache_job(items, encoder, batch_size=4)
+    assert report.cached == 0 and len(report.bad) == 4
+    assert {reason for _, reason in report.bad} == {
+        "ValueError: the GPU ran out of memory encoding 4 captions at once; pass a smaller --batch_size"}

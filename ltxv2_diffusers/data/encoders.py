@@ -401,9 +401,17 @@ class TextEmbeddingEncoder(ItemEncoder):
             return
         try:
             text, mask = self.encode_prompts([it.caption for it in good], rank)
+        except torch.OutOfMemoryError:
+            error = ValueError(f"the GPU ran out of memory encoding {len(good)} captions at once; pass a smaller "
+                               "--batch_size")
         except Exception as e:
+            error = e
+        else:
+            error = None
+        if error is not None:
+            torch.cuda.empty_cache()
             for it in good:
-                yield it, e
+                yield it, error
             return
         for i, it in enumerate(good):
             yield it, {**tensor_to_columns("text", text[i]), **tensor_to_columns("text_mask", mask[i]),
