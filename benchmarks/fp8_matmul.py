@@ -28,15 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse(argv=None):
+    from train_step import add_model_and_clip_arguments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="ltx-2.0")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--mode", default="av", choices=["video", "av", "audio"])
-    p.add_argument("--frames", type=int, default=121)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=768)
-    p.add_argument("--fps", type=float, default=24.0)
-    p.add_argument("--text_len", type=int, default=1024)
+    add_model_and_clip_arguments(p)
     p.add_argument("--min_features", type=int, default=256, help="smallest layer side quantized (the trainer's)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

@@ -27,8 +27,8 @@ import torch._inductor.config
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling scripts: gpu_gaps, memory_peak
 
 
-def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_and_clip_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and batch options the step benchmarks share (full-size LTX-2 AV at 768x512x121 by default)."""
     p.add_argument("--preset", default="ltx-2.0")
     p.add_argument("--device", default="cuda")
     p.add_argument("--mode", default="av", choices=["video", "av", "audio"])
@@ -37,6 +37,11 @@ def parse(argv=None):
     p.add_argument("--width", type=int, default=768)
     p.add_argument("--fps", type=float, default=24.0)
     p.add_argument("--text_len", type=int, default=1024)
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_and_clip_arguments(p)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--num_layers", type=int, default=None,
                    help="fewer transformer blocks than the preset (per-block costs, variants that need more memory)")
