@@ -492,13 +492,60 @@ def test_streaming_set_up_leaves_the_blocks_where_they_are():
 
     model = tiny_lora_model(torch.float32)
     before = {n: p for n, p in model.named_parameters()}
-    _place_outside_blocks(model, model, SpeedOptions(blocks_to_swap=1), torch.float64)
+    _place_outside_blocks(model, model, SpeedOptions(blocks_to_swap=1), torch.float64, move_blocks=False)
     for name, p in model.named_parameters():
         assert p is before[name]
         assert p.dtype == (torch.float32 if name.startswith("transformer_blocks.") else torch.float64), name
     assert any(not n.startswith("transformer_blocks.") for n in before)
-    _place_outside_blocks(model, model, SpeedOptions(), torch.float64)
+    _place_outside_blocks(model, model, SpeedOptions(), torch.float64, move_blocks=True)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
+
+
+@pytest.mark.parametrize("swap", [0, 2])
+def test_a_quantized_base_is_quantized_block_by_block_and_streamed_as_it_goes(swap):
+    """int8 base weights: each block is moved to the device, quantized there and (when streamed) copied to
+    host memory before the next one is quantized, so the whole quantized model is never held at once outside
+    host memory; the result trains exactly as the model quantized in one go."""
+    from ltxv2_diffusers.speed.quant.int8 import Int8WeightLinear
+
+    batch = tiny_batch()
+    whole = tiny_lora_model(torch.float32, num_layers=3)
+    acceleration.quantize_base_weights(whole, min_features=16)
+    adapter_loss(LTXAVModelAdapter.from_components(whole), batch).backward()
+    reference = lora_grads(whole)
+
+    model = tiny_lora_model(torch.float32, num_layers=3)
+    blocks = list(model.transformer_blocks)
+    held = []  # per quantized block: how many blocks then held int8 weights outside host memory
+
+    def int8_outside_host():
+        return sum(any(isinstance(m, Int8WeightLinear) and m.qweight.numel() for m in b.modules()) for b in blocks)
+
+    original = acceleration.quantize_base_weights
+
+    def spying(*args, **kwargs):
+        count = original(*args, **kwargs)
+        held.append(int8_outside_host())
+        return count
+
+    import ltxv2_diffusers.speed.setup as setup_module
+    setup_module.quantize_base_weights, saved = spying, setup_module.quantize_base_weights
+    try:
+        options = SpeedOptions(compile=False, recompute="checkpoint", compute_dtype=torch.float32, int8_base=True,
+                               quantize_min_features=16, blocks_to_swap=swap, gradient_checkpointing=True)
+        setup = apply_speed_options(model, options, device="cpu")
+    finally:
+        setup_module.quantize_base_weights = saved
+    assert setup.quantized_layers > 0 and len(held) == 3
+    if swap:  # the streamed blocks (the last two) come first, each in host memory before the next is quantized
+        assert setup.swapper.swapped == [1, 2] and held == [1, 1, 1]
+    else:
+        assert held == [1, 2, 3]
+    adapter_loss(LTXAVModelAdapter.from_components(model), batch).backward()
+    grads = lora_grads(model)
+    assert grads.keys() == reference.keys()
+    for name, g in reference.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_speed_setup_sets_checkpointing_and_trains_the_lora_in_fp32_on_the_eager_path():

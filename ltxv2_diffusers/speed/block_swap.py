@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import os
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -127,7 +127,7 @@ class _HostCopy:
         self.nbytes = offset
         self.host = HostBuffer(offset, pin=device.type == "cuda")
         for (_, _, _, _, start, _), t in zip(self.entries, tensors):
-            self.host.write(start, t.detach().to("cpu").contiguous())
+            self.host.write(start, t.detach().contiguous())  # from the device too (a block prepared there)
         self.device_copy: torch.Tensor | None = None
         self.drop()
 
@@ -228,9 +228,12 @@ class BlockSwapper:
     def __init__(self, transformer: nn.Module, num_blocks: int, device: torch.device | str = "cuda", *,
                  rerun_in_backward: bool = True, backward_prefetch: int = 2, start_prefetch: int = 1,
                  resident_tail: int = 2, forward_only: ForwardOnly | None = None,
-                 forward_only_blocks: Iterable[int] = (), host_advice: tuple[str, str] | None = None):
+                 forward_only_blocks: Iterable[int] = (), host_advice: tuple[str, str] | None = None,
+                 prepare: Callable[[nn.Module], None] | None = None):
         """`host_advice`: (what streams, what to do) for the message when host memory is short (default:
-        the `--blocks_to_swap` flag, swap fewer)."""
+        the `--blocks_to_swap` flag, swap fewer). `prepare(block)` runs on each swapped block, in order,
+        right before its host copy is made (e.g. quantizing it on the device), so only one block at a time
+        is ever in its prepared form outside host memory."""
         blocks = list(transformer.transformer_blocks)
         check_swap_count(num_blocks, len(blocks))
         self.device = torch.device(device)
@@ -251,18 +254,27 @@ class BlockSwapper:
         self.swapped = sorted(swapped)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        sizes = [_HostCopy.bytes_needed(blocks[i]) for i in self.swapped]
-        what, advice = host_advice or (f"--blocks_to_swap {num_blocks}", "swap fewer blocks or free host memory")
-        check_host_memory(sum(map(held_bytes, sizes)), what, advice=advice)
+        if prepare is None:  # prepared blocks may be smaller (quantized): each is checked as it is copied
+            sizes = [_HostCopy.bytes_needed(blocks[i]) for i in self.swapped]
+            what, advice = host_advice or (f"--blocks_to_swap {num_blocks}", "swap fewer blocks or free host memory")
+            check_host_memory(sum(map(held_bytes, sizes)), what, advice=advice)
         self.forward_only = None if rerun_in_backward else forward_only
         self.forward_only_blocks = set(forward_only_blocks)
         split = self.forward_only_blocks & set(self.swapped) if self.forward_only is not None else set()
         # per block: the tensors backward reads ("main") and, for `split` blocks, those it does not
-        self.stores = {i: _HostCopy(blocks[i], self.device,
-                                    (lambda q: not forward_only.selects(q)) if i in split else None)
-                       for i in self.swapped}
-        self.forward_stores = {i: c for i in sorted(split)
-                               if not (c := _HostCopy(blocks[i], self.device, forward_only.selects)).empty}
+        self.stores: dict[int, _HostCopy] = {}
+        self.forward_stores: dict[int, _HostCopy] = {}
+        for n, i in enumerate(self.swapped):
+            if prepare is not None:
+                prepare(blocks[i])
+                remaining = (len(self.swapped) - n) * held_bytes(_HostCopy.bytes_needed(blocks[i]))
+                what, advice = host_advice or (f"--blocks_to_swap {num_blocks}",
+                                               "swap fewer blocks or free host memory")
+                check_host_memory(remaining, what, advice=advice)
+            self.stores[i] = _HostCopy(blocks[i], self.device,
+                                       (lambda q: not forward_only.selects(q)) if i in split else None)
+            if i in split and not (c := _HostCopy(blocks[i], self.device, forward_only.selects)).empty:
+                self.forward_stores[i] = c
         # The forward's fetches of those parts come and go between the forward's activations; from the
         # activations' pool, these same-sized buffers fragmented it (about 9 GiB more reserved at full
         # size). A private pool keeps reusing the same few segments instead.

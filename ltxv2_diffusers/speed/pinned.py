@@ -61,7 +61,8 @@ class HostBuffer:
                 yield piece, lo - start, lo - begin, hi - lo
 
     def write(self, offset: int, data: torch.Tensor) -> None:
-        """Copy `data` (any contiguous CPU tensor, as raw bytes) into the buffer at byte `offset`."""
+        """Copy `data` (any contiguous tensor, on the CPU or a GPU, as raw bytes) into the buffer at byte
+        `offset`."""
         raw = as_bytes(data)
         if offset < 0 or offset + raw.numel() > self.nbytes:
             raise ValueError(f"{raw.numel()} bytes at offset {offset} do not fit a {self.nbytes}-byte host buffer")

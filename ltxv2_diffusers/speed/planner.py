@@ -273,13 +273,13 @@ class Host:
 
 def fits_host(fig: ModelFigures, work: Workload, plan: Plan, host: Host | None) -> bool:
     """Whether the plan's pinned copies fit the host's memory (None: unknown, assume so). Streamed blocks
-    are copied while every block is still in host memory as loaded: free for a mapped bf16 checkpoint,
-    process memory once cast or quantized (the block swapper's own check then sees that memory in use)."""
+    are copied while every block is still in host memory as loaded: free for a mapped bf16 checkpoint
+    (quantized bases included: each block is quantized on the device on its way to the pinned copy),
+    process memory for one cast in loading (the block swapper's own check then sees that memory in use)."""
     if host is None:
         return True
     streamed, training = host_bytes(fig, work, plan)
-    w = _block_bytes(fig, plan)
-    loaded = 0 if plan.base == "bf16" and host.checkpoint_mapped else fig.num_blocks * w
+    loaded = 0 if host.checkpoint_mapped else fig.num_blocks * fig.block_bytes
     if streamed and streamed > HOST_SHARE * (host.available - loaded):
         return False
     return training <= HOST_SHARE * host.available

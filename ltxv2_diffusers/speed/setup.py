@@ -222,26 +222,36 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
         else:
             transformer.disable_gradient_checkpointing()
     _recompute_inside(transformer, options)  # checks the options before the model changes
-    _place_outside_blocks(model if model is not None else transformer, transformer, options, device)
-    quantized = 0
-    if options.int8_base:
-        quantized = quantize_base_weights(transformer, options.quantize_min_features)
-    if options.fp8_base:
-        check_fp8_device(device)
-        # quantized on the training device (fast), wherever the weights are kept
-        quantized = fp8_base_weights(transformer, options.quantize_min_features, device=device)
-    if (options.int8_base or options.fp8_base) and not quantized:
-        logger.warning("%s: no frozen linear layer of the transformer blocks is at least %d wide, so none was "
-                       "quantized (a small test model?)", "--fp8_base" if options.fp8_base else "--low_memory's int8",
-                       options.quantize_min_features)
+    quantize = _base_quantizer(options, device)
+    # Blocks to quantize or stream stay where they loaded until their turn (below).
+    _place_outside_blocks(model if model is not None else transformer, transformer, options, device,
+                          move_blocks=not (options.blocks_to_swap or quantize))
     fast = not options.naive and options.compute_dtype != torch.float32
-    if fast:
-        # The fast path runs natively in the compute dtype (no autocast), so the frozen base must be in it
-        # (before swapping, so the host copies are in it too).
-        for p in transformer.parameters():
-            if not p.requires_grad and p.is_floating_point() and p.dtype != options.compute_dtype:
-                p.data = p.data.to(options.compute_dtype)
-    swapper = make_swapper(transformer, options, device)
+    # The fast path runs natively in the compute dtype (no autocast), so the frozen base must be in it
+    # before blocks are swapped (their host copies are made in it).
+    cast = _cast_frozen if fast else (lambda module, dtype: None)
+    prepare, counts = None, []
+    if quantize is not None:
+        # Block by block: to the device, quantized there (fast), then kept there or copied to host memory by
+        # the swapper; never the whole model at once in its quantized form, on the device or in host memory.
+        def prepare(block):
+            block.to(device)
+            counts.append(quantize(block))
+            cast(block, options.compute_dtype)
+    else:
+        cast(transformer, options.compute_dtype)
+    swapper = make_swapper(transformer, options, device, prepare=prepare)
+    if prepare is not None:
+        streamed = set(swapper.swapped) if swapper is not None else set()
+        for i, block in enumerate(transformer.transformer_blocks):
+            if i not in streamed:
+                prepare(block)
+        cast(transformer, options.compute_dtype)  # what lies outside the blocks
+        if not sum(counts):
+            logger.warning("%s: no frozen linear layer of the transformer blocks is at least %d wide, so none "
+                           "was quantized (a small test model?)",
+                           "--fp8_base" if options.fp8_base else "--low_memory's int8", options.quantize_min_features)
+    quantized = sum(counts)
     transformer.to(device)
     if options.attention_backend:
         transformer.set_attention_backend(options.attention_backend)
@@ -269,10 +279,11 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
 
 
 def _place_outside_blocks(model: torch.nn.Module, transformer: torch.nn.Module, options: SpeedOptions,
-                          device: torch.device) -> None:
-    """Move `model` to `device`; with streamed blocks, all but the transformer blocks (the swapper places
-    those). Parameter identities are kept, so LoRA parameters collected earlier stay valid."""
-    if not options.blocks_to_swap:
+                          device: torch.device, move_blocks: bool) -> None:
+    """Move `model` to `device`; unless `move_blocks`, all but the transformer blocks (placed one by one
+    later: streamed or quantized). Parameter identities are kept, so LoRA parameters collected earlier stay
+    valid."""
+    if move_blocks:
         model.to(device)
         return
     blocks = {id(m) for m in transformer.transformer_blocks.modules()}
@@ -297,10 +308,28 @@ def blocks_without_recompute(transformer: torch.nn.Module, options: SpeedOptions
     return set(evenly_spaced(n, k))
 
 
+def _base_quantizer(options: SpeedOptions, device: torch.device):
+    """`quantize(block) -> count` for the int8 or fp8 base `options` ask for (None for neither)."""
+    if options.fp8_base:
+        check_fp8_device(device)
+        return lambda block: fp8_base_weights(None, options.quantize_min_features, device=device, blocks=[block])
+    if options.int8_base:
+        return lambda block: quantize_base_weights(None, options.quantize_min_features, blocks=[block])
+    return None
+
+
+def _cast_frozen(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The frozen floating-point parameters of `module` in `dtype` (LoRA weights are left as they are)."""
+    for p in module.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
-                 device: str | torch.device = "cuda") -> BlockSwapper | None:
+                 device: str | torch.device = "cuda", prepare=None) -> BlockSwapper | None:
     """The block swapper `options` ask for (None without `blocks_to_swap`); call before
-    `configure_recompute`, with diffusers' gradient checkpointing as the user set it."""
+    `configure_recompute`, with diffusers' gradient checkpointing as the user set it. `prepare`: see
+    `BlockSwapper`."""
     if not options.blocks_to_swap:
         return None
     inside = _recompute_inside(transformer, options)
@@ -314,8 +343,8 @@ def make_swapper(transformer: torch.nn.Module, options: SpeedOptions,
     else:
         plain = set(range(len(transformer.transformer_blocks)))
     return BlockSwapper(transformer, options.blocks_to_swap, device=torch.device(device),
-                                     rerun_in_backward=rerun, forward_only=LTX2_TEXT_KEYS_VALUES,
-                                     forward_only_blocks=plain)
+                       rerun_in_backward=rerun, forward_only=LTX2_TEXT_KEYS_VALUES, forward_only_blocks=plain,
+                       prepare=prepare)
 
 
 def _recompute_inside(transformer: torch.nn.Module, options: SpeedOptions) -> bool:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from torch import nn
 
 
 def replace_base_linears(transformer: nn.Module, make: Callable[[nn.Linear], nn.Module], min_features: int = 256,
-                         accept: Callable[[nn.Linear], bool] | None = None) -> int:
-    """Replace every frozen `nn.Linear` inside `transformer.transformer_blocks` (PEFT base layers
-    included) by `make(linear)`; LoRA matrices, layers narrower than `min_features` and layers
-    `accept` refuses stay as they are. Returns the count."""
+                         accept: Callable[[nn.Linear], bool] | None = None,
+                         blocks: Iterable[nn.Module] | None = None) -> int:
+    """Replace every frozen `nn.Linear` inside `transformer.transformer_blocks` (or only inside `blocks`;
+    PEFT base layers included) by `make(linear)`; LoRA matrices, layers narrower than `min_features` and
+    layers `accept` refuses stay as they are. Returns the count."""
     count = 0
-    for block in transformer.transformer_blocks:
+    for block in transformer.transformer_blocks if blocks is None else blocks:
         for name, module in list(block.named_modules()):
             for child_name, child in list(module.named_children()):
                 if not isinstance(child, nn.Linear) or child.weight.requires_grad:

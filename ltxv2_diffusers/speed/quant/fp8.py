@@ -108,9 +108,10 @@ def check_fp8_device(device: torch.device | str) -> None:
                          "--low_memory (int8 weights at bf16 matmul speed).")
 
 
-def fp8_base_weights(transformer: nn.Module, min_features: int = 256, device: torch.device | str | None = None) -> int:
-    """Replace the frozen `nn.Linear`s inside the transformer blocks (PEFT base layers included) by
-    `Fp8Linear`, quantizing on `device` if given; LoRA matrices, small layers and layers whose sizes
-    fp8 matmuls cannot take stay as they are. Returns the count."""
+def fp8_base_weights(transformer: nn.Module, min_features: int = 256, device: torch.device | str | None = None,
+                     blocks=None) -> int:
+    """Replace the frozen `nn.Linear`s inside the transformer blocks (or only inside `blocks`; PEFT base
+    layers included) by `Fp8Linear`, quantizing on `device` if given; LoRA matrices, small layers and
+    layers whose sizes fp8 matmuls cannot take stay as they are. Returns the count."""
     return replace_base_linears(transformer, lambda linear: Fp8Linear(linear, device), min_features,
-                                accept=fp8_supported)
+                                accept=fp8_supported, blocks=blocks)

@@ -52,7 +52,8 @@ class Int8WeightLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_base_weights(transformer: nn.Module, min_features: int = 256) -> int:
-    """Replace the frozen `nn.Linear`s inside the transformer blocks (PEFT base layers included) by
-    `Int8WeightLinear`; LoRA matrices and small layers stay as they are. Returns the count."""
-    return replace_base_linears(transformer, Int8WeightLinear, min_features)
+def quantize_base_weights(transformer: nn.Module, min_features: int = 256, blocks=None) -> int:
+    """Replace the frozen `nn.Linear`s inside the transformer blocks (or only inside `blocks`; PEFT base
+    layers included) by `Int8WeightLinear`, quantized where the weights are; LoRA matrices and small layers
+    stay as they are. Returns the count."""
+    return replace_base_linears(transformer, Int8WeightLinear, min_features, blocks=blocks)
