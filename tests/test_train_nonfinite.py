@@ -104,3 +104,34 @@ def test_out_of_memory_stops_with_advice_and_keeps_checkpoints(tmp_path_factory,
         assert "error: the GPU ran out of memory in step 1" in capsys.readouterr().err
     finally:
         plugins.unregister_plugin("exhaust")
+
+
+def test_running_out_of_memory_saves_the_work_so_far_and_resume_continues_exactly(tmp_path_factory, tmp_path):
+    """No checkpoints asked for: running out of memory in the second micro-batch of step 3 still saves steps
+    1-2 (the failed step's gradients dropped, its batches given back), and `--resume latest` then ends with
+    the LoRA of a run that never stopped."""
+    from safetensors.torch import load_file
+
+    ws = workspace(tmp_path_factory)
+
+    def argv(out, *extra):
+        a = baseline_argv(ws, out, steps=4, extra=["--gradient_accumulation_steps", "2", *extra])
+        i = a.index("--save_every_n_steps")
+        return a[:i] + a[i + 2:]
+
+    whole = Trainer(parse_args(argv(tmp_path / "whole"))).run()
+    plugins.register_plugin(ExhaustMemory(bad_call=6), name="exhaust")  # two calls per step: step 3's second
+    try:
+        with pytest.raises(TrainingOutOfMemory, match=r"out of memory in step 3\..*last good checkpoint: "
+                                                      r".*step-00000002"):
+            Trainer(parse_args(argv(tmp_path / "cut"))).run()
+    finally:
+        plugins.unregister_plugin("exhaust")
+    assert [step for step, _ in CheckpointDir(tmp_path / "cut").all()] == [2]
+    resumed = Trainer(parse_args(argv(tmp_path / "cut", "--resume", "latest"))).run()
+    expected, got = load_file(str(whole)), load_file(str(resumed))
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-7, msg=key)
+    steps = [m["step"] for m in read_metrics(tmp_path / "cut" / "logs" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]

@@ -676,6 +676,8 @@ class Trainer:
         pending: StepOutcome | None = None
         try:
             while self.progress.global_step < self.max_steps:
+                position = (self.progress.epoch, self.progress.batch_in_epoch)  # where this step's batches start
+                out_of_memory = False
                 try:
                     outcome = self._queue_step(stream)
                     if pending is not None:  # arrived while this step was queued: no wait
@@ -688,9 +690,12 @@ class Trainer:
                         self._report_before_stopping(pending, bar)
                     if not _is_out_of_memory(exc):
                         raise
+                    out_of_memory = True  # handled below, once the failed step's tensors are released
+                if out_of_memory:
                     bar.close()
+                    self._save_after_out_of_memory(position)
                     acc.end_training()
-                    raise TrainingOutOfMemory(self._out_of_memory_advice()) from exc
+                    raise TrainingOutOfMemory(self._out_of_memory_advice())
                 step, epochs = outcome.step, outcome.finished_epochs
                 save = _due(step, epochs, args.save_every_n_steps, args.save_every_n_epochs) and step < self.max_steps
                 preview = _due(step, epochs, args.sample_every_n_steps, args.sample_every_n_epochs) \
@@ -712,6 +717,29 @@ class Trainer:
         bar.close()
         final = self.finish()
         return final
+
+    def _save_after_out_of_memory(self, position: tuple[int, int]) -> None:
+        """The work done up to the last finished step, saved as a checkpoint when none holds it yet (single
+        process: in a multi-process run the others may be waiting inside the failed step). The failed step's
+        gradients are dropped and the data position goes back to its first batch, so `--resume` continues
+        exactly as the run would have."""
+        import gc
+
+        step = self.progress.global_step
+        if self.world_size > 1 or step == 0 or self._checkpoint_step == step:
+            return
+        self.progress.epoch, self.progress.batch_in_epoch = position
+        self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)
+        if self.speed.master is not None:
+            self.speed.master.zero_grad()
+        self.speed.reset()
+        gc.collect()
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            self.save_checkpoint()
+        except Exception as exc:  # the advice still names the last good checkpoint
+            logger.warning("could not save the work up to step %d after running out of memory: %s", step, exc)
 
     def _out_of_memory_advice(self) -> str:
         import torch
