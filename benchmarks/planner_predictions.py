@@ -42,8 +42,8 @@ def main(argv=None) -> None:
     p.add_argument("--mode", default="av")
     p.add_argument("--rank", type=int, default=32)
     a = p.parse_args(argv)
-    print("| clip | card | plan | predicted peak | predicted s/step |")
-    print("|---|---|---|---|---|")
+    print("| clip | card | plan | predicted peak | host memory pinned | predicted s/step |")
+    print("|---|---|---|---|---|---|")
     for clip, card, work, plan in rows(a.preset, a.mode, a.rank):
         levers = (f"{plan.base}, {plan.blocks_to_swap} streamed, "
                   + ("whole blocks re-run" if plan.rerun else f"{plan.blocks_without_recompute} without recompute")
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
                   + (", optimizer in host memory" if plan.offload_optimizer else ""))
         fast = work.video_tokens + work.audio_tokens < LAUNCH_BOUND_TOKENS and not plan.blocks_to_swap
         seconds = "— (launch-bound)" if fast else f"≈{plan.seconds:.2f}"
-        print(f"| {clip} | {card} | {levers} | {plan.peak_gib:.1f} GiB | {seconds} |")
+        print(f"| {clip} | {card} | {levers} | {plan.peak_gib:.1f} GiB | {plan.host_gib:.1f} GiB | {seconds} |")
 
 
 if __name__ == "__main__":

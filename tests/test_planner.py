@@ -261,7 +261,8 @@ def test_the_first_steps_verdict(any_host):
 
 def test_the_predictions_in_docs_speed_are_the_planners(bench_script):
     """docs/speed.md's table of predicted plans is what `benchmarks/planner_predictions.py` prints: each of its
-    rows names the same streamed blocks and peak as the script's row for that clip and budget."""
+    rows names the same streamed blocks, peak and pinned host memory as the script's row for that clip and
+    budget."""
     import re
     from pathlib import Path
 
@@ -272,7 +273,7 @@ def test_the_predictions_in_docs_speed_are_the_planners(bench_script):
     table = [line for line in docs.splitlines() if line.startswith(rows)]
     assert len(table) == 9
     for line in table:
-        clip, card, levers, peak = [c.strip() for c in line.strip("|").split("|")][:4]
+        clip, card, levers, peak, pinned = [c.strip() for c in line.strip("|").split("|")][:5]
         given = re.search(r"--memory_budget (\d+)", card)
         budgets = [float(given.group(1))] if given else \
             [budget for name, budget in script.CARDS if name.split()[0] in card and "auto" in name]
@@ -280,6 +281,7 @@ def test_the_predictions_in_docs_speed_are_the_planners(bench_script):
         for budget in budgets:
             plan = predicted[(clip.split()[0], budget)]
             assert peak == f"{plan.peak_gib:.1f} GiB", line
+            assert pinned == f"{plan.host_gib:.1f} GiB", line
             assert levers.startswith(f"{plan.base}, {plan.blocks_to_swap} streamed"), line
             assert ("their inputs in host memory" in levers) == plan.offload_activations, line
 
