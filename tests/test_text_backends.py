@@ -167,7 +167,7 @@ def test_a_text_encoder_placed_on_a_device_too_small_for_it_gives_the_same_state
     model = AutoModel.from_pretrained(folder).eval()
     layers = streaming.decoder_layers(model)
     total = streaming.module_bytes(model)
-    layer = max(streaming._HostCopy.bytes_needed(m.requires_grad_(False)) for m in layers)
+    layer = max(streaming.streamed_bytes(m.requires_grad_(False)) for m in layers)
     per_prompt = 1 << 20
     free = streaming.MARGIN + streaming.RESERVED_PROMPTS * per_prompt + total - layer // 2
     swapper, plan = streaming.place_text_encoder(model, device, per_prompt, free=free)

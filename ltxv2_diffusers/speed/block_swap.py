@@ -49,6 +49,11 @@ def check_swap_count(count: int, num_blocks: int) -> None:
                          f"(got {count})")
 
 
+def streamed_bytes(block: nn.Module) -> int:
+    """Bytes of `block` a swapper streams: its frozen matrices (vectors stay on the device)."""
+    return _HostCopy.bytes_needed(block)
+
+
 def available_host_memory() -> int | None:
     """Bytes of host memory available now (Linux), or None where unknown."""
     try:

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from ltxv2_diffusers.speed.block_swap import BlockSwapper, _HostCopy
+from ltxv2_diffusers.speed.block_swap import BlockSwapper, streamed_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def module_bytes(module: nn.Module) -> int:
+    """Bytes of all of `module`'s parameters and buffers."""
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
@@ -110,7 +111,7 @@ def place_text_encoder(model: nn.Module, device: torch.device | str, per_prompt:
     if device.type == "cuda" or free is not None:  # on a CPU only when told a size (tests)
         free = device_free_memory(device) if free is None else free
         layers = decoder_layers(model)
-        layer = max(_HostCopy.bytes_needed(m) for m in layers)
+        layer = max(map(streamed_bytes, layers))
         plan = plan_text_encoder(module_bytes(model), layer, len(layers), free, per_prompt)
     swapper = stream_layers(model, plan.streamed, device) if plan.streamed else None
     model.to(device)
