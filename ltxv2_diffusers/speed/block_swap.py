@@ -259,9 +259,9 @@ class BlockSwapper:
         self.swapped = sorted(swapped)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        what, advice = host_advice or (f"--blocks_to_swap {num_blocks}", "swap fewer blocks or free host memory")
         if prepare is None:  # prepared blocks may be smaller (quantized): each is checked as it is copied
             sizes = [_HostCopy.bytes_needed(blocks[i]) for i in self.swapped]
-            what, advice = host_advice or (f"--blocks_to_swap {num_blocks}", "swap fewer blocks or free host memory")
             check_host_memory(sum(map(held_bytes, sizes)), what, advice=advice)
         self.forward_only = None if rerun_in_backward else forward_only
         self.forward_only_blocks = set(forward_only_blocks)
@@ -273,8 +273,6 @@ class BlockSwapper:
             if prepare is not None:
                 prepare(blocks[i])
                 remaining = (len(self.swapped) - n) * held_bytes(_HostCopy.bytes_needed(blocks[i]))
-                what, advice = host_advice or (f"--blocks_to_swap {num_blocks}",
-                                               "swap fewer blocks or free host memory")
                 check_host_memory(remaining, what, advice=advice)
             self.stores[i] = _HostCopy(blocks[i], self.device,
                                        (lambda q: not forward_only.selects(q)) if i in split else None)
