@@ -87,3 +87,19 @@ def test_pinned_pieces_copy_to_and_from_the_gpu_on_a_side_stream():
         buffer.to_device(back, non_blocking=True)
     torch.cuda.current_stream().wait_stream(stream)
     assert torch.equal(back, data)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_cached_pinned_memory_goes_back_to_the_os_on_the_gpu_host():
+    from ltxv2_diffusers.speed.pinned import release_cached_pinned_memory
+
+    def reserved():
+        return torch.cuda.host_memory_stats()["allocated_bytes.current"]  # blocks in use and cached
+
+    buffer = HostBuffer(64 * MiB + 5, pin=True)
+    held = reserved()
+    assert held >= 64 * MiB
+    del buffer
+    assert reserved() == held  # freed, but kept cached for reuse
+    release_cached_pinned_memory()
+    assert reserved() <= held - 64 * MiB

@@ -85,3 +85,13 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
     if not t.is_contiguous():
         raise ValueError("a host buffer copies contiguous tensors only")
     return t.detach().reshape(-1).view(torch.uint8)
+
+
+def release_cached_pinned_memory() -> None:
+    """Give back to the OS the pinned memory PyTorch keeps cached for reuse once its tensors are freed (e.g.
+    a streamed text encoder's layers, before training pins its own): the host memory the planner counted on."""
+    if not torch.cuda.is_available():
+        return
+    empty = getattr(torch.accelerator, "empty_host_cache", None) or getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None:
+        empty()

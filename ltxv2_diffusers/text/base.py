@@ -67,7 +67,10 @@ class TextBackend(abc.ABC):
                 delattr(self, name)
         gc.collect()
         if torch.cuda.is_available():
+            from ltxv2_diffusers.speed.pinned import release_cached_pinned_memory
+
             torch.cuda.empty_cache()
+            release_cached_pinned_memory()  # a streamed encoder's layers: the training's host memory
 
 
 def _registry() -> dict[str, Callable[..., TextBackend]]:
