@@ -25,6 +25,7 @@ import torch
 from ltxv2_diffusers import plugins
 from ltxv2_diffusers.lora import NonFiniteWeights, target_options_from_network_args
 from ltxv2_diffusers.speed.options import SpeedOptions, check_options
+from ltxv2_diffusers.speed.pinned import release_cached_pinned_memory
 from ltxv2_diffusers.speed.run_plan import PlanDoesNotFit, RunPlan
 from ltxv2_diffusers.speed.setup import apply_speed_options, freeze_host_objects, thaw_host_objects
 from ltxv2_diffusers.training import checkpoints as ckpt
@@ -363,6 +364,7 @@ class Trainer:
         torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
+        release_cached_pinned_memory()  # the old plan's streamed blocks, which the new plan may size otherwise
 
     # ------------------------------------------------------------------ the loop
     def _batch_stream(self):
