@@ -85,10 +85,13 @@ class TextPlan:
 
 def plan_text_encoder(total: int, layer: int, num_layers: int, free: int, per_prompt: int) -> TextPlan:
     """The plan for a model of `total` bytes (`num_layers` layers of `layer` bytes) on a GPU with `free` bytes:
-    room is kept for `RESERVED_PROMPTS` prompts of `per_prompt` bytes each before layers are streamed, and a
-    pass encodes as many prompts as the memory left holds (at least one)."""
+    room is kept for `RESERVED_PROMPTS` prompts of `per_prompt` bytes each (for one where even that does not
+    fit) before layers are streamed, and a pass encodes as many prompts as the memory left holds."""
     available = free - MARGIN
-    streamed = layers_to_stream(total, layer, num_layers, available - RESERVED_PROMPTS * per_prompt)
+    try:
+        streamed = layers_to_stream(total, layer, num_layers, available - RESERVED_PROMPTS * per_prompt)
+    except ValueError:  # too tight for passes of several prompts: one prompt a pass
+        streamed = layers_to_stream(total, layer, num_layers, available - per_prompt)
     resident = total - streamed * layer + (IN_FLIGHT * layer if streamed else 0)
     return TextPlan(streamed, max(1, int((available - resident) // max(per_prompt, 1))))
 
