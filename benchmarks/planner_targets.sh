@@ -40,6 +40,8 @@ elif [ "$set_name" = main ]; then
 elif [ "$set_name" = small ]; then
   step b24 115 --memory_budget 24 --emulate_gib 24 --steps 4 --warmup 2
   step b16 115 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2
+  # a host with 20 GiB free: int8 blocks quantized on the GPU one by one and streamed (host_rss_gib vs predicted)
+  step b16host20 135 --memory_budget 16 --emulate_gib 16 --host_gib 20 --steps 4 --warmup 2
   [ -n "${WITH_CLI_AUTO:-}" ] && trainer cli8 90 --num_layers 8 --steps 6 --
   trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
 elif [ "$set_name" = long ]; then

@@ -79,6 +79,9 @@ def parse(argv=None):
     p.add_argument("--emulate_gib", type=float, default=None,
                    help="cap this process's CUDA memory at this many GiB (torch.cuda.set_per_process_memory_fraction) "
                         "once the model is placed, to emulate a smaller card")
+    p.add_argument("--host_gib", type=float, default=None,
+                   help="with --memory_budget: plan as if this process had this much free host memory (a smaller "
+                        "host: int8 blocks quantized on the device and streamed)")
     p.add_argument("--compile_mode", default=None, help="torch.compile mode for the blocks, e.g. reduce-overhead")
     p.add_argument("--profile", action="store_true", help="print a kernel-time table of one step")
     p.add_argument("--memory_trace", action="store_true",
@@ -425,7 +428,9 @@ def main(argv=None) -> dict:
         tokens = adapter.token_counts(batch)
         work = planner.Workload(video_tokens=tokens.get("video", 0), audio_tokens=tokens.get("audio", 0),
                                 text_tokens=a.text_len)
-        plan = planner.plan_for(opts, planner.ModelFigures.from_transformer(transformer, trainable), work, budget)
+        host = planner.Host(a.host_gib * 2**30) if a.host_gib else None
+        plan = planner.plan_for(opts, planner.ModelFigures.from_transformer(transformer, trainable), work, budget,
+                                host=host)
         print(plan.describe(), flush=True)
         opts = planner.planned_options(opts, plan)
         variants = ["plan"]
