@@ -388,3 +388,23 @@ def test_every_preset_and_mode_plans_within_the_small_budgets(preset, mode):
     assert all(p.fits and p.base == "bf16" and p.peak_gib <= b * planner.ALLOCATOR_SLACK
                for p, b in zip(plans, (24, 16)))
     assert plans[1].blocks_to_swap > plans[0].blocks_to_swap
+
+
+def test_a_plan_quantized_for_lack_of_host_memory_says_so(monkeypatch):
+    """int8 chosen because the host cannot pin a bf16 plan: the plan line says what bf16 would pin and what is
+    free; with the host memory to spare the same budget plans bf16 and says nothing of it."""
+    from ltxv2_diffusers.speed import run_plan
+
+    options = SpeedOptions.for_device("cuda", memory_budget=16.0)
+    config = preset_config("ltx-2.0")["transformer"]
+    largest = {"batch": 1, "video": 6144, "audio": 126}
+    monkeypatch.setattr(run_plan, "available_host_memory", lambda: 20 * GiB)
+    small = run_plan.RunPlan.make(options, config, largest, mode="av", rank=32, checkpoint_dtype="BF16")
+    small.choose()
+    assert small.plan.base == "int8"
+    assert small.describe().endswith("(int8 base: a bf16 plan would pin 30.3 GiB of host memory, 20.0 GiB is free "
+                                     "for this process)")
+    monkeypatch.setattr(run_plan, "available_host_memory", lambda: 64 * GiB)
+    roomy = run_plan.RunPlan.make(options, config, largest, mode="av", rank=32, checkpoint_dtype="BF16")
+    roomy.choose()
+    assert roomy.plan.base == "bf16" and "would pin" not in roomy.describe()
