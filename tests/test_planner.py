@@ -408,3 +408,29 @@ def test_a_plan_quantized_for_lack_of_host_memory_says_so(monkeypatch):
     roomy = run_plan.RunPlan.make(options, config, largest, mode="av", rank=32, checkpoint_dtype="BF16")
     roomy.choose()
     assert roomy.plan.base == "bf16" and "would pin" not in roomy.describe()
+
+
+def test_the_small_desktop_walkthrough_shows_the_planners_own_lines(monkeypatch):
+    """docs/speed.md's 24 GB card / 32 GB desktop walkthrough quotes plan lines: the planner prints them."""
+    import re
+    from pathlib import Path
+
+    from ltxv2_diffusers.speed import run_plan
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "speed.md").read_text(encoding="utf-8")
+    section = docs.split("## A 24 GB card in a 32 GB desktop, end to end")[1].split("\n## ")[0]
+    quoted = re.search(r"the\s+plan is `([^`]+)`", section).group(1)
+    config = preset_config("ltx-2.0")["transformer"]
+    largest = {"batch": 1, "video": 6144, "audio": 126}
+
+    def line(free_gib):
+        monkeypatch.setattr(run_plan, "available_host_memory", lambda: free_gib * GiB)
+        plan = run_plan.RunPlan.make(SpeedOptions.for_device("cuda", memory_budget=22.0), config, largest,
+                                     mode="av", rank=32, checkpoint_dtype="BF16")
+        plan.choose()
+        return plan.describe()
+
+    assert line(24) == "memory plan: " + re.sub(r"\s+", " ", quoted)
+    roomy = line(28)
+    assert "bf16 base, 34 blocks streamed" in roomy and "24.4 GiB of host memory pinned" in roomy
+    assert "bf16 with 34 blocks streamed (24.4 GiB" in re.sub(r"\s+", " ", section)
