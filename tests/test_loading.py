@@ -116,6 +116,24 @@ def test_missing_and_unexpected_keys_are_listed(written, tmp_path):
         load_components(stray)
 
 
+def test_a_prequantized_fp8_checkpoint_is_named_as_such(written, tmp_path):
+    """An fp8 file (e4m3 weights with per-tensor scales beside them, as the official and ComfyUI fp8 files
+    store them) is refused in one line saying what to pass instead."""
+    _, path = written["tiny"]
+    weight = "model.diffusion_model.transformer_blocks.0.attn1.to_k.weight"
+
+    def to_fp8(t):
+        t[weight] = t[weight].to(torch.float8_e4m3fn)
+        t[weight.replace(".weight", ".weight_scale")] = torch.tensor(0.01)
+        t[weight.replace(".weight", ".input_scale")] = torch.tensor(0.02)
+
+    fp8 = _rewrite(path, tmp_path / "fp8.safetensors", to_fp8)
+    with pytest.raises(CheckpointKeyError, match=r"fp8\.safetensors: a pre-quantized fp8 checkpoint \(e4m3 weights "
+                                                  r"with scales, e\.g\. .*to_k\.input_scale\).*pass the bf16 "
+                                                  r"checkpoint.*--fp8_base"):
+        load_components(fp8)
+
+
 def test_unused_statistics_survive_the_round_trip(written, tmp_path):
     _, path = written["tiny"]
     extras = {"vae.per_channel_statistics.channel": torch.arange(128.0), "vae.per_channel_statistics.mean-of-stds": torch.rand(128)}

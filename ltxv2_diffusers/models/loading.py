@@ -46,6 +46,10 @@ OFFICIAL_CONFIG_ATTR = "_ltxv2_official_config"
 OFFICIAL_EXTRAS_ATTR = "_ltxv2_official_extras"
 
 
+# Per-tensor scales beside e4m3 weights in pre-quantized fp8 files (official and ComfyUI spellings).
+FP8_SCALE_SUFFIXES = (".weight_scale", ".input_scale", ".scale_weight", ".scale_input")
+
+
 class CheckpointKeyError(KeyError):
     """Missing or unexpected tensors when loading or saving a checkpoint."""
 
@@ -363,6 +367,13 @@ def _load_official(paths: list[Path], torch_dtype, wanted: tuple[str, ...]) -> d
             extras = {k: tensor(k) for k in keys if _is_unused_statistic(component, k)}
             names = {_from_official(component, k, down): k for k in keys if k not in extras}
             missing, unexpected = expected - set(names), set(names) - expected
+            scales = sorted(names[n] for n in unexpected if n.endswith(FP8_SCALE_SUFFIXES))
+            if scales:
+                raise CheckpointKeyError(
+                    f"{where}: a pre-quantized fp8 checkpoint (e4m3 weights with scales, e.g. {scales[0]}), which "
+                    "training does not read: pass the bf16 checkpoint (e.g. ltx-2-19b-dev.safetensors); "
+                    "--fp8_base trains with fp8 base weights quantized from it, and small GPUs are planned for "
+                    "(--memory_budget)")
             if missing or unexpected:
                 files_of = sorted({str(owner[k].path) for k in keys})
                 raise CheckpointKeyError(
