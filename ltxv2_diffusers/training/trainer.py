@@ -679,9 +679,10 @@ class Trainer:
         try:
             while self.progress.global_step < self.max_steps:
                 position = (self.progress.epoch, self.progress.batch_in_epoch)  # where this step's batches start
-                out_of_memory = False
+                out_of_memory = queued = False
                 try:
                     outcome = self._queue_step(stream)
+                    queued = True  # past here an update may be half applied: nothing is saved after a failure
                     if pending is not None:  # arrived while this step was queued: no wait
                         previous, pending = pending, None
                         self._finish_step(previous, bar)
@@ -695,7 +696,8 @@ class Trainer:
                     out_of_memory = True  # handled below, once the failed step's tensors are released
                 if out_of_memory:
                     bar.close()
-                    self._save_after_out_of_memory(position)
+                    if not queued:
+                        self._save_after_out_of_memory(position)
                     acc.end_training()
                     raise TrainingOutOfMemory(self._out_of_memory_advice())
                 step, epochs = outcome.step, outcome.finished_epochs
