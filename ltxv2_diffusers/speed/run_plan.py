@@ -51,7 +51,7 @@ class RunPlan:
     budget_gib: float
     host: planner.Host | None = None  # the host memory this process may pin (None: unknown)
     plan: planner.Plan | None = None  # the current choice (`choose`)
-    correction: float = 1.0  # the measured peak over the predicted one the current choice was made for
+    host_note: str = ""  # why the current choice quantizes, where the host's free memory is the reason
 
     @classmethod
     def make(cls, requested: SpeedOptions, config: dict, largest: dict, *, mode: str, rank: int,
@@ -76,24 +76,25 @@ class RunPlan:
         measured peak over the predicted one). Raises `PlanDoesNotFit` saying what would fit."""
         plan = planner.plan_for(self.requested, self.figures, self.workload, self.budget_gib, correction=correction,
                                 host=self.host)
-        self.plan, self.correction = plan, correction
+        self.plan, self.host_note = plan, self._host_note(plan, correction)
         if not plan.fits:
             raise PlanDoesNotFit(planner.explain(self.figures, self.workload, plan, self.host,
                                                  planner.fixed_levers(self.requested)))
         return planner.planned_options(self.requested, plan)
 
+    def _host_note(self, plan: planner.Plan, correction: float) -> str:
+        """Where the host's free memory made `plan` quantize: what a bf16 plan would pin and what is free."""
+        if self.host is None or not plan.fits or plan.base == "bf16" or self.requested.fp8_base:
+            return ""
+        roomy = planner.plan_for(self.requested, self.figures, self.workload, self.budget_gib, correction=correction)
+        if not (roomy.fits and roomy.base == "bf16"):
+            return ""
+        return (f" ({plan.base} base: a bf16 plan would pin {roomy.host_gib:.1f} GiB of host memory, "
+                f"{self.host.available / planner.GiB:.1f} GiB is free for this process)")
+
     def describe(self) -> str:
-        """The plan in one line; where the host's free memory made it quantize, why (and what would not)."""
-        if self.plan is None:
-            return "memory plan: none"
-        text = self.plan.describe()
-        if self.host is not None and self.plan.fits and self.plan.base != "bf16" and not self.requested.fp8_base:
-            roomy = planner.plan_for(self.requested, self.figures, self.workload, self.budget_gib,
-                                     correction=self.correction)
-            if roomy.fits and roomy.base == "bf16":
-                text += (f" ({self.plan.base} base: a bf16 plan would pin {roomy.host_gib:.1f} GiB of host memory, "
-                         f"{self.host.available / planner.GiB:.1f} GiB is free for this process)")
-        return text
+        """The plan in one line; where the host's free memory made it quantize, why."""
+        return self.plan.describe() + self.host_note if self.plan is not None else "memory plan: none"
 
     def verdict(self, peak: tuple[float, float] | None) -> Verdict:
         """Judge the first steps' (allocated, reserved) peak in GiB, None if they ran out of memory: over
