@@ -64,6 +64,14 @@ class TrainingOutOfMemory(TrainingFailed):
     """The GPU ran out of memory during a step; the message names the memory flags."""
 
 
+def _free_memory() -> None:
+    """Collect what is unreachable now and hand the GPU memory PyTorch keeps cached back to the device."""
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never used
+
+
 def _is_out_of_memory(exc: BaseException | None) -> bool:
     """Whether `exc` is, or was raised from, a CUDA out-of-memory error (plugins wrap what they raise)."""
     import torch
@@ -325,8 +333,6 @@ class Trainer:
     def _probe(self, entry, passes: int = 2) -> tuple[float, float] | None:
         """(allocated, reserved) GiB at the peak of `passes` forwards and backwards of `entry`'s batch, or
         None when they ran out of memory; the gradients are discarded."""
-        import gc
-
         acc, device = self.accelerator, self.accelerator.device
         _, _, batch = entry
         local = self._local(batch)
@@ -348,22 +354,25 @@ class Trainer:
         except torch.OutOfMemoryError:
             pass
         loss = None
-        acc.unwrap_model(self.adapter).zero_grad(set_to_none=True)
-        self.speed.reset()
-        gc.collect()
-        torch.cuda.empty_cache()
+        self._discard_step()
         return peak
+
+    def _discard_step(self) -> None:
+        """Drop what an unfinished step left (its gradients, in the fp32 masters too; fetched blocks; block
+        inputs in host memory) and give its memory back."""
+        self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)
+        if self.speed.master is not None:
+            self.speed.master.zero_grad()
+        self.speed.reset()
+        _free_memory()
 
     def _teardown_model(self) -> None:
         """Drop the model, its speed setup and optimizer (before `_setup_model` builds them again)."""
-        import gc
-
         for name in ("adapter", "optimizer", "lr_scheduler", "step_fn", "bundle", "speed"):
             setattr(self, name, None)
         self.accelerator.free_memory()  # accelerate's own references to the prepared model and optimizer
         torch._dynamo.reset()
-        gc.collect()
-        torch.cuda.empty_cache()
+        _free_memory()
         release_cached_pinned_memory()  # the old plan's streamed blocks, which the new plan may size otherwise
 
     # ------------------------------------------------------------------ the loop
@@ -622,14 +631,10 @@ class Trainer:
 
     def _skip_previews_out_of_memory(self) -> None:
         """A preview that ran out of GPU memory is skipped, not the run: free what it held and say what to do."""
-        import gc
-
         peak = ""
         if self.accelerator.device.type == "cuda":
             peak = f" ({torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30:.1f} GiB allocated at the peak)"
-        gc.collect()
-        if self.accelerator.device.type == "cuda":
-            torch.cuda.empty_cache()
+        _free_memory()
         message = (f"previews at step {self.progress.global_step} ran out of GPU memory{peak}; skipped, training "
                    f"goes on. Render smaller previews (--w/--h/--f on the lines of {self.args.sample_prompts}) "
                    "or fewer of them.")
@@ -727,19 +732,11 @@ class Trainer:
         process: in a multi-process run the others may be waiting inside the failed step). The failed step's
         gradients are dropped and the data position goes back to its first batch, so `--resume` continues
         exactly as the run would have."""
-        import gc
-
         step = self.progress.global_step
         if self.world_size > 1 or step == 0 or self._checkpoint_step == step:
             return
         self.progress.epoch, self.progress.batch_in_epoch = position
-        self.accelerator.unwrap_model(self.adapter).zero_grad(set_to_none=True)
-        if self.speed.master is not None:
-            self.speed.master.zero_grad()
-        self.speed.reset()
-        gc.collect()
-        if self.accelerator.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self._discard_step()
         try:
             self.save_checkpoint()
         except Exception as exc:  # the advice still names the last good checkpoint
