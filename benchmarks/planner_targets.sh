@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The memory planner's targets (issue 22) in one device call: the naive step, then the benchmark step
 # as the planner chooses it for each budget (smaller cards emulated with a per-process memory cap).
-# Usage: bash benchmarks/planner_targets.sh OUTDIR [SET]
-#   SET: main | small | cli | more (fp8, 960x544x89, one frame) | long (1280x720x241 at 16 GiB: block inputs in host memory)
+# Usage: bash benchmarks/planner_targets.sh OUTDIR [PIECE|SET ...]
+#   PIECES: tests naive auto b24 b16 b16host20 fp8 fp8parts val960 image long16 long24 cli8 cli8_b6
+#   SETS:   main = naive auto b24 b16 · small = naive b24 b16 b16host20 cli8_b6 · cli = tests cli8 cli8_b6
+#           more = naive fp8 fp8parts val960 image · long = naive long16 long24
 # The naive baseline script must sit beside the repository root (naive_baseline.py), as the device call
 # copies it there. Each run is time-limited so one failure leaves the others' figures.
 set -u
-out=${1:-/tmp/planner}; set_name=${2:-main}; mkdir -p "$out"
-res="$out/results.jsonl"
+out=${1:-/tmp/planner}; shift; [ $# -eq 0 ] && set -- main
+mkdir -p "$out"; res="$out/results.jsonl"
 step() { local tag=$1 limit=$2; shift 2
   echo "== $tag: $*" | tee -a "$out/log.txt"
   timeout "$limit" python3 benchmarks/train_step.py --tag "$tag" --results "$res" "$@" >>"$out/log.txt" 2>&1 \
@@ -18,39 +20,37 @@ trainer() { local tag=$1 limit=$2; shift 2
   echo "== $tag: trainer $*" | tee -a "$out/log.txt"
   timeout "$limit" python3 benchmarks/trainer_full_size.py --workdir /tmp/ws --items 4 "$@" >"$out/$tag.txt" 2>&1 \
     || echo "RESULT {\"tag\": \"$tag\", \"error\": \"exit $?\"}" >>"$out/$tag.txt"
-  grep -h "memory plan\|speed:\|RESULT" "$out/$tag.txt" | cut -c1-400 | tee -a "$res"; }
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,power.limit --format=csv | tee -a "$out/log.txt"
-free -g | tee -a "$out/log.txt"  # the host memory the plans may pin (RESULT: host_rss_gib vs predicted_host_gib)
-if [ "$set_name" != cli ]; then
-  echo "== naive" | tee -a "$out/log.txt"
-  timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2
-fi
-if [ "$set_name" = cli ]; then  # a functional check of the trainer's GPU path, not a timed ratio
+  grep -h "memory plan\|speed:\|RESULT\|Error" "$out/$tag.txt" | cut -c1-400 | tee -a "$res"; }
+piece() { case $1 in
+  main) piece naive; piece auto; piece b24; piece b16 ;;
+  small) piece naive; piece b24; piece b16; piece b16host20; piece cli8_b6 ;;
+  cli) piece tests; piece cli8; piece cli8_b6 ;;
+  more) piece naive; piece fp8; piece fp8parts; piece val960; piece image ;;
+  long) piece naive; piece long16; piece long24 ;;
+  naive) echo "== naive" | tee -a "$out/log.txt"
+    timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2 ;;
   # the tests whose CUDA variants only run on a GPU (side-stream copies, pinned pieces, offloaded inputs,
   # a text encoder streamed to a GPU too small for it, preview parts moved for previews)
-  timeout 240 python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/test_pinned.py \
-    tests/test_activation_offload.py tests/test_speed.py tests/test_optimizer_offload.py \
-    tests/test_text_backends.py tests/test_train_units.py 2>&1 | tail -4 | tee -a "$res"
-  [ -n "${WITH_CLI_AUTO-1}" ] && trainer cli8 100 --num_layers 8 --steps 6 --
-  trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
-elif [ "$set_name" = main ]; then
-  step auto 160 --memory_budget auto --steps 6 --warmup 2
-  step b24 135 --memory_budget 24 --emulate_gib 24 --steps 4 --warmup 2
-  step b16 135 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2
-elif [ "$set_name" = small ]; then
-  step b24 115 --memory_budget 24 --emulate_gib 24 --steps 4 --warmup 2
-  step b16 115 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2
+  tests) timeout 240 python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" tests/test_pinned.py \
+      tests/test_activation_offload.py tests/test_speed.py tests/test_optimizer_offload.py \
+      tests/test_text_backends.py tests/test_train_units.py 2>&1 | tee "$out/tests.txt" | tail -4 | tee -a "$res" ;;
+  auto) step auto 160 --memory_budget auto --steps 6 --warmup 2 ;;
+  b24) step b24 135 --memory_budget 24 --emulate_gib 24 --steps 4 --warmup 2 ;;
+  b16) step b16 135 --memory_budget 16 --emulate_gib 16 --steps 4 --warmup 2 ;;
   # a host with 20 GiB free: int8 blocks quantized on the GPU one by one and streamed (host_rss_gib vs predicted)
-  step b16host20 135 --memory_budget 16 --emulate_gib 16 --host_gib 20 --steps 4 --warmup 2
-  [ -n "${WITH_CLI_AUTO:-}" ] && trainer cli8 90 --num_layers 8 --steps 6 --
-  trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6
-elif [ "$set_name" = long ]; then
-  step long16 300 --memory_budget 16 --emulate_gib 16 --frames 241 --height 720 --width 1280 --steps 3 --warmup 1
-  step long24 150 --memory_budget 24 --emulate_gib 24 --frames 241 --height 720 --width 1280 --steps 2 --warmup 1
-else
-  step fp8 150 --memory_budget 45 --fp8_base --steps 6 --warmup 2
+  b16host20) step b16host20 135 --memory_budget 16 --emulate_gib 16 --host_gib 20 --steps 4 --warmup 2 ;;
+  fp8) step fp8 150 --memory_budget 45 --fp8_base --steps 6 --warmup 2 ;;
   # where the fp8 layers' time goes, part by part (one block's shapes, per step)
-  timeout 120 python3 benchmarks/fp8_matmul.py --compiled_quantize --results "$res" 2>&1 | grep -v "^RESULT" | tee -a "$out/log.txt"
-  step val960 140 --memory_budget auto --frames 89 --height 544 --width 960 --steps 5 --warmup 2
-  step image 110 --memory_budget auto --frames 1 --steps 5 --warmup 2
-fi
+  fp8parts) timeout 120 python3 benchmarks/fp8_matmul.py --compiled_quantize --results "$res" 2>&1 \
+      | grep -v "^RESULT" | tee -a "$out/log.txt" ;;
+  val960) step val960 140 --memory_budget auto --frames 89 --height 544 --width 960 --steps 5 --warmup 2 ;;
+  image) step image 110 --memory_budget auto --frames 1 --steps 5 --warmup 2 ;;
+  long16) step long16 300 --memory_budget 16 --emulate_gib 16 --frames 241 --height 720 --width 1280 --steps 3 --warmup 1 ;;
+  long24) step long24 150 --memory_budget 24 --emulate_gib 24 --frames 241 --height 720 --width 1280 --steps 2 --warmup 1 ;;
+  cli8) trainer cli8 100 --num_layers 8 --steps 6 -- ;;
+  cli8_b6) trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6 ;;
+  *) echo "unknown piece: $1" >&2; exit 2 ;;
+esac; }
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,power.limit --format=csv | tee -a "$out/log.txt"
+free -g | tee -a "$out/log.txt"  # the host memory the plans may pin (RESULT: host_rss_gib vs predicted_host_gib)
+for p in "$@"; do piece "$p"; done
