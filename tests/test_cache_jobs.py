@@ -193,25 +193,59 @@ def test_store_prune_keeps_only_current_rows_of_kept_items(tmp_path):
     assert store.prune({"a", "b"}) == 0
 
 
-def test_a_clip_too_large_for_the_gpu_is_reported_with_what_to_do(dataset, models):
-    """Fault injection: encoding the 17-frame clips runs out of GPU memory (as a long untiled clip does on a
-    small card). Those items are reported with the flags that tile the encode; the others are cached."""
+def _vae_that_fits_tiles_only(encoder, max_tile_pixels):
+    """Fault injection on the real tiny VAE: its encoder network, given more than `max_tile_pixels`
+    (frames x height x width) at once, runs out of GPU memory, as an untiled long clip does on a small card."""
+    calls = {"failed": 0}
+
+    def before_encoder(module, args, kwargs):
+        x = args[0] if args else kwargs["sample"]
+        if x.shape[2] * x.shape[3] * x.shape[4] > max_tile_pixels:
+            calls["failed"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB (injected)")
+
+    encoder._model(None).encoder.register_forward_pre_hook(before_encoder, with_kwargs=True)
+    return calls
+
+
+def test_a_clip_too_large_for_the_gpu_untiled_is_encoded_in_tiles(tmp_path, models, caplog):
+    """The 33-frame clips do not fit untiled but do in diffusers' 17-frame chunks: they are encoded in tiles,
+    with one warning naming the clip and --vae_tiling; the second such clip goes straight to tiles. The tiled
+    latents are those of an encoder run with --vae_tiling --vae_chunk_size 16."""
+    dataset = load_dataset_config(make_dataset(tmp_path, num_videos=2, num_frames=33, target_frames=(9, 33)))
     items = list_items(dataset, "video").items
     encoder = VideoLatentEncoder(models["ltx"], device="cpu", dtype="fp32")
-    real = encoder.encode_frames
+    calls = _vae_that_fits_tiles_only(encoder, 17 * 64 * 64)
+    with caplog.at_level("WARNING", logger="ltxv2_diffusers.data.encoders"):
+        report = run_cache_job(items, encoder, batch_size=4)
+    assert report.cached == 4 and not report.bad
+    assert calls["failed"] == 1  # the next clip as large skipped the untiled try
+    warnings = [r.getMessage() for r in caplog.records if "did not fit the GPU untiled" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].endswith("33 frames of 64x64 did not fit the GPU untiled; encoding "
+                                                       "clips this large in tiles (pass --vae_tiling to tile every clip)")
+    vae = encoder._model(None)
+    assert not vae.use_tiling and not vae.use_framewise_decoding  # the VAE's own settings are back
 
-    def too_large(frames, rank=None):
-        if frames.shape[0] == 17:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB (injected)")
-        return real(frames, rank)
+    long_item = next(item for item in items if item.num_frames == 33)
+    tiled = VideoLatentEncoder(models["ltx"], device="cpu", dtype="fp32", tiling=True, chunk_size=16)
+    expected = tiled.encode_frames(VideoLatentEncoder.decode(long_item))
+    row = _rows(items[0].cache_directory, "video")[long_item.key]
+    assert torch.equal(row["latents"], expected)
+    untiled = VideoLatentEncoder(models["ltx"], device="cpu", dtype="fp32").encode_frames(
+        VideoLatentEncoder.decode(long_item))
+    assert not torch.equal(untiled, expected)  # the check above tells tiled from untiled latents
 
-    encoder.encode_frames = too_large
+
+def test_a_clip_too_large_for_the_gpu_even_in_tiles_is_reported_with_what_to_do(dataset, models):
+    items = list_items(dataset, "video").items
+    encoder = VideoLatentEncoder(models["ltx"], device="cpu", dtype="fp32")
+    _vae_that_fits_tiles_only(encoder, 9 * 64 * 64)  # nothing larger than the 9-frame clips fits
     report = run_cache_job(items, encoder, batch_size=4)
     assert report.cached == 2 and len(report.bad) == 2
     for path, reason in report.bad:
         assert path.endswith(".mp4")
-        assert reason == ("the GPU ran out of memory encoding 17 frames of 64x64; pass --vae_tiling and "
-                          "--vae_chunk_size 16 to encode in tiles")
+        assert reason == ("the GPU ran out of memory encoding 17 frames of 64x64, also in tiles; use smaller tiles "
+                          "(--vae_spatial_tile_sample_min_size 256, --vae_chunk_size 16) or smaller buckets")
     assert sorted(_rows(items[0].cache_directory, "video")) == ["clip00_00000-009", "clip01_00000-009"]
 
 

@@ -7,6 +7,7 @@ version), which `data/jobs.py` stores with every cached row.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -60,6 +61,31 @@ def resolve_device(device: str | None, rank: int | None) -> torch.device:
     if dev.type == "cuda" and dev.index is None and rank is not None and torch.cuda.device_count() > 1:
         dev = torch.device("cuda", rank % torch.cuda.device_count())
     return dev
+
+
+_TILING_STATE = ("use_tiling", "use_framewise_decoding", "tile_sample_min_height", "tile_sample_min_width",
+                 "tile_sample_min_num_frames", "tile_sample_stride_height", "tile_sample_stride_width",
+                 "tile_sample_stride_num_frames")
+
+
+@contextlib.contextmanager
+def _tiled(vae) -> Iterator[None]:
+    """The video VAE encoding with diffusers' default tiles (512x512 pixels, 16-frame chunks) for the
+    duration, its own tiling settings restored afterwards."""
+    saved = {name: getattr(vae, name) for name in _TILING_STATE if hasattr(vae, name)}
+    try:
+        vae.enable_tiling()
+        vae.use_framewise_decoding = True  # diffusers gates temporal tiling of encode on this flag
+        vae.tile_sample_min_num_frames, vae.tile_sample_stride_num_frames = 16, 8
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(vae, name, value)
+
+
+def _release_gpu_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the next (maybe smaller) encode gets the memory back
 
 
 def _announce(what: str, rank: int | None, device: torch.device) -> None:
@@ -224,13 +250,36 @@ class VideoLatentEncoder(ItemEncoder):
         return vae
 
     def _out_of_memory_reason(self, frames: torch.Tensor) -> str:
-        """What to do when a clip's encode does not fit the GPU: tile it, or tile it more."""
+        """What to do when a clip's encode does not fit the GPU even in tiles: smaller tiles or buckets."""
         size = f"{frames.shape[0]} frames of {frames.shape[3]}x{frames.shape[2]}"
-        if not self.tiling:
-            advice = "pass --vae_tiling and --vae_chunk_size 16 to encode in tiles"
-        else:
-            advice = "use smaller tiles (--vae_spatial_tile_sample_min_size 256, --vae_chunk_size 16) or smaller buckets"
-        return f"the GPU ran out of memory encoding {size}; {advice}"
+        return (f"the GPU ran out of memory encoding {size}, also in tiles; use smaller tiles "
+                "(--vae_spatial_tile_sample_min_size 256, --vae_chunk_size 16) or smaller buckets")
+
+    def _encode_fitting(self, frames: torch.Tensor, rank: int | None, media: str) -> torch.Tensor | None:
+        """Encode a clip, in tiles when it does not fit the GPU untiled (None when it fits neither way).
+        Without --vae_tiling a clip that runs out of memory is encoded again with diffusers' tiling
+        (512-pixel tiles, 16-frame chunks), and so is every later clip at least as large, in this worker:
+        one long clip on a small card costs a slower encode, not the item."""
+        limit = getattr(self, "_m_untiled_limit", None)
+        if self.tiling or limit is None or frames.numel() < limit:
+            latents = self._encode_or_none(frames, rank)
+            if latents is not None or self.tiling:
+                return latents
+            self._m_untiled_limit = min(frames.numel(), limit or frames.numel())
+            logger.warning("%s: %d frames of %dx%d did not fit the GPU untiled; encoding clips this large in "
+                           "tiles (pass --vae_tiling to tile every clip)", media, frames.shape[0], frames.shape[3],
+                           frames.shape[2])
+        with _tiled(self._model(rank)):
+            return self._encode_or_none(frames, rank)
+
+    def _encode_or_none(self, frames: torch.Tensor, rank: int | None) -> torch.Tensor | None:
+        """The clip's latents, or None when the GPU ran out of memory (its cache then emptied for the next)."""
+        try:
+            return self.encode_frames(frames, rank)
+        except torch.OutOfMemoryError:
+            pass  # released below, once the failed encode's tensors are gone with the exception
+        _release_gpu_cache()
+        return None
 
     @staticmethod
     def decode(item) -> torch.Tensor:
@@ -252,20 +301,17 @@ class VideoLatentEncoder(ItemEncoder):
         self._model(rank)
         ahead = prefetched_in_processes if self.decode_processes else prefetched
         for item, frames in ahead(self.decode, items, self.decode_workers):
-            out_of_memory = False
             try:
                 if isinstance(frames, BaseException):
                     raise frames
-                latents = self.encode_frames(frames, rank).cpu()
-            except torch.OutOfMemoryError:
-                out_of_memory = True  # reported below, once the failed encode's tensors are released
+                latents = self._encode_fitting(frames, rank, item_media(item))
             except Exception as e:  # one bad item must not stop the job
                 yield item, e
                 continue
-            if out_of_memory:
-                torch.cuda.empty_cache()  # the next (maybe smaller) item gets the memory back
+            if latents is None:
                 yield item, MediaError(item_media(item), self._out_of_memory_reason(frames))
                 continue
+            latents = latents.cpu()
             yield item, {
                 **tensor_to_columns("latents", latents),
                 "fps": float(item.fps or 24.0), "width": int(item.bucket[0]), "height": int(item.bucket[1]),
