@@ -312,9 +312,9 @@ def _base_quantizer(options: SpeedOptions, device: torch.device):
     """`quantize(block) -> count` for the int8 or fp8 base `options` ask for (None for neither)."""
     if options.fp8_base:
         check_fp8_device(device)
-        return lambda block: fp8_base_weights(None, options.quantize_min_features, device=device, blocks=[block])
+        return lambda block: fp8_base_weights([block], options.quantize_min_features, device=device)
     if options.int8_base:
-        return lambda block: quantize_base_weights(None, options.quantize_min_features, blocks=[block])
+        return lambda block: quantize_base_weights([block], options.quantize_min_features)
     return None
 
 

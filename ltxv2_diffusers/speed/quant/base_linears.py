@@ -7,14 +7,18 @@ from typing import Callable, Iterable
 from torch import nn
 
 
-def replace_base_linears(transformer: nn.Module, make: Callable[[nn.Linear], nn.Module], min_features: int = 256,
-                         accept: Callable[[nn.Linear], bool] | None = None,
-                         blocks: Iterable[nn.Module] | None = None) -> int:
-    """Replace every frozen `nn.Linear` inside `transformer.transformer_blocks` (or only inside `blocks`;
-    PEFT base layers included) by `make(linear)`; LoRA matrices, layers narrower than `min_features` and
-    layers `accept` refuses stay as they are. Returns the count."""
+def transformer_blocks(model_or_blocks: nn.Module | Iterable[nn.Module]) -> Iterable[nn.Module]:
+    """The blocks to quantize: a transformer's `transformer_blocks`, or the blocks given."""
+    return getattr(model_or_blocks, "transformer_blocks", model_or_blocks)
+
+
+def replace_base_linears(model_or_blocks: nn.Module | Iterable[nn.Module], make: Callable[[nn.Linear], nn.Module],
+                         min_features: int = 256, accept: Callable[[nn.Linear], bool] | None = None) -> int:
+    """Replace every frozen `nn.Linear` inside the transformer's blocks (or inside the blocks given; PEFT base
+    layers included) by `make(linear)`; LoRA matrices, layers narrower than `min_features` and layers
+    `accept` refuses stay as they are. Returns the count."""
     count = 0
-    for block in transformer.transformer_blocks if blocks is None else blocks:
+    for block in transformer_blocks(model_or_blocks):
         for name, module in list(block.named_modules()):
             for child_name, child in list(module.named_children()):
                 if not isinstance(child, nn.Linear) or child.weight.requires_grad:

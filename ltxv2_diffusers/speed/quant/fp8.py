@@ -13,6 +13,8 @@ each layer still reads the bf16 activations and trains in bf16.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 
@@ -108,10 +110,10 @@ def check_fp8_device(device: torch.device | str) -> None:
                          "--low_memory (int8 weights at bf16 matmul speed).")
 
 
-def fp8_base_weights(transformer: nn.Module, min_features: int = 256, device: torch.device | str | None = None,
-                     blocks=None) -> int:
-    """Replace the frozen `nn.Linear`s inside the transformer blocks (or only inside `blocks`; PEFT base
-    layers included) by `Fp8Linear`, quantizing on `device` if given; LoRA matrices, small layers and
-    layers whose sizes fp8 matmuls cannot take stay as they are. Returns the count."""
-    return replace_base_linears(transformer, lambda linear: Fp8Linear(linear, device), min_features,
-                                accept=fp8_supported, blocks=blocks)
+def fp8_base_weights(model_or_blocks: nn.Module | Iterable[nn.Module], min_features: int = 256,
+                     device: torch.device | str | None = None) -> int:
+    """Replace the frozen `nn.Linear`s inside the transformer's blocks (or inside the blocks given; PEFT base
+    layers included) by `Fp8Linear`, quantizing on `device` if given; LoRA matrices, small layers and layers
+    whose sizes fp8 matmuls cannot take stay as they are. Returns the count."""
+    return replace_base_linears(model_or_blocks, lambda linear: Fp8Linear(linear, device), min_features,
+                                accept=fp8_supported)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,8 +54,8 @@ class Int8WeightLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_base_weights(transformer: nn.Module, min_features: int = 256, blocks=None) -> int:
-    """Replace the frozen `nn.Linear`s inside the transformer blocks (or only inside `blocks`; PEFT base
+def quantize_base_weights(model_or_blocks: nn.Module | Iterable[nn.Module], min_features: int = 256) -> int:
+    """Replace the frozen `nn.Linear`s inside the transformer's blocks (or inside the blocks given; PEFT base
     layers included) by `Int8WeightLinear`, quantized where the weights are; LoRA matrices and small layers
     stay as they are. Returns the count."""
-    return replace_base_linears(transformer, Int8WeightLinear, min_features, blocks=blocks)
+    return replace_base_linears(model_or_blocks, Int8WeightLinear, min_features)
