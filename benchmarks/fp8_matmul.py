@@ -3,8 +3,9 @@
 Builds one block of the model at full width (`--preset`), converts its frozen base linears to fp8 as the
 trainer does (`fp8_base_weights`), runs one forward on a batch of the benchmark's clip size to record every
 fp8 layer's input rows, then times, for each distinct (rows, in, out), the bf16 matmuls the layer replaces
-and the fp8 path's parts: quantizing the input, the row-wise scaled matmul (and the tensor-wise one for
-comparison), quantizing the output gradient, transposing the fp8 weight, the input-gradient matmul.
+and the fp8 path's parts: quantizing the input, the scaled matmul each way `speed/quant/fp8.py` can scale it
+(row-wise, row-wise with fast accumulation, tensor-wise plus a scaling pass), quantizing the output gradient,
+transposing the fp8 weight, the input-gradient matmul each way.
 Totals are per training step (one forward and one input-gradient matmul per layer and block, as with
 blocks that recompute no matmul). The parts are timed eagerly; in training the blocks are compiled, which
 can fuse the quantization into the kernel producing its input, so the quantize rows are an upper bound.
@@ -92,7 +93,7 @@ def timer(device: str, repeats: int, warmup: int):
 
 def time_parts(rows: int, fan_in: int, fan_out: int, device: str, time_ms, compiled_quantize=None) -> dict:
     """Milliseconds of each part for one layer of this shape (None where this device cannot run it)."""
-    from ltxv2_diffusers.speed.quant.fp8 import _scaled_matmul, quantize_rows
+    from ltxv2_diffusers.speed.quant.fp8 import SCALINGS, _scaled_matmul, quantize_rows
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     g = torch.Generator(device).manual_seed(0)
@@ -104,18 +105,16 @@ def time_parts(rows: int, fan_in: int, fan_out: int, device: str, time_ms, compi
     qx, x_scale = quantize_rows(x)
     qg, g_scale = quantize_rows(grad.float() * scale)
     qw_by_input = qw.t().contiguous()
-    ones = torch.ones(1, fan_in, dtype=torch.float32, device=device)
-    one = torch.ones((), dtype=torch.float32, device=device)
     parts = {
         "bf16 forward": lambda: torch.nn.functional.linear(x, w),
         "bf16 input grad": lambda: grad @ w,
         "fp8 quantize input": lambda: quantize_rows(x),
-        "fp8 forward (row-wise)": lambda: _scaled_matmul(qx, qw.t(), x_scale, scale, dtype),
-        "fp8 forward (tensor-wise)": lambda: torch._scaled_mm(qx, qw.t(), scale_a=one, scale_b=one, out_dtype=dtype),
         "fp8 quantize grad": lambda: quantize_rows(grad.float() * scale),
         "fp8 weight transpose": lambda: qw.t().contiguous(),
-        "fp8 input grad (row-wise)": lambda: _scaled_matmul(qg, qw_by_input.t(), g_scale, ones, dtype),
     }
+    for how in SCALINGS:  # eager: the tensor-wise way's scaling pass is timed as a kernel of its own here
+        parts[f"fp8 forward ({how})"] = lambda how=how: _scaled_matmul(qx, qw.t(), x_scale, scale, dtype, how)
+        parts[f"fp8 input grad ({how})"] = lambda how=how: _scaled_matmul(qg, qw_by_input.t(), g_scale, None, dtype, how)
     if compiled_quantize is not None:
         parts["fp8 quantize input (compiled)"] = lambda: compiled_quantize(x)
     out = {}
@@ -146,7 +145,7 @@ def main(argv=None) -> dict:
 
     from ltxv2_diffusers.models.adapter import adapter_class_for_mode
     from ltxv2_diffusers.models.presets import build_components, preset_config
-    from ltxv2_diffusers.speed.quant.fp8 import fp8_base_weights, quantize_rows
+    from ltxv2_diffusers.speed.quant.fp8 import SCALINGS, fp8_base_weights, quantize_rows
 
     cuda = a.device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -173,11 +172,9 @@ def main(argv=None) -> dict:
         values = [totals.get(n) for n in names]
         return None if any(v is None for v in values) else sum(values)
 
-    summary = {
-        "bf16 matmuls": total("bf16 forward", "bf16 input grad"),
-        "fp8 matmuls": total("fp8 forward (row-wise)", "fp8 input grad (row-wise)"),
-        "fp8 added passes": total("fp8 quantize input", "fp8 quantize grad", "fp8 weight transpose"),
-    }
+    summary = {"bf16 matmuls": total("bf16 forward", "bf16 input grad"),
+               **{f"fp8 matmuls ({how})": total(f"fp8 forward ({how})", f"fp8 input grad ({how})") for how in SCALINGS},
+               "fp8 added passes": total("fp8 quantize input", "fp8 quantize grad", "fp8 weight transpose")}
     print(f"{layers} fp8 layers in one block of {a.preset} ({blocks} blocks); ms per step:")
     width = max(map(len, totals))
     for name, ms in list(totals.items()) + [("= " + k, v) for k, v in summary.items()]:

@@ -26,6 +26,8 @@ import torch._inductor.config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling scripts: gpu_gaps, memory_peak
 
+from ltxv2_diffusers.speed.quant.fp8 import SCALINGS  # noqa: E402
+
 
 def add_model_and_clip_arguments(p: argparse.ArgumentParser) -> None:
     """The model and batch options the step benchmarks share (full-size LTX-2 AV at 768x512x121 by default)."""
@@ -54,6 +56,8 @@ def parse(argv=None):
     p.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
     p.add_argument("--fp8_base", action="store_true", help="fp8 base weights and matmuls (speed/quant/fp8.py)")
+    p.add_argument("--fp8_scaling", default=None, choices=SCALINGS,
+                   help="how the fp8 matmuls take their scales (speed/quant/fp8.py's `scaling`; default: its default)")
     p.add_argument("--blocks_to_swap", type=int, default=None)
     p.add_argument("--no_compile", action="store_true")
     p.add_argument("--offload_optimizer", action="store_true",
@@ -414,6 +418,10 @@ def main(argv=None) -> dict:
             return keep
         return {**keep, "activation_memory_budget": float(base)}
 
+    if a.fp8_scaling:
+        from ltxv2_diffusers.speed.quant import fp8
+
+        fp8.scaling = a.fp8_scaling
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
                                    blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute,
@@ -551,6 +559,10 @@ def main(argv=None) -> dict:
             res.update(plan=plan.describe(), predicted_gib=round(plan.peak_gib, 1), budget_gib=round(budget, 1),
                        emulated_gib=a.emulate_gib, predicted_host_gib=round(plan.host_gib, 1))
         res["host_rss_gib"] = host_rss_gib()  # pinned copies included: against the plan's predicted host memory
+        if a.fp8_base:
+            from ltxv2_diffusers.speed.quant import fp8
+
+            res["fp8_scaling"] = fp8.scaling
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),

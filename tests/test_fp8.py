@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ltxv2_diffusers import speed as acceleration
+from ltxv2_diffusers.speed.quant import fp8
 from ltxv2_diffusers.speed.quant.fp8 import E4M3_MAX, fp8_supported, quantize_rows
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter
 from ltxv2_diffusers.speed.setup import SpeedOptions, apply_speed_options
@@ -29,17 +30,21 @@ def test_quantize_rows_is_exact_on_e4m3_values_and_scales_each_row_to_the_range(
     assert torch.isfinite(scale).all() and scale[2] > 0  # an all-zero row gets a usable scale
 
 
+@pytest.mark.parametrize("how", fp8.SCALINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fp8_linear_forward_and_input_gradient_within_e4m3_rounding(dtype):
+def test_fp8_linear_forward_and_input_gradient_within_e4m3_rounding(dtype, how, monkeypatch):
+    """Each way of scaling the fp8 products (row-wise kernel, fast accumulation, tensor-wise plus a scaling
+    pass) gives the layer within e4m3 rounding, and the same result up to the output dtype's rounding."""
+    monkeypatch.setattr(fp8, "scaling", how)
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 384).requires_grad_(False).to(dtype)
-    fp8 = acceleration.Fp8Linear(linear)
-    assert fp8.qweight.dtype == torch.float8_e4m3fn and fp8.qweight.shape == (384, 512)
-    assert fp8.scale.shape == (1, 384) and fp8.scale.dtype == torch.float32
-    assert _relative(fp8.weight, linear.weight) < E4M3_TOLERANCE / 2
+    fp8_layer = acceleration.Fp8Linear(linear)
+    assert fp8_layer.qweight.dtype == torch.float8_e4m3fn and fp8_layer.qweight.shape == (384, 512)
+    assert fp8_layer.scale.shape == (1, 384) and fp8_layer.scale.dtype == torch.float32
+    assert _relative(fp8_layer.weight, linear.weight) < E4M3_TOLERANCE / 2
     x = torch.randn(3, 5, 512, dtype=dtype, requires_grad=True)
     x8 = x.detach().clone().requires_grad_(True)
-    y, y8 = linear(x), fp8(x8)
+    y, y8 = linear(x), fp8_layer(x8)
     assert y8.dtype == dtype and y8.shape == y.shape
     assert _relative(y8, y) < E4M3_TOLERANCE
     grad = torch.randn_like(y)
@@ -48,8 +53,13 @@ def test_fp8_linear_forward_and_input_gradient_within_e4m3_rounding(dtype):
     assert x8.grad.dtype == dtype
     assert _relative(x8.grad, x.grad) < E4M3_TOLERANCE
     # the per-channel weight scales fold into the output gradient: same result as the dequantized weight
-    exact = (grad.float().reshape(-1, 384) @ fp8.weight.float()).reshape(x.shape)
+    exact = (grad.float().reshape(-1, 384) @ fp8_layer.weight.float()).reshape(x.shape)
     assert _relative(x8.grad, exact) < E4M3_TOLERANCE
+    monkeypatch.setattr(fp8, "scaling", "rowwise")
+    x_row = x.detach().clone().requires_grad_(True)
+    fp8_layer(x_row).backward(grad)
+    rounding = 1e-6 if dtype == torch.float32 else 2 ** -7
+    assert _relative(fp8_layer(x.detach()), y8) < rounding and _relative(x_row.grad, x8.grad) < rounding
 
 
 def test_fp8_base_weights_replace_only_frozen_layers_fp8_can_take():
@@ -237,6 +247,20 @@ def test_the_fp8_parts_benchmark_times_every_fp8_layer_of_a_block(bench_script, 
     video_tokens = 2 * 2 * 2  # 9 frames at 64x64: 2 latent frames of 2x2
     assert {s["rows"] for s in record["per_shape"]} >= {video_tokens, 8}  # video tokens; text tokens (keys, values)
     assert all(ms > 0 for s in record["per_shape"] for ms in s["ms"].values())
-    assert record["summary_ms"]["fp8 matmuls"] == pytest.approx(
-        record["step_ms"]["fp8 forward (row-wise)"] + record["step_ms"]["fp8 input grad (row-wise)"])
+    for how in fp8.SCALINGS:
+        assert record["summary_ms"][f"fp8 matmuls ({how})"] == pytest.approx(
+            record["step_ms"][f"fp8 forward ({how})"] + record["step_ms"][f"fp8 input grad ({how})"])
     assert results.read_text().startswith("RESULT ")
+
+
+def test_the_step_benchmark_sets_the_fp8_scaling_asked_for(bench_script, monkeypatch):
+    """`benchmarks/train_step.py --fp8_scaling` (CPU smoke) sets the fp8 module's scaling before the model is
+    built and records it with the result. (The tiny model has no layer wide enough to quantize: the
+    scalings themselves are checked on `Fp8Linear` above.)"""
+    monkeypatch.setattr(fp8, "scaling", fp8.scaling)  # restored afterwards: the benchmark sets the module's
+    bench = bench_script("train_step")
+    res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
+                      "--height", "64", "--width", "64", "--text_len", "8", "--no_compile", "--fp8_base",
+                      "--fp8_scaling", "tensorwise"])
+    assert res["fp8_scaling"] == fp8.scaling == "tensorwise" and res["options"]["fp8_base"]
+    assert torch.isfinite(torch.tensor(res["loss"]))

@@ -31,11 +31,31 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale
 
 
-def _scaled_matmul(q, weight_t, row_scale, col_scale, dtype: torch.dtype) -> torch.Tensor:
-    """`torch._scaled_mm` returning `dtype`. On CUDA row-wise scaled fp8 matmuls return bf16 only, so other
-    dtypes (fp16 or fp32 activations, e.g. under fp16 autocast) are cast from it."""
+# How the fp8 products take their scales. "rowwise": `torch._scaled_mm` with per-row and per-column
+# scales (a CUTLASS kernel on Hopper); "rowwise_fast": the same with fast accumulation; "tensorwise": unit
+# scales (cuBLAS's own fp8 kernel), the scales applied by a pass over the output, which a compiled block
+# fuses into whatever consumes it. PyTorch reports its row-wise kernel slower than cuBLAS, above all without
+# fast accumulation (pytorch/pytorch#147971); `benchmarks/fp8_matmul.py` times the three ways on a GPU and
+# `benchmarks/train_step.py --fp8_scaling` runs a whole step each way. The default is the one measured.
+SCALINGS = ("rowwise", "rowwise_fast", "tensorwise")
+scaling = "rowwise"
+
+
+def _scaled_matmul(q, weight_t, row_scale, col_scale, dtype: torch.dtype, how: str | None = None) -> torch.Tensor:
+    """`(q * row_scale) @ (weight_t * col_scale)` returning `dtype` (`col_scale` None: no column scales),
+    scaled as `how` says (default: the module's `scaling`). On CUDA scaled fp8 matmuls here return bf16, so
+    other dtypes (fp16 or fp32 activations, e.g. under fp16 autocast) are cast from it."""
+    how = how or scaling
     out_dtype = torch.bfloat16 if q.is_cuda else dtype
-    out = torch._scaled_mm(q, weight_t, scale_a=row_scale, scale_b=col_scale, out_dtype=out_dtype)
+    if how == "tensorwise":
+        one = torch.ones((), dtype=torch.float32, device=q.device)
+        out = torch._scaled_mm(q, weight_t, scale_a=one, scale_b=one, out_dtype=out_dtype)
+        out = out * row_scale if col_scale is None else out * row_scale * col_scale
+        return out.to(dtype)
+    if col_scale is None:
+        col_scale = torch.ones(1, weight_t.shape[1], dtype=torch.float32, device=q.device)
+    out = torch._scaled_mm(q, weight_t, scale_a=row_scale, scale_b=col_scale, out_dtype=out_dtype,
+                           use_fast_accum=how == "rowwise_fast")
     return out if out.dtype == dtype else out.to(dtype)
 
 
@@ -59,8 +79,7 @@ class _Fp8Matmul(torch.autograd.Function):
         q, row_scale = quantize_rows(rows.float() * scale)
         # fp8 matmuls want both operands contiguous along the contracted axis, here the output channels.
         by_input = qweight.t().contiguous()
-        ones = torch.ones(1, qweight.shape[1], dtype=torch.float32, device=qweight.device)
-        grad = _scaled_matmul(q, by_input.t(), row_scale, ones, grad_out.dtype)
+        grad = _scaled_matmul(q, by_input.t(), row_scale, None, grad_out.dtype)
         return grad.view(*grad_out.shape[:-1], qweight.shape[1]), None, None
 
 
