@@ -1,6 +1,7 @@
 """Session-wide test settings and the helpers several test files share.
 
 - `bench_script`: import a script of benchmarks/.
+- `leave_spawned_process`: how a spawned gloo worker ends.
 - The training workspace (built once per session): `workspace`, `baseline_argv`, `baseline_run`,
   `accelerate_launch`, `subprocess_env`, `lora_tensors`.
 - `PoisonSteps`: a real plugin whose extra loss is NaN on chosen steps.
@@ -157,6 +158,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def leave_spawned_process() -> None:
+    """End a `torch.multiprocessing.spawn` worker once it has saved its results, without tearing gloo down.
+    PyTorch's gloo teardown is not safe to race: a group destroyed while DDP still holds it aborts the
+    process ("terminate called without an active exception"), and one destroyed while gloo's thread still
+    releases an all-reduce that needs the GIL deadlocks. Both were seen in this suite."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def accelerate_launch(argv: list[str], num_processes: int = 1, env=None, timeout: int = 600):

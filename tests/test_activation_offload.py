@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import adapter_loss, lora_grads, tiny_batch, tiny_lora_model
+from conftest import adapter_loss, leave_spawned_process, lora_grads, tiny_batch, tiny_lora_model
 from ltxv2_diffusers.models.adapter import LTXAVModelAdapter, LTXV2ModelAdapter
 from ltxv2_diffusers.speed.activation_offload import ActivationOffloader
 from ltxv2_diffusers.speed.options import SpeedOptions
@@ -103,10 +103,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(adapter)
     adapter_loss(ddp, tiny_batch()).backward()  # DDP's hooks fire inside the re-runs' own backward
     torch.save(lora_grads(model), f"{out}/rank{rank}.pt")
-    # Leave without tearing the process group down: gloo's worker thread can still be releasing the last
-    # all-reduce, which captured the re-runs' saved-tensor hooks and needs the GIL for it, while this thread
-    # holds the GIL destroying the group that waits for that worker (a PyTorch deadlock seen under load).
-    os._exit(0)
+    leave_spawned_process()
 
 
 def test_offloaded_re_runs_under_ddp_give_the_one_process_gradients(tmp_path):

@@ -13,6 +13,8 @@ from torch import nn
 
 from ltxv2_diffusers.speed import MasterWeights
 
+from conftest import leave_spawned_process
+
 
 def _model(seed: int) -> nn.Module:
     torch.manual_seed(seed)
@@ -37,7 +39,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     views_kept = all(p.untyped_storage().data_ptr() == master.flat_model.data_ptr() for p in model.parameters())
     torch.save({"grad": master.flat.grad, "weights": master.flat_model.clone(), "views": views_kept},
                f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    leave_spawned_process()
 
 
 def _two_processes(worker, out, name: str) -> list[dict]:
@@ -88,7 +90,7 @@ def _offload_worker(rank: int, world: int, port: int, out: str) -> None:
     with torch.no_grad():
         ddp(x[half])  # the next forward: each block's pre-hook applies its slice of the update
     torch.save({"weights": master.flat_model.clone(), "pending": len(optimizer.pending)}, f"{out}/offload{rank}.pt")
-    dist.destroy_process_group()
+    leave_spawned_process()
 
 
 def test_offloaded_optimizer_under_ddp_matches_one_process(tmp_path):
