@@ -12,7 +12,8 @@ def build_parser():
     p.add_argument("--vae", "--ltxv2_model", "--ltx2_checkpoint", dest="vae", required=True, help="official LTX-2 single file (e.g. ltx-2-19b-dev.safetensors) or "
                    "a diffusers folder with a vae/ subfolder")
     p.add_argument("--vae_dtype", default=None, help="bf16 (default on CUDA), fp16, fp32 (default on CPU)")
-    p.add_argument("--vae_tiling", action="store_true", help="spatially tiled encode for large frames")
+    p.add_argument("--vae_tiling", action="store_true", help="spatially tiled encode for every clip (without it, only a clip "
+                   "that runs out of GPU memory is encoded again in tiles)")
     p.add_argument("--vae_chunk_size", type=int, default=None,
                    help="temporal tiles of this many frames (multiple of 8) for long clips")
     p.add_argument("--vae_spatial_tile_sample_min_size", type=int, default=None,
