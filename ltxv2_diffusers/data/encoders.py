@@ -83,11 +83,6 @@ def _tiled(vae) -> Iterator[None]:
             setattr(vae, name, value)
 
 
-def _release_gpu_cache() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the next (maybe smaller) encode gets the memory back
-
-
 def _announce(what: str, rank: int | None, device: torch.device) -> None:
     if rank is not None or device.type != "cpu":
         import sys
@@ -265,7 +260,7 @@ class VideoLatentEncoder(ItemEncoder):
             latents = self._encode_or_none(frames, rank)
             if latents is not None or self.tiling:
                 return latents
-            self._m_untiled_limit = min(frames.numel(), limit or frames.numel())
+            self._m_untiled_limit = frames.numel()  # smaller than any limit so far: it was tried untiled
             logger.warning("%s: %d frames of %dx%d did not fit the GPU untiled; encoding clips this large in "
                            "tiles (pass --vae_tiling to tile every clip)", media, frames.shape[0], frames.shape[3],
                            frames.shape[2])
@@ -278,7 +273,7 @@ class VideoLatentEncoder(ItemEncoder):
             return self.encode_frames(frames, rank)
         except torch.OutOfMemoryError:
             pass  # released below, once the failed encode's tensors are gone with the exception
-        _release_gpu_cache()
+        torch.cuda.empty_cache()  # the next (maybe smaller) encode gets the memory back; a no-op without CUDA
         return None
 
     @staticmethod

@@ -247,11 +247,11 @@ def apply_speed_options(transformer: torch.nn.Module, options: SpeedOptions,
             if i not in streamed:
                 prepare(block)
         cast(transformer, options.compute_dtype)  # what lies outside the blocks
-        if not sum(counts):
-            logger.warning("%s: no frozen linear layer of the transformer blocks is at least %d wide, so none "
-                           "was quantized (a small test model?)",
-                           "--fp8_base" if options.fp8_base else "--low_memory's int8", options.quantize_min_features)
     quantized = sum(counts)
+    if quantize is not None and not quantized:
+        logger.warning("%s: no frozen linear layer of the transformer blocks is at least %d wide, so none "
+                       "was quantized (a small test model?)",
+                       "--fp8_base" if options.fp8_base else "--low_memory's int8", options.quantize_min_features)
     transformer.to(device)
     if options.attention_backend:
         transformer.set_attention_backend(options.attention_backend)

@@ -36,7 +36,8 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # scales (cuBLAS's own fp8 kernel), the scales applied by a pass over the output, which a compiled block
 # fuses into whatever consumes it. PyTorch reports its row-wise kernel slower than cuBLAS, above all without
 # fast accumulation (pytorch/pytorch#147971); `benchmarks/fp8_matmul.py` times the three ways on a GPU and
-# `benchmarks/train_step.py --fp8_scaling` runs a whole step each way. The default is the one measured.
+# `benchmarks/train_step.py --fp8_scaling` runs a whole step each way. The default stays the row-wise kernel
+# until a GPU has measured the three.
 SCALINGS = ("rowwise", "rowwise_fast", "tensorwise")
 scaling = "rowwise"
 
