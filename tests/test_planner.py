@@ -69,14 +69,14 @@ def test_predicted_peaks_match_the_measured_full_size_peaks(full, plan, measured
 ])
 def test_plans_fit_their_budget_and_choose_the_expected_levers(full, work, budget, expect):
     plan = plan_memory(full, work, budget)
-    assert plan.fits and plan.peak_gib <= budget * planner.ALLOCATOR_SLACK
+    assert plan.fits and plan.peak_gib * GiB <= planner.allocatable(full, work, budget)
     assert {k: getattr(plan, k) for k in expect} == expect
     line = plan.describe()
     assert "\n" not in line and f"of a {budget:.1f} GiB budget" in line and "s/step" in line
     # the fastest that fits: no cheaper plan (fewer streamed blocks) fits
     if plan.blocks_to_swap and not plan.rerun:
         fewer = dataclasses.replace(plan, blocks_to_swap=plan.blocks_to_swap - 1)
-        assert predict_peak(full, work, fewer) > budget * GiB * planner.ALLOCATOR_SLACK \
+        assert predict_peak(full, work, fewer) > planner.allocatable(full, work, budget) \
             or planner.predict_seconds(full, work, fewer) >= plan.seconds
 
 
@@ -103,7 +103,7 @@ def test_a_plan_that_does_not_fit_says_what_would(full):
     plan = plan_memory(full, FULL, 5)
     assert not plan.fits and "DOES NOT FIT" in plan.describe()
     why = planner.explain(full, FULL, plan)
-    assert why.startswith("nothing fits 5.0 GiB: the leanest plan needs about 5.4 GiB") and "--memory_budget 6" in why
+    assert why.startswith("nothing fits 5.0 GiB: the leanest plan needs about 5.5 GiB") and "--memory_budget 6" in why
     assert "buckets of at most" in why  # fewer tokens per batch would fit
     smaller = int(why.split("buckets of at most ")[1].split()[0])
     assert plan_memory(full, dataclasses.replace(FULL, video_tokens=smaller, audio_tokens=0), 5).fits
@@ -187,7 +187,7 @@ def test_a_first_step_over_the_budget_re_plans_and_trains(tmp_path_factory, tmp_
     def make(cls, *args, **kwargs):  # a budget just enough for the leanest bf16 plan of this run
         run = original_make(cls, *args, **kwargs)
         lean = planner.plan_for(run.requested, run.figures, run.workload, 1.0)
-        budget["gib"] = lean.peak_gib / planner.ALLOCATOR_SLACK * 1.01
+        budget["gib"] = planner.budget_needed(run.figures, run.workload, lean.peak_gib * GiB) * 1.01
         return dataclasses.replace(run, budget_gib=budget["gib"])
 
     probes = []
@@ -434,3 +434,17 @@ def test_the_small_desktop_walkthrough_shows_the_planners_own_lines(monkeypatch)
     roomy = line(28)
     assert "bf16 base, 34 blocks streamed" in roomy and "24.4 GiB of host memory pinned" in roomy
     assert "bf16 with 34 blocks streamed (24.4 GiB" in re.sub(r"\s+", " ", section)
+
+
+def test_large_activations_leave_the_allocator_room_for_its_fragments(full):
+    """Measured at 1280x720x241 under a 16 GiB cap (H200, benchmarks/RESULTS.md): a plan predicted at
+    14.4 GiB allocated ran out of memory with 1.8 GiB reserved but unallocated when it asked for an
+    854 MiB feed-forward activation. Plans for such clips keep that much below the budget."""
+    work = Workload(video_tokens=31 * 22 * 40, audio_tokens=252)
+    ffn = work.video_tokens * full.widest_output * 2
+    assert ffn / 2**20 == pytest.approx(854, abs=2)  # the allocator asks in 2 MiB steps
+    plan = plan_memory(full, work, 16)
+    assert plan.fits and plan.peak_gib + 1.83 + ffn / GiB <= 16
+    assert planner.budget_needed(full, work, plan.peak_gib * GiB) <= 16
+    # at the training size the budget's share stays the larger reserve: plans there are unchanged
+    assert planner.allocatable(full, FULL, 16) == pytest.approx(16 * GiB * planner.ALLOCATOR_SLACK)

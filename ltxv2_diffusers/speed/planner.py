@@ -39,8 +39,11 @@ KEPT_WITHOUT_RECOMPUTE = 16.0
 KEPT_RERUN = 1.0
 WORKING = 24.0
 # The allocator's reserve above what is allocated (fragmentation), so a plan's allocated peak stays
-# this far under the budget it is measured against.
+# this far under the budget it is measured against: a share of the budget, or, where activations are
+# large, a few times the largest one (at 1280x720x241 with a 16 GiB cap the allocator held 1.8 GiB
+# reserved but unallocated when an 854 MiB feed-forward activation ran it out of memory).
 ALLOCATOR_SLACK = 0.92
+FRAGMENTS = 3
 # Relative step times (in forwards of the whole model in bf16): backward is twice the forward; compiled
 # recompute of a block costs most of its forward again (attention outputs are kept); a re-run costs a
 # whole forward; int8 base weights are dequantized on every use, fp8 ones multiply faster.
@@ -91,6 +94,7 @@ class ModelFigures:
     audio_width: int
     lora_params: int
     linear_params_per_block: int  # for the forward's FLOP count
+    widest_output: int  # the widest base linear's outputs (the feed-forward's inner width)
 
     @classmethod
     def from_transformer(cls, transformer, lora_params: int, min_features: int = 256) -> "ModelFigures":
@@ -99,11 +103,12 @@ class ModelFigures:
 
         blocks = list(transformer.transformer_blocks)
         block = blocks[0]
-        matrix = vector = quantized = linear = 0
+        matrix = vector = quantized = linear = widest = 0
         quantizable = set()
         for name, module in block.named_modules():
             if isinstance(module, nn.Linear) and "lora_" not in name:
                 linear += module.weight.numel()
+                widest = max(widest, module.out_features)
                 if min(module.in_features, module.out_features) >= min_features:
                     quantizable.add(id(module.weight))
         for name, p in itertools.chain(block.named_parameters(), block.named_buffers()):
@@ -122,7 +127,7 @@ class ModelFigures:
                    block_vector_bytes=vector, other_bytes=other,
                    video_width=config.num_attention_heads * config.attention_head_dim,
                    audio_width=config.audio_num_attention_heads * config.audio_attention_head_dim,
-                   lora_params=int(lora_params), linear_params_per_block=linear)
+                   lora_params=int(lora_params), linear_params_per_block=linear, widest_output=widest)
 
     @classmethod
     def from_config(cls, config: dict, mode: str = "av", rank: int = 32, target_options=None,
@@ -213,6 +218,20 @@ def _block_bytes(fig: ModelFigures, plan: Plan) -> int:
 
 def _hidden_bytes(fig: ModelFigures, work: Workload) -> float:
     return work.batch * (work.video_tokens * fig.video_width + work.audio_tokens * fig.audio_width) * 2
+
+
+def _largest_activation(fig: ModelFigures, work: Workload) -> float:
+    return work.batch * work.video_tokens * fig.widest_output * 2
+
+
+def allocatable(fig: ModelFigures, work: Workload, budget_gib: float) -> float:
+    """Bytes a plan may allocate at its peak under `budget_gib`, the allocator's reserve left over."""
+    return budget_gib * GiB - max((1 - ALLOCATOR_SLACK) * budget_gib * GiB, FRAGMENTS * _largest_activation(fig, work))
+
+
+def budget_needed(fig: ModelFigures, work: Workload, peak_bytes: float) -> float:
+    """The GiB budget under which an allocated peak of `peak_bytes` fits (`allocatable`'s inverse)."""
+    return max(peak_bytes / ALLOCATOR_SLACK, peak_bytes + FRAGMENTS * _largest_activation(fig, work)) / GiB
 
 
 def forward_seconds(fig: ModelFigures, work: Workload, rate: float = MATMUL_RATE) -> float:
@@ -324,12 +343,12 @@ def _candidates(fig: ModelFigures, bases: Iterable[str], fixed: Fixed) -> Iterab
 def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantized: Iterable[str] = ("int8",),
                 fixed: Fixed = Fixed(), rate: float = MATMUL_RATE, link: float = LINK_RATE,
                 host: Host | None = None) -> Plan:
-    """The fastest plan whose predicted peak fits `budget_gib` (with the allocator's slack) and whose pinned
+    """The fastest plan whose predicted peak fits `budget_gib` (less the allocator's reserve: `allocatable`) and whose pinned
     copies fit the `host`'s memory (None: not checked). bf16 base weights first;
     `quantized` bases (in order of preference) only when no bf16 plan fits. When nothing fits, the plan with
     the smallest peak (among those the host can hold, if any), marked `fits=False` (`explain` says what
     would fit)."""
-    limit = budget_gib * GiB * ALLOCATOR_SLACK
+    limit = allocatable(fig, work, budget_gib)
     bases = [fixed.base] if fixed.base else ["bf16", *[b for b in quantized if b != "bf16"]]
     smallest: Plan | None = None
     smallest_on_host = False
@@ -363,14 +382,14 @@ def explain(fig: ModelFigures, work: Workload, plan: Plan, host: Host | None = N
                 f"GiB for this process): the leanest plan pins {pinned[1] / GiB:.1f} GiB there (streaming blocks "
                 f"needs room beside the loaded model too); free host memory, run fewer processes on this host, or "
                 f"raise --memory_budget")
-    need = plan.peak_gib / ALLOCATOR_SLACK
+    need = budget_needed(fig, work, plan.peak_gib * GiB)
     tokens, lo = work.video_tokens, 1
     # The largest video token count (same frames/size ratio) whose smallest plan fits.
     hi = tokens
     while lo < hi:
         mid = (lo + hi + 1) // 2
         smaller = dataclasses.replace(work, video_tokens=mid, audio_tokens=work.audio_tokens * mid // max(tokens, 1))
-        if predict_peak(fig, smaller, dataclasses.replace(plan, peak_gib=0)) <= plan.budget_gib * GiB * ALLOCATOR_SLACK:
+        if predict_peak(fig, smaller, dataclasses.replace(plan, peak_gib=0)) <= allocatable(fig, smaller, plan.budget_gib):
             lo = mid
         else:
             hi = mid - 1
