@@ -35,9 +35,9 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # scales (a CUTLASS kernel on Hopper); "rowwise_fast": the same with fast accumulation; "tensorwise": unit
 # scales (cuBLAS's own fp8 kernel), the scales applied by a pass over the output, which a compiled block
 # fuses into whatever consumes it. PyTorch reports its row-wise kernel slower than cuBLAS, above all without
-# fast accumulation (pytorch/pytorch#147971); `benchmarks/fp8_matmul.py` times the three ways on a GPU and
-# `benchmarks/train_step.py --fp8_scaling` runs a whole step each way. The default stays the row-wise kernel
-# until a GPU has measured the three.
+# fast accumulation (pytorch/pytorch#147971), but in the full-size compiled step on an H200 row-wise and
+# tensor-wise took the same GPU time within 1 % (benchmarks/RESULTS.md), so the default is the one without
+# an extra pass. `benchmarks/fp8_matmul.py` times the ways per layer; `train_step.py --fp8_scaling` per step.
 SCALINGS = ("rowwise", "rowwise_fast", "tensorwise")
 scaling = "rowwise"
 
