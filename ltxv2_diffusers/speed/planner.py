@@ -345,8 +345,8 @@ def _candidates(fig: ModelFigures, bases: Iterable[str], fixed: Fixed) -> Iterab
 def plan_memory(fig: ModelFigures, work: Workload, budget_gib: float, *, quantized: Iterable[str] = ("int8",),
                 fixed: Fixed = Fixed(), rate: float = MATMUL_RATE, link: float = LINK_RATE,
                 host: Host | None = None) -> Plan:
-    """The fastest plan whose predicted peak fits `budget_gib` (less the allocator's reserve: `allocatable`) and whose pinned
-    copies fit the `host`'s memory (None: not checked). bf16 base weights first;
+    """The fastest plan whose predicted peak fits `budget_gib` (less the allocator's reserve: `allocatable`)
+    and whose pinned copies fit the `host`'s memory (None: not checked). bf16 base weights first;
     `quantized` bases (in order of preference) only when no bf16 plan fits. When nothing fits, the plan with
     the smallest peak (among those the host can hold, if any), marked `fits=False` (`explain` says what
     would fit)."""
@@ -391,7 +391,8 @@ def explain(fig: ModelFigures, work: Workload, plan: Plan, host: Host | None = N
     while lo < hi:
         mid = (lo + hi + 1) // 2
         smaller = dataclasses.replace(work, video_tokens=mid, audio_tokens=work.audio_tokens * mid // max(tokens, 1))
-        if predict_peak(fig, smaller, dataclasses.replace(plan, peak_gib=0)) <= allocatable(fig, smaller, plan.budget_gib):
+        lean = predict_peak(fig, smaller, dataclasses.replace(plan, peak_gib=0))
+        if lean <= allocatable(fig, smaller, plan.budget_gib):
             lo = mid
         else:
             hi = mid - 1
