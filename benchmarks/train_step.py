@@ -553,7 +553,15 @@ def main(argv=None) -> dict:
                 freeze_host_objects()
             res = measure(a, step, sync, cuda, clock)
         except torch.OutOfMemoryError as e:
-            report(a, "RESULT", dict(tag=a.tag, recompute=variant, error="out of memory"))
+            failed = dict(tag=a.tag, recompute=variant, error="out of memory")
+            if cuda:  # what the allocator held when it failed: allocated, and reserved but not reusable
+                held = torch.cuda.memory_stats()
+                failed.update(allocated_gib=round(held["allocated_bytes.all.current"] / 2**30, 2),
+                              reserved_gib=round(held["reserved_bytes.all.current"] / 2**30, 2),
+                              peak_gib=round(held["allocated_bytes.all.peak"] / 2**30, 2))
+                if plan is not None:
+                    failed["predicted_gib"] = round(plan.peak_gib, 2)
+            report(a, "RESULT", failed)
             print(str(e)[:300])
             continue
         finally:
