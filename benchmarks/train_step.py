@@ -26,7 +26,7 @@ import torch._inductor.config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling scripts: gpu_gaps, memory_peak
 
-from ltxv2_diffusers.speed.quant.fp8 import SCALINGS  # noqa: E402
+from ltxv2_diffusers.speed.quant import fp8  # noqa: E402
 
 
 def add_model_and_clip_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def parse(argv=None):
     p.add_argument("--attention_backend", default=None, help="diffusers attention backend, e.g. _native_cudnn")
     p.add_argument("--low_memory", action="store_true", help="int8 base weights + --blocks_to_swap")
     p.add_argument("--fp8_base", action="store_true", help="fp8 base weights and matmuls (speed/quant/fp8.py)")
-    p.add_argument("--fp8_scaling", default=None, choices=SCALINGS,
+    p.add_argument("--fp8_scaling", default=None, choices=fp8.SCALINGS,
                    help="how the fp8 matmuls take their scales (speed/quant/fp8.py's `scaling`; default: its default)")
     p.add_argument("--fp8_keep_transposed", action="store_true",
                    help="fp8 layers also keep their weight transposed for backward (speed/quant/fp8.py's "
@@ -421,9 +421,7 @@ def main(argv=None) -> dict:
             return keep
         return {**keep, "activation_memory_budget": float(base)}
 
-    if a.fp8_scaling or a.fp8_keep_transposed:
-        from ltxv2_diffusers.speed.quant import fp8
-
+    if a.fp8_scaling or a.fp8_keep_transposed:  # module settings the fp8 layers read when they are made
         fp8.scaling = a.fp8_scaling or fp8.scaling
         fp8.keep_transposed = a.fp8_keep_transposed
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
@@ -572,8 +570,6 @@ def main(argv=None) -> dict:
                        emulated_gib=a.emulate_gib, predicted_host_gib=round(plan.host_gib, 1))
         res["host_rss_gib"] = host_rss_gib()  # pinned copies included: against the plan's predicted host memory
         if a.fp8_base:
-            from ltxv2_diffusers.speed.quant import fp8
-
             res.update(fp8_scaling=fp8.scaling, fp8_keep_transposed=fp8.keep_transposed)
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
