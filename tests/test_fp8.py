@@ -151,6 +151,42 @@ def test_kept_transposed_fp8_weights_give_the_same_gradients_resident_and_swappe
             assert torch.equal(kept_grads[name], grads[name]), name
 
 
+def test_kept_transposed_fp8_weights_stream_the_forward_copy_in_forward_and_the_transposed_one_in_backward(
+        monkeypatch):
+    """A swapped block that recomputes nothing never reads an fp8 layer's forward copy in backward once
+    its transposed copy is kept: the forward fetches it (with the text keys and values) and backward only
+    the transposed copies, so each copy crosses the host link once per step. Same bits as resident."""
+    monkeypatch.setattr(fp8, "keep_transposed", True)
+    batch = tiny_batch()
+    runs = []
+    for swap in (False, True):
+        model = tiny_lora_model(torch.float32, num_layers=4)
+        acceleration.fp8_base_weights(model, min_features=16)
+        swapper = (acceleration.BlockSwapper(model, 2, device="cpu", rerun_in_backward=False,
+                                             forward_only=acceleration.LTX2_TEXT_KEYS_VALUES,
+                                             forward_only_blocks={0, 1, 2, 3}) if swap else None)
+        losses = []
+        for _ in range(2):
+            loss = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
+            loss.backward()
+            losses.append(loss.detach())
+            if swapper is not None:
+                block = model.transformer_blocks[swapper.swapped[0]]
+                layers = [m for path, m in block.named_modules() if isinstance(m, acceleration.Fp8Linear)
+                          and not acceleration.LTX2_TEXT_KEYS_VALUES.selects(path + ".")]
+                assert layers and all(m.qweight.numel() == 0 and m.qweight_t.numel() > 0 for m in layers)
+                names = {name for _, name, *_ in swapper.forward_stores[swapper.swapped[0]].entries}
+                assert names == {"qweight", "qweight_t"}  # the forward copies, and the text keys' and values' layers
+                main = {name for _, name, *_ in swapper.stores[swapper.swapped[0]].entries}
+                assert "qweight_t" in main and "qweight" not in main  # and the modulation tables
+                swapper.reset()
+        runs.append((losses, lora_grads(model)))
+    (want_losses, want), (got_losses, got) = runs
+    assert all(torch.equal(a, b) for a, b in zip(got_losses, want_losses))
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
 def test_fp8_needs_a_gpu_that_multiplies_in_fp8(monkeypatch):
     acceleration.check_fp8_device("cpu")  # slow but exact: the tests' path
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))

@@ -108,6 +108,11 @@ class Fp8Linear(nn.Module):
         self.compute_dtype = w.dtype
 
     @property
+    def forward_only_tensors(self) -> tuple[str, ...]:
+        """What backward never reads (`block_swap.backward_skips`): the weight, once its transposed copy is kept."""
+        return ("qweight",) if self.qweight_t is not None else ()
+
+    @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (materialized on demand; training never calls this)."""
         return (self.qweight.float() * self.scale.view(-1, 1)).to(self.compute_dtype)
