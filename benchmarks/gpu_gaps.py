@@ -25,6 +25,7 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 KERNEL_KINDS = (  # first match wins
     ("attention", ("sdpa", "fmha", "flash", "attention")),
     ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "cublas")),
+    ("triton with a row absmax (fp8 scaling)", ("amax",)),
     ("triton (fused elementwise/norms)", ("triton_",)),
     ("copies", ("memcpy", "memset", "copy")),
     ("optimizer", ("adam", "multi_tensor")),

@@ -296,7 +296,7 @@ def profile_step(step, sync, tag: str) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         step(10_000)
         sync()
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=120))
     out = os.environ.get("OUT") or tempfile.gettempdir()
     path = os.path.join(out, f"trace_{tag or 'step'}.json")
     prof.export_chrome_trace(path)
