@@ -2,7 +2,7 @@
 # The memory planner's targets (issue 22) in one device call: the naive step, then the benchmark step
 # as the planner chooses it for each budget (smaller cards emulated with a per-process memory cap).
 # Usage: bash benchmarks/planner_targets.sh OUTDIR [PIECE|SET ...]
-#   PIECES: tests naive auto b24 b16 b16host20 fp8 fp8fast fp8tw fp8res fp8res_kt fp8kt fp8prof fp8parts val960 image long16 long24
+#   PIECES: tests naive auto b24 b16 b16host20 fp8 fp8fast fp8tw fp8res fp8res_kt fp8kt fp8lead fp8prof fp8parts val960 image long16 long24
 #           cli8 cli8_b6
 #   SETS:   main = naive auto b24 b16 · small = naive b24 b16 b16host20 cli8_b6 · cli = tests cli8 cli8_b6
 #           more = naive fp8 fp8parts val960 image · long = naive long16 long24
@@ -10,6 +10,7 @@
 #           fp8t = naive fp8res fp8res_kt fp8prof (every fp8 block resident, with and without transposed
 #           weights kept; then the kernel-time table of the 45 GiB fp8 step)
 #           fp8k = naive fp8 fp8kt fp8prof (the 45 GiB fp8 plan without and with transposed weights kept)
+#           last = naive long16 fp8lead cli8_b6 long24
 # The naive baseline script must sit beside the repository root (naive_baseline.py), as the device call
 # copies it there. Each run is time-limited so one failure leaves the others' figures.
 set -u
@@ -35,6 +36,7 @@ piece() { case $1 in
   long) piece naive; piece long16; piece long24 ;;
   fp8t) piece naive; piece fp8res; piece fp8res_kt; piece fp8prof ;;
   fp8k) piece naive; piece fp8; piece fp8kt; piece fp8prof ;;
+  last) piece naive; piece long16; piece fp8lead; piece cli8_b6; piece long24 ;;
   naive) echo "== naive" | tee -a "$out/log.txt"
     timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2 ;;
   # the tests whose CUDA variants only run on a GPU (side-stream copies, pinned pieces, offloaded inputs,
@@ -58,6 +60,8 @@ piece() { case $1 in
   # the 45 GiB plan with transposed copies kept: streamed blocks fetch the forward copy in forward and the
   # transposed one in backward (twice the link bytes per step, twice the pinned host memory; not planned for)
   fp8kt) step fp8kt 150 --memory_budget 45 --fp8_base --fp8_keep_transposed --steps 6 --warmup 2 ;;
+  # how far the host runs ahead of the GPU at each block of the 45 GiB fp8 step (near 0: host-bound)
+  fp8lead) step fp8lead 150 --memory_budget 45 --fp8_base --steps 2 --warmup 2 --lead_trace ;;
   # the compiled fp8 step's kernels by GPU time (train_step.py --profile), into log.txt
   fp8prof) step fp8prof 180 --memory_budget 45 --fp8_base --steps 2 --warmup 2 --profile ;;
   # where the fp8 layers' time goes, part by part (one block's shapes, per step)
