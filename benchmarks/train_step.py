@@ -58,9 +58,6 @@ def parse(argv=None):
     p.add_argument("--fp8_base", action="store_true", help="fp8 base weights and matmuls (speed/quant/fp8.py)")
     p.add_argument("--fp8_scaling", default=None, choices=fp8.SCALINGS,
                    help="how the fp8 matmuls take their scales (speed/quant/fp8.py's `scaling`; default: its default)")
-    p.add_argument("--fp8_keep_transposed", action="store_true",
-                   help="fp8 layers also keep their weight transposed for backward (speed/quant/fp8.py's "
-                        "`keep_transposed`: a second copy of each fp8 weight, not counted by the planner)")
     p.add_argument("--blocks_to_swap", type=int, default=None)
     p.add_argument("--no_compile", action="store_true")
     p.add_argument("--offload_optimizer", action="store_true",
@@ -421,9 +418,8 @@ def main(argv=None) -> dict:
             return keep
         return {**keep, "activation_memory_budget": float(base)}
 
-    if a.fp8_scaling or a.fp8_keep_transposed:  # module settings the fp8 layers read when they are made
-        fp8.scaling = a.fp8_scaling or fp8.scaling
-        fp8.keep_transposed = a.fp8_keep_transposed
+    if a.fp8_scaling:  # the module setting the fp8 layers read
+        fp8.scaling = a.fp8_scaling
     opts = SpeedOptions.for_device(a.device, naive=a.speed == "naive", compile=not a.no_compile,
                                    attention_backend=a.attention_backend, low_memory=a.low_memory,
                                    blocks_to_swap=a.blocks_to_swap, blocks_without_recompute=a.blocks_without_recompute,
@@ -570,7 +566,7 @@ def main(argv=None) -> dict:
                        emulated_gib=a.emulate_gib, predicted_host_gib=round(plan.host_gib, 1))
         res["host_rss_gib"] = host_rss_gib()  # pinned copies included: against the plan's predicted host memory
         if a.fp8_base:
-            res.update(fp8_scaling=fp8.scaling, fp8_keep_transposed=fp8.keep_transposed)
+            res["fp8_scaling"] = fp8.scaling
         res.update(tag=a.tag, recompute=variant, recomputed_by=recomputed_by, preset=a.preset, mode=a.mode, speed=a.speed, options=opts.describe(),
                    params_b=round(params / 1e9, 2), lora_params_m=round(lora_params / 1e6, 1),
                    video_tokens=tokens.get("video"), audio_tokens=tokens.get("audio"), build_s=round(build_s, 1),

@@ -90,10 +90,9 @@ def _fp8_run(**options):
 
 
 @pytest.mark.slow  # compiles
-def test_fp8_gradients_compiled_equal_eager_and_stay_near_full_precision(monkeypatch):
+def test_fp8_gradients_compiled_equal_eager_and_stay_near_full_precision():
     """The compiled blocks (one recomputing, one keeping matmul outputs, as the fast path mixes them)
-    give the eager fp8 gradients, with the weights kept transposed too; both are within e4m3 rounding of
-    the full-precision model's."""
+    give the eager fp8 gradients; both are within e4m3 rounding of the full-precision model's."""
     torch._dynamo.reset()
     ref = tiny_lora_model(torch.float32, num_layers=2)
     ref_loss = adapter_loss(LTXAVModelAdapter.from_components(ref), tiny_batch())
@@ -108,12 +107,6 @@ def test_fp8_gradients_compiled_equal_eager_and_stay_near_full_precision(monkeyp
     torch.testing.assert_close(compiled_loss, loss, atol=1e-6, rtol=1e-6)
     for name in grads:
         torch.testing.assert_close(compiled_grads[name], grads[name], atol=1e-6, rtol=1e-5, msg=name)
-    monkeypatch.setattr(fp8, "keep_transposed", True)
-    torch._dynamo.reset()
-    _, kept_loss, kept_grads = _fp8_run(blocks_without_recompute=1, compile_backend="aot_eager_decomp_partition")
-    torch.testing.assert_close(kept_loss, compiled_loss, atol=0, rtol=0)
-    for name in grads:
-        torch.testing.assert_close(kept_grads[name], compiled_grads[name], atol=0, rtol=0, msg=name)
     assert abs(float(loss) - float(ref_loss.detach())) / float(ref_loss.detach()) < 0.01
     flat = torch.cat([grads[n].flatten() for n in ref_grads])
     ref_flat = torch.cat([ref_grads[n].flatten() for n in ref_grads])
@@ -131,60 +124,6 @@ def test_swapped_fp8_blocks_give_the_resident_gradients():
     torch.testing.assert_close(swapped_loss, loss)
     for name in grads:
         torch.testing.assert_close(swapped_grads[name], grads[name], msg=name)
-
-
-def test_kept_transposed_fp8_weights_give_the_same_gradients_resident_and_swapped(monkeypatch):
-    """`keep_transposed` (a benchmark's switch) stores each fp8 weight transposed as well, the input
-    gradient's matmul then reads it instead of transposing in backward: the same bits, resident or streamed
-    by the block swapper with the other buffers."""
-    _, loss, grads = _fp8_run(compile=False)
-    monkeypatch.setattr(fp8, "keep_transposed", True)
-    layer = fp8.Fp8Linear(torch.nn.Linear(64, 32).requires_grad_(False))
-    assert layer.qweight_t.dtype == torch.float8_e4m3fn and layer.qweight_t.is_contiguous()
-    assert torch.equal(layer.qweight_t.float(), layer.qweight.t().float())
-    for swap in (0, 1):
-        setup, kept_loss, kept_grads = _fp8_run(compile=False, blocks_to_swap=swap)
-        if swap:
-            assert any(name == "qweight_t" for _, name, *_ in setup.swapper.stores[1].entries)
-        assert torch.equal(kept_loss, loss)
-        for name in grads:
-            assert torch.equal(kept_grads[name], grads[name]), name
-
-
-def test_kept_transposed_fp8_weights_stream_the_forward_copy_in_forward_and_the_transposed_one_in_backward(
-        monkeypatch):
-    """A swapped block that recomputes nothing never reads an fp8 layer's forward copy in backward once
-    its transposed copy is kept: the forward fetches it (with the text keys and values) and backward only
-    the transposed copies, so each copy crosses the host link once per step. Same bits as resident."""
-    monkeypatch.setattr(fp8, "keep_transposed", True)
-    batch = tiny_batch()
-    runs = []
-    for swap in (False, True):
-        model = tiny_lora_model(torch.float32, num_layers=4)
-        acceleration.fp8_base_weights(model, min_features=16)
-        swapper = (acceleration.BlockSwapper(model, 2, device="cpu", rerun_in_backward=False,
-                                             forward_only=acceleration.LTX2_TEXT_KEYS_VALUES,
-                                             forward_only_blocks={0, 1, 2, 3}) if swap else None)
-        losses = []
-        for _ in range(2):
-            loss = adapter_loss(LTXAVModelAdapter.from_components(model), batch)
-            loss.backward()
-            losses.append(loss.detach())
-            if swapper is not None:
-                block = model.transformer_blocks[swapper.swapped[0]]
-                layers = [m for path, m in block.named_modules() if isinstance(m, acceleration.Fp8Linear)
-                          and not acceleration.LTX2_TEXT_KEYS_VALUES.selects(path + ".")]
-                assert layers and all(m.qweight.numel() == 0 and m.qweight_t.numel() > 0 for m in layers)
-                names = {name for _, name, *_ in swapper.forward_stores[swapper.swapped[0]].entries}
-                assert names == {"qweight", "qweight_t"}  # the forward copies, and the text keys' and values' layers
-                main = {name for _, name, *_ in swapper.stores[swapper.swapped[0]].entries}
-                assert "qweight_t" in main and "qweight" not in main  # and the modulation tables
-                swapper.reset()
-        runs.append((losses, lora_grads(model)))
-    (want_losses, want), (got_losses, got) = runs
-    assert all(torch.equal(a, b) for a, b in zip(got_losses, want_losses))
-    for name in want:
-        assert torch.equal(got[name], want[name]), name
 
 
 def test_fp8_needs_a_gpu_that_multiplies_in_fp8(monkeypatch):
@@ -319,11 +258,9 @@ def test_the_step_benchmark_sets_the_fp8_scaling_asked_for(bench_script, monkeyp
     built and records it with the result. (The tiny model has no layer wide enough to quantize: the
     scalings themselves are checked on `Fp8Linear` above.)"""
     monkeypatch.setattr(fp8, "scaling", fp8.scaling)  # restored afterwards: the benchmark sets the module's
-    monkeypatch.setattr(fp8, "keep_transposed", False)
     bench = bench_script("train_step")
     res = bench.main(["--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "1", "--frames", "9",
                       "--height", "64", "--width", "64", "--text_len", "8", "--no_compile", "--fp8_base",
-                      "--fp8_scaling", "tensorwise", "--fp8_keep_transposed"])
+                      "--fp8_scaling", "tensorwise"])
     assert res["fp8_scaling"] == fp8.scaling == "tensorwise" and res["options"]["fp8_base"]
-    assert res["fp8_keep_transposed"] and fp8.keep_transposed
     assert torch.isfinite(torch.tensor(res["loss"]))

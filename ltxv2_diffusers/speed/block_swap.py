@@ -193,14 +193,6 @@ class ForwardOnly:
         return False
 
 
-def backward_skips(block: nn.Module) -> set[str]:
-    """Qualified names of the tensors in `block` that their own modules' backward never reads, whatever
-    the inputs: a module lists them in a `forward_only_tensors` attribute (an fp8 layer that keeps its
-    weight transposed for the input gradient never reads the forward copy in backward)."""
-    return {f"{path}.{name}" if path else name
-            for path, module in block.named_modules() for name in getattr(module, "forward_only_tensors", ())}
-
-
 # LTX-2's text cross-attentions: their keys and values project the text, which no trained parameter
 # produces (about 80 MiB of a full-size block's 745 MiB).
 LTX2_TEXT_KEYS_VALUES = ForwardOnly(modules=("attn2.to_k", "attn2.to_v", "audio_attn2.to_k", "audio_attn2.to_v"),
@@ -232,8 +224,7 @@ class BlockSwapper:
       swapper replaces in place, so backward reads the fetched copy. (Eager linear layers save a
       transposed view instead, which stays correct but holds the weights until backward.)
       With `forward_only` (a `ForwardOnly`), the blocks in `forward_only_blocks` that are swapped
-      (ones that recompute nothing) keep the tensors it names, and those their modules' backward never
-      reads (`backward_skips`), apart: backward does not fetch them,
+      (ones that recompute nothing) keep the tensors it names apart: backward does not fetch them,
       and the next forward fetches them ahead of use while the host link is otherwise idle, so
       backward, which the link paces at many swapped blocks, moves fewer bytes. In a step whose
       inputs to them carry gradient, backward fetches them too.
@@ -283,13 +274,9 @@ class BlockSwapper:
                 prepare(blocks[i])
                 remaining = (len(self.swapped) - n) * held_bytes(_HostCopy.bytes_needed(blocks[i]))
                 check_host_memory(remaining, what, advice=advice)
-            if i not in split:
-                self.stores[i] = _HostCopy(blocks[i], self.device)
-                continue
-            skips = backward_skips(blocks[i])
-            in_forward = lambda q, skips=skips: forward_only.selects(q) or q in skips  # noqa: E731
-            self.stores[i] = _HostCopy(blocks[i], self.device, lambda q: not in_forward(q))
-            if not (c := _HostCopy(blocks[i], self.device, in_forward)).empty:
+            self.stores[i] = _HostCopy(blocks[i], self.device,
+                                       (lambda q: not forward_only.selects(q)) if i in split else None)
+            if i in split and not (c := _HostCopy(blocks[i], self.device, forward_only.selects)).empty:
                 self.forward_stores[i] = c
         # The forward's fetches of those parts come and go between the forward's activations; from the
         # activations' pool, these same-sized buffers fragmented it (about 9 GiB more reserved at full

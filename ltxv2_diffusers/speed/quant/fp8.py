@@ -40,11 +40,6 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # an extra pass. `benchmarks/fp8_matmul.py` times the ways per layer; `train_step.py --fp8_scaling` per step.
 SCALINGS = ("rowwise", "rowwise_fast", "tensorwise")
 scaling = "rowwise"
-# Whether layers made from now on also keep their fp8 weight transposed (input-major) for the input
-# gradient's matmul, which otherwise transposes it in every backward (121 ms of a full-size step when timed
-# eagerly). It costs a second copy of every fp8 weight, on the GPU or streamed, so it is a benchmark's
-# switch (`train_step.py --fp8_keep_transposed`) until a compiled step shows what it saves.
-keep_transposed = False
 
 
 def _scaled_matmul(q, weight_t, row_scale, col_scale, dtype: torch.dtype, how: str | None = None) -> torch.Tensor:
@@ -66,29 +61,29 @@ def _scaled_matmul(q, weight_t, row_scale, col_scale, dtype: torch.dtype, how: s
 
 
 class _Fp8Matmul(torch.autograd.Function):
-    """`x @ (qweight * scale.T)^T` in fp8 (`scale`: `[1, out]`; `by_input`: the weight transposed and
-    contiguous, or None to transpose it in backward); saves only fp8 weights and their scales."""
+    """`x @ (qweight * scale.T)^T` in fp8 (`scale`: `[1, out]`); saves only the fp8 weight and its scales."""
 
     @staticmethod
-    def forward(ctx, x, qweight, scale, by_input):
+    def forward(ctx, x, qweight, scale):
         rows = x.reshape(-1, x.shape[-1])
         q, row_scale = quantize_rows(rows)
         out = _scaled_matmul(q, qweight.t(), row_scale, scale, x.dtype)
-        ctx.save_for_backward(qweight if by_input is None else by_input, scale)
-        ctx.transposed = by_input is not None
+        ctx.save_for_backward(qweight, scale)
         return out.view(*x.shape[:-1], qweight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        weight, scale = ctx.saved_tensors
+            return None, None, None
+        qweight, scale = ctx.saved_tensors
         rows = grad_out.reshape(-1, grad_out.shape[-1])
         q, row_scale = quantize_rows(rows.float() * scale)
         # fp8 matmuls want both operands contiguous along the contracted axis, here the output channels.
-        by_input = weight if ctx.transposed else weight.t().contiguous()
+        # Transposing in every backward costs a full-size compiled step about 20 ms; a kept transposed copy
+        # doubles the fp8 weights' memory, and streamed its forward copy made the step slower (RESULTS.md).
+        by_input = qweight.t().contiguous()
         grad = _scaled_matmul(q, by_input.t(), row_scale, None, grad_out.dtype)
-        return grad.view(*grad_out.shape[:-1], by_input.shape[0]), None, None, None
+        return grad.view(*grad_out.shape[:-1], qweight.shape[1]), None, None
 
 
 class Fp8Linear(nn.Module):
@@ -103,14 +98,8 @@ class Fp8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", q.to(w.device))
         self.register_buffer("scale", scale.view(1, -1).to(w.device))  # [1, out]: the shape the matmul takes
-        self.register_buffer("qweight_t", q.t().contiguous().to(w.device) if keep_transposed else None)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.compute_dtype = w.dtype
-
-    @property
-    def forward_only_tensors(self) -> tuple[str, ...]:
-        """What backward never reads (`block_swap.backward_skips`): the weight, once its transposed copy is kept."""
-        return ("qweight",) if self.qweight_t is not None else ()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -118,7 +107,7 @@ class Fp8Linear(nn.Module):
         return (self.qweight.float() * self.scale.view(-1, 1)).to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _Fp8Matmul.apply(x, self.qweight, self.scale, self.qweight_t)
+        out = _Fp8Matmul.apply(x, self.qweight, self.scale)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
