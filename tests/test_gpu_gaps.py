@@ -81,3 +81,14 @@ def test_link_report_finds_the_compute_waiting_on_copies(tmp_path, bench_script)
         {"name": "step/backward", "gpu_ms": 10.0, "copy_ms": 6.0, "copy_only_ms": 3.0},
         {"name": "step/forward+loss", "gpu_ms": 10.0, "copy_ms": 5.0, "copy_only_ms": 0.0},
     ]
+
+
+def test_fp8_scaling_kernels_are_counted_apart(bench_script):
+    """Inductor names a fused kernel after the ops it holds: the ones with a row absmax carry the fp8
+    scalings (names from a profiled full-size fp8 step)."""
+    kind = bench_script("gpu_gaps").kernel_kind
+    assert kind("triton_red_fused__scaled_mm__to_copy_abs_add_amax_clamp_div_gelu_t_view_38") == \
+        "triton with a row absmax (fp8 scaling)"
+    assert kind("triton_poi_fused__fused_rms_norm__to_copy_addcmul_mul_neg_slice_transpose_unsqueeze_view_3") == \
+        "triton (fused elementwise/norms)"
+    assert kind("nvjet_sm90_qqtst_128x128_128x6_1x1_h_bz_coopA_algo2_ovscale_TNT") == "matmul"
