@@ -32,7 +32,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # How the fp8 products take their scales. "rowwise": `torch._scaled_mm` with per-row and per-column
-# scales (a CUTLASS kernel on Hopper); "rowwise_fast": the same with fast accumulation; "tensorwise": unit
+# scales (on an H200 with PyTorch 2.11, cuBLASLt's outer-vector-scaled kernel); "rowwise_fast": the same with fast accumulation; "tensorwise": unit
 # scales (cuBLAS's own fp8 kernel), the scales applied by a pass over the output, which a compiled block
 # fuses into whatever consumes it. PyTorch reports its row-wise kernel slower than cuBLAS, above all without
 # fast accumulation (pytorch/pytorch#147971), but in the full-size compiled step on an H200 row-wise and
@@ -52,12 +52,12 @@ def _scaled_matmul(q, weight_t, row_scale, col_scale, dtype: torch.dtype, how: s
         one = torch.ones((), dtype=torch.float32, device=q.device)
         out = torch._scaled_mm(q, weight_t, scale_a=one, scale_b=one, out_dtype=out_dtype)
         out = out * row_scale if col_scale is None else out * row_scale * col_scale
-        return out.to(dtype)
-    if col_scale is None:
-        col_scale = torch.ones(1, weight_t.shape[1], dtype=torch.float32, device=q.device)
-    out = torch._scaled_mm(q, weight_t, scale_a=row_scale, scale_b=col_scale, out_dtype=out_dtype,
-                           use_fast_accum=how == "rowwise_fast")
-    return out if out.dtype == dtype else out.to(dtype)
+    else:
+        if col_scale is None:
+            col_scale = torch.ones(1, weight_t.shape[1], dtype=torch.float32, device=q.device)
+        out = torch._scaled_mm(q, weight_t, scale_a=row_scale, scale_b=col_scale, out_dtype=out_dtype,
+                               use_fast_accum=how == "rowwise_fast")
+    return out.to(dtype)  # the same tensor when it already is
 
 
 class _Fp8Matmul(torch.autograd.Function):
@@ -79,8 +79,8 @@ class _Fp8Matmul(torch.autograd.Function):
         rows = grad_out.reshape(-1, grad_out.shape[-1])
         q, row_scale = quantize_rows(rows.float() * scale)
         # fp8 matmuls want both operands contiguous along the contracted axis, here the output channels.
-        # Transposing in every backward costs a full-size compiled step about 20 ms; a kept transposed copy
-        # doubles the fp8 weights' memory, and streamed its forward copy made the step slower (RESULTS.md).
+        # Transposing in every backward costs a full-size compiled step about 20 ms. Keeping a transposed copy
+        # instead doubles the fp8 weights' memory, and with streamed blocks the step got slower (RESULTS.md).
         by_input = qweight.t().contiguous()
         grad = _scaled_matmul(q, by_input.t(), row_scale, None, grad_out.dtype)
         return grad.view(*grad_out.shape[:-1], qweight.shape[1]), None, None
