@@ -213,10 +213,17 @@ def test_huge_resolution_is_a_config_error(tmp_path):
 
 
 @pytest.mark.slow  # two spawned workers import torch: ~18 s on two cores
-def test_workers_die_with_the_job_and_temp_folders_are_cleaned(tmp_path):
+def test_workers_die_with_the_job_and_temp_folders_are_cleaned(tmp_path, monkeypatch):
     """Case 11: map workers (`--num_proc 2`) of a SIGKILLed job end with it; the killed job's temp folder is
     removed by the next job."""
     from ltxv2_diffusers.data.jobs import remove_stale_job_folders
+
+    # A temp folder of this test's own: every cache job that starts removes stale job folders, so one
+    # started meanwhile by another test worker would otherwise remove this one before the check below.
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
 
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
