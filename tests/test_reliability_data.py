@@ -4,6 +4,7 @@ cache jobs' workers and temp folders. Each test reproduces a fault and checks wh
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,17 +214,18 @@ def test_huge_resolution_is_a_config_error(tmp_path):
 
 
 @pytest.mark.slow  # two spawned workers import torch: ~18 s on two cores
-def test_workers_die_with_the_job_and_temp_folders_are_cleaned(tmp_path, monkeypatch):
+def test_workers_die_with_the_job_and_temp_folders_are_cleaned(tmp_path, monkeypatch, request):
     """Case 11: map workers (`--num_proc 2`) of a SIGKILLed job end with it; the killed job's temp folder is
     removed by the next job."""
     from ltxv2_diffusers.data.jobs import remove_stale_job_folders
 
     # A temp folder of this test's own: every cache job that starts removes stale job folders, so one
     # started meanwhile by another test worker would otherwise remove this one before the check below.
-    private_tmp = tmp_path / "tmp"
-    private_tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(private_tmp))
-    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    # Short, beside the system's: the map workers' manager puts a Unix socket there (at most 107 bytes).
+    private_tmp = tempfile.mkdtemp(prefix="ltxv2-test-")
+    request.addfinalizer(lambda: shutil.rmtree(private_tmp, ignore_errors=True))
+    monkeypatch.setenv("TMPDIR", private_tmp)
+    monkeypatch.setattr(tempfile, "tempdir", private_tmp)
 
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
@@ -251,16 +253,21 @@ def test_workers_die_with_the_job_and_temp_folders_are_cleaned(tmp_path, monkeyp
                           cache_directory={str(tmp_path / "cache")!r}, is_image=False) for i in range(4)]
             run_cache_job(items, Slow(), num_proc=2, progress=False)
     """))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=str(tmp_path), start_new_session=False)
+    log = tmp_path / "job.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(script)], cwd=str(tmp_path), start_new_session=False,
+                                stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     try:
         while len(list(tmp_path.glob("worker-*"))) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "workers did not start"
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"workers did not start: {log.read_text(errors='replace')[-2000:]}"
             time.sleep(0.1)
         job_dirs = [p for p in Path(tempfile.gettempdir()).glob(f"ltxv2-job-{proc.pid}@*")]
         assert job_dirs
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # a job that failed by itself has its own error above
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     workers = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
     deadline = time.monotonic() + 10
