@@ -51,9 +51,9 @@ piece() { case $1 in
   fp8fast) step fp8fast 150 --memory_budget 45 --fp8_base --fp8_scaling rowwise_fast --steps 6 --warmup 2 ;;
   fp8tw) step fp8tw 150 --memory_budget 45 --fp8_base --fp8_scaling tensorwise --steps 6 --warmup 2 ;;
   # every fp8 block resident (≈57 GiB)
-  fp8res) step fp8res 150 --fp8_base --blocks_to_swap 0 --blocks_without_recompute 48 --offload_optimizer --steps 6 --warmup 2 ;;
+  fp8res) step fp8res 230 --fp8_base --blocks_to_swap 0 --blocks_without_recompute 48 --offload_optimizer --steps 6 --warmup 2 ;;
   # the same with the blocks' compiled graphs replayed as CUDA graphs (what the launches cost the fp8 step)
-  fp8res_cg) step fp8res_cg 180 --fp8_base --blocks_to_swap 0 --blocks_without_recompute 48 --offload_optimizer \
+  fp8res_cg) step fp8res_cg 270 --fp8_base --blocks_to_swap 0 --blocks_without_recompute 48 --offload_optimizer \
       --recompute keep+cg --steps 6 --warmup 2 ;;
   # how far the host runs ahead of the GPU at each block of the 45 GiB fp8 step (near 0: host-bound)
   fp8lead) step fp8lead 150 --memory_budget 45 --fp8_base --steps 2 --warmup 2 --lead_trace ;;

@@ -134,6 +134,14 @@ def parse_variant(v: str) -> tuple[str, list[str], list[int | None] | None, str 
     return base, extras + more, counts, placement
 
 
+_T0 = time.perf_counter()
+
+
+def progress(what: str) -> None:
+    """One line on where the run is, so a run cut off by its time limit shows which phase took the time."""
+    print(f"[train_step +{time.perf_counter() - _T0:.1f} s] {what}", flush=True)
+
+
 def report(a, kind: str, record: dict) -> None:
     """Print one `KIND {json}` line, and append it to `--results` when given."""
     line = f"{kind} {json.dumps(record)}"
@@ -223,6 +231,7 @@ def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
     t = time.perf_counter()
     for i in range(a.warmup):
         losses.append(float(step(i).detach()))
+        progress(f"warm-up step {i + 1} of {a.warmup} done")
     sync()
     warmup_s = time.perf_counter() - t
     if cuda:
@@ -238,6 +247,7 @@ def measure(a, step, sync, cuda: bool, clock: PhaseClock | None = None) -> dict:
         sync()
         losses.append(float(loss.detach()))
         times.append(time.perf_counter() - t)
+    progress(f"{a.steps} timed steps: median {statistics.median(times):.3f} s")
     phases = None
     if clock is not None:
         clock.active = False
@@ -378,6 +388,7 @@ def main(argv=None) -> dict:
                                    overrides=overrides)["transformer"]
     params = sum(p.numel() for p in transformer.parameters())
     build_s = time.perf_counter() - t0
+    progress(f"model built ({params / 1e9:.1f} B parameters)")
     add_lora(transformer, a.mode, a.rank, a.rank)
     transformer.enable_gradient_checkpointing()
     transformer.train()
@@ -395,6 +406,7 @@ def main(argv=None) -> dict:
         with torch.no_grad(), FlopCounterMode(display=False) as fc, torch.autocast("cuda", dtype=torch.bfloat16):
             step_fn(batch, generator=torch.Generator("cpu").manual_seed(0))
         fflops = fc.get_total_flops()
+        progress("forward FLOPs counted")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     variants = [v.strip() for v in (a.recompute or ("ckpt" if a.low_memory else "keep")).split(",")]
 
@@ -483,6 +495,7 @@ def main(argv=None) -> dict:
     speed.swapper = variant_swapper(speed.swapper)
     recomputed_by = speed.recompute  # what actually recomputes (block swapping forces whole blocks)
     optimizer = speed.make_optimizer(torch.optim.AdamW, lr=1e-4)
+    progress("speed options applied, optimizer made")
     lora_params = sum(p.numel() for p in speed.trainable_params)
     if a.emulate_gib and cuda:  # what the plan left on the device, then the smaller card's cap
         import gc
