@@ -14,12 +14,18 @@ import argparse
 from ltxv2_diffusers.models.presets import preset_config
 from ltxv2_diffusers.speed.planner import ModelFigures, Workload, plan_memory
 
-# (name, video tokens per item, audio tokens per item): frames/8+1 x height/32 x width/32; audio at 25 latents/s
+def video_tokens(frames: int, height: int, width: int) -> int:
+    """Latent tokens of one clip: frames/8+1 x height/32 x width/32, each side floored to whole latents as
+    the trainer's buckets are (720 rows train as 704)."""
+    return ((frames - 1) // 8 + 1) * (height // 32) * (width // 32)
+
+
+# (name, video tokens per item, audio tokens per item); audio at 25 latents/s of 24 fps video
 CLIPS = [
-    ("768×512×121", 16 * 24 * 16, 126),
-    ("960×544×89 (official validation size)", 12 * 17 * 30, 93),
-    ("768×512 image", 16 * 24, 1),
-    ("1280×720×241", 31 * 23 * 40, 252),
+    ("768×512×121", video_tokens(121, 512, 768), 126),
+    ("960×544×89 (official validation size)", video_tokens(89, 544, 960), 93),
+    ("768×512 image", video_tokens(1, 512, 768), 1),
+    ("1280×720×241", video_tokens(241, 720, 1280), 252),
 ]
 # (card, budget in GiB): `auto` is the free memory less 1.5 GiB
 CARDS = [("H200 141 GB, auto", 137.8), ("H100 80 GB, auto", 77.0), ("`--memory_budget 24`", 24.0),
