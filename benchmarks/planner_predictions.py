@@ -14,6 +14,7 @@ import argparse
 from ltxv2_diffusers.models.presets import preset_config
 from ltxv2_diffusers.speed.planner import ModelFigures, Workload, plan_memory
 
+
 def video_tokens(frames: int, height: int, width: int) -> int:
     """Latent tokens of one clip: frames/8+1 x height/32 x width/32, each side floored to whole latents as
     the trainer's buckets are (720 rows train as 704)."""
