@@ -66,8 +66,8 @@ piece() { case $1 in
   image) step image 110 --memory_budget auto --frames 1 --steps 5 --warmup 2 ;;
   long16) step long16 300 --memory_budget 16 --emulate_gib 16 --frames 241 --height 720 --width 1280 --steps 3 --warmup 1 ;;
   long24) step long24 150 --memory_budget 24 --emulate_gib 24 --frames 241 --height 720 --width 1280 --steps 2 --warmup 1 ;;
-  cli8) trainer cli8 100 --num_layers 8 --steps 6 -- ;;
-  cli8_b6) trainer cli8_b6 90 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6 ;;
+  cli8) trainer cli8 170 --num_layers 8 --steps 6 -- ;;
+  cli8_b6) trainer cli8_b6 170 --num_layers 8 --steps 6 --emulate_gib 6 -- --memory_budget 6 ;;
   *) echo "unknown piece: $1" >&2; exit 2 ;;
 esac; }
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,power.limit --format=csv | tee -a "$out/log.txt"
