@@ -18,7 +18,7 @@ GiB = 2**30
 FULL = Workload(video_tokens=6144, audio_tokens=126)  # 768x512x121 + audio
 VALIDATION = Workload(video_tokens=12 * 17 * 30, audio_tokens=93)  # 960x544x89, the official trainer's validation
 IMAGE = Workload(video_tokens=16 * 24, audio_tokens=1)  # one 768x512 frame
-LONG = Workload(video_tokens=31 * 23 * 40, audio_tokens=252)  # 1280x720x241 + audio
+LONG = Workload(video_tokens=31 * 22 * 40, audio_tokens=252)  # 1280x720x241 + audio (trains as 1280x704)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_predicted_peaks_match_the_measured_full_size_peaks(full, plan, measured
     # below that the block inputs go to host memory before the weights are quantized
     (FULL, 8, dict(rerun=True, offload_optimizer=True, offload_activations=True, base="bf16")),
     (FULL, 6, dict(rerun=True, offload_optimizer=True, offload_activations=True, base="int8")),
-    # long clips: 48 block inputs of 223 MiB each outweigh the blocks' weights
+    # long clips: 48 block inputs of 214 MiB each outweigh the blocks' weights
     (LONG, 16, dict(rerun=True, offload_activations=True, base="bf16")),
     (VALIDATION, 24, dict(rerun=True, base="bf16")),
     (IMAGE, 139, dict(blocks_to_swap=0, blocks_without_recompute=48, base="bf16")),

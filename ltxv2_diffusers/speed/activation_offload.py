@@ -2,7 +2,7 @@
 
 With whole-block re-runs each block keeps only its input for backward: the hidden states that enter it
 (video and audio), one per block. That is the re-run plans' largest activation cost on long clips (48 ×
-223 MiB = 10.4 GiB at 1280×720×241). `ActivationOffloader.checkpoint` is a drop-in for diffusers'
+214 MiB = 10.0 GiB at 1280×720×241). `ActivationOffloader.checkpoint` is a drop-in for diffusers'
 `gradient_checkpointing_func`: the forward runs the block without keeping anything, copies its hidden-state
 inputs to pinned host memory on a side stream, and backward copies them back (the block below's already on
 its way while this one re-runs) before re-running the block with gradients. The other inputs (text

@@ -309,7 +309,7 @@ FLAGS: tuple[Flag, ...] = (
       "parameter, 2.4 GiB for a rank-32 AV LoRA) in pinned CPU memory; each step's update is applied four blocks "
       "at a time during the next forward (AdamW, CUDA)", group="advanced"),
     F("--offload_activations", bool, False, "with whole blocks re-run in backward: each block's input hidden states "
-      "wait in pinned CPU memory between forward and backward (48 x 223 MiB at 1280x720x241); the planner turns it "
+      "wait in pinned CPU memory between forward and backward (48 x 214 MiB at 1280x720x241); the planner turns it "
       "on where a budget needs it (musubi's --gradient_checkpointing_cpu_offload is the same flag)", group="advanced",
       aliases=("--gradient_checkpointing_cpu_offload",)),
     F("--low_memory", bool, False, "a fixed recipe instead of the planner: int8 frozen base weights and 8 blocks "
