@@ -2,7 +2,7 @@
 # The memory planner's targets (issue 22) in one device call: the naive step, then the benchmark step
 # as the planner chooses it for each budget (smaller cards emulated with a per-process memory cap).
 # Usage: bash benchmarks/planner_targets.sh OUTDIR [PIECE|SET ...]
-#   PIECES: tests naive auto b24 b16 b16host20 fp8 fp8fast fp8tw fp8res fp8res_cg fp8res8 fp8res8_cg fp8lead fp8prof fp8parts val960 image long16 long16peak long24
+#   PIECES: tests naive auto b24 b16 b16host20 fp8 fp8fast fp8tw fp8res fp8res_cg fp8res8 fp8res8_cg fp8cpp fp8lead fp8prof fp8parts val960 image long16 long16peak long24
 #           cli8 cli8_b6
 #   SETS:   main = naive auto b24 b16 · small = naive b24 b16 b16host20 cli8_b6 · cli = tests cli8 cli8_b6
 #           more = naive fp8 fp8parts val960 image · long = naive long16 long24
@@ -10,6 +10,7 @@
 #           last = naive long16peak fp8lead long24 fp8fast (what is still to measure)
 #           fp8cg = naive fp8res8 fp8res8_cg (8 fp8 blocks resident, then replayed as CUDA graphs; fp8res_cg, all
 #           48, needs a call of its own, on the warm machine after fp8res)
+#           fp8host = naive fp8 fp8cpp (the 45 GiB fp8 step, then the same launched by the C++ wrapper)
 # The naive baseline script must sit beside the repository root (naive_baseline.py), as the device call
 # copies it there. Each run is time-limited so one failure leaves the others' figures.
 set -u
@@ -35,6 +36,7 @@ piece() { case $1 in
   long) piece naive; piece long16; piece long24 ;;
   last) piece naive; piece long16peak; piece fp8lead; piece long24; piece fp8fast ;;
   fp8cg) piece naive; piece fp8res8; piece fp8res8_cg ;;
+  fp8host) piece naive; piece fp8; piece fp8cpp ;;
   naive) echo "== naive" | tee -a "$out/log.txt"
     timeout 130 python3 naive_baseline.py 2>&1 | tee -a "$out/naive.txt" | tail -2 ;;
   # the tests whose CUDA variants only run on a GPU (side-stream copies, pinned pieces, offloaded inputs,
@@ -62,6 +64,11 @@ piece() { case $1 in
       --offload_optimizer --steps 6 --warmup 2 ;;
   fp8res8_cg) step fp8res8_cg 240 --num_layers 8 --fp8_base --blocks_to_swap 0 --blocks_without_recompute 8 \
       --offload_optimizer --recompute keep+cg --steps 6 --warmup 3 ;;
+  # the 45 GiB fp8 plan's levers set by hand, its blocks' kernels launched by inductor's C++ wrapper instead of
+  # Python (the fp8 step is launch-bound on an H200; every block keeps its attention outputs, so no random op
+  # is recomputed)
+  fp8cpp) step fp8cpp 300 --fp8_base --blocks_to_swap 46 --blocks_without_recompute 48 --offload_optimizer \
+      --recompute keep+cpp --steps 6 --warmup 2 ;;
   # how far the host runs ahead of the GPU at each block of the 45 GiB fp8 step (near 0: host-bound)
   fp8lead) step fp8lead 150 --memory_budget 45 --fp8_base --steps 2 --warmup 2 --lead_trace ;;
   # the compiled fp8 step's kernels by GPU time (train_step.py --profile), into log.txt

@@ -22,6 +22,7 @@ import sys
 import time
 
 import torch
+import torch._functorch.config
 import torch._inductor.config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling scripts: gpu_gaps, memory_peak
@@ -420,6 +421,9 @@ def main(argv=None) -> dict:
         torch._inductor.config.combo_kernels = "combo" in extras
         torch._inductor.config.coordinate_descent_tuning = "cdt" in extras  # tunes elementwise/reduction launches
         torch._inductor.config.cpp_wrapper = "cpp" in extras  # C++ instead of Python launching the kernels
+        # The C++ wrapper cannot emit the CUDA-graph-safe form of a recomputed random op (torch 2.11:
+        # "AssertionError: <class ...GraphSafeRunWithRngState>"); cuDNN attention counts as one.
+        torch._functorch.config.graphsafe_rng_functionalization = "cpp" not in extras
         mode = "reduce-overhead" if "cg" in extras else a.compile_mode
         keep = dict(recompute="compiled", activation_memory_budget=None, compile_mode=mode, **swapping)
         if base == "none":  # no recomputation at all (needs the memory for every activation)
