@@ -16,8 +16,8 @@ from ltxv2_diffusers.speed.planner import ModelFigures, Workload, plan_memory
 
 
 def video_tokens(frames: int, height: int, width: int) -> int:
-    """Latent tokens of one clip: frames/8+1 x height/32 x width/32, each side floored to whole latents as
-    the trainer's buckets are (720 rows train as 704)."""
+    """Latent tokens of one clip: frames/8+1 x height/32 x width/32, each side floored to whole latents (a
+    dataset's resolution must be a multiple of 32: for 720 rows its config error suggests 704, 22 latent rows)."""
     return ((frames - 1) // 8 + 1) * (height // 32) * (width // 32)
 
 

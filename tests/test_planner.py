@@ -18,7 +18,7 @@ GiB = 2**30
 FULL = Workload(video_tokens=6144, audio_tokens=126)  # 768x512x121 + audio
 VALIDATION = Workload(video_tokens=12 * 17 * 30, audio_tokens=93)  # 960x544x89, the official trainer's validation
 IMAGE = Workload(video_tokens=16 * 24, audio_tokens=1)  # one 768x512 frame
-LONG = Workload(video_tokens=31 * 22 * 40, audio_tokens=252)  # 1280x720x241 + audio (trains as 1280x704)
+LONG = Workload(video_tokens=31 * 22 * 40, audio_tokens=252)  # 1280x720x241 + audio, as 1280x704 (sides are multiples of 32)
 
 
 @pytest.fixture(scope="module")
