@@ -18,7 +18,8 @@ out=${1:-/tmp/planner}; shift; [ $# -eq 0 ] && set -- main
 mkdir -p "$out"; res="$out/results.jsonl"
 step() { local tag=$1 limit=$2; shift 2
   echo "== $tag: $*" | tee -a "$out/log.txt"
-  timeout "$limit" python3 benchmarks/train_step.py --tag "$tag" --results "$res" "$@" >>"$out/log.txt" 2>&1 \
+  timeout "$limit" python3 benchmarks/train_step.py --tag "$tag" --results "$res" --flops_cache "$out/flops.json" "$@" \
+    >>"$out/log.txt" 2>&1 \
     || echo "RESULT {\"tag\": \"$tag\", \"error\": \"exit $?\"}" | tee -a "$res"
   grep -h "memory plan" "$out/log.txt" | tail -1; grep "\"tag\": \"$tag\"" "$res" | tail -1 | cut -c1-400; }
 # the trainer CLI itself (planner, first-step check) on a model of --num_layers blocks

@@ -99,8 +99,31 @@ def parse(argv=None):
                         "(CUDA allocator history, benchmarks/memory_peak.py)")
     p.add_argument("--results", default=None,
                    help="also append every RESULT/MEMTRACE/MEMPEAK line to this file (a log's tail may be cut)")
+    p.add_argument("--flops_cache", default=None,
+                   help="a JSON file of forward FLOP counts by model and clip: read the count from it, or count and "
+                        "add it (the eager counting forward takes ~15 s of a full-size run)")
     p.add_argument("--tag", default="")
     return p.parse_args(argv)
+
+
+def cached_flops(a, count) -> float:
+    """The forward's FLOP count for this model and clip: from `--flops_cache` where it holds them, else
+    `count()`, then stored there."""
+    if not a.flops_cache:
+        return count()
+    key = json.dumps([a.preset, a.mode, a.num_layers, a.rank, a.frames, a.height, a.width, a.fps, a.text_len])
+    try:
+        with open(a.flops_cache, encoding="utf-8") as f:
+            table = json.load(f)
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = count()
+        tmp = f"{a.flops_cache}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(table, f)
+        os.replace(tmp, a.flops_cache)
+    return table[key]
 
 
 def _tail(extra: str) -> int | None:
@@ -404,9 +427,12 @@ def main(argv=None) -> dict:
     if cuda:  # count on the eager model: a dispatch mode around compiled code would skew both
         from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.no_grad(), FlopCounterMode(display=False) as fc, torch.autocast("cuda", dtype=torch.bfloat16):
-            step_fn(batch, generator=torch.Generator("cpu").manual_seed(0))
-        fflops = fc.get_total_flops()
+        def count() -> float:
+            with torch.no_grad(), FlopCounterMode(display=False) as fc, torch.autocast("cuda", dtype=torch.bfloat16):
+                step_fn(batch, generator=torch.Generator("cpu").manual_seed(0))
+            return fc.get_total_flops()
+
+        fflops = cached_flops(a, count)
         progress("forward FLOPs counted")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     variants = [v.strip() for v in (a.recompute or ("ckpt" if a.low_memory else "keep")).split(",")]

@@ -618,6 +618,25 @@ def test_benchmark_smoke_on_cpu(tmp_path, bench_script):
         bench.parse_variant("keep+fast@40/26")
 
 
+def test_the_step_benchmark_counts_flops_once_per_model_and_clip(tmp_path, bench_script):
+    """`--flops_cache`: a device call's runs on the same model and clip count the forward's FLOPs once."""
+    bench = bench_script("train_step")
+    cache = tmp_path / "flops.json"
+    counted = []
+
+    def count(value):
+        return lambda: counted.append(value) or value
+
+    a = bench.parse(["--flops_cache", str(cache)])
+    assert bench.cached_flops(a, count(2.0e14)) == 2.0e14
+    assert bench.cached_flops(a, count(9.0)) == 2.0e14 and counted == [2.0e14]  # read back, not counted
+    longer = bench.parse(["--flops_cache", str(cache), "--frames", "241", "--height", "704", "--width", "1280"])
+    assert bench.cached_flops(longer, count(1.3e15)) == 1.3e15 and counted == [2.0e14, 1.3e15]
+    assert sorted(json.loads(cache.read_text()).values()) == [2.0e14, 1.3e15]
+    assert bench.cached_flops(bench.parse([]), count(5.0)) == 5.0  # no cache: always counted
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_benchmark_block_points_follow_forward_then_backward(bench_script):
     """`--memory_trace` and `--lead_trace` note each block where its forward starts and where its
     output's gradient arrives: forward in block order, then backward in reverse."""
