@@ -440,7 +440,7 @@ def test_large_activations_leave_the_allocator_room_for_its_fragments(full):
     """Measured at 1280x720x241 under a 16 GiB cap (H200, benchmarks/RESULTS.md): a plan predicted at
     14.4 GiB allocated ran out of memory with 1.8 GiB reserved but unallocated when it asked for an
     854 MiB feed-forward activation. Plans for such clips keep that much below the budget."""
-    work = Workload(video_tokens=31 * 22 * 40, audio_tokens=252)
+    work = LONG
     ffn = work.video_tokens * full.widest_output * 2
     assert ffn / 2**20 == pytest.approx(854, abs=2)  # the allocator asks in 2 MiB steps
     plan = plan_memory(full, work, 16)
