@@ -62,6 +62,8 @@ class ActivationOffloader:
         return _OffloadedBlock.apply(self, block, (spec, frozenset(positions)), self._anchor, *flat)
 
     def reset(self) -> None:
+        if self.cuda and self.pending:  # an interrupted step's copies must not outlive their buffers
+            self.stream.synchronize()
         self.pending.clear()
 
     # ------------------------------------------------------------------ copies
@@ -96,8 +98,14 @@ class ActivationOffloader:
                 s.device_copy = torch.empty(s.shape, dtype=s.dtype)
                 s.host.to_device(as_bytes(s.device_copy))
                 continue
+            # Allocated in the compute stream's order, so the memory goes back to that stream's pool as soon
+            # as the block's backward is queued, and is reused in order. Allocated on the side stream (and
+            # handed over with record_stream) it stayed allocated until the GPU caught up with the host:
+            # with the host a few blocks ahead, five blocks' inputs were held at the backward's peak, not two.
+            current = torch.cuda.current_stream(self.device)
+            s.device_copy = torch.empty(s.shape, dtype=s.dtype, device=self.device)
+            self.stream.wait_stream(current)  # the memory's earlier users on the compute stream are done
             with torch.cuda.stream(self.stream):
-                s.device_copy = torch.empty(s.shape, dtype=s.dtype, device=self.device)
                 s.host.to_device(as_bytes(s.device_copy), non_blocking=True)
                 s.ready = torch.cuda.Event()
                 s.ready.record(self.stream)
@@ -117,9 +125,7 @@ class ActivationOffloader:
                 out.append(None)
                 continue
             if s.ready is not None:
-                current = torch.cuda.current_stream(self.device)
-                current.wait_event(s.ready)
-                s.device_copy.record_stream(current)
+                torch.cuda.current_stream(self.device).wait_event(s.ready)
             out.append(s.device_copy)
         return out
 

@@ -38,6 +38,10 @@ KEPT_RECOMPUTE = 2.0
 KEPT_WITHOUT_RECOMPUTE = 16.0
 KEPT_RERUN = 1.0
 WORKING = 24.0
+# The rotary tables every block reads, built once per forward and held until backward ends: the video's
+# cos and sin (fp32 at half the width: two units) and the video side of the audio-video cross-attention's
+# (one unit); 0.63 GiB at the peak of 1280x704x241, where they were measured.
+ROTARY = 3.0
 # The allocator's reserve above what is allocated (fragmentation), so a plan's allocated peak stays
 # this far under the budget it is measured against: a share of the budget, or, where activations are
 # large, a few times the largest one (at 1280x720x241 with a 16 GiB cap the allocator held 1.8 GiB
@@ -256,9 +260,9 @@ def predict_peak(fig: ModelFigures, work: Workload, plan: Plan) -> float:
         lora += fig.lora_params * 12 * min(OFFLOAD_CHUNKS_BLOCKS, n) / n
     if plan.rerun:  # the re-run block and the next one in flight
         inputs = min(ACTIVATIONS_IN_FLIGHT, n) if plan.offload_activations else n
-        return fixed + (n - s) * w + min(2, s) * w + (inputs * KEPT_RERUN + WORKING) * unit + lora
+        return fixed + (n - s) * w + min(2, s) * w + (inputs * KEPT_RERUN + WORKING + ROTARY) * unit + lora
     kept = k * KEPT_WITHOUT_RECOMPUTE + (n - k) * KEPT_RECOMPUTE
-    backward_start = fixed + (n - s) * w + min(1, s) * w + (kept + WORKING) * unit + lora
+    backward_start = fixed + (n - s) * w + min(1, s) * w + (kept + WORKING + ROTARY) * unit + lora
     # Blocks fetched for backward stay into the next forward: between steps every weight is on the GPU.
     between_steps = fixed + n * w + lora + WORKING * unit
     return max(backward_start, between_steps)
