@@ -7,7 +7,7 @@
 #   SETS:   main = naive auto b24 b16 · small = naive b24 b16 b16host20 cli8_b6 · cli = tests cli8 cli8_b6
 #           more = naive fp8 fp8parts val960 image · long = naive long16 long24
 #           fp8all = naive fp8parts fp8 fp8fast fp8tw (the three ways of scaling the fp8 products)
-#           last = naive long16peak fp8lead long24 fp8fast (what is still to measure)
+#           last = naive long24 (what is still to measure, besides fp8cg)
 #           fp8cg = naive fp8res8 fp8res8_cg (8 fp8 blocks resident, then replayed as CUDA graphs; fp8res_cg, all
 #           48, needs a call of its own, on the warm machine after fp8res)
 #           fp8host = naive fp8 fp8cpp (the 45 GiB fp8 step, then the same launched by the C++ wrapper)
@@ -35,7 +35,7 @@ piece() { case $1 in
   more) piece naive; piece fp8; piece fp8parts; piece val960; piece image ;;
   fp8all) piece naive; piece fp8parts; piece fp8; piece fp8fast; piece fp8tw ;;
   long) piece naive; piece long16; piece long24 ;;
-  last) piece naive; piece long16peak; piece fp8lead; piece long24; piece fp8fast ;;
+  last) piece naive; piece long24 ;;
   fp8cg) piece naive; piece fp8res8; piece fp8res8_cg ;;
   fp8host) piece naive; piece fp8; piece fp8cpp ;;
   naive) echo "== naive" | tee -a "$out/log.txt"
