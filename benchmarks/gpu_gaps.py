@@ -40,31 +40,50 @@ def kernel_kind(name: str) -> str:
     return "other (eager elementwise, reductions)"
 
 
-def _outermost(events: list[dict], starts: list[float], ts: float) -> dict | None:
-    """The longest host event that contains `ts` (events sorted by start)."""
-    best = None
-    for i in range(bisect.bisect_right(starts, ts) - 1, -1, -1):
-        e = events[i]
-        if e["ts"] + e["dur"] >= ts and (best is None or e["dur"] > best["dur"]):
-            best = e
-        if ts - e["ts"] > 30e6:  # nothing runs longer than this inside one step
-            break
-    return best
+class _Nested:
+    """Host events of a trace (nested within each thread, as the profiler records them), indexed to find
+    the outermost or innermost one that contains a moment in a logarithmic search and a walk up its
+    enclosing events, not a scan of everything before it (a full-size step has ~10^5 of them)."""
+
+    def __init__(self, events: list[dict]):
+        self.threads = []
+        by_thread = collections.defaultdict(list)
+        for e in events:
+            by_thread[(e.get("pid"), e.get("tid"))].append(e)
+        for evs in by_thread.values():
+            evs.sort(key=lambda e: (e["ts"], -e["dur"]))  # an enclosing event before those it contains
+            parent, stack = [], []
+            for i, e in enumerate(evs):
+                while stack and evs[stack[-1]]["ts"] + evs[stack[-1]]["dur"] < e["ts"]:
+                    stack.pop()
+                parent.append(stack[-1] if stack else -1)
+                stack.append(i)
+            self.threads.append((evs, [e["ts"] for e in evs], parent))
+
+    def _chain(self, ts: float):
+        """Per thread, the events containing `ts`, innermost first."""
+        for evs, starts, parent in self.threads:
+            i = bisect.bisect_right(starts, ts) - 1
+            chain = []
+            while i >= 0:
+                e = evs[i]
+                if e["ts"] + e["dur"] >= ts:
+                    chain.append(e)
+                i = parent[i]
+            yield chain
+
+    def outermost(self, ts: float) -> dict | None:
+        """The longest event that contains `ts`."""
+        found = [chain[-1] for chain in self._chain(ts) if chain]
+        return max(found, key=lambda e: e["dur"]) if found else None
+
+    def innermost(self, ts: float) -> dict | None:
+        """The shortest event that contains `ts`."""
+        found = [chain[0] for chain in self._chain(ts) if chain]
+        return min(found, key=lambda e: e["dur"]) if found else None
 
 
 _MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_mm")
-
-
-def _innermost(events: list[dict], starts: list[float], ts: float) -> dict | None:
-    """The shortest host event that contains `ts` (events sorted by start)."""
-    best = None
-    for i in range(bisect.bisect_right(starts, ts) - 1, -1, -1):
-        e = events[i]
-        if e["ts"] + e["dur"] >= ts and (best is None or e["dur"] < best["dur"]):
-            best = e
-        if ts - e["ts"] > 1e6:  # no matmul op runs a second on the host
-            break
-    return best
 
 
 def _shape_key(op: dict | None) -> str:
@@ -87,9 +106,26 @@ def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
-def _covered(union: list[tuple[float, float]], lo: float, hi: float) -> float:
-    """Time of `union` (disjoint, sorted) inside [lo, hi]."""
-    return sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in union)
+class _Covered:
+    """Time covered by sorted, disjoint intervals inside any [lo, hi], by binary search over their running
+    total (a step has ~10^5 kernels, asked about for each copy)."""
+
+    def __init__(self, union: list[tuple[float, float]]):
+        self.starts = [a for a, _ in union]
+        self.ends = [b for _, b in union]
+        self.total = [0.0]
+        for a, b in union:
+            self.total.append(self.total[-1] + b - a)
+
+    def _upto(self, t: float) -> float:
+        """Covered time before `t`."""
+        i = bisect.bisect_right(self.starts, t)  # intervals starting at or before t
+        if i == 0:
+            return 0.0
+        return self.total[i - 1] + min(t, self.ends[i - 1]) - self.starts[i - 1]
+
+    def __call__(self, lo: float, hi: float) -> float:
+        return max(0.0, self._upto(hi) - self._upto(lo)) if hi > lo else 0.0
 
 
 def link_report(events: list[dict]) -> dict:
@@ -99,13 +135,16 @@ def link_report(events: list[dict]) -> dict:
     copies = _union([(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "gpu_memcpy" and "dur" in e])
     compute = _union([(e["ts"], e["ts"] + e["dur"]) for e in events
                       if e.get("cat") == "kernel" and "dur" in e and kernel_kind(e["name"]) != "copies"])
+    copying, computing = _Covered(copies), _Covered(compute)
 
     def copy_only(lo: float, hi: float) -> float:
         total = 0.0
-        for a, b in copies:
+        for a, b in copies[max(0, bisect.bisect_right(copying.starts, lo) - 1):]:
+            if a >= hi:
+                break
             a, b = max(a, lo), min(b, hi)
             if b > a:
-                total += (b - a) - _covered(compute, a, b)
+                total += (b - a) - computing(a, b)
         return total
 
     span = (min(a for a, _ in copies + compute), max(b for _, b in copies + compute)) if copies or compute else (0, 0)
@@ -114,11 +153,11 @@ def link_report(events: list[dict]) -> dict:
         if e.get("cat") == "gpu_user_annotation" and "dur" in e:
             lo, hi = e["ts"], e["ts"] + e["dur"]
             row = phases[e["name"]]
-            row[0] += _covered(copies, lo, hi)
+            row[0] += copying(lo, hi)
             row[1] += copy_only(lo, hi)
             row[2] += hi - lo
     return {
-        "copy_ms": round(_covered(copies, *span) / 1e3, 1),
+        "copy_ms": round(copying(*span) / 1e3, 1),
         "copy_only_ms": round(copy_only(*span) / 1e3, 1),
         "by_phase": [{"name": k, "gpu_ms": round(v[2] / 1e3, 1), "copy_ms": round(v[0] / 1e3, 1),
                       "copy_only_ms": round(v[1] / 1e3, 1)} for k, v in sorted(phases.items())],
@@ -134,9 +173,9 @@ def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
         return {"error": "no GPU events in the trace"}
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
-    ops = sorted((e for e in events if e.get("cat") == "cpu_op" and "dur" in e), key=lambda e: e["ts"])
-    phases = sorted((e for e in events if e.get("cat") == "user_annotation" and "dur" in e), key=lambda e: e["ts"])
-    op_starts, phase_starts = [e["ts"] for e in ops], [e["ts"] for e in phases]
+    ops = [e for e in events if e.get("cat") == "cpu_op" and "dur" in e]
+    phases = _Nested([e for e in events if e.get("cat") == "user_annotation" and "dur" in e])
+    host_ops = _Nested(ops)
 
     busy_end = gpu[0]["ts"] + gpu[0]["dur"]
     busy = 0.0
@@ -159,8 +198,8 @@ def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
         idle = nxt["ts"] - start
         launch = launches.get(nxt.get("args", {}).get("correlation"))
         t = launch["ts"] if launch else nxt["ts"]
-        phase = _outermost(phases, phase_starts, t)
-        op = _outermost(ops, op_starts, t)
+        phase = phases.outermost(t)
+        op = host_ops.outermost(t)
         pname = phase["name"] if phase else "(no phase)"
         oname = op["name"] if op else "(no host op)"
         for table, key in ((per_phase, pname), (per_op, oname)):
@@ -168,15 +207,14 @@ def gap_report(trace_path: str, min_gap_us: float = 5.0, top: int = 12) -> dict:
             table[key][1] += 1
         largest.append((idle, pname, oname, nxt["name"][:60], launch["name"] if launch else ""))
     kinds = collections.Counter()
-    matmul_ops = [e for e in ops if e["name"].startswith(_MATMUL_OPS)]
-    matmul_starts = [e["ts"] for e in matmul_ops]
+    matmul_ops = _Nested([e for e in ops if e["name"].startswith(_MATMUL_OPS)])
     by_shape: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
     for e in gpu:
         kind = kernel_kind(e["name"])
         kinds[kind] += e["dur"]
         if kind == "matmul":  # which matmul shapes the GPU time goes to (needs record_shapes=True)
             launch = launches.get(e.get("args", {}).get("correlation"))
-            op = _innermost(matmul_ops, matmul_starts, launch["ts"]) if launch else None
+            op = matmul_ops.innermost(launch["ts"]) if launch else None
             row = by_shape[_shape_key(op)]
             row[0] += e["dur"]
             row[1] += 1

@@ -73,7 +73,7 @@ piece() { case $1 in
   # how far the host runs ahead of the GPU at each block of the 45 GiB fp8 step (near 0: host-bound)
   fp8lead) step fp8lead 150 --memory_budget 45 --fp8_base --steps 2 --warmup 2 --lead_trace ;;
   # the compiled fp8 step's kernels by GPU time (train_step.py --profile), into log.txt
-  fp8prof) step fp8prof 180 --memory_budget 45 --fp8_base --steps 2 --warmup 2 --profile ;;
+  fp8prof) step fp8prof 300 --memory_budget 45 --fp8_base --steps 2 --warmup 2 --profile ;;
   # where the fp8 layers' time goes, part by part (one block's shapes, per step)
   fp8parts) timeout 120 python3 benchmarks/fp8_matmul.py --compiled_quantize --results "$res" 2>&1 \
       | grep -v "^RESULT" | tee -a "$out/log.txt" ;;

@@ -92,3 +92,37 @@ def test_fp8_scaling_kernels_are_counted_apart(bench_script):
     assert kind("triton_poi_fused__fused_rms_norm__to_copy_addcmul_mul_neg_slice_transpose_unsqueeze_view_3") == \
         "triton (fused elementwise/norms)"
     assert kind("nvjet_sm90_qqtst_128x128_128x6_1x1_h_bz_coopA_algo2_ovscale_TNT") == "matmul"
+
+
+def test_containing_events_and_covered_time_match_a_plain_search(bench_script):
+    """The indexes that keep the report fast on a full-size step (~10^5 host events) give what scanning every
+    event gives: on random nested host events in two threads, the outermost and innermost event containing
+    a moment, and the time sorted intervals cover inside a window."""
+    import random
+
+    gaps = bench_script("gpu_gaps")
+    rng = random.Random(0)
+    events = []
+
+    def nest(tid, lo, hi, depth):
+        t = lo
+        while t < hi and depth < 4:
+            dur = rng.uniform(1, (hi - t))
+            events.append({"ts": t, "dur": dur, "tid": tid, "pid": 1, "name": f"op{len(events)}"})
+            nest(tid, t + dur * 0.1, t + dur * 0.9, depth + 1)
+            t += dur + rng.uniform(0, 5)
+
+    nest(1, 0, 1000, 0)
+    nest(2, 300, 1500, 0)
+    index = gaps._Nested(events)
+    for ts in [rng.uniform(-10, 1600) for _ in range(500)]:
+        containing = [e for e in events if e["ts"] <= ts <= e["ts"] + e["dur"]]
+        outer = max(containing, key=lambda e: e["dur"]) if containing else None
+        inner = min(containing, key=lambda e: e["dur"]) if containing else None
+        assert index.outermost(ts) is outer and index.innermost(ts) is inner
+
+    union = gaps._union([(a, a + rng.uniform(0, 20)) for a in (rng.uniform(0, 1000) for _ in range(200))])
+    covered = gaps._Covered(union)
+    for lo, hi in [sorted((rng.uniform(-50, 1050), rng.uniform(-50, 1050))) for _ in range(300)]:
+        plain = sum(max(0.0, min(b, hi) - max(a, lo)) for a, b in union)
+        assert abs(covered(lo, hi) - plain) < 1e-9
